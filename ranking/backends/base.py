@@ -1,0 +1,63 @@
+"""The one interface every language-model backend implements.
+
+Rankers only ever need two things from a model:
+
+* `generate`: free text for a batch of chat prompts (the `reason` mode);
+* `next_token_logprobs`: for a batch of token contexts, the log-probabilities of the
+  next token restricted to a set of allowed token ids, renormalised over that set
+  (the `score`, `incremental` and `direct` modes build every constrained step on it).
+
+Backends hide how they make these fast (KV-cache reuse for contexts that extend
+an earlier one, prefix caching, batching); the rankers stay backend-agnostic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+
+
+class LMBackend(ABC):
+    """A causal LM with its tokenizer. `model_id` names the weights (path or version)."""
+
+    model_id: str
+    tokenizer: object  # a Hugging Face PreTrainedTokenizerBase
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        """The model's own chat template applied, ready for the assistant's answer."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
+        return self.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Continue each prompt (already chat-formatted text); greedy when temperature is 0."""
+
+    @abstractmethod
+    def next_token_logprobs(
+        self, contexts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """For each context (token ids), log P(next token = a) for a in allowed[i],
+        renormalised so that the probabilities over allowed[i] sum to 1."""

@@ -1,0 +1,171 @@
+"""The vocabulary of the ranking stage: a request in, a result out.
+
+Every ranker mode and every LM backend takes and returns these. They are plain
+frozen dataclasses so a result (with its prompt/response history) can be logged,
+serialised and audited later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ranking.errors import RequestError
+
+TASKS = (
+    "rec-movie",
+    "rec-music",
+    "rec-game",
+    "passage",
+    "router-perf",
+    "router-balance",
+    "router-cost",
+)
+MODES = ("incremental", "score", "reason", "direct")
+Mode = Literal["incremental", "score", "reason", "direct"]
+MAX_CANDIDATES = 500
+
+SignalValue = float | int | str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One item to rank. `score` is the retrieval score (higher is better), used for
+    fallback ordering; `signals` are optional extra facts (e.g. cf_rank, popularity)
+    that a prompt may render next to the text."""
+
+    id: str
+    text: str
+    score: float | None = None
+    signals: dict[str, SignalValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """What to rank and for whom. `history` is the user's past items (oldest first)
+    for rec tasks; `query` is the question for passage/router tasks."""
+
+    task: str
+    candidates: tuple[Candidate, ...]
+    history: tuple[str, ...] = ()
+    query: str | None = None
+    mode: Mode = "incremental"
+    deadline_ms: float | None = None
+    temperature: float = 0.0
+    show_signals: bool = False
+    seed: int | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_request(self)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.candidates]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankRequest:
+        """Build a request from its public JSON form; raises RequestError on bad input."""
+        if not isinstance(data, dict):
+            raise RequestError("the request must be a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RequestError(
+                f"unknown request field(s) {unknown}; allowed: {sorted(known)}"
+            )
+        raw_candidates = data.get("candidates")
+        if not isinstance(raw_candidates, list):
+            raise RequestError("'candidates' must be a list of {id, text[, score, signals]}")
+        candidates = tuple(_candidate_from_dict(i, c) for i, c in enumerate(raw_candidates))
+        history = data.get("history") or ()
+        if not isinstance(history, list | tuple) or not all(isinstance(h, str) for h in history):
+            raise RequestError("'history' must be a list of strings (item titles)")
+        fields = {k: v for k, v in data.items() if k not in ("candidates", "history")}
+        fields.setdefault("mode", "incremental")
+        if fields.get("mode") is None:
+            fields["mode"] = "incremental"
+        if fields.get("temperature") is None:
+            fields["temperature"] = 0.0
+        if "task" not in fields:
+            raise RequestError(f"'task' is required; one of {list(TASKS)}")
+        return cls(candidates=candidates, history=tuple(history), **fields)
+
+
+def _candidate_from_dict(index: int, raw: Any) -> Candidate:
+    if not isinstance(raw, dict) or "id" not in raw or "text" not in raw:
+        raise RequestError(f"candidate #{index} must be an object with 'id' and 'text'")
+    score = raw.get("score")
+    if score is not None and not isinstance(score, int | float):
+        raise RequestError(f"candidate #{index}: 'score' must be a number or null")
+    signals = raw.get("signals") or {}
+    if not isinstance(signals, dict):
+        raise RequestError(f"candidate #{index}: 'signals' must be an object")
+    return Candidate(
+        id=str(raw["id"]),
+        text=str(raw["text"]),
+        score=None if score is None else float(score),
+        signals=dict(signals),
+    )
+
+
+def validate_request(req: RankRequest) -> None:
+    """Raise RequestError with a message that says what is wrong and how to fix it."""
+    if req.task not in TASKS:
+        raise RequestError(f"unknown task {req.task!r}; use one of {list(TASKS)}")
+    if req.mode not in MODES:
+        raise RequestError(f"unknown mode {req.mode!r}; use one of {list(MODES)}")
+    if not req.candidates:
+        raise RequestError("no candidates: a request needs at least one candidate to rank")
+    if len(req.candidates) > MAX_CANDIDATES:
+        raise RequestError(
+            f"too many candidates ({len(req.candidates)}); at most {MAX_CANDIDATES} per request"
+        )
+    seen: set[str] = set()
+    for c in req.candidates:
+        if not c.id.strip():
+            raise RequestError("a candidate has an empty id")
+        if c.id in seen:
+            raise RequestError(f"duplicate candidate id {c.id!r}: ids must be unique")
+        seen.add(c.id)
+        if not c.text.strip():
+            raise RequestError(f"candidate {c.id!r} has empty text")
+    if req.temperature < 0:
+        raise RequestError(f"temperature must be >= 0, got {req.temperature}")
+    if req.deadline_ms is not None and req.deadline_ms < 0:
+        raise RequestError(f"deadline_ms must be >= 0 or null, got {req.deadline_ms}")
+    if req.task == "passage" and not (req.query and req.query.strip()):
+        raise RequestError("task 'passage' needs a non-empty 'query'")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One elimination (or, for `direct`, one placement). `prob` is the probability
+    the policy gave this choice, when the mode has one; `prompt`/`response` keep
+    the model's text for auditing (None when the mode shares one prompt)."""
+
+    eliminated: str
+    prob: float | None = None
+    remaining: int = 0
+    prompt: str | None = None
+    response: str | None = None
+    matched: str = "exact"  # exact | fuzzy | similar | fallback | constrained
+
+
+@dataclass
+class RankResult:
+    """A valid permutation of the request's candidate ids, best first, plus how it was made."""
+
+    order: list[str]
+    steps: list[Step]
+    mode: str
+    model: str
+    elapsed_ms: float
+    log_propensity: float | None = None
+    fallback: bool = False
+    invalid_answers: int = 0
+    generated_tokens: int = 0
+    prompt: str | None = None  # the shared prompt for single-sequence modes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

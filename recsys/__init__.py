@@ -1,0 +1,1 @@
+"""The application: settings, database, ingestion, pipeline, API, CLI, evaluation, replay."""

@@ -1,0 +1,56 @@
+"""The `recsys` command line. Each sub-command lives in recsys/commands/<name>.py and
+exposes `register(app)`; heavy imports happen inside the command, so `--help` is fast."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import typer
+
+from ranking.errors import ModelLoadError, RequestError
+from recsys.errors import UserError
+from retrieval.errors import RetrievalError
+
+app = typer.Typer(
+    help="IRanker recommendation backend.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+
+COMMAND_MODULES = (
+    "demo",
+    "ingest",
+    "rank",
+    "eval",
+    "serve",
+    "batch",
+    "train",
+    "replay",
+    "models",
+    "db",
+)
+USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
+
+for _name in COMMAND_MODULES:
+    if importlib.util.find_spec(f"recsys.commands.{_name}") is not None:
+        importlib.import_module(f"recsys.commands.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point: bad input becomes a one-line error and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except USER_ERRORS as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

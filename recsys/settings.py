@@ -1,0 +1,55 @@
+"""One typed settings object, read from RECSYS_* environment variables (and .env)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
+
+    # storage
+    var_dir: Path = Field(Path("var"), description="where the default SQLite file and artifacts live")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<var_dir>/recsys.db")
+    artifact_dir: Path | None = Field(None, description="checkpoints, indexes; default <var_dir>/artifacts")
+    data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="evaluation data sets")
+
+    # job queue
+    broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = run tasks in-process")
+    result_backend: str | None = None
+
+    # ranking
+    model: str = Field("default", description="'default', 'promoted', a registered version, or a path")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    backend: str = Field("transformers", description="transformers | vllm")
+    mode: str = "incremental"
+    torch_threads: int | None = None
+    batch_size: int = 8
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_deadline_ms: float | None = None
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'recsys.db').as_posix()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.var_dir / "artifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
