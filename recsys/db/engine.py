@@ -1,0 +1,115 @@
+"""Engines and sessions. One place decides how we talk to SQLite and PostgreSQL.
+
+SQLite gets WAL (readers never block the writer), enforced foreign keys, a busy timeout so
+concurrent writers wait instead of failing, and real transactions: the sqlite3 driver's legacy
+mode would skip BEGIN for DDL and SELECT, which breaks atomic migrations and repeatable reads.
+A write transaction can ask for `BEGIN IMMEDIATE` (see `write_connection`), which takes the
+write lock up front, so two writers queue on the busy timeout instead of failing with
+"database is locked" when one of them upgrades a read snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from recsys.errors import UserError
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+_IMMEDIATE = "recsys_sqlite_immediate"
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: the argument, else RECSYS_DATABASE_URL, else the SQLite file in var/."""
+    if url:
+        return url
+    from recsys.settings import get_settings
+
+    return get_settings().resolved_database_url
+
+
+def make_engine(url: str | None = None, **kwargs: object) -> Engine:
+    """A new engine for `url` (default: the settings' database) with our SQLite set-up."""
+    try:
+        parsed = sa.make_url(database_url(url))
+    except sa.exc.ArgumentError as exc:
+        raise UserError(f"invalid database URL {url!r}: {exc}; set RECSYS_DATABASE_URL") from exc
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(parsed)
+        engine = sa.create_engine(parsed, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
+    return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """A process-wide cached engine per URL (engines own connection pools: share them)."""
+    key = database_url(url)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = make_engine(key)
+        return _engines[key]
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's pool (tests, and after a fork)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _ensure_sqlite_dir(url: sa.URL) -> None:
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in one write transaction: committed at the end, rolled back on error.
+    On SQLite the write lock is taken at BEGIN, so concurrent writers queue instead of failing."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{_IMMEDIATE: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None, *, write: bool = False) -> Iterator[Session]:
+    """An ORM session in one transaction: commit on success, roll back on any error."""
+    engine = engine or get_engine()
+    if write:
+        with write_connection(engine) as conn, Session(bind=conn, expire_on_commit=False) as s:
+            yield s
+            s.flush()
+        return
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
