@@ -185,7 +185,7 @@ def lookup_ids(conn: Connection, table: sa.Table, external_ids: Sequence[str]) -
     for start in range(0, len(external_ids), ID_LOOKUP_CHUNK):
         chunk = external_ids[start : start + ID_LOOKUP_CHUNK]
         query = sa.select(table.c.external_id, table.c.id).where(table.c.external_id.in_(chunk))
-        found.update(conn.execute(query).tuples())
+        found.update(conn.execute(query).tuples().all())
     return found
 
 

@@ -1,0 +1,573 @@
+"""Load interactions and items into the database: polars reads and validates, chunks are upserted.
+
+Formats: `csv` and `parquet` (any column names, given by a ColumnMap), `movielens` and `recbole`
+(folders, read by recsys.datasets). Every chunk of rows is normalised to one frame
+(user, item, event, value, ts_us, title, text) plus an `error` column naming the first thing
+wrong with the row. The whole file is loaded in ONE transaction:
+
+- by default a file with any bad row is refused and nothing is written; the error lists the bad
+  rows as `file:line: what is wrong`;
+- with `skip_bad=True` the good rows are loaded and the report counts the skipped ones by reason;
+- a crash (or Ctrl-C) mid-load rolls back, leaving the database as it was.
+
+Re-loading is idempotent: each interaction's `event_id` hashes (source, user, item, timestamp,
+event), and rows whose event id exists are skipped by `INSERT ... ON CONFLICT DO NOTHING`.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from recsys.db import repository
+from recsys.db.engine import get_engine, write_connection
+from recsys.db.models import Interaction, Item, User
+from recsys.errors import UserError
+
+FORMATS = ("auto", "csv", "parquet", "movielens", "recbole")
+DEFAULT_CHUNK_ROWS = 50_000
+MAX_LISTED_ERRORS = 10
+TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+Format = Literal["auto", "csv", "parquet", "movielens", "recbole"]
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input column holds what. Only user, item and timestamp are required."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None  # the interaction's value (a rating, a watch time, ...)
+    event: str | None = None  # column with the event type; else `default_event`
+    title: str | None = None  # item title, when the interactions file carries it
+    text: str | None = None  # item description
+    default_event: str | None = None  # default: "rating" when a rating column is set
+    timestamp_unit: str = "s"  # unit of numeric timestamps: s | ms | us
+
+    def event_name(self) -> str:
+        return self.default_event or ("rating" if self.rating else "interaction")
+
+
+@dataclass
+class IngestReport:
+    path: str
+    format: str
+    source: str
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
+    interactions_added: int = 0
+    users_added: int = 0
+    items_added: int = 0
+    items_in_file: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.path} ({self.format}, source {self.source!r}): read {self.rows_read:,} rows, "
+            f"loaded {self.rows_loaded:,}, skipped {self.rows_skipped:,} in {self.seconds:.1f} s",
+            f"  added {self.interactions_added:,} interactions, {self.users_added:,} users, "
+            f"{self.items_added:,} items ({self.items_in_file:,} items in the input)",
+        ]
+        lines += [f"  skipped {n:,}: {reason}" for reason, n in self.skipped_by_reason.items()]
+        lines += [f"    e.g. {example}" for example in self.skipped_examples]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading: every source yields chunks with the normalised columns
+
+
+@dataclass(frozen=True)
+class Chunk:
+    frame: pl.DataFrame  # line, user, item, event, value, ts_us, title, text, error
+
+
+@dataclass
+class Source:
+    """Where rows come from: chunks of interactions, an optional item catalogue, a row count."""
+
+    label: str  # the file named in error messages
+    line_word: str  # "line" for text files, "row" for parquet / data frames
+    total_rows: int | None
+    chunks: Iterator[pl.DataFrame]
+    items: pl.DataFrame | None = None  # item_id, title, text, attributes (dict) - whole catalogue
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if names & {"u.data", "ratings.dat"}:
+            return "movielens"
+        if any(name.endswith(".inter") for name in names):
+            return "recbole"
+        raise UserError(f"{path} is a folder without u.data, ratings.dat or *.inter; pass --format")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise UserError(f"cannot tell the format of {path.name}; pass --format csv|parquet|...")
+
+
+def _check_columns(label: str, available: list[str], columns: ColumnMap) -> None:
+    wanted = {
+        "--user-col": columns.user,
+        "--item-col": columns.item,
+        "--timestamp-col": columns.timestamp,
+        "--rating-col": columns.rating,
+        "--event-col": columns.event,
+        "--title-col": columns.title,
+        "--text-col": columns.text,
+    }
+    for option, name in wanted.items():
+        if name is not None and name not in available:
+            raise UserError(
+                f"{label} has no column {name!r} (it has: {', '.join(available)}); "
+                f"name the right one with {option}"
+            )
+
+
+def _selected(columns: ColumnMap) -> list[str]:
+    names = [columns.user, columns.item, columns.timestamp]
+    names += [c for c in (columns.rating, columns.event, columns.title, columns.text) if c]
+    return list(dict.fromkeys(names))
+
+
+def csv_source(
+    path: Path, columns: ColumnMap, *, separator: str = ",", chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Source:
+    """A CSV file with a header line; every column is read as text and validated here."""
+    label = str(path)
+    scan = pl.scan_csv(path, separator=separator, infer_schema=False, raise_if_empty=False)
+    try:
+        header = scan.collect_schema().names()
+        total = scan.select(pl.len()).collect().item()
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise UserError(f"{label}: cannot read as CSV: {_first_line(exc)}") from exc
+    _check_columns(label, header, columns)
+    lazy = scan.select(_selected(columns)).with_row_index("_row")
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        try:
+            for batch in lazy.collect_batches(chunk_size=chunk_rows):
+                # line numbers: 1-based and the header is line 1
+                yield normalise(batch, columns, line_offset=2)
+        except pl.exceptions.ComputeError as exc:
+            raise UserError(_locate_csv_error(path, separator, exc)) from exc
+
+    return Source(label, "line", total, chunks())
+
+
+def parquet_source(
+    path: Path, columns: ColumnMap, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Source:
+    label = str(path)
+    scan = pl.scan_parquet(path)
+    try:
+        schema = scan.collect_schema()
+        total = scan.select(pl.len()).collect().item()
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        raise UserError(f"{label}: cannot read as Parquet: {_first_line(exc)}") from exc
+    _check_columns(label, schema.names(), columns)
+    lazy = scan.select(_selected(columns)).with_row_index("_row")
+    batches = (
+        normalise(b, columns, line_offset=1) for b in lazy.collect_batches(chunk_size=chunk_rows)
+    )
+    return Source(label, "row", total, batches)
+
+
+def dataset_source(path: Path, fmt: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Source:
+    """MovieLens / RecBole folders, parsed by recsys.datasets (which reports file and line)."""
+    try:
+        from recsys import datasets
+    except ImportError as exc:
+        raise UserError(f"--format {fmt} needs recsys.datasets, which is not available") from exc
+    reader = datasets.read_movielens if fmt == "movielens" else datasets.read_recbole
+    data = reader(path)
+    frame = data.interactions
+    columns = ColumnMap(
+        user="user_id",
+        item="item_id",
+        timestamp="timestamp",
+        rating="rating" if "rating" in frame.columns else None,
+        default_event="rating" if "rating" in frame.columns else "interaction",
+    )
+    frame = frame.select(_selected(columns)).with_row_index("_row")
+    batches = (normalise(b, columns, line_offset=1) for b in frame.iter_slices(chunk_rows))
+    return Source(str(path), "row", frame.height, batches, catalogue(data.items))
+
+
+def catalogue(items: pl.DataFrame, columns: ColumnMap | None = None) -> pl.DataFrame:
+    """An item table (item id, title, text, other columns) as item_id/title/text/attributes."""
+    item_col = columns.item if columns else "item_id"
+    title_col = (
+        columns.title
+        if columns and columns.title
+        else _find(items, ("title", "movie_title", "name"))
+    )
+    text_col = columns.text if columns and columns.text else _find(items, ("text", "description"))
+    if item_col not in items.columns:
+        raise UserError(f"the item table has no column {item_col!r} (it has: {items.columns})")
+    named = [c for c in (item_col, title_col, text_col) if c]
+    extra = [c for c in items.columns if c not in named]
+    return items.select(
+        pl.col(item_col).cast(pl.String).alias("item_id"),
+        (pl.col(title_col).cast(pl.String) if title_col else pl.lit(None, pl.String)).alias(
+            "title"
+        ),
+        (pl.col(text_col).cast(pl.String) if text_col else pl.lit(None, pl.String)).alias("text"),
+        (pl.struct(extra) if extra else pl.lit(None)).alias("attributes"),
+    ).unique("item_id", keep="first", maintain_order=True)
+
+
+def read_items_file(path: Path, columns: ColumnMap, separator: str = ",") -> pl.DataFrame:
+    """A separate item catalogue (CSV or Parquet) for --items."""
+    if not path.exists():
+        raise UserError(f"item file {path} does not exist")
+    try:
+        if detect_format(path) == "parquet":
+            items = pl.read_parquet(path)
+        else:
+            items = pl.read_csv(path, separator=separator, infer_schema=False)
+    except pl.exceptions.ComputeError as exc:
+        raise UserError(f"{path}: cannot read the item table: {_first_line(exc)}") from exc
+    return catalogue(items, columns)
+
+
+def _find(frame: pl.DataFrame, names: tuple[str, ...]) -> str | None:
+    lowered = {c.lower().split(":")[0]: c for c in frame.columns}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _locate_csv_error(path: Path, separator: str, exc: BaseException) -> str:
+    """polars does not say which line broke the CSV structure; find it with the csv module."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=separator)
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                return (
+                    f"{path}:{reader.line_num}: {len(row)} fields but the header has "
+                    f"{len(header)}; fix the line or quote fields that contain {separator!r}"
+                )
+    return f"{path}: cannot parse CSV: {_first_line(exc)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: vectorised in polars, one error message per bad row
+
+
+def _as_text(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.String).str.strip_chars()
+
+
+def _timestamp_us(name: str, dtype: pl.DataType, unit: str) -> pl.Expr:
+    """Microseconds since the epoch from a datetime, a number in `unit`, or ISO-8601 text."""
+    if dtype.is_temporal():
+        stamp = pl.col(name).cast(pl.Datetime("us"))
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone:
+            stamp = pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return stamp.cast(pl.Datetime("us")).cast(pl.Int64)
+    factor = TIME_UNITS[unit]
+    if dtype.is_numeric():
+        return (pl.col(name).cast(pl.Float64) * factor).round().cast(pl.Int64, strict=False)
+    raw = _as_text(name)
+    number = (raw.cast(pl.Float64, strict=False) * factor).round().cast(pl.Int64, strict=False)
+    utc = "UTC"
+    iso = pl.coalesce(
+        raw.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone=utc),
+        raw.str.to_datetime("%Y-%m-%d %H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone=utc),
+        raw.str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"
+        ).dt.replace_time_zone(utc),
+        raw.str.to_datetime(
+            "%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us"
+        ).dt.replace_time_zone(utc),
+        raw.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone(utc),
+    )
+    return pl.coalesce(number, iso.dt.replace_time_zone(None).cast(pl.Int64))
+
+
+def normalise(batch: pl.DataFrame, columns: ColumnMap, *, line_offset: int) -> pl.DataFrame:
+    """Map a raw chunk to the normalised frame and name the first problem of each bad row."""
+    if columns.timestamp_unit not in TIME_UNITS:
+        raise UserError(f"timestamp unit must be one of {', '.join(TIME_UNITS)}")
+    schema = batch.schema
+    user, item = _as_text(columns.user), _as_text(columns.item)
+    ts_raw = _as_text(columns.timestamp)
+    ts_us = _timestamp_us(columns.timestamp, schema[columns.timestamp], columns.timestamp_unit)
+    value_raw = _as_text(columns.rating) if columns.rating else pl.lit(None, pl.String)
+    value = (
+        pl.col(columns.rating).cast(pl.Float64, strict=False)
+        if columns.rating
+        else pl.lit(None, pl.Float64)
+    )
+    event = _as_text(columns.event) if columns.event else pl.lit(columns.event_name())
+
+    def problem(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
+        text = pl.lit(message) if isinstance(message, str) else message
+        return pl.when(condition).then(text)
+
+    def missing(expr: pl.Expr) -> pl.Expr:
+        return expr.is_null() | (expr == "")
+
+    checks = [
+        problem(missing(user), f"missing user id (column {columns.user!r})"),
+        problem(missing(item), f"missing item id (column {columns.item!r})"),
+        problem(missing(ts_raw), f"missing timestamp (column {columns.timestamp!r})"),
+        problem(
+            ts_us.is_null(),
+            pl.format(
+                'timestamp "{}" is not a number of {} since 1970 or an ISO-8601 date',
+                ts_raw,
+                pl.lit(
+                    {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}[
+                        columns.timestamp_unit
+                    ]
+                ),
+            ),
+        ),
+    ]
+    if columns.rating:
+        checks.append(
+            problem(
+                value_raw.is_not_null()
+                & (value_raw != "")
+                & (value.is_null() | value.is_nan() | value.is_infinite()),
+                pl.format('{} "{}" is not a finite number', pl.lit(columns.rating), value_raw),
+            )
+        )
+    if columns.event:
+        checks.append(problem(missing(event), f"missing event type (column {columns.event!r})"))
+    title = _as_text(columns.title) if columns.title else pl.lit(None, pl.String)
+    text = pl.col(columns.text).cast(pl.String) if columns.text else pl.lit(None, pl.String)
+    return batch.select(
+        (pl.col("_row").cast(pl.Int64) + line_offset).alias("line"),
+        user.alias("user"),
+        item.alias("item"),
+        event.alias("event"),
+        value.alias("value"),
+        ts_us.alias("ts_us"),
+        title.alias("title"),
+        text.alias("text"),
+        pl.coalesce(checks).alias("error"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+class _Loader:
+    """Writes normalised chunks inside one open transaction, remembering internal keys."""
+
+    def __init__(self, conn: Connection, source_name: str) -> None:
+        self.conn = conn
+        self.source_name = source_name
+        self.user_keys: dict[str, int] = {}
+        self.item_keys: dict[str, int] = {}
+        self.table = Interaction.__table__
+        self.insert = repository.upsert(conn, self.table).on_conflict_do_nothing(
+            index_elements=["event_id"]
+        )
+
+    def load_catalogue(self, items: pl.DataFrame) -> None:
+        records = [
+            repository.ItemRecord(
+                row["item_id"], row["title"], row["text"], _attributes(row["attributes"])
+            )
+            for row in items.iter_rows(named=True)
+            if row["item_id"]
+        ]
+        for start in range(0, len(records), DEFAULT_CHUNK_ROWS):
+            self.item_keys.update(
+                repository.ensure_items(self.conn, records[start : start + DEFAULT_CHUNK_ROWS])
+            )
+
+    def load(self, good: pl.DataFrame) -> None:
+        new_users = set(good["user"].unique().to_list()) - self.user_keys.keys()
+        self.user_keys.update(repository.ensure_users(self.conn, new_users))
+        # items: first sighting in this load (with the title if the file has one)
+        firsts = good.unique("item", keep="first", maintain_order=True).filter(
+            ~pl.col("item").is_in(list(self.item_keys))
+        )
+        if firsts.height:
+            records = (
+                repository.ItemRecord(i, t, x)
+                for i, t, x in firsts.select("item", "title", "text").iter_rows()
+            )
+            self.item_keys.update(repository.ensure_items(self.conn, records))
+        self.conn.execute(self.insert, self._rows(good))
+
+    def _rows(self, good: pl.DataFrame) -> list[dict[str, Any]]:
+        users, items, events = (
+            good["user"].to_list(),
+            good["item"].to_list(),
+            good["event"].to_list(),
+        )
+        micros, values = good["ts_us"].to_list(), good["value"].to_list()
+        stamps = good["ts_us"].cast(pl.Datetime("us")).to_list()  # naive UTC
+        source, ukeys, ikeys = self.source_name, self.user_keys, self.item_keys
+        return [
+            {
+                "event_id": repository.event_id(source, u, i, us, e),
+                "user_id": ukeys[u],
+                "item_id": ikeys[i],
+                "event": e,
+                "value": v,
+                "timestamp": ts,
+                "source": source,
+            }
+            for u, i, e, us, v, ts in zip(users, items, events, micros, values, stamps, strict=True)
+        ]
+
+
+def _attributes(value: Any) -> dict[str, Any]:
+    """Extra catalogue columns as JSON-safe attributes (dates and the like become text)."""
+    if not isinstance(value, dict):
+        return {}
+    plain = (str, int, float, bool, list)
+    return {k: v if isinstance(v, plain) else str(v) for k, v in value.items() if v is not None}
+
+
+def _counts(conn: Connection) -> tuple[int, int, int]:
+    count = sa.select(sa.func.count())
+    return tuple(  # type: ignore[return-value]
+        conn.execute(count.select_from(m.__table__)).scalar_one() for m in (Interaction, User, Item)
+    )
+
+
+def open_source(
+    path: Path,
+    fmt: str,
+    columns: ColumnMap,
+    *,
+    separator: str = ",",
+    items_path: Path | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Source:
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt in ("movielens", "recbole"):
+        if not path.is_dir():
+            raise UserError(f"--format {fmt} expects a folder, {path} is a file")
+        return dataset_source(path, fmt, chunk_rows=chunk_rows)
+    if path.is_dir():
+        raise UserError(f"--format {fmt} expects a file, {path} is a folder")
+    if fmt == "csv":
+        source = csv_source(path, columns, separator=separator, chunk_rows=chunk_rows)
+    else:
+        source = parquet_source(path, columns, chunk_rows=chunk_rows)
+    if items_path is not None:
+        source.items = read_items_file(items_path, columns, separator)
+    return source
+
+
+def ingest(
+    path: str | Path,
+    fmt: str = "auto",
+    *,
+    columns: ColumnMap | None = None,
+    items_path: str | Path | None = None,
+    skip_bad: bool = False,
+    source: str | None = None,
+    separator: str = ",",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = True,
+    engine: Engine | None = None,
+) -> IngestReport:
+    """Load a file or folder. Refuses it whole on any bad row unless `skip_bad`."""
+    started = time.perf_counter()
+    path = Path(path)
+    columns = columns or ColumnMap()
+    src = open_source(
+        path,
+        fmt,
+        columns,
+        separator=separator,
+        items_path=Path(items_path) if items_path else None,
+        chunk_rows=chunk_rows,
+    )
+    resolved_fmt = detect_format(path) if fmt == "auto" else fmt
+    report = IngestReport(str(path), resolved_fmt, source or path.name)
+    reasons: Counter[str] = Counter()
+    examples: list[str] = []
+    from tqdm import tqdm
+
+    engine = engine or get_engine()
+    with (
+        write_connection(engine) as conn,
+        tqdm(
+            total=src.total_rows, unit="rows", desc=f"ingest {path.name}", disable=not progress
+        ) as bar,
+    ):
+        loader = _Loader(conn, report.source)
+        before = _counts(conn)
+        if src.items is not None:
+            report.items_in_file = src.items.height
+            loader.load_catalogue(src.items)
+        for chunk in src.chunks:
+            bad = chunk.filter(pl.col("error").is_not_null())
+            report.rows_read += chunk.height
+            for line, error in bad.select("line", "error").iter_rows():
+                reasons[_reason_key(error)] += 1
+                if len(examples) < MAX_LISTED_ERRORS:
+                    examples.append(f"{src.label}:{line}: {error}")
+            if not reasons or skip_bad:  # once refused, only keep finding bad rows
+                good = chunk.filter(pl.col("error").is_null())
+                if good.height:
+                    loader.load(good)
+                report.rows_loaded += good.height
+            bar.update(chunk.height)
+        report.rows_skipped = sum(reasons.values())
+        if reasons and not skip_bad:
+            raise UserError(_refusal(src, report.rows_skipped, examples))
+        after = _counts(conn)
+        report.interactions_added, report.users_added, report.items_added = (
+            a - b for a, b in zip(after, before, strict=True)
+        )
+        if src.items is None:
+            report.items_in_file = len(loader.item_keys)
+    report.skipped_by_reason = dict(reasons.most_common())
+    report.skipped_examples = examples
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _reason_key(error: str) -> str:
+    """Group messages by kind: the offending value (in double quotes) is left out."""
+    return re.sub(r'"[^"]*"', '"…"', error, count=1)
+
+
+def _refusal(src: Source, bad_rows: int, examples: list[str]) -> str:
+    shown = "\n  ".join(examples)
+    more = f"\n  ... and {bad_rows - len(examples)} more" if bad_rows > len(examples) else ""
+    return (
+        f"{src.label}: {bad_rows} bad {src.line_word}(s), nothing was written:\n  {shown}{more}\n"
+        "fix them, or pass --skip-bad to load the good rows and skip these"
+    )
