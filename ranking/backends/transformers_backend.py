@@ -1,0 +1,273 @@
+"""Hugging Face transformers backend: CPU or CUDA, batched, with KV-cache reuse.
+
+`next_token_logprobs` keeps the KV cache of the rows of its previous call. A new context
+that extends, or shares a long prefix with, one of those rows reuses its cached keys and
+values and only the new tokens go through the model. That is what makes `incremental` mode
+cost about one prefill (each step appends one label token to the previous context), lets
+`score` mode compute the shared prompt prefix once, and lets consecutive requests share the
+chat template's system prompt.
+
+Layout of the cached batch: every row is [left padding | kept prefix | appended tokens,
+right padded]; an explicit attention mask hides the padding and explicit position ids count
+only real tokens, so padding in the middle of a row is harmless. Only the last position's
+hidden state goes through the LM head (a vocabulary-sized logit row per context, not per
+token).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ranking.backends.base import Generation, LMBackend
+
+# Reusing a cached prefix costs a gather of its keys/values; below this many tokens it is
+# cheaper to recompute.
+MIN_REUSE_TOKENS = 4
+
+
+@dataclass
+class _CachedBatch:
+    cache: object  # transformers DynamicCache
+    mask: torch.Tensor  # [B, T] 1 for real tokens
+    tokens: list[tuple[int, ...]]  # the real tokens of each row
+    last_logits: torch.Tensor  # [B, V] next-token logits after each row
+
+
+class TransformersBackend(LMBackend):
+    """A causal LM from transformers. Build it with :func:`ranking.loading.load_backend`."""
+
+    def __init__(self, model, tokenizer, model_id: str, device: str = "cpu") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self._state: _CachedBatch | None = None
+        self.reuse_cache = True
+        # counters, for benchmarks and tests: tokens that went through the model
+        self.tokens_computed = 0
+        self.forward_calls = 0
+        self.last_forward_s = 0.0
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._pad_id = int(tokenizer.pad_token_id)
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        # sliding-window layers drop old keys, so the row layout above would not hold
+        cfg = model.config
+        layer_types = getattr(cfg, "layer_types", None)
+        if layer_types:
+            sliding = "sliding_attention" in layer_types
+        else:
+            sliding = bool(getattr(cfg, "sliding_window", None)) and bool(
+                getattr(cfg, "use_sliding_window", True)
+            )
+        self.reuse_cache = not sliding
+
+    # ------------------------------------------------------------------ public API
+
+    def clear_cache(self) -> None:
+        """Forget the cached KV state (benchmarks use it to time a cold prefill)."""
+        self._state = None
+
+    @torch.inference_mode()
+    def next_token_logprobs(
+        self, contexts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        if len(contexts) != len(allowed):
+            raise ValueError("contexts and allowed must have the same length")
+        if not contexts:
+            return []
+        logits = self._next_logits([tuple(int(t) for t in c) for c in contexts])
+        out = []
+        for row, ids in zip(logits, allowed, strict=True):
+            sel = row[torch.as_tensor(list(ids), dtype=torch.long, device=row.device)]
+            out.append(torch.log_softmax(sel.float(), dim=-1).cpu().numpy().astype(np.float64))
+        return out
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: Sequence[str] = ("</answer>",),
+    ) -> list[Generation]:
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = side
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": self._pad_id}
+        if temperature > 0:
+            if seed is not None:
+                torch.manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=tok)
+        out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1] :]
+        gens = []
+        eos = set(_as_list(self.model.generation_config.eos_token_id)) | {self._pad_id}
+        for row in new.tolist():
+            n = len(row)
+            for i, t in enumerate(row):
+                if t in eos:
+                    n = i + 1
+                    break
+            gens.append(Generation(tok.decode(row[:n], skip_special_tokens=True), n))
+        self.tokens_computed += int(enc["input_ids"].numel()) + sum(g.n_tokens for g in gens)
+        return gens
+
+    # ------------------------------------------------------------------ KV-cache reuse
+
+    def _next_logits(self, contexts: list[tuple[int, ...]]) -> torch.Tensor:
+        state = self._state if self.reuse_cache else None
+        if state is not None and _extends_row_by_row(state.tokens, contexts):
+            suffixes = [c[len(t) :] for c, t in zip(contexts, state.tokens, strict=True)]
+            if all(suffixes):
+                return self._extend(state, contexts, suffixes)
+        plan = _plan_reuse(state.tokens if state else [], contexts)
+        base = self._gather(state, plan) if state is not None else None
+        suffixes = [c[keep:] for c, (_, keep) in zip(contexts, plan, strict=True)]
+        if base is None:
+            base = _CachedBatch(None, torch.zeros(len(contexts), 0, dtype=torch.long), [], None)  # type: ignore[arg-type]
+            base.tokens = [() for _ in contexts]
+        return self._extend(base, contexts, suffixes)
+
+    def _gather(self, state: _CachedBatch, plan: list[tuple[int, int]]) -> _CachedBatch | None:
+        """A new cached batch whose row i holds the first keep_i tokens of old row src_i."""
+        kmax = max(keep for _, keep in plan)
+        if kmax == 0 or not _is_plain_dynamic(state.cache):
+            return None
+        dev = state.mask.device
+        n = len(plan)
+        # index of each kept slot in the old layout; rows are left padded to kmax
+        slot_idx = torch.zeros(n, kmax, dtype=torch.long, device=dev)
+        new_mask = torch.zeros(n, kmax, dtype=torch.long, device=dev)
+        src_rows = torch.zeros(n, dtype=torch.long, device=dev)
+        tokens: list[tuple[int, ...]] = []
+        for i, (src, keep) in enumerate(plan):
+            src_rows[i] = max(src, 0)
+            if keep:
+                real = torch.nonzero(state.mask[src], as_tuple=False).squeeze(1)[:keep]
+                slot_idx[i, kmax - keep :] = real
+                new_mask[i, kmax - keep :] = 1
+                tokens.append(state.tokens[src][:keep])
+            else:
+                tokens.append(())
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for li, layer in enumerate(state.cache.layers):  # type: ignore[attr-defined]
+            k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
+            idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            cache.update(k.gather(2, idx), v.gather(2, idx), li)
+        return _CachedBatch(cache, new_mask, tokens, None)  # type: ignore[arg-type]
+
+    def _extend(
+        self,
+        base: _CachedBatch,
+        contexts: list[tuple[int, ...]],
+        suffixes: list[tuple[int, ...]],
+    ) -> torch.Tensor:
+        """Run the suffixes through the model on top of `base`; cache the result."""
+        n = len(contexts)
+        lengths = [len(s) for s in suffixes]
+        width = max(lengths)
+        ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        new_mask = torch.zeros(n, width, dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            new_mask[i, : len(s)] = 1
+        past_mask = base.mask.to(self.device)
+        mask = torch.cat([past_mask, new_mask.to(self.device)], dim=1)
+        n_past = past_mask.sum(dim=1, keepdim=True)
+        pos = (n_past + torch.arange(width, device=self.device)[None, :]).clamp(min=0)
+        cache = base.cache
+        self._state = None  # a failed forward must not leave a half-extended cache behind
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)
+        t0 = time.perf_counter()
+        hidden = self.model.get_decoder()(
+            input_ids=ids.to(self.device),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        last = torch.tensor([ln - 1 for ln in lengths], device=self.device)
+        h_last = hidden[torch.arange(n, device=self.device), last]
+        logits = self.model.get_output_embeddings()(h_last).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        self.last_forward_s = time.perf_counter() - t0
+        self.forward_calls += 1
+        self.tokens_computed += sum(lengths)
+        self._state = _CachedBatch(cache, mask, list(contexts), logits)
+        return logits
+
+
+def _extends_row_by_row(rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]]) -> bool:
+    return len(rows) == len(contexts) and all(
+        len(c) > len(r) and c[: len(r)] == r for r, c in zip(rows, contexts, strict=True)
+    )
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # compare in chunks first: contexts are long and usually share most of their tokens
+    step = 64
+    while i + step <= n and a[i : i + step] == b[i : i + step]:
+        i += step
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _plan_reuse(
+    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]]
+) -> list[tuple[int, int]]:
+    """For each context, (source row, tokens to keep) maximising the shared prefix.
+
+    At least one token of each context is always recomputed, so its logits are fresh."""
+    plan = []
+    for c in contexts:
+        best_src, best_keep = -1, 0
+        for j, r in enumerate(rows):
+            keep = min(_common_prefix(r, c), len(c) - 1)
+            if keep > best_keep:
+                best_src, best_keep = j, keep
+        plan.append((best_src, best_keep) if best_keep >= MIN_REUSE_TOKENS else (-1, 0))
+    return plan
+
+
+def _is_plain_dynamic(cache: object) -> bool:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(
+        type(layer) is DynamicLayer and not isinstance(layer, DynamicSlidingWindowLayer)
+        for layer in layers  # type: ignore[union-attr]
+    )
+
+
+def _as_list(x) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, list | tuple) else [int(x)]

@@ -1,0 +1,101 @@
+"""The ranking facade: `load_ranker(...)` -> `Ranker`; `rank` / `rank_batch` any mode.
+
+    from ranking.engine import load_ranker
+    ranker = load_ranker(model="default", device="cpu")
+    result = ranker.rank(request)               # RankResult
+    results = ranker.rank_batch(requests)       # forward passes batched across requests
+
+Requests of the same mode are ranked together, `batch_size` at a time: each model call
+(prefill, constrained step, or generation) serves the whole group. Each request keeps its
+own deadline, counted from the moment `rank` / `rank_batch` received it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ranking.backends.base import LMBackend
+from ranking.loading import load_backend
+from ranking.modes import MODES, Deadline, RankingMode, RankOptions
+from ranking.modes.base import CostModel, ModeContext
+from ranking.types import RankRequest, RankResult
+
+
+class Ranker:
+    """Ranks RankRequests with one LM backend, in any mode."""
+
+    def __init__(
+        self,
+        backend: LMBackend,
+        *,
+        batch_size: int = 8,
+        reason_max_new_tokens: int = 1024,
+    ) -> None:
+        self.backend = backend
+        self.options = RankOptions(
+            reason_max_new_tokens=reason_max_new_tokens, batch_size=max(1, batch_size)
+        )
+        self.costs = CostModel()
+        self.modes: dict[str, RankingMode] = {name: cls() for name, cls in MODES.items()}
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def rank(self, request: RankRequest) -> RankResult:
+        return self.rank_batch([request])[0]
+
+    def rank_batch(
+        self, requests: Sequence[RankRequest], progress: bool = False
+    ) -> list[RankResult]:
+        """One RankResult per request, in the input order."""
+        deadlines = [Deadline(r.deadline_ms) for r in requests]
+        for r in requests:  # fail fast, before any model work, on requests a mode cannot serve
+            self.modes[r.mode].check(r, self.backend)
+        ctx = ModeContext(self.options, self.costs)
+        results: list[RankResult | None] = [None] * len(requests)
+        bar = _progress(len(requests), progress)
+        by_mode: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_mode.setdefault(r.mode, []).append(i)
+        size = self.options.batch_size
+        for mode, idx in by_mode.items():
+            # similar lengths in one batch waste less padding
+            idx = sorted(idx, key=lambda i: len(requests[i].candidates))
+            for start in range(0, len(idx), size):
+                chunk = idx[start : start + size]
+                out = self.modes[mode].rank_batch(
+                    [requests[i] for i in chunk], [deadlines[i] for i in chunk], self.backend, ctx
+                )
+                for i, res in zip(chunk, out, strict=True):
+                    results[i] = res
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="ranking", unit="req")
+
+
+def load_ranker(
+    model: str | os.PathLike[str] = "default",
+    device: str = "auto",
+    backend: str = "transformers",
+    *,
+    batch_size: int = 8,
+    reason_max_new_tokens: int = 1024,
+) -> Ranker:
+    """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker."""
+    return Ranker(
+        load_backend(model, device=device, backend=backend),
+        batch_size=batch_size,
+        reason_max_new_tokens=reason_max_new_tokens,
+    )

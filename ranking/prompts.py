@@ -1,0 +1,269 @@
+"""Prompts: one template per task family, in the wording of the IRanker paper (arXiv 2506.21638).
+
+A prompt has three parts that every mode shares:
+
+* the *context*: the user's history (recommendation) or the query (passage, router);
+* the *candidate list*: one line per candidate, with a label (``[A] Toy Story (1995)``) in
+  the label-based modes, a bullet in ``reason`` mode (the paper's model answers with the
+  title);
+* the *instruction*: what to answer, which depends on the mode.
+
+Labels are the strings ``A`` .. ``Z``, then the two-letter strings (``AA``, ``AB`` ..) and
+then the lower-case ones that the tokenizer encodes, with a leading space, as ONE token.
+The SmolLM2 tokenizer has 26 + 375 + 345 of them, so a single constrained decoding step picks
+a candidate among up to several hundred (digits are split one per token, so numbers would
+need multi-token labels). See :func:`label_set`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ranking.errors import RequestError
+from ranking.types import Candidate, RankRequest
+
+# The paper's system instruction (DeepSeek-R1 style), used by `reason` mode.
+REASON_SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant "
+    "solves it. The Assistant first thinks about the reasoning process in the mind and then "
+    "provides the User with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., "
+    "<think> reasoning process here </think> <answer> answer here </answer>."
+)
+
+
+@dataclass(frozen=True)
+class TaskWording:
+    """The nouns and phrases of one task family."""
+
+    item: str  # "movie"
+    items: str  # "movies"
+    least: str  # "least likely to be my next watch"
+    most: str  # "most likely to be my next watch"
+    consumed_by: str = ""  # "watched by" (for the popularity signal)
+
+
+_REC = {
+    "rec-movie": TaskWording(
+        "movie",
+        "movies",
+        "least likely to be my next watch",
+        "most likely to be my next watch",
+        "watched by",
+    ),
+    "rec-music": TaskWording(
+        "album",
+        "albums",
+        "least likely to be my next listen",
+        "most likely to be my next listen",
+        "listened to by",
+    ),
+    "rec-game": TaskWording(
+        "game",
+        "games",
+        "least likely to be my next play",
+        "most likely to be my next play",
+        "played by",
+    ),
+}
+_HISTORY_VERB = {"rec-movie": "watched", "rec-music": "listened to", "rec-game": "played"}
+_ROUTER_CRITERION = {
+    "router-perf": "performance-efficient",
+    "router-balance": "balanced (between performance and cost)",
+    "router-cost": "cost-efficient",
+}
+
+
+def task_wording(task: str) -> TaskWording:
+    if task in _REC:
+        return _REC[task]
+    if task == "passage":
+        return TaskWording(
+            "passage",
+            "passages",
+            "least relevant passage to the query",
+            "most relevant passage to the query",
+        )
+    if task in _ROUTER_CRITERION:
+        crit = _ROUTER_CRITERION[task]
+        return TaskWording("LLM", "LLMs", f"least {crit} LLM", f"most {crit} LLM")
+    raise RequestError(f"unknown task {task!r}")
+
+
+# ---------------------------------------------------------------- candidate lines and signals
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def render_signals(candidate: Candidate, task: str) -> str:
+    """The candidate's retrieval facts as a short phrase, e.g. "CF rank 3, watched by 583 people".
+
+    Known signal names get a readable phrase; others are rendered "name value"."""
+    wording = task_wording(task)
+    parts: list[str] = []
+    for key, value in candidate.signals.items():
+        k = key.lower()
+        if k in ("cf_rank", "rank", "retrieval_rank"):
+            parts.append(f"CF rank {_fmt(value)}")
+        elif k in ("popularity", "n_users", "count", "views") and wording.consumed_by:
+            parts.append(f"{wording.consumed_by} {_fmt(value)} people")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {_fmt(value)}")
+    if candidate.score is not None and "score" not in candidate.signals:
+        parts.append(f"retrieval score {_fmt(candidate.score)}")
+    return ", ".join(parts)
+
+
+def candidate_line(candidate: Candidate, task: str, show_signals: bool) -> str:
+    text = " ".join(candidate.text.split())  # one line per candidate
+    if show_signals:
+        facts = render_signals(candidate, task)
+        if facts:
+            return f"{text} ({facts})"
+    return text
+
+
+# ---------------------------------------------------------------- labels
+
+
+_LABEL_STRINGS = (
+    list(string.ascii_uppercase)
+    + [a + b for a in string.ascii_uppercase for b in string.ascii_uppercase]
+    + list(string.ascii_lowercase)
+    + [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
+)
+_LABEL_CACHE: dict[int, tuple[Any, list[tuple[str, int]]]] = {}
+
+
+def label_set(tokenizer: Any) -> list[tuple[str, int]]:
+    """(label, token id) pairs, in presentation order, where " label" is a single token.
+
+    Computed once per tokenizer object."""
+    cached = _LABEL_CACHE.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1]
+    out: list[tuple[str, int]] = []
+    seen: set[int] = set()
+    for lab in _LABEL_STRINGS:
+        ids = tokenizer.encode(" " + lab, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] not in seen:
+            seen.add(ids[0])
+            out.append((lab, int(ids[0])))
+    _LABEL_CACHE[id(tokenizer)] = (tokenizer, out)
+    return out
+
+
+def labels_for(tokenizer: Any, n: int) -> list[tuple[str, int]]:
+    """The first n labels; RequestError when the tokenizer has fewer single-token labels."""
+    labels = label_set(tokenizer)
+    if n > len(labels):
+        raise RequestError(
+            f"too many candidates ({n}) for this model: its tokenizer has {len(labels)} "
+            "single-token labels; rank at most that many per request (or use mode 'reason')"
+        )
+    return labels[:n]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def _context_block(request: RankRequest) -> str:
+    if request.task in _REC:
+        wording = _REC[request.task]
+        verb = _HISTORY_VERB[request.task]
+        if not request.history:
+            head = f"I have not {verb} any {wording.items} yet."
+        else:
+            lines = "\n".join(f"{i}. {h}" for i, h in enumerate(request.history, 1))
+            head = f"I've {verb} the following {wording.items} in the past, in order:\n{lines}"
+        if request.query:
+            head += f"\n\nWhat I am looking for: {request.query}"
+        return head
+    if request.task == "passage":
+        return f"Query: {request.query}"
+    return f"Query: {request.query or '(no query text)'}"
+
+
+def _candidate_block(
+    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str] | None
+) -> str:
+    wording = task_wording(request.task)
+    if request.task in _REC:
+        head = f"Now there are {len(candidates)} candidate {wording.items} that I can choose from:"
+    elif request.task == "passage":
+        head = f"Here are {len(candidates)} candidate passages:"
+    else:
+        head = f"Here are {len(candidates)} candidate LLMs, with their prices:"
+    lines = [
+        (f"[{lab}] " if labels is not None else "- ")
+        + candidate_line(c, request.task, request.show_signals)
+        for lab, c in zip(labels or [None] * len(candidates), candidates, strict=True)
+    ]
+    return head + "\n" + "\n".join(lines)
+
+
+def _select_sentence(request: RankRequest) -> str:
+    w = task_wording(request.task)
+    if request.task in _REC:
+        return f"Please select the one {w.item} that is {w.least}."
+    if request.task == "passage":
+        return "Please select the least relevant passage given the query."
+    return f"Please select the {w.least} for this query."
+
+
+def reason_prompt(request: RankRequest, candidates: Sequence[Candidate]) -> str:
+    """The paper's per-step prompt: remaining candidates by text, answer the title in tags."""
+    w = task_wording(request.task)
+    return (
+        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, None)}\n\n"
+        f"{_select_sentence(request)} Think step by step inside <think> </think>, then give "
+        f"the {w.item} exactly as it appears in the list inside <answer> </answer>."
+    )
+
+
+def label_prompt(
+    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+) -> str:
+    """`score` mode: remaining candidates with labels, answer one label."""
+    return (
+        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
+        f"{_select_sentence(request)} Answer with its label only."
+    )
+
+
+def elimination_prompt(
+    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+) -> str:
+    """`incremental` mode: all candidates once; the answer lists labels in elimination order."""
+    w = task_wording(request.task)
+    return (
+        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
+        f"Eliminate the {w.items} one at a time: first the one that is {w.least}, then the "
+        f"{w.least} among those left, and so on until one {w.item} remains. Answer with the "
+        "labels only, in elimination order, separated by spaces."
+    )
+
+
+def ranking_prompt(
+    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+) -> str:
+    """`direct` mode (DRanker): the whole order, best first, in one answer."""
+    w = task_wording(request.task)
+    return (
+        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
+        f"Rank all {len(candidates)} {w.items}, starting with the {w.most}. Answer with the "
+        "labels only, best first, separated by spaces."
+    )
+
+
+# What the assistant's answer starts with in the label modes; the label tokens follow it.
+SCORE_ANSWER_PREFIX = "Answer:"
+ELIMINATION_ANSWER_PREFIX = "Elimination order:"
+RANKING_ANSWER_PREFIX = "Ranking:"
