@@ -37,6 +37,7 @@ from recsys.errors import UserError
 FORMATS = ("auto", "csv", "parquet", "movielens", "recbole")
 DEFAULT_CHUNK_ROWS = 50_000
 MAX_LISTED_ERRORS = 10
+SQLITE_CACHE_MIB = 256  # the event_id index takes random inserts: keep it in memory
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 Format = Literal["auto", "csv", "parquet", "movielens", "recbole"]
@@ -154,7 +155,13 @@ def _selected(columns: ColumnMap) -> list[str]:
 def csv_source(
     path: Path, columns: ColumnMap, *, separator: str = ",", chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Source:
-    """A CSV file with a header line; every column is read as text and validated here."""
+    """A CSV file with a header line; every column is read as text and validated here.
+
+    pyarrow's incremental reader pulls one block at a time, so memory stays bounded however
+    slow the database is (polars' collect_batches reads ahead without limit)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     label = str(path)
     scan = pl.scan_csv(path, separator=separator, infer_schema=False, raise_if_empty=False)
     try:
@@ -163,14 +170,31 @@ def csv_source(
     except (pl.exceptions.ComputeError, OSError) as exc:
         raise UserError(f"{label}: cannot read as CSV: {_first_line(exc)}") from exc
     _check_columns(label, header, columns)
-    lazy = scan.select(_selected(columns)).with_row_index("_row")
+    selected = _selected(columns)
+    bytes_per_row = path.stat().st_size / max(total, 1)
+    block = int(min(max(chunk_rows * bytes_per_row * 1.2, 1 << 20), 1 << 28))
 
     def chunks() -> Iterator[pl.DataFrame]:
+        if total == 0:
+            return
+        offset = 2  # line numbers are 1-based and the header is line 1
         try:
-            for batch in lazy.collect_batches(chunk_size=chunk_rows):
-                # line numbers: 1-based and the header is line 1
-                yield normalise(batch, columns, line_offset=2)
-        except pl.exceptions.ComputeError as exc:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=block),
+                parse_options=pacsv.ParseOptions(delimiter=separator, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in header},
+                    include_columns=selected,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                ),
+            )
+            for batch in reader:
+                for piece in pl.from_arrow(pa.Table.from_batches([batch])).iter_slices(chunk_rows):
+                    yield normalise(piece.with_row_index("_row"), columns, line_offset=offset)
+                    offset += piece.height
+        except pa.ArrowInvalid as exc:
             raise UserError(_locate_csv_error(path, separator, exc)) from exc
 
     return Source(label, "line", total, chunks())
@@ -179,19 +203,25 @@ def csv_source(
 def parquet_source(
     path: Path, columns: ColumnMap, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Source:
+    """A Parquet file, read a batch at a time (bounded memory); columns keep their types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     label = str(path)
-    scan = pl.scan_parquet(path)
     try:
-        schema = scan.collect_schema()
-        total = scan.select(pl.len()).collect().item()
-    except (pl.exceptions.ComputeError, OSError) as exc:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{label}: cannot read as Parquet: {_first_line(exc)}") from exc
-    _check_columns(label, schema.names(), columns)
-    lazy = scan.select(_selected(columns)).with_row_index("_row")
-    batches = (
-        normalise(b, columns, line_offset=1) for b in lazy.collect_batches(chunk_size=chunk_rows)
-    )
-    return Source(label, "row", total, batches)
+    _check_columns(label, parquet.schema_arrow.names, columns)
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        offset = 1
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=_selected(columns)):
+            piece = pl.from_arrow(pa.Table.from_batches([batch]))
+            yield normalise(piece.with_row_index("_row"), columns, line_offset=offset)
+            offset += piece.height
+
+    return Source(label, "row", parquet.metadata.num_rows, chunks())
 
 
 def dataset_source(path: Path, fmt: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Source:
@@ -267,7 +297,7 @@ def _locate_csv_error(path: Path, separator: str, exc: BaseException) -> str:
         reader = csv.reader(handle, delimiter=separator)
         header = next(reader, [])
         for row in reader:
-            if len(row) > len(header):
+            if row and len(row) != len(header):
                 return (
                     f"{path}:{reader.line_num}: {len(row)} fields but the header has "
                     f"{len(header)}; fix the line or quote fields that contain {separator!r}"
@@ -521,7 +551,7 @@ def ingest(
 
     engine = engine or get_engine()
     with (
-        write_connection(engine) as conn,
+        write_connection(engine, sqlite_cache_mib=SQLITE_CACHE_MIB) as conn,
         tqdm(
             total=src.total_rows, unit="rows", desc=f"ingest {path.name}", disable=not progress
         ) as bar,

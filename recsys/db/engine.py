@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from recsys.errors import UserError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+SQLITE_DEFAULT_CACHE = -2000  # SQLite's own default: 2 MiB
 _IMMEDIATE = "recsys_sqlite_immediate"
 
 _engines: dict[str, Engine] = {}
@@ -93,13 +94,26 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 @contextmanager
-def write_connection(engine: Engine) -> Iterator[Connection]:
+def write_connection(
+    engine: Engine, *, sqlite_cache_mib: int | None = None
+) -> Iterator[Connection]:
     """A connection in one write transaction: committed at the end, rolled back on error.
-    On SQLite the write lock is taken at BEGIN, so concurrent writers queue instead of failing."""
+    On SQLite the write lock is taken at BEGIN, so concurrent writers queue instead of failing.
+    `sqlite_cache_mib` enlarges SQLite's page cache for this transaction (bulk loads into big
+    indexes); the default is restored before the connection goes back to the pool."""
     with engine.connect() as conn:
-        conn = conn.execution_options(**{_IMMEDIATE: True})
-        with conn.begin():
-            yield conn
+        sized = sqlite_cache_mib is not None and conn.dialect.name == "sqlite"
+        if sized:
+            conn.exec_driver_sql(f"PRAGMA cache_size = -{int(sqlite_cache_mib) * 1024}")
+            conn.commit()  # ends the implicit transaction the PRAGMA began
+        try:
+            conn = conn.execution_options(**{_IMMEDIATE: True})
+            with conn.begin():
+                yield conn
+        finally:
+            if sized:
+                conn.exec_driver_sql(f"PRAGMA cache_size = {SQLITE_DEFAULT_CACHE}")
+                conn.commit()
 
 
 @contextmanager

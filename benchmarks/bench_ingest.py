@@ -1,0 +1,223 @@
+"""Ingestion speed and memory: ml-100k and a large synthetic file into SQLite and PostgreSQL.
+
+    .venv/bin/python benchmarks/bench_ingest.py                 # ml-100k + 5M synthetic rows
+    .venv/bin/python benchmarks/bench_ingest.py --rows 1000000  # smaller synthetic file
+
+Each load runs in a fresh child process, so its peak resident memory (ru_maxrss) is its own.
+A second load of the same input measures the idempotent path (everything already stored).
+Writes benchmarks/results/ingest.json and benchmarks/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+POSTGRES_URL = os.environ.get(
+    "RECSYS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def run_one(spec: dict) -> dict:
+    """Child process: migrate, load twice, report times, counts and peak memory."""
+    from recsys.db.engine import make_engine
+    from recsys.db.migrate import upgrade
+    from recsys.ingest import ColumnMap, ingest
+
+    upgrade(spec["url"])
+    engine = make_engine(spec["url"])
+    columns = ColumnMap(**spec.get("columns", {}))
+    kwargs = {
+        "columns": columns,
+        "separator": spec.get("separator", ","),
+        "items_path": spec.get("items"),
+        "engine": engine,
+        "progress": False,
+        "chunk_rows": spec.get("chunk_rows", 50_000),
+    }
+    started = time.perf_counter()
+    first = ingest(spec["path"], spec["format"], **kwargs)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    again = ingest(spec["path"], spec["format"], **kwargs)
+    again_s = time.perf_counter() - started
+    engine.dispose()
+    return {
+        "rows": first.rows_loaded,
+        "interactions_added": first.interactions_added,
+        "users": first.users_added,
+        "items": first.items_added,
+        "seconds": round(first_s, 2),
+        "rows_per_s": round(first.rows_loaded / first_s),
+        "reingest_seconds": round(again_s, 2),
+        "reingest_added": again.interactions_added,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def child(spec: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"child failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fresh_postgres_schema() -> tuple[str, str]:
+    import sqlalchemy as sa
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", schema
+
+
+def drop_postgres_schema(schema: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def movielens_spec(workdir: Path) -> dict:
+    """ml-100k through `--format movielens` when recsys.datasets exists, else via CSV files
+    converted from u.data / u.item (the same rows and titles)."""
+    folder = Path(os.environ.get("RECSYS_DATA_DIR", REPO.parent / "shared" / "data")) / "movielens-100k"
+    try:
+        from recsys import datasets  # noqa: F401
+
+        return {"path": str(folder), "format": "movielens", "via": "--format movielens"}
+    except ImportError:
+        pass
+    ratings = workdir / "ml100k.tsv"
+    ratings.write_text(
+        "user_id\titem_id\trating\ttimestamp\n" + (folder / "u.data").read_text(encoding="latin-1")
+    )
+    items = workdir / "ml100k_items.tsv"
+    lines = ["item_id\ttitle"]
+    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
+        fields = line.split("|")
+        lines.append(f"{fields[0]}\t{fields[1].replace(chr(9), ' ')}")
+    items.write_text("\n".join(lines) + "\n")
+    return {
+        "path": str(ratings),
+        "format": "csv",
+        "separator": "\t",
+        "items": str(items),
+        "columns": {"rating": "rating"},
+        "via": "--format csv (u.data/u.item converted to TSV)",
+    }
+
+
+def synthetic_csv(path: Path, rows: int, seed: int = 7) -> None:
+    """rows interactions: 100k users, 50k items (Zipf-like popularity), 1-5 ratings."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    chunk = 1_000_000
+    with path.open("w") as handle:
+        handle.write("user_id,item_id,rating,timestamp\n")
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            frame = pl.DataFrame(
+                {
+                    "user_id": rng.integers(0, 100_000, n),
+                    "item_id": np.minimum(rng.zipf(1.3, n), 50_000),
+                    "rating": rng.integers(1, 6, n),
+                    "timestamp": 1_500_000_000 + start + np.arange(n),
+                }
+            )
+            handle.write(frame.write_csv(include_header=False))
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| input | backend | rows | seconds | rows/s | re-ingest s (added) | peak RSS MiB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in results["runs"]:
+        lines.append(
+            f"| {run['input']} | {run['backend']} | {run['rows']:,} | {run['seconds']} | "
+            f"{run['rows_per_s']:,} | {run['reingest_seconds']} ({run['reingest_added']}) | "
+            f"{run['peak_rss_mib']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000, help="synthetic file rows")
+    parser.add_argument("--synthetic-backends", default="sqlite,postgresql")
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return
+
+    backends = ["sqlite"] if args.skip_postgres else ["sqlite", "postgresql"]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
+        workdir = Path(tmp)
+        inputs = [("ml-100k", movielens_spec(workdir), backends)]
+        big = workdir / "synthetic.csv"
+        started = time.perf_counter()
+        synthetic_csv(big, args.rows)
+        print(f"wrote {args.rows:,} synthetic rows in {time.perf_counter() - started:.1f} s")
+        synthetic = {
+            "path": str(big),
+            "format": "csv",
+            "columns": {"rating": "rating"},
+            "via": "--format csv",
+            "chunk_rows": 100_000,
+        }
+        wanted = [b for b in args.synthetic_backends.split(",") if b in backends]
+        inputs.append((f"synthetic {args.rows / 1e6:g}M", synthetic, wanted))
+        for name, spec, targets in inputs:
+            for backend in targets:
+                schema = None
+                if backend == "sqlite":
+                    url = f"sqlite:///{workdir / f'{uuid.uuid4().hex}.db'}"
+                else:
+                    url, schema = fresh_postgres_schema()
+                try:
+                    result = child({**spec, "url": url})
+                finally:
+                    if schema:
+                        drop_postgres_schema(schema)
+                run = {"input": name, "backend": backend, "via": spec["via"], **result}
+                print(json.dumps(run))
+                runs.append(run)
+    results = {
+        "command": "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "runs": runs,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "ingest.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
