@@ -7,8 +7,8 @@ The paper's procedure (arXiv 2506.21638, Sec. 3): take the text of the LAST
 2. ``fuzzy``   — longest common subsequence with a candidate >= 0.9 of the length (of the
    longer of the two strings, so a long answer does not match every short title; the best
    ratio wins, ties go to the longer candidate);
-3. ``similar`` — the candidate most similar by TF-IDF cosine (word and character n-grams,
-   scikit-learn), when the similarity is > 0;
+3. ``similar`` — the candidate most similar by TF-IDF cosine (word uni- and bigrams,
+   scikit-learn), when the answer shares at least one word with it;
 4. ``fallback`` — nothing matched (no answer, empty answer, unrelated text): the rule
    documented in :func:`fallback_choice` picks the candidate and the engine counts the
    answer in ``RankResult.invalid_answers``.
@@ -90,24 +90,18 @@ def match_answer(answer: str | None, candidates: Sequence[Candidate]) -> Match |
 
 
 def most_similar(answer: str, texts: Sequence[str]) -> int | None:
-    """Index of the text with the highest TF-IDF cosine to the answer (None if all are 0)."""
+    """Index of the text with the highest word TF-IDF cosine to the answer; None when the
+    answer shares no word with any text (an unrelated answer must not pick a candidate)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics.pairwise import linear_kernel
 
-    docs = [*texts, answer]
-    best_idx, best_sim = None, 0.0
-    for analyzer, ngrams in (("word", (1, 2)), ("char_wb", (3, 4))):
-        try:
-            mat = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams).fit_transform(docs)
-        except ValueError:  # empty vocabulary (e.g. only stop characters)
-            continue
-        sims = linear_kernel(mat[len(texts)], mat[: len(texts)]).ravel()
-        i = int(sims.argmax())
-        if sims[i] > best_sim + 1e-12:
-            best_idx, best_sim = i, float(sims[i])
-        if best_idx is not None:
-            return best_idx  # word-level evidence wins; char n-grams only when words share none
-    return best_idx
+    try:
+        mat = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform([*texts, answer])
+    except ValueError:  # empty vocabulary: no word of two or more characters anywhere
+        return None
+    sims = linear_kernel(mat[len(texts)], mat[: len(texts)]).ravel()
+    best = int(sims.argmax())
+    return best if sims[best] > 0 else None
 
 
 def fallback_choice(candidates: Sequence[Candidate]) -> int:

@@ -195,12 +195,14 @@ def _candidate_block(
     request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str] | None
 ) -> str:
     wording = task_wording(request.task)
+    # no count in the header: consecutive `score` prompts then share everything up to the
+    # first line that changed, and the backend reuses that prefix's KV cache
     if request.task in _REC:
-        head = f"Now there are {len(candidates)} candidate {wording.items} that I can choose from:"
+        head = f"Now there are candidate {wording.items} that I can choose from:"
     elif request.task == "passage":
-        head = f"Here are {len(candidates)} candidate passages:"
+        head = "Here are the candidate passages:"
     else:
-        head = f"Here are {len(candidates)} candidate LLMs, with their prices:"
+        head = "Here are the candidate LLMs, with their prices:"
     lines = [
         (f"[{lab}] " if labels is not None else "- ")
         + candidate_line(c, request.task, request.show_signals)

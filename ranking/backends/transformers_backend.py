@@ -47,6 +47,7 @@ class TransformersBackend(LMBackend):
         self.model_id = model_id
         self.device = torch.device(device)
         self._state: _CachedBatch | None = None
+        self._stops: dict[tuple[str, ...], object] = {}
         self.reuse_cache = True
         # counters, for benchmarks and tests: tokens that went through the model
         self.tokens_computed = 0
@@ -116,7 +117,7 @@ class TransformersBackend(LMBackend):
         else:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=tok)
+            kwargs["stopping_criteria"] = self._stop_criteria(tuple(stop))
         out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
         gens = []
@@ -130,6 +131,14 @@ class TransformersBackend(LMBackend):
             gens.append(Generation(tok.decode(row[:n], skip_special_tokens=True), n))
         self.tokens_computed += int(enc["input_ids"].numel()) + sum(g.n_tokens for g in gens)
         return gens
+
+    def _stop_criteria(self, stop: tuple[str, ...]):
+        # building a StopStringCriteria scans the whole vocabulary: do it once per stop set
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if stop not in self._stops:
+            self._stops[stop] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, stop)])
+        return self._stops[stop]
 
     # ------------------------------------------------------------------ KV-cache reuse
 

@@ -1,0 +1,100 @@
+"""TransformersBackend: KV-cache reuse gives the same distributions as a full forward pass."""
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.errors import ModelLoadError
+from ranking.loading import load_backend, resolve_model
+
+
+def brute_force(backend, context, allowed):
+    """Reference: one full forward pass over the whole context, no cache."""
+    with torch.inference_mode():
+        logits = backend.model(torch.tensor([list(context)])).logits[0, -1]
+    return torch.log_softmax(logits[list(allowed)].float(), -1).numpy()
+
+
+def _ids(backend, text):
+    return backend.encode(backend.chat_prompt(text))
+
+
+def test_fresh_batch_with_padding_matches_single_forward(tiny_backend):
+    tiny_backend.clear_cache()
+    ctxs = [_ids(tiny_backend, "short"), _ids(tiny_backend, "a rather longer prompt " * 5)]
+    allowed = [[330, 389, 253], [330, 1777]]
+    out = tiny_backend.next_token_logprobs(ctxs, allowed)
+    for c, a, lp in zip(ctxs, allowed, out, strict=True):
+        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+        assert np.isclose(np.exp(lp).sum(), 1.0)
+
+
+def test_extension_reuses_cache_and_matches(tiny_backend):
+    tiny_backend.clear_cache()
+    base = [_ids(tiny_backend, "history one"), _ids(tiny_backend, "history two is longer")]
+    allowed = [[330, 389], [330, 389]]
+    tiny_backend.next_token_logprobs(base, allowed)
+    before = tiny_backend.tokens_computed
+    # row 0 grows by one token, row 1 by three: only those tokens are computed
+    ext = [base[0] + [330], base[1] + [389, 253, 330]]
+    out = tiny_backend.next_token_logprobs(ext, allowed)
+    assert tiny_backend.tokens_computed - before == 4
+    for c, a, lp in zip(ext, allowed, out, strict=True):
+        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+
+
+def test_shared_prefix_reorder_and_fan_out_match(tiny_backend):
+    tiny_backend.clear_cache()
+    p = _ids(tiny_backend, "a shared prefix for all of these contexts")
+    tiny_backend.next_token_logprobs([[*p, 330, 389], [*p, 253]], [[330], [330]])
+    before = tiny_backend.tokens_computed
+    # new contexts diverge inside the old rows, come in another order and fan out 1 -> 3
+    new = [[*p, 253, 1777], [*p[:-2], 389], [*p, 330, 1777, 253], [*p, 330, 389, 330]]
+    allowed = [[330, 389, 253]] * 4
+    out = tiny_backend.next_token_logprobs(new, allowed)
+    assert tiny_backend.tokens_computed - before < sum(len(c) for c in new) // 4
+    for c, a, lp in zip(new, allowed, out, strict=True):
+        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+
+
+def test_generate_is_greedy_deterministic_and_seeded(tiny_backend):
+    prompts = [tiny_backend.chat_prompt("hi"), tiny_backend.chat_prompt("hello there friend")]
+    g1 = tiny_backend.generate(prompts, max_new_tokens=5)
+    g2 = tiny_backend.generate(prompts[::-1], max_new_tokens=5)[::-1]  # padding differs
+    assert [g.text for g in g1] == [g.text for g in g2]
+    assert all(1 <= g.n_tokens <= 5 for g in g1)
+    s1 = tiny_backend.generate(prompts, max_new_tokens=5, temperature=1.0, seed=11)
+    s2 = tiny_backend.generate(prompts, max_new_tokens=5, temperature=1.0, seed=11)
+    assert s1 == s2
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("/nonexistent/model", "does not exist"),
+        ("", "empty model spec"),
+        (__file__, "not a .gguf"),
+        ("{empty_dir}", "not a model directory"),
+    ],
+)
+def test_bad_model_specs(tmp_path, spec, match):
+    with pytest.raises(ModelLoadError, match=match):
+        resolve_model(spec.replace("{empty_dir}", str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"backend": "onnx"}, "unknown backend"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
+def test_bad_backend_or_device(tiny_model_dir, kwargs, match):
+    with pytest.raises(ModelLoadError, match=match):
+        load_backend(tiny_model_dir, **kwargs)
+
+
+def test_default_spec_resolves_to_the_packaged_gguf():
+    spec = resolve_model("default")
+    assert spec.gguf_file and spec.gguf_file.endswith(".gguf")
+    assert (spec.path / spec.gguf_file).is_file()

@@ -1,0 +1,224 @@
+"""Modes on the tiny model: distributions vs a brute-force reference, propensities, batching,
+deadlines, many candidates."""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.backends.fake import ScriptedBackend, WordTokenizer
+from ranking.engine import Ranker
+from ranking.errors import RequestError
+from ranking.modes.incremental import build_sequence
+from ranking.modes.score import step_prompt
+from ranking.types import Candidate, RankRequest
+
+
+class Recording:
+    """Wraps a backend and records every constrained call (contexts, allowed, outputs)."""
+
+    def __init__(self, backend):
+        self.inner = backend
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def chat_prompt(self, user, system=None):
+        return self.inner.chat_prompt(user, system)
+
+    def encode(self, text):
+        return self.inner.encode(text)
+
+    def next_token_logprobs(self, contexts, allowed):
+        out = self.inner.next_token_logprobs(contexts, allowed)
+        self.calls.append(([list(c) for c in contexts], [list(a) for a in allowed], out))
+        return out
+
+
+def brute_force(model, context, allowed):
+    with torch.inference_mode():
+        logits = model(torch.tensor([list(context)])).logits[0, -1]
+    return torch.log_softmax(logits[list(allowed)].float(), -1).numpy()
+
+
+def make_request(n=6, mode="incremental", task="rec-movie", **kw):
+    cands = tuple(
+        Candidate(id=f"m{i}", text=f"Movie number {i} ({1980 + i})", score=float(n - i))
+        for i in range(n)
+    )
+    history = ("Toy Story (1995)", "Heat (1995)", "Casino (1995)")
+    query = "what is a good thing" if task in ("passage", "router-perf") else None
+    return RankRequest(task=task, candidates=cands, history=history, query=query, mode=mode, **kw)
+
+
+def is_permutation(result, request):
+    return sorted(result.order) == sorted(request.ids) and len(result.order) == len(request.ids)
+
+
+@pytest.mark.parametrize("mode", ["incremental", "score", "direct"])
+def test_step_distributions_match_brute_force(tiny_ranker, mode):
+    rec = Recording(tiny_ranker.backend)
+    ranker = Ranker(rec, batch_size=4)
+    req = make_request(6, mode=mode)
+    res = ranker.rank(req)
+    assert is_permutation(res, req)
+    assert len(rec.calls) == 5  # n - 1 constrained steps
+    chosen: list[int] = []
+    remaining = list(range(6))
+    seq = build_sequence(req, rec) if mode == "incremental" else None
+    for t, (ctxs, allowed, out) in enumerate(rec.calls):
+        (ctx,), (allow,), (lp,) = ctxs, allowed, out
+        if mode == "incremental":  # the context is the prompt + labels emitted so far
+            assert ctx == seq.context(chosen)
+        if mode == "score":  # a fresh prompt listing the remaining candidates
+            assert ctx == rec.encode(step_prompt(req, remaining, rec))
+        ref = brute_force(rec.model, ctx, allow)
+        np.testing.assert_allclose(lp, ref, atol=1e-4)
+        pick = int(np.argmax(ref))  # greedy
+        step = res.steps[t]
+        assert step.prob == pytest.approx(math.exp(ref[pick]), rel=1e-4)
+        assert step.remaining == len(remaining)
+        idx = remaining.pop(pick)
+        chosen.append(idx)
+        assert step.eliminated == req.candidates[idx].id
+
+
+@pytest.mark.parametrize("mode", ["incremental", "score", "direct"])
+def test_log_propensity_is_sum_of_step_logprobs(tiny_ranker, mode):
+    for temperature, seed in ((0.0, None), (1.3, 5)):
+        req = make_request(7, mode=mode, temperature=temperature, seed=seed)
+        res = tiny_ranker.rank(req)
+        assert len(res.steps) == 6
+        assert all(0 < s.prob <= 1 for s in res.steps)
+        assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
+        assert res.log_propensity <= 0
+
+
+def test_elimination_order_is_reverse_of_ranking(tiny_ranker):
+    req = make_request(5)
+    res = tiny_ranker.rank(req)
+    eliminated = [s.eliminated for s in res.steps]
+    assert res.order[1:] == eliminated[::-1]
+    direct = tiny_ranker.rank(dataclasses.replace(req, mode="direct"))
+    assert direct.order[:-1] == [s.eliminated for s in direct.steps]  # placements, best first
+
+
+def test_sampling_is_seeded_and_explores(tiny_ranker):
+    reqs = [make_request(8, temperature=5.0, seed=s) for s in range(6)]
+    a = [r.order for r in tiny_ranker.rank_batch(reqs)]
+    b = [r.order for r in tiny_ranker.rank_batch(reqs)]
+    assert a == b
+    assert len({tuple(o) for o in a}) > 1  # different seeds, different rankings
+
+
+def test_incremental_costs_one_prefill_plus_one_token_per_step(tiny_ranker):
+    backend = tiny_ranker.backend
+    req = make_request(10)
+    seq = build_sequence(req, backend)
+    backend.clear_cache()
+    before = backend.tokens_computed
+    tiny_ranker.rank(req)
+    # first step: the whole prompt; each of the other 8 steps: the one label token appended
+    assert backend.tokens_computed - before == len(seq.prompt_ids) + 8
+
+
+def test_score_mode_computes_shared_prefix_once(tiny_ranker):
+    backend = tiny_ranker.backend
+    req = make_request(8, mode="score")
+    backend.clear_cache()
+    before = backend.tokens_computed
+    tiny_ranker.rank(req)
+    prompts = [backend.encode(step_prompt(req, list(range(m)), backend)) for m in range(8, 1, -1)]
+    shared = next(i for i, toks in enumerate(zip(*prompts, strict=False)) if len(set(toks)) > 1)
+    assert shared > 50  # system prompt, history and header
+    full = sum(len(p) for p in prompts)
+    # the 6 steps after the first reuse at least the shared prefix
+    assert backend.tokens_computed - before <= full - 6 * (shared - 1)
+
+
+@pytest.mark.parametrize("mode", ["incremental", "score", "direct", "reason"])
+def test_batch_equals_one_by_one(tiny_ranker, mode):
+    reqs = [make_request(n, mode=mode) for n in (3, 7, 5, 9, 4)]
+    together = tiny_ranker.rank_batch(reqs)
+    alone = [tiny_ranker.rank(r) for r in reqs]
+    for t, a in zip(together, alone, strict=True):
+        assert t.order == a.order
+        for st, sa in zip(t.steps, a.steps, strict=True):
+            assert (st.prob is None and sa.prob is None) or st.prob == pytest.approx(
+                sa.prob, abs=1e-4
+            )
+
+
+def test_hundred_and_more_candidates_incremental(tiny_ranker):
+    req = make_request(120)
+    res = tiny_ranker.rank(req)
+    assert is_permutation(res, req)
+    assert len(res.steps) == 119
+    labels = {s.response for s in res.steps}
+    assert len(labels) == 119  # every step emitted a distinct single-token label
+
+
+class ShortLabelTokenizer(WordTokenizer):
+    """Only one-letter labels are single tokens: " AB" is split into " A" + "B"."""
+
+    def encode(self, text, add_special_tokens=False):
+        out = []
+        for piece in super().encode(text):
+            word = self.inverse[piece]
+            if word.startswith(" ") and len(word) == 3 and word[1:].isalpha():
+                out += [self._id(word[:2]), self._id(word[2])]
+            else:
+                out.append(piece)
+        return out
+
+
+@pytest.mark.parametrize("mode", ["incremental", "score", "direct"])
+def test_more_candidates_than_single_token_labels_is_a_request_error(mode):
+    backend = ScriptedBackend()
+    backend.tokenizer = ShortLabelTokenizer()
+    ranker = Ranker(backend)
+    assert ranker.rank(make_request(52, mode=mode)).order  # A-Z and a-z
+    calls = len(backend.calls)
+    with pytest.raises(RequestError, match="52 single-token labels"):
+        ranker.rank(make_request(53, mode=mode))
+    assert len(backend.calls) == calls  # refused before any model work
+
+
+@pytest.mark.parametrize("mode", ["incremental", "score", "direct", "reason"])
+def test_deadline_zero_returns_retrieval_order_at_once(mode):
+    backend = ScriptedBackend()
+    ranker = Ranker(backend)
+    cands = (
+        Candidate("a", "A thing", score=0.2),
+        Candidate("b", "B thing", score=0.9),
+        Candidate("c", "C thing"),
+        Candidate("d", "D thing", score=0.5),
+    )
+    req = RankRequest(task="rec-game", candidates=cands, mode=mode, deadline_ms=0)
+    res = ranker.rank(req)
+    assert res.order == ["b", "d", "a", "c"]  # by score, unscored last
+    assert res.fallback is True
+    assert res.steps == []
+    assert backend.calls == []  # the model was never called
+
+
+def test_deadline_mid_ranking_orders_rest_by_last_step():
+    def slow_logprobs(context, allowed):
+        time.sleep(0.1)
+        return np.arange(len(allowed), dtype=float)  # later labels: more likely eliminated
+
+    backend = ScriptedBackend(logprob_fn=slow_logprobs)
+    ranker = Ranker(backend)
+    cands = tuple(Candidate(c, f"item {c}", score=1.0) for c in "pqrst")
+    req = RankRequest(task="rec-movie", candidates=cands, deadline_ms=250)
+    res = ranker.rank(req)
+    assert res.fallback is True
+    # call 1 at ~0 ms, call 2 at ~100 ms (no step estimate yet), then 200 + 100 > 250: stop
+    assert [s.eliminated for s in res.steps] == ["t", "s"]
+    # survivors by last step's elimination probability, lowest first; then the eliminated
+    assert res.order == ["p", "q", "r", "s", "t"]
+    assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
