@@ -265,3 +265,54 @@ def test_missing_artifact_is_refused(engine, tmp_path) -> None:
         registry.promote("cf", "v1", engine=engine)
     repo.register_model("cf", "v2", "s3://bucket/model.npz", engine=engine)
     assert registry.promote("cf", "v2", engine=engine)[0].status == "promoted"
+
+
+def test_training_impressions_join_what_was_shown_with_what_followed(engine: Engine) -> None:
+    with repo.write_connection(engine) as conn:
+        repo.ensure_items(conn, [repo.ItemRecord(i, title=f"Film {i}") for i in "abcdh"])
+    shown_at = T0 + timedelta(hours=1)
+    context = {"log_propensity": -1.5, "task": "rec-movie"}
+    repo.log_impressions(
+        [
+            repo.ImpressionRecord(
+                request,
+                "u1",
+                item,
+                pos,
+                "iranker",
+                None,
+                "v1",
+                context | {"score": 0.1 * pos},
+                shown_at,
+            )
+            for request in ("r1", "r2", "r3")
+            for pos, item in enumerate("abc")
+        ],
+        engine=engine,
+    )
+    repo.log_interactions(
+        [
+            _event("u1", "h", 0),  # history, before the impressions
+            repo.InteractionRecord("u1", "b", "click", shown_at + timedelta(minutes=5)),
+            repo.InteractionRecord("u1", "c", "click", shown_at + timedelta(minutes=9)),
+        ],
+        engine=engine,
+    )
+    # r3 was shown later than every interaction: no ground truth, so no episode
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(Impression)
+            .where(Impression.request_id == "r3")
+            .values(timestamp=shown_at + timedelta(days=1))
+        )
+    episodes = repo.training_impressions(engine=engine)
+    assert [e["request_id"] for e in episodes] == ["r1", "r2"]
+    first = episodes[0]
+    assert first["ground_truth"] == "b"
+    assert first["order"] == ["a", "b", "c"]
+    assert [c["text"] for c in first["candidates"]] == ["Film a", "Film b", "Film c"]
+    assert first["candidates"][2]["score"] == pytest.approx(0.2)
+    assert first["history"] == ["Film h"]
+    assert first["log_propensity"] == -1.5
+    short = repo.training_impressions(window=timedelta(minutes=1), engine=engine)
+    assert short == []

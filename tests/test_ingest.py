@@ -105,6 +105,11 @@ BAD_FILES = [
         ColumnMap(),
         r"bad\.csv:3: 5 fields but the header has 3",
     ),
+    (
+        "user_id,item_id,timestamp\nu1,i1,10\nu2,i2\n",
+        ColumnMap(),
+        r"bad\.csv:3: 2 fields but the header has 3",
+    ),
     ("uid,item_id,timestamp\nu1,i1,10\n", ColumnMap(), r"has no column 'user_id'.*--user-col"),
     ("user_id,item_id,ts\nu1,i1,10\n", ColumnMap(), r"has no column 'timestamp'.*--timestamp-col"),
     ("", ColumnMap(), r"has no column 'user_id'"),

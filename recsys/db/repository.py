@@ -378,6 +378,93 @@ def impressions_for_request(
     ]
 
 
+def training_impressions(
+    *,
+    history_len: int = 20,
+    window: timedelta = timedelta(days=7),
+    limit: int | None = None,
+    engine: Engine | None = None,
+) -> list[dict[str, Any]]:
+    """Logged responses joined with what the user did next, for off-policy learning.
+
+    One dict per request that has a ground truth - the first interaction of the same user with
+    one of the shown items within `window` after the impression:
+    `request_id, user, task, candidates [{id, text, score}], order (shown order), ground_truth,
+    history (titles of the user's last `history_len` items before the impression),
+    log_propensity (of the whole logged ranking, from the impression context), policy,
+    model_version, timestamp`. Candidate text is the item title (its id when untitled); the
+    score comes from the impression context's "score" key when the ranker logged one."""
+    engine = engine or get_engine()
+    imp, users, items, inter = (
+        Impression.__table__,
+        User.__table__,
+        Item.__table__,
+        Interaction.__table__,
+    )
+    shown = (
+        sa.select(
+            imp.c.request_id,
+            users.c.external_id.label("user"),
+            items.c.external_id.label("item"),
+            items.c.title,
+            imp.c.position,
+            imp.c.policy,
+            imp.c.model_version,
+            imp.c.context,
+            imp.c.timestamp,
+        )
+        .join(users, users.c.id == imp.c.user_id)
+        .join(items, items.c.id == imp.c.item_id)
+        .order_by(imp.c.timestamp, imp.c.request_id, imp.c.position)
+    )
+    followed = (
+        sa.select(imp.c.request_id, items.c.external_id, inter.c.timestamp, imp.c.timestamp)
+        .join(inter, (inter.c.user_id == imp.c.user_id) & (inter.c.item_id == imp.c.item_id))
+        .join(items, items.c.id == imp.c.item_id)
+        .where(inter.c.timestamp >= imp.c.timestamp)
+        .order_by(inter.c.timestamp, inter.c.id)
+    )
+    with engine.connect() as conn:
+        requests: dict[str, list[Any]] = {}
+        for row in conn.execute(shown):
+            requests.setdefault(row.request_id, []).append(row)
+        truth: dict[str, str] = {}
+        for request_id, item, acted_at, shown_at in conn.execute(followed):
+            if request_id not in truth and acted_at - shown_at <= window:
+                truth[request_id] = item
+    episodes = []
+    for request_id, rows in requests.items():
+        if request_id not in truth:
+            continue
+        first = rows[0]
+        history = user_history(first.user, history_len, before=first.timestamp, engine=engine)
+        episodes.append(
+            {
+                "request_id": request_id,
+                "user": first.user,
+                "task": (first.context or {}).get("task", "rec-movie"),
+                "candidates": [
+                    {
+                        "id": r.item,
+                        "text": r.title or r.item,
+                        "score": (r.context or {}).get("score"),
+                    }
+                    for r in rows
+                ],
+                "order": [r.item for r in rows],
+                "ground_truth": truth[request_id],
+                "history": [h.title or h.item_id for h in history],
+                "log_propensity": (first.context or {}).get("log_propensity"),
+                "policy": first.policy,
+                "model_version": first.model_version,
+                "timestamp": first.timestamp,
+            }
+        )
+        if limit is not None and len(episodes) >= limit:
+            break
+    return episodes
+
+
 def write_recommendations(
     run_id: str,
     lists: Mapping[str, Sequence[tuple[str, float | None]]],
