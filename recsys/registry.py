@@ -108,3 +108,29 @@ def promote(
                 f"refusing to promote {kind} {version!r}: {decision.reason} (--force overrides)"
             )
     return repository.promote_model(kind, version, engine=engine), decision
+
+
+def resolve_ranker_model(spec: str, *, engine: Engine | None = None) -> str:
+    """Turn a ranker model spec into what `ranking.loading` understands.
+
+    'default' and paths pass through; 'promoted' is the promoted ranker version's artifact;
+    any other string that is not an existing path is looked up as a registered version."""
+    text = str(spec).strip()
+    if text == "default" or Path(text).expanduser().exists():
+        return text
+    if text == "promoted":
+        info = repository.current_model("ranker", engine=engine)
+        if info is None:
+            raise UserError(
+                "no ranker version is promoted yet; train one (`recsys train`) and promote it "
+                "(`recsys models promote ranker VERSION`), or use --model default"
+            )
+    else:
+        info = repository.get_model("ranker", text, engine=engine)
+    path = local_artifact_path(info.artifact_uri)
+    if path is None or not path.exists():
+        raise UserError(
+            f"ranker {info.version!r} has artifact {info.artifact_uri!r}, which is not a local "
+            "path that exists here; copy the artifact or register its local path"
+        )
+    return str(path)

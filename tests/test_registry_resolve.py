@@ -1,0 +1,45 @@
+"""Model specs resolve through the registry: default, paths, 'promoted', a version."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys.db import repository
+from recsys.db.engine import make_engine
+from recsys.db.migrate import ensure_schema
+from recsys.errors import UserError
+from recsys.registry import resolve_ranker_model
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    ensure_schema(sqlite_url)
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+def test_default_and_existing_paths_pass_through(engine, tmp_path):
+    assert resolve_ranker_model("default", engine=engine) == "default"
+    assert resolve_ranker_model(str(tmp_path), engine=engine) == str(tmp_path)
+
+
+def test_promoted_and_named_versions_resolve_to_their_artifact(engine, tmp_path):
+    model_dir = tmp_path / "ranker-v1"
+    model_dir.mkdir()
+    repository.register_model("ranker", "v1", str(model_dir), engine=engine)
+    assert resolve_ranker_model("v1", engine=engine) == str(model_dir)
+    with pytest.raises(UserError, match="no ranker version is promoted"):
+        resolve_ranker_model("promoted", engine=engine)
+    repository.promote_model("ranker", "v1", engine=engine)
+    assert resolve_ranker_model("promoted", engine=engine) == str(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("v404", "no ranker model version 'v404'"), ("gone", "not a local path that exists")],
+)
+def test_unknown_or_missing_versions_fail_clearly(engine, tmp_path, spec, message):
+    repository.register_model("ranker", "gone", str(tmp_path / "deleted"), engine=engine)
+    with pytest.raises(UserError, match=message):
+        resolve_ranker_model(spec, engine=engine)
