@@ -418,10 +418,6 @@ class _Loader:
         self.source_name = source_name
         self.user_keys: dict[str, int] = {}
         self.item_keys: dict[str, int] = {}
-        self.table = Interaction.__table__
-        self.insert = repository.upsert(conn, self.table).on_conflict_do_nothing(
-            index_elements=["event_id"]
-        )
 
     def load_catalogue(self, items: pl.DataFrame) -> None:
         records = [
@@ -449,27 +445,20 @@ class _Loader:
                 for i, t, x in firsts.select("item", "title", "text").iter_rows()
             )
             self.item_keys.update(repository.ensure_items(self.conn, records))
-        self.conn.execute(self.insert, self._rows(good))
+        repository.bulk_insert_interactions(self.conn, self._rows(good))
 
-    def _rows(self, good: pl.DataFrame) -> list[dict[str, Any]]:
+    def _rows(self, good: pl.DataFrame) -> list[tuple[Any, ...]]:
         users, items, events = (
             good["user"].to_list(),
             good["item"].to_list(),
             good["event"].to_list(),
         )
         micros, values = good["ts_us"].to_list(), good["value"].to_list()
-        stamps = good["ts_us"].cast(pl.Datetime("us")).to_list()  # naive UTC
+        stamps = good["ts_us"].cast(pl.Datetime("us", "UTC")).to_list()
         source, ukeys, ikeys = self.source_name, self.user_keys, self.item_keys
+        event_id = repository.event_id
         return [
-            {
-                "event_id": repository.event_id(source, u, i, us, e),
-                "user_id": ukeys[u],
-                "item_id": ikeys[i],
-                "event": e,
-                "value": v,
-                "timestamp": ts,
-                "source": source,
-            }
+            (event_id(source, u, i, us, e), ukeys[u], ikeys[i], e, v, ts, source)
             for u, i, e, us, v, ts in zip(users, items, events, micros, values, stamps, strict=True)
         ]
 
