@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "replay",
     "models",
     "db",
+    "apikey",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
 

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_deadline_ms: float | None = None
+    batch_wait_ms: float = Field(5.0, description="how long the API collects concurrent requests")
+    log_impressions: bool = Field(True, description="log ranked lists that carry a user_id")
+    require_api_key: bool = Field(False, description="ask for `Authorization: Bearer KEY`")
 
     log_level: str = "INFO"
 

@@ -1,0 +1,41 @@
+"""`recsys apikey create|revoke|list`: credentials for the API (RECSYS_REQUIRE_API_KEY=true)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    keys = typer.Typer(help="API keys for `recsys serve`.", no_args_is_help=True)
+
+    @keys.command("create")
+    def create(
+        name: str,
+        scope: list[str] = typer.Option(["rank"], "--scope", help="repeatable; default rank"),
+    ) -> None:
+        """Create a key and print it once (only its hash is stored)."""
+        from recsys.auth import create_api_key
+        from recsys.db.migrate import ensure_schema
+
+        ensure_schema()
+        typer.echo(create_api_key(name, scope))
+
+    @keys.command("revoke")
+    def revoke(name: str) -> None:
+        from recsys.auth import revoke_api_key
+        from recsys.db.migrate import ensure_schema
+
+        ensure_schema()
+        revoke_api_key(name)
+        typer.echo(f"revoked {name}")
+
+    @keys.command("list")
+    def list_() -> None:
+        from recsys.auth import list_api_keys
+        from recsys.db.migrate import ensure_schema
+
+        ensure_schema()
+        for name, scopes, revoked in list_api_keys():
+            typer.echo(f"{name:<24} {','.join(scopes):<16} {'revoked' if revoked else 'active'}")
+
+    app.add_typer(keys, name="apikey")
