@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     mode: str = "incremental"
     torch_threads: int | None = None
     batch_size: int = 8
+    reason_max_new_tokens: int = Field(1024, description="reason mode: new tokens per step")
 
     # serving
     host: str = "127.0.0.1"

@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model", help="default | HF dir | .gguf file"),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
         backend: str | None = typer.Option(None, "--backend", help="transformers | vllm"),
-        max_new_tokens: int = typer.Option(
-            1024, "--max-new-tokens", help="reason mode: cap on generated tokens per step"
+        max_new_tokens: int | None = typer.Option(
+            None,
+            "--max-new-tokens",
+            help="reason mode: cap on generated tokens per step (RECSYS_REASON_MAX_NEW_TOKENS)",
         ),
         audit: bool = typer.Option(False, "--audit", help="keep prompts/responses in the output"),
     ) -> None:
@@ -59,7 +61,8 @@ def register(app: typer.Typer) -> None:
             model or settings.model,
             device=device or settings.device,
             backend=backend or settings.backend,
-            reason_max_new_tokens=max_new_tokens,
+            batch_size=settings.batch_size,
+            reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
         )
         result = ranker.rank(req).to_dict()
         if not audit:
