@@ -2,4 +2,6 @@
 
 
 class RetrievalError(ValueError):
-    """Bad input to retrieval (unknown user, missing artifact version, ...); the message says the fix."""
+    """Bad input to retrieval (unknown user, missing artifact version, ...).
+
+    The message says what is wrong and how to fix it."""
