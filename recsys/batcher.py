@@ -68,8 +68,10 @@ class MicroBatcher:
         while len(jobs) < self.max_batch:
             timeout = until - time.perf_counter()
             try:
-                job = self._queue.get(timeout=max(timeout, 0.0)) if timeout > 0 else (
-                    self._queue.get_nowait()
+                job = (
+                    self._queue.get(timeout=max(timeout, 0.0))
+                    if timeout > 0
+                    else (self._queue.get_nowait())
                 )
             except queue.Empty:
                 return False

@@ -15,17 +15,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
 
     # storage
-    var_dir: Path = Field(Path("var"), description="where the default SQLite file and artifacts live")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<var_dir>/recsys.db")
-    artifact_dir: Path | None = Field(None, description="checkpoints, indexes; default <var_dir>/artifacts")
+    var_dir: Path = Field(
+        Path("var"), description="where the default SQLite file and artifacts live"
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<var_dir>/recsys.db"
+    )
+    artifact_dir: Path | None = Field(
+        None, description="checkpoints, indexes; default <var_dir>/artifacts"
+    )
     data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="evaluation data sets")
 
     # job queue
-    broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = run tasks in-process")
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://...); unset = run tasks in-process"
+    )
     result_backend: str | None = None
 
     # ranking
-    model: str = Field("default", description="'default', 'promoted', a registered version, or a path")
+    model: str = Field(
+        "default", description="'default', 'promoted', a registered version, or a path"
+    )
     device: str = Field("auto", description="auto | cpu | cuda")
     backend: str = Field("transformers", description="transformers | vllm")
     mode: str = "incremental"

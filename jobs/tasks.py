@@ -1,0 +1,64 @@
+"""Celery tasks. Each is a thin, tracked wrapper over a recsys function: the job_runs table
+records parameters, progress, result or error, so a failed job can be inspected and re-run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from jobs.celery_app import app
+from recsys import job_runs
+
+
+def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Record a task's run in job_runs; the wrapped function gets `report(progress)`."""
+
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(fn)
+        def run(self, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+            from recsys.db.migrate import ensure_schema
+
+            ensure_schema()
+            job_id = job_runs.start_job(kind, params, task_id=self.request.id)
+            try:
+                result = fn(report=lambda p: job_runs.set_progress(job_id, p), **params)
+            except Exception as exc:
+                job_runs.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+                raise
+            job_runs.finish_job(job_id, result)
+            return {"job_id": job_id, **result}
+
+        return run
+
+    return wrap
+
+
+@app.task(bind=True, name="jobs.tasks.ingest_file")
+@tracked("ingest")
+def ingest_file(report, path: str, fmt: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
+    """Load a file of interactions (idempotent: a retried ingest adds nothing twice)."""
+    from recsys.ingest import ingest
+
+    return ingest(path, fmt, skip_bad=skip_bad, progress=False).to_dict()
+
+
+@app.task(bind=True, name="jobs.tasks.rank_requests")
+@tracked("rank")
+def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[str, Any]:
+    """Rank a JSONL file of requests into a JSONL file of results (written atomically)."""
+    from ranking.engine import load_ranker
+    from recsys.rank_file import rank_file
+    from recsys.registry import resolve_ranker_model
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    ranker = load_ranker(
+        resolve_ranker_model(model or settings.model),
+        device=settings.device,
+        backend=settings.backend,
+        batch_size=settings.batch_size,
+    )
+    n = rank_file(in_path, out_path, ranker, on_progress=report)
+    return {"ranked": n, "out_path": out_path}
