@@ -124,7 +124,14 @@ def log_ranked_list(
     from recsys.db.repository import ImpressionRecord, log_impressions
 
     propensity = None if result.log_propensity is None else math.exp(result.log_propensity)
-    context = {"task": req.task, "mode": result.mode, "fallback": result.fallback}
+    # the context carries what off-policy training and replay read back (training_impressions)
+    context = {
+        "task": req.task,
+        "mode": result.mode,
+        "fallback": result.fallback,
+        "log_propensity": result.log_propensity,
+    }
+    scores = {c.id: c.score for c in req.candidates}
     records = [
         ImpressionRecord(
             request_id=request_id,
@@ -134,7 +141,7 @@ def log_ranked_list(
             policy=f"iranker-{result.mode}",
             propensity=propensity,
             model_version=result.model,
-            context=context,
+            context={**context, "score": scores[item_id]},
         )
         for position, item_id in enumerate(result.order)
     ]

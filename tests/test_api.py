@@ -98,6 +98,21 @@ def test_user_id_logs_one_impression_per_position(tiny_ranker, engine):
     assert [r.position for r in rows] == [0, 1, 2, 3]
     assert rows[0].propensity == pytest.approx(math.exp(answer["log_propensity"]))
     assert {r.policy for r in rows} == {"iranker-incremental"}
+    # what RL training reads back: the logged order, its propensity, the retrieval scores
+    from datetime import timedelta
+
+    from recsys.db.models import utcnow
+    from recsys.db.repository import InteractionRecord, log_interactions, training_impressions
+
+    clicked = answer["order"][2]
+    log_interactions(
+        [InteractionRecord("u1", clicked, "click", utcnow() + timedelta(seconds=1))], engine=engine
+    )
+    (episode,) = training_impressions(engine=engine)
+    assert episode["order"] == answer["order"]
+    assert episode["ground_truth"] == clicked
+    assert episode["log_propensity"] == pytest.approx(answer["log_propensity"])
+    assert {c["id"]: c["score"] for c in episode["candidates"]}["50"] == 0.9
 
 
 def test_api_keys_guard_rank_when_required(tiny_ranker, engine):
