@@ -138,6 +138,19 @@ def ensure_users(conn: Connection, external_ids: Iterable[str]) -> dict[str, int
         return {}
     table = User.__table__
     now = utcnow()
+    if conn.dialect.name == "postgresql":
+        stage = _stage(conn, "recsys_stage_users", {"external_id": "text"}, [(u,) for u in wanted])
+        source = sa.select(
+            stage.c.external_id,
+            sa.cast(sa.literal("{}"), postgresql.JSONB),
+            sa.literal(now, User.created_at.type),
+            sa.literal(now, User.updated_at.type),
+        ).order_by(stage.c.external_id)
+        stmt = upsert(conn, table).from_select(
+            ["external_id", "attributes", "created_at", "updated_at"], source
+        )
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["external_id"]))
+        return _staged_ids(conn, table, stage)
     rows = [
         {"external_id": u, "attributes": {}, "created_at": now, "updated_at": now} for u in wanted
     ]
@@ -146,25 +159,30 @@ def ensure_users(conn: Connection, external_ids: Iterable[str]) -> dict[str, int
 
 
 def ensure_items(conn: Connection, items: Iterable[ItemRecord]) -> dict[str, int]:
-    """Create missing items; update title/text/attributes of existing ones when given and changed.
-    Returns external id -> internal key."""
+    """Create missing items (with their attributes); update the title/text of existing ones
+    when given and changed. Returns external id -> internal key."""
     by_id = {item.item_id: item for item in items}
     if not by_id:
         return {}
     table = Item.__table__
     now = utcnow()
-    rows = [
-        {
-            "external_id": i.item_id,
-            "title": i.title,
-            "text": i.text,
-            "attributes": i.attributes,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for i in (by_id[k] for k in sorted(by_id))
-    ]
+    ordered = [by_id[k] for k in sorted(by_id)]
     stmt = upsert(conn, table)
+    stage = None
+    if conn.dialect.name == "postgresql":
+        from psycopg.types.json import Jsonb
+
+        stage = _stage(
+            conn,
+            "recsys_stage_items",
+            {"external_id": "text", "title": "text", "text": "text", "attributes": "jsonb"},
+            [(i.item_id, i.title, i.text, Jsonb(i.attributes)) for i in ordered],
+        )
+        source = sa.select(
+            *stage.c, sa.literal(now, Item.created_at.type), sa.literal(now, Item.updated_at.type)
+        ).order_by(stage.c.external_id)
+        columns = ["external_id", "title", "text", "attributes", "created_at", "updated_at"]
+        stmt = stmt.from_select(columns, source)
     new_title = sa.func.coalesce(stmt.excluded.title, table.c.title)
     new_text = sa.func.coalesce(stmt.excluded.text, table.c.text)
     stmt = stmt.on_conflict_do_update(
@@ -175,6 +193,20 @@ def ensure_items(conn: Connection, items: Iterable[ItemRecord]) -> dict[str, int
             table.c.title.is_distinct_from(new_title), table.c.text.is_distinct_from(new_text)
         ),
     )
+    if stage is not None:
+        conn.execute(stmt)
+        return _staged_ids(conn, table, stage)
+    rows = [
+        {
+            "external_id": i.item_id,
+            "title": i.title,
+            "text": i.text,
+            "attributes": i.attributes,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in ordered
+    ]
     conn.execute(stmt, rows)
     return lookup_ids(conn, table, list(by_id))
 
@@ -187,6 +219,31 @@ def lookup_ids(conn: Connection, table: sa.Table, external_ids: Sequence[str]) -
         query = sa.select(table.c.external_id, table.c.id).where(table.c.external_id.in_(chunk))
         found.update(conn.execute(query).tuples().all())
     return found
+
+
+def _stage(
+    conn: Connection, name: str, columns: Mapping[str, str], rows: Iterable[tuple[Any, ...]]
+) -> sa.TableClause:
+    """PostgreSQL: COPY rows into a temporary table (dropped at commit) to insert from it
+    in one statement; COPY is the fastest way in, far ahead of row-by-row statements."""
+    definition = ", ".join(f"{column} {kind}" for column, kind in columns.items())
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DROP"
+    )
+    conn.exec_driver_sql(f"TRUNCATE {name}")
+    with conn.connection.driver_connection.cursor().copy(
+        f"COPY {name} ({', '.join(columns)}) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row(row)
+    return sa.table(name, *(sa.column(c) for c in columns))
+
+
+def _staged_ids(conn: Connection, table: sa.Table, stage: sa.TableClause) -> dict[str, int]:
+    query = sa.select(table.c.external_id, table.c.id).join(
+        stage, stage.c.external_id == table.c.external_id
+    )
+    return dict(conn.execute(query).tuples().all())
 
 
 INTERACTION_COLUMNS = ("event_id", "user_id", "item_id", "event", "value", "timestamp", "source")
@@ -223,23 +280,13 @@ def bulk_insert_interactions(conn: Connection, rows: Sequence[tuple[Any, ...]]) 
 
 
 def _copy_then_upsert(conn: Connection, table: sa.Table, rows: Sequence[tuple[Any, ...]]) -> None:
-    columns = ", ".join(INTERACTION_COLUMNS)
-    conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (event_id text, user_id bigint, "
-        "item_id bigint, event text, value double precision, timestamp timestamptz, "
-        "source text) ON COMMIT DROP"
-    )
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-    stage = sa.table(_STAGE, *(sa.column(c) for c in INTERACTION_COLUMNS))
+    kinds = ("text", "bigint", "bigint", "text", "double precision", "timestamptz", "text")
+    stage = _stage(conn, _STAGE, dict(zip(INTERACTION_COLUMNS, kinds, strict=True)), rows)
     conn.execute(
         upsert(conn, table)
         .from_select(list(INTERACTION_COLUMNS), sa.select(*stage.c))
         .on_conflict_do_nothing(index_elements=["event_id"])
     )
-    conn.exec_driver_sql(f"TRUNCATE {_STAGE}")
 
 
 # ---------------------------------------------------------------------------------------------
