@@ -230,7 +230,8 @@ def main() -> None:
                 runs.append(run)
     results = {
         "command": "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
