@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     log_impressions: bool = Field(True, description="log ranked lists that carry a user_id")
     require_api_key: bool = Field(False, description="ask for `Authorization: Bearer KEY`")
 
+    # RL training / evaluation gate (recsys.gate)
+    gate_margin: float = Field(0.5, description="MRR x100 points a ranker must gain to promote")
+    gate_beat_retrieval: bool = Field(True, description="refuse rankers worse than retrieval")
+
     log_level: str = "INFO"
 
     @property

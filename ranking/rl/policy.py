@@ -1,0 +1,160 @@
+"""The elimination policy of a causal LM over an `EliminationSequence`.
+
+A step's distribution is the model's next-token distribution restricted to the labels of
+the candidates still in play and renormalised over them (the incremental mode's
+constrained decoding). `step_logprobs` computes every step of a given trajectory in one
+teacher-forced forward pass; `sample_trajectories` and `greedy_order` decode step by step
+with the KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ranking.rl.sequence import EliminationSequence
+
+NEG_INF = float("-inf")
+
+
+def _label_logits(
+    model: torch.nn.Module, input_ids: list[int], positions: list[int], label_ids: Sequence[int]
+) -> torch.Tensor:
+    """Logits of the label tokens at `positions`: [len(positions), n_labels]. Only the
+    needed positions go through the LM head (`logits_to_keep`)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([input_ids], device=device)
+    keep = torch.tensor(positions, device=device)
+    out = model(input_ids=ids, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[0]  # [len(positions), V]
+    return logits[:, torch.tensor(list(label_ids), device=device)].float()
+
+
+def mask_eliminated(logits: torch.Tensor, elim_order: Sequence[int]) -> torch.Tensor:
+    """Row t keeps only candidates not eliminated in steps < t; returns log-probs."""
+    n_steps, n = logits.shape
+    mask = torch.zeros(n_steps, n, dtype=torch.bool, device=logits.device)
+    for t in range(1, n_steps):
+        mask[t:, elim_order[t - 1]] = True
+    return torch.log_softmax(logits.masked_fill(mask, NEG_INF), dim=-1)
+
+
+def step_logprobs(
+    model: torch.nn.Module, seq: EliminationSequence, elim_order: Sequence[int]
+) -> torch.Tensor:
+    """Teacher-forced log pi_t(c) for every step t of `elim_order` and every candidate c
+    ([len(elim_order), n]; -inf for candidates already out). One forward pass."""
+    elim_order = list(elim_order)
+    if not elim_order:
+        return torch.zeros(0, seq.n)
+    # the last label's own token is not needed as input: its logits come from before it
+    input_ids = seq.trajectory_ids(elim_order[:-1])
+    logits = _label_logits(model, input_ids, seq.step_positions(len(elim_order)), seq.label_ids)
+    return mask_eliminated(logits, elim_order)
+
+
+def batched_step_logprobs(
+    model: torch.nn.Module, seq: EliminationSequence, orders: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """`step_logprobs` for G full trajectories of the same request in one batched pass
+    (they have the same length): [G, T, n]."""
+    orders = [list(o) for o in orders]
+    device = next(model.parameters()).device
+    n_steps = len(orders[0])
+    ids = torch.tensor([seq.trajectory_ids(o[:-1]) for o in orders], device=device)
+    keep = torch.tensor(seq.step_positions(n_steps), device=device)
+    logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+    logits = logits[:, :, torch.tensor(list(seq.label_ids), device=device)].float()
+    return torch.stack([mask_eliminated(lg, o) for lg, o in zip(logits, orders, strict=True)])
+
+
+def taken_logprobs(step_lp: torch.Tensor, elim_order: Sequence[int]) -> torch.Tensor:
+    """log pi_t(a_t) for each step: [T]."""
+    idx = torch.tensor(list(elim_order), device=step_lp.device)
+    return step_lp.gather(1, idx[:, None])[:, 0]
+
+
+@torch.no_grad()
+def _decode(
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    n_traj: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    bias: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """Decode `n_traj` elimination orders of all n-1 steps (the survivor is implied).
+    Greedy when temperature == 0. `bias` [n] is added to the step log-probs (fusion)."""
+    device = next(model.parameters()).device
+    n = seq.n
+    label_ids = torch.tensor(seq.label_ids, device=device)
+    ids = torch.tensor([list(seq.prompt_ids)] * n_traj, device=device)
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    past = out.past_key_values
+    logits = out.logits[:, -1, :]
+    in_play = torch.ones(n_traj, n, dtype=torch.bool, device=device)
+    orders: list[list[int]] = [[] for _ in range(n_traj)]
+    sep = list(seq.sep_ids)
+    for _ in range(n - 1):
+        lp = torch.log_softmax(logits[:, label_ids].float().masked_fill(~in_play, NEG_INF), dim=-1)
+        if bias is not None:
+            lp = lp + bias.to(device)
+        if temperature > 0:
+            probs = torch.softmax(lp / temperature, dim=-1)
+            pick = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
+        else:
+            pick = lp.argmax(dim=-1)
+        for g in range(n_traj):
+            orders[g].append(int(pick[g]))
+        in_play[torch.arange(n_traj, device=device), pick] = False
+        step_in = torch.cat(
+            [
+                label_ids[pick][:, None],
+                torch.tensor([sep] * n_traj, device=device).long().reshape(n_traj, len(sep)),
+            ],
+            dim=1,
+        )
+        out = model(input_ids=step_in, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+    return orders
+
+
+def sample_trajectories(
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    group: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """`group` elimination orders sampled from the policy (temperature-scaled)."""
+    if temperature <= 0:
+        raise ValueError("sampling needs temperature > 0")
+    return _decode(model, seq, group, temperature, generator)
+
+
+def fusion_bias(scores: Sequence[float | None], alpha: float) -> torch.Tensor | None:
+    """Score fusion: a per-candidate bias on the elimination log-probs, -alpha x the
+    z-scored retrieval score, so a low-scored candidate is eliminated earlier. alpha = 0
+    is the ranker alone; a large alpha is the retrieval order alone."""
+    if alpha == 0 or any(s is None for s in scores):
+        return None
+    s = torch.tensor([float(x) for x in scores])  # type: ignore[arg-type]
+    std = s.std()
+    z = (s - s.mean()) / (std if std > 0 else 1.0)
+    return -alpha * z
+
+
+def greedy_order(
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    scores: Sequence[float | None] | None = None,
+    alpha: float = 0.0,
+) -> list[str]:
+    """The ranking (ids best first) the greedy incremental ranker gives, optionally fused
+    with retrieval scores."""
+    bias = fusion_bias(scores, alpha) if scores is not None else None
+    elim = _decode(model, seq, 1, 0.0, None, bias)[0]
+    survivor = next(i for i in range(seq.n) if i not in set(elim))
+    return [seq.ids[i] for i in [survivor, *reversed(elim)]]
