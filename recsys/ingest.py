@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
@@ -34,13 +34,12 @@ from recsys.db.engine import get_engine, write_connection
 from recsys.db.models import Interaction, Item, User
 from recsys.errors import UserError
 
-FORMATS = ("auto", "csv", "parquet", "movielens", "recbole")
+FORMATS = ("auto", "csv", "parquet", "movielens", "recbole", "amazon-seq")
+DATASET_FORMATS = ("movielens", "recbole", "amazon-seq")
 DEFAULT_CHUNK_ROWS = 50_000
 MAX_LISTED_ERRORS = 10
 SQLITE_CACHE_MIB = 256  # the event_id index takes random inserts: keep it in memory
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
-
-Format = Literal["auto", "csv", "parquet", "movielens", "recbole"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,8 @@ def detect_format(path: Path) -> str:
         names = {p.name for p in path.iterdir()}
         if names & {"u.data", "ratings.dat"}:
             return "movielens"
+        if any(name.endswith(".test.inter") for name in names):
+            return "amazon-seq"
         if any(name.endswith(".inter") for name in names):
             return "recbole"
         raise UserError(f"{path} is a folder without u.data, ratings.dat or *.inter; pass --format")
@@ -225,20 +226,25 @@ def parquet_source(
 
 
 def dataset_source(path: Path, fmt: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Source:
-    """MovieLens / RecBole folders, parsed by recsys.datasets (which reports file and line)."""
-    try:
-        from recsys import datasets
-    except ImportError as exc:
-        raise UserError(f"--format {fmt} needs recsys.datasets, which is not available") from exc
-    reader = datasets.read_movielens if fmt == "movielens" else datasets.read_recbole
-    data = reader(path)
+    """MovieLens / RecBole / sequence-file folders, parsed by recsys.datasets (which names the
+    file and line of anything wrong). Rows with a rating become `rating` events, others
+    `interaction` events; sequence files carry positions, not times, as timestamps."""
+    from recsys import datasets
+
+    readers = {
+        "movielens": datasets.read_movielens,
+        "recbole": datasets.read_recbole,
+        "amazon-seq": datasets.read_amazon_seq,
+    }
+    data = readers[fmt](path)
     frame = data.interactions
+    rated = "rating" in frame.columns and frame["rating"].null_count() < frame.height
     columns = ColumnMap(
         user="user_id",
         item="item_id",
         timestamp="timestamp",
-        rating="rating" if "rating" in frame.columns else None,
-        default_event="rating" if "rating" in frame.columns else "interaction",
+        rating="rating" if rated else None,
+        default_event="rating" if rated else "interaction",
     )
     frame = frame.select(_selected(columns)).with_row_index("_row")
     batches = (normalise(b, columns, line_offset=1) for b in frame.iter_slices(chunk_rows))
@@ -492,7 +498,7 @@ def open_source(
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt in ("movielens", "recbole"):
+    if fmt in DATASET_FORMATS:
         if not path.is_dir():
             raise UserError(f"--format {fmt} expects a folder, {path} is a file")
         return dataset_source(path, fmt, chunk_rows=chunk_rows)

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
             ..., help="a CSV / Parquet file, or a MovieLens / RecBole folder"
         ),
         fmt: str = typer.Option(
-            "auto", "--format", "-f", help="auto | csv | parquet | movielens | recbole"
+            "auto", "--format", "-f", help="auto | csv | parquet | movielens | recbole | amazon-seq"
         ),
         user_col: str = typer.Option("user_id", help="column with the user id"),
         item_col: str = typer.Option("item_id", help="column with the item id"),
