@@ -1,0 +1,151 @@
+"""`recsys eval`: the nine-task evaluation (JSON + markdown table); `recsys eval-table`:
+one rankers x tasks table from several results files. See docs/eval.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
+    """`--data PATH` (every selected task) or `--data TASK=PATH` (one task)."""
+    from recsys.errors import UserError
+    from recsys.eval.tasks import ALL_TASKS
+
+    out: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in ALL_TASKS:
+            out[name] = Path(path).expanduser()
+        elif sep and not Path(value).exists():
+            raise UserError(f"--data {value!r}: {name!r} is not a task; use TASK=PATH or PATH")
+        else:
+            for task in tasks:
+                out[task] = Path(value).expanduser()
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        task: list[str] = typer.Option(
+            ...,
+            "--task",
+            "-t",
+            help="rec-movie|rec-music|rec-game|router-perf|router-balance|"
+            "router-cost|passage-5|passage-7|passage-9|passage-rerank|passage-rerank-100|all",
+        ),
+        ranker: str = typer.Option(
+            "incremental",
+            "--ranker",
+            "-r",
+            help="engine mode (incremental|score|reason|direct) or baseline "
+            "(random|bm25|first-stage|popularity|lightfm|cf|transitions)",
+        ),
+        model: str = typer.Option(
+            "default",
+            "--model",
+            "-m",
+            help="default | promoted | a registered version | HF dir | .gguf file",
+        ),
+        data: list[str] = typer.Option(
+            [], "--data", help="PATH for every selected task, or TASK=PATH (repeatable)"
+        ),
+        limit: int | None = typer.Option(
+            None, "--limit", "-n", help="evaluate a seeded random subset of N instances per task"
+        ),
+        seed: int = typer.Option(7, "--seed", help="task building, sampling, bootstrap"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="write results JSON here"),
+        candidates: str = typer.Option(
+            "random", "--candidates", help="random (paper protocol) | retrieval (production)"
+        ),
+        tie_break: str = typer.Option(
+            "file", "--rec-tie-break", help="rec tasks, equal timestamps: file | item-id"
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="engine requests per forward pass (RECSYS_BATCH_SIZE)"
+        ),
+        max_new_tokens: int | None = typer.Option(
+            None, "--max-new-tokens", help="reason mode: tokens per step cap"
+        ),
+        write_tasks: Path | None = typer.Option(
+            None, "--write-tasks", help="also write each task's instances (JSON lines) here"
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Measure a ranker on the evaluation tasks; print a table, write JSON."""
+        import json
+        import platform
+        import time
+
+        from recsys.errors import UserError
+        from recsys.eval import harness, report, tasks
+        from recsys.settings import get_settings
+
+        settings = get_settings()
+        names = tasks.expand_tasks(task)
+        if candidates == "retrieval":
+            raise UserError(
+                "--candidates retrieval needs the retrieval stage (top-20 from retrieval/ for "
+                "each user), which is not wired into the evaluation yet; use --candidates random"
+            )
+        if candidates != "random":
+            raise UserError(f"--candidates must be random or retrieval, got {candidates!r}")
+        paths = parse_data_options(data, names)
+        skipped_tasks = {}
+        if "all" in task and "rec-music" not in paths:
+            names.remove("rec-music")
+            skipped_tasks["rec-music"] = "no data shipped; pass --data rec-music=PATH (RecBole)"
+        model_path = model
+        if ranker not in harness.BASELINES:
+            from recsys.registry import resolve_ranker_model
+
+            model_path = resolve_ranker_model(model)
+        evaluator = harness.make_ranker(
+            ranker,
+            model=model_path,
+            device=settings.device if settings.device != "auto" else "cpu",
+            batch_size=batch_size or settings.batch_size,
+            seed=seed,
+            reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
+        )
+        runs = []
+        for name in names:
+            where = paths.get(name, tasks.default_data(name, settings.data_dir))
+            built = tasks.build_task(name, where, seed, tie_break=tie_break)
+            if write_tasks is not None:
+                write_tasks.mkdir(parents=True, exist_ok=True)
+                tasks.write_task_file(built, write_tasks / f"{name}.jsonl")
+            chosen = built.limited(limit, seed)
+            run = harness.evaluate(evaluator, chosen, progress=progress, seed=seed)
+            runs.append(run.to_dict())
+            typer.echo(f"{name}: n={run.n} {harness.headline(run):.2f} ({run.wall_s:.1f}s)")
+        typer.echo(report.run_table(runs))
+        if skipped_tasks:
+            typer.echo(f"not run: {skipped_tasks}")
+        if out is not None:
+            payload = {
+                "config": {
+                    "tasks": names, "ranker": ranker, "model": model, "model_path": model_path,
+                    "model_id": evaluator.model, "data": {k: str(v) for k, v in paths.items()},
+                    "limit": limit, "seed": seed, "candidates": candidates,
+                    "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
+                    "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime()),
+                },
+                "not_run": skipped_tasks,
+                "runs": runs,
+            }  # fmt: skip
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            typer.echo(f"wrote {out}")
+
+    @app.command("eval-table")
+    def eval_table(
+        results: list[Path] = typer.Argument(..., help="results JSON files from recsys eval"),
+    ) -> None:
+        """Print one rankers x tasks markdown table (headline metric x 100) from results."""
+        from recsys.eval import report
+
+        typer.echo(report.summary_table(report.load_runs(results)))

@@ -1,0 +1,1 @@
+"""The nine-task evaluation: task builders (tasks), baselines, the harness and reports."""

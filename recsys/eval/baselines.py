@@ -1,0 +1,237 @@
+"""Classical baselines, ranked on the same task instances as the LM ranker.
+
+Every evaluated ranker has one small interface (`EvalRanker`): `prepare(taskset)` learns
+what it needs from the task's training data (everything except the evaluated targets),
+`rank_instances(instances)` returns one RankResult per instance. The baselines here
+score each candidate and sort, best first; ties keep the (seeded, shuffled) candidate
+order, so a tie is broken at random and never in favour of the target.
+
+| name | score of a candidate | tasks |
+| --- | --- | --- |
+| random | a seeded uniform draw; expected MRR = H_n / n | all |
+| bm25 | BM25Okapi (rank_bm25) over the candidates' texts, query = the history's titles or the query text | all |
+| first-stage | the candidate's first-stage retrieval score (BM25 run order for DL19) | passage |
+| popularity | interactions in the training data | rec |
+| lightfm | LightFM WARP (64 factors, 30 epochs) user . item + item bias | rec |
+| transitions | sum over history items h of #(h followed by c within 10 steps) in training sequences | rec |
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from ranking.types import RankResult
+from recsys.errors import UserError
+from recsys.eval.tasks import Instance, TaskSet, rng_for
+
+TOKEN = re.compile(r"\w+")
+
+
+class EvalRanker(Protocol):
+    """What the harness runs: a baseline or an engine mode."""
+
+    name: str
+    model: str
+
+    def prepare(self, taskset: TaskSet) -> None: ...
+
+    def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]: ...
+
+
+class ScoringBaseline(ABC):
+    """A baseline that scores every candidate independently and sorts (stable)."""
+
+    name = "baseline"
+    model = "baseline"
+    tasks: tuple[str, ...] | None = None  # task prefixes it applies to (None: all)
+
+    def prepare(self, taskset: TaskSet) -> None:
+        if self.tasks is not None and not taskset.name.startswith(self.tasks):
+            raise UserError(
+                f"baseline {self.name!r} does not apply to {taskset.name!r} "
+                f"(only to {', '.join(t + '*' for t in self.tasks)})"
+            )
+        self.fit(taskset)
+
+    def fit(self, taskset: TaskSet) -> None:  # noqa: B027 (optional hook)
+        """Learn from taskset.train; most baselines need nothing."""
+
+    @abstractmethod
+    def scores(self, instance: Instance) -> np.ndarray:
+        """One score per candidate, in candidate order; higher is better."""
+
+    def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]:
+        out = []
+        for inst in instances:
+            start = time.perf_counter()
+            s = np.asarray(self.scores(inst), dtype=np.float64)
+            order = np.argsort(-s, kind="stable")
+            out.append(
+                RankResult(
+                    order=[inst.candidates[i].id for i in order],
+                    steps=[],
+                    mode=self.name,
+                    model=self.model,
+                    elapsed_ms=(time.perf_counter() - start) * 1000,
+                )
+            )
+        return out
+
+
+class RandomBaseline(ScoringBaseline):
+    """A uniformly random order (seeded per instance). Its expectation is analytic:
+    MRR = H_n / n with one relevant among n (ranking.metrics.expected_random_mrr)."""
+
+    name = model = "random"
+
+    def __init__(self, seed: int = 7) -> None:
+        self.seed = seed
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        return rng_for(self.seed, f"random:{instance.id}").random(len(instance.candidates))
+
+
+def tokens(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+class BM25Baseline(ScoringBaseline):
+    """Okapi BM25 (rank_bm25, k1=1.5, b=0.75) with the candidates as the collection:
+    the query is the user's history titles (rec) or the query text (passage, router)."""
+
+    name = model = "bm25"
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        from rank_bm25 import BM25Okapi
+
+        docs = [tokens(c.text) or ["<empty>"] for c in instance.candidates]
+        query = tokens(instance.query or " ".join(instance.history))
+        return BM25Okapi(docs).get_scores(query)
+
+
+class FirstStageBaseline(ScoringBaseline):
+    """The first-stage retrieval order (Candidate.score), e.g. the BM25 run for DL19."""
+
+    name = model = "first-stage"
+    tasks = ("passage",)
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        return np.array([c.score if c.score is not None else -np.inf for c in instance.candidates])
+
+
+class _RecBaseline(ScoringBaseline):
+    tasks = ("rec",)
+
+    def train_of(self, taskset: TaskSet) -> pl.DataFrame:
+        if taskset.train is None:
+            raise UserError(f"{taskset.name}: no training interactions to fit {self.name!r} on")
+        return taskset.train
+
+
+class PopularityBaseline(_RecBaseline):
+    """Number of training interactions of the candidate item (all users)."""
+
+    name = model = "popularity"
+
+    def fit(self, taskset: TaskSet) -> None:
+        counts = self.train_of(taskset).group_by("item_id").len()
+        self.counts = dict(counts.iter_rows())
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        return np.array([self.counts.get(c.id, 0) for c in instance.candidates], dtype=float)
+
+
+class TransitionsBaseline(_RecBaseline):
+    """Item-to-item transitions: count[a, b] = how often b follows a within `window`
+    steps in a training sequence; score(c) = sum over the history items h of count[h, c]
+    (a first-order, windowed item-to-item recommender)."""
+
+    name = model = "transitions"
+
+    def __init__(self, window: int = 10) -> None:
+        self.window = window
+
+    def fit(self, taskset: TaskSet) -> None:
+        train = self.train_of(taskset)  # sorted by user, then time
+        items = train["item_id"].unique().sort().to_list()
+        self.index = {item: i for i, item in enumerate(items)}
+        codes = np.array([self.index[i] for i in train["item_id"]], dtype=np.int64)
+        users = train["user_id"].to_numpy()
+        rows, cols = [], []
+        for d in range(1, self.window + 1):
+            same = users[:-d] == users[d:]
+            rows.append(codes[:-d][same])
+            cols.append(codes[d:][same])
+        row, col = np.concatenate(rows), np.concatenate(cols)
+        n = len(items)
+        self.counts = sp.csr_matrix((np.ones(len(row)), (row, col)), shape=(n, n))
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        hist = [self.index[h] for h in instance.history_ids if h in self.index]
+        if not hist:
+            return np.zeros(len(instance.candidates))
+        total = np.asarray(self.counts[hist].sum(axis=0)).ravel()
+        return np.array([total[self.index[c.id]] if c.id in self.index else 0.0
+                         for c in instance.candidates])  # fmt: skip
+
+
+class LightFMBaseline(_RecBaseline):
+    """LightFM WARP (retrieval.cf.CFModel), trained on every interaction except the
+    evaluated targets; score(u, i) = user_factors[u] . item_factors[i] + item_bias[i]."""
+
+    name = "lightfm"
+
+    def __init__(self, factors: int = 64, epochs: int = 30, seed: int = 7) -> None:
+        self.factors, self.epochs, self.seed = factors, epochs, seed
+        self.model = f"lightfm-warp-{factors}f-{epochs}e"
+
+    def fit(self, taskset: TaskSet) -> None:
+        from retrieval.cf import CFModel, interactions_matrix
+
+        train = self.train_of(taskset)
+        users = train["user_id"].unique().sort().to_list()
+        candidate_items = {c.id for inst in taskset.instances for c in inst.candidates}
+        items = sorted(set(train["item_id"].unique().to_list()) | candidate_items)
+        self.users = {u: i for i, u in enumerate(users)}
+        self.items = {it: i for i, it in enumerate(items)}
+        matrix = interactions_matrix(
+            np.array([self.users[u] for u in train["user_id"]]),
+            np.array([self.items[i] for i in train["item_id"]]),
+            len(users),
+            len(items),
+        )
+        self.cf = CFModel.fit(
+            matrix, loss="warp", factors=self.factors, epochs=self.epochs, seed=self.seed
+        )
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        user = self.users.get(instance.user_id or "")
+        if user is None:  # a user with no training interactions: item bias only
+            return np.array([self.cf.item_biases[self.items[c.id]] for c in instance.candidates])
+        return self.cf.scores(user, [self.items[c.id] for c in instance.candidates])
+
+
+BASELINES = {
+    "random": RandomBaseline,
+    "bm25": BM25Baseline,
+    "first-stage": FirstStageBaseline,
+    "popularity": PopularityBaseline,
+    "lightfm": LightFMBaseline,
+    "cf": LightFMBaseline,  # the issue's name for it
+    "transitions": TransitionsBaseline,
+}
+
+
+def make_baseline(name: str, seed: int = 7) -> ScoringBaseline:
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; use one of {sorted(BASELINES)}")
+    cls = BASELINES[name]
+    return cls(seed=seed) if cls in (RandomBaseline, LightFMBaseline) else cls()

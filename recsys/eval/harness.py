@@ -1,0 +1,207 @@
+"""Run a ranker over task instances and measure it.
+
+Per task: n, MRR, NDCG@1/5/10, Hit@1/5 (mean and bootstrap 95% interval over instances),
+the analytic random MRR for the same candidate counts, invalid-answer and fallback counts
+(engine modes), wall time and requests/s. Engine modes are fed through `rank_batch`, a
+chunk of requests at a time, so the engine batches forward passes across requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ranking.metrics import expected_random_mrr, ndcg_at_k
+from ranking.types import MODES, RankResult
+from recsys.errors import UserError
+from recsys.eval.baselines import BASELINES, EvalRanker, make_baseline
+from recsys.eval.tasks import Instance, TaskSet
+
+BOOTSTRAP_SAMPLES = 1000
+METRICS = ("mrr", "ndcg@1", "ndcg@5", "ndcg@10", "hit@1", "hit@5")
+
+
+class EngineRanker:
+    """An engine mode (incremental, score, reason, direct) as an EvalRanker."""
+
+    def __init__(self, ranker: Any, mode: str, **request_fields: Any) -> None:
+        self.ranker, self.name = ranker, mode
+        self.request_fields = request_fields
+
+    @property
+    def model(self) -> str:
+        return str(self.ranker.model_id)
+
+    def prepare(self, taskset: TaskSet) -> None:
+        """Zero-shot: nothing to learn."""
+
+    def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]:
+        requests = [i.to_request(self.name, **self.request_fields) for i in instances]
+        return self.ranker.rank_batch(requests)
+
+
+def make_ranker(
+    name: str,
+    *,
+    model: str = "default",
+    device: str = "cpu",
+    batch_size: int = 8,
+    seed: int = 7,
+    reason_max_new_tokens: int = 1024,
+) -> EvalRanker:
+    """A baseline by name, or an engine mode loading `model` (already resolved to
+    'default' or a path by the caller)."""
+    if name in BASELINES:
+        return make_baseline(name, seed=seed)
+    if name not in MODES:
+        raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)} "
+                        f"or a baseline {sorted(BASELINES)}")  # fmt: skip
+    from ranking.engine import load_ranker
+
+    engine = load_ranker(
+        model, device=device, batch_size=batch_size, reason_max_new_tokens=reason_max_new_tokens
+    )
+    return EngineRanker(engine, name)
+
+
+def relevant_ids(instance: Instance, min_grade: float) -> set[str]:
+    return {cid for cid, g in instance.relevance.items() if g >= min_grade}
+
+
+def instance_metrics(
+    instance: Instance, order: Sequence[str], min_grade: float
+) -> dict[str, float]:
+    """Metrics of one ranked list. MRR/Hit use the candidates with grade >= min_grade
+    (the target for single-target tasks; grade >= 2 for TREC re-ranking, the usual
+    binary cut); NDCG uses the graded relevance."""
+    relevant = relevant_ids(instance, min_grade)
+    first = next((i for i, cid in enumerate(order) if cid in relevant), None)
+    hit = lambda k: float(first is not None and first < k)  # noqa: E731
+    return {
+        "mrr": 0.0 if first is None else 1.0 / (first + 1),
+        "ndcg@1": ndcg_at_k(order, instance.relevance, 1),
+        "ndcg@5": ndcg_at_k(order, instance.relevance, 5),
+        "ndcg@10": ndcg_at_k(order, instance.relevance, 10),
+        "hit@1": hit(1),
+        "hit@5": hit(5),
+    }
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean (Efron & Tibshirani 1993)."""
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def is_permutation(result: RankResult, instance: Instance) -> bool:
+    return len(result.order) == len(instance.candidates) and set(result.order) == set(instance.ids)
+
+
+@dataclass
+class TaskRun:
+    """The outcome of one ranker on one task (what goes into results.json)."""
+
+    task: str
+    ranker: str
+    model: str
+    n: int
+    metrics: dict[str, dict[str, float]]
+    random_mrr: float
+    skipped: dict[str, int]
+    info: dict[str, Any]
+    invalid_answers: int
+    fallbacks: int
+    bad_permutations: int
+    prepare_s: float
+    wall_s: float
+    requests_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def evaluate(
+    ranker: EvalRanker,
+    taskset: TaskSet,
+    *,
+    chunk: int = 32,
+    progress: bool = True,
+    seed: int = 0,
+    keep_results: list[dict[str, Any]] | None = None,
+) -> TaskRun:
+    """Rank every instance of `taskset` with `ranker` and aggregate the metrics.
+
+    A result that is not a permutation of the candidates (never expected: every mode
+    guarantees one) is counted in `bad_permutations` and scored as a miss."""
+    instances = taskset.instances
+    if not instances:
+        raise UserError(f"{taskset.name}: no instances to evaluate ({taskset.skipped})")
+    start = time.perf_counter()
+    ranker.prepare(taskset)
+    prepare_s = time.perf_counter() - start
+    bar = _bar(len(instances), f"{taskset.name} / {ranker.name}", progress)
+    results: list[RankResult] = []
+    start = time.perf_counter()
+    for lo in range(0, len(instances), chunk):
+        results.extend(ranker.rank_instances(instances[lo : lo + chunk]))
+        if bar is not None:
+            bar.update(min(chunk, len(instances) - lo))
+    wall = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    min_grade = 2.0 if taskset.metric == "ndcg@10" else 1e-9
+    rows, bad = [], 0
+    for inst, res in zip(instances, results, strict=True):
+        if is_permutation(res, inst):
+            rows.append(instance_metrics(inst, res.order, min_grade))
+        else:
+            bad += 1
+            rows.append(dict.fromkeys(METRICS, 0.0))
+        if keep_results is not None:
+            keep_results.append({"id": inst.id, "order": res.order, **rows[-1]})
+    metrics = {}
+    for name in METRICS:
+        values = np.array([r[name] for r in rows])
+        low, high = bootstrap_ci(values, seed=seed)
+        metrics[name] = {"mean": float(values.mean()), "low": low, "high": high}
+    return TaskRun(
+        task=taskset.name,
+        ranker=ranker.name,
+        model=ranker.model,
+        n=len(instances),
+        metrics=metrics,
+        random_mrr=float(np.mean([expected_random_mrr(len(i.candidates)) for i in instances])),
+        skipped=dict(taskset.skipped),
+        info=dict(taskset.info),
+        invalid_answers=sum(r.invalid_answers for r in results),
+        fallbacks=sum(bool(r.fallback) for r in results),
+        bad_permutations=bad,
+        prepare_s=round(prepare_s, 3),
+        wall_s=round(wall, 3),
+        requests_per_s=round(len(instances) / wall, 3) if wall > 0 else float("inf"),
+    )
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req")
+
+
+def headline(run: TaskRun | dict[str, Any]) -> float:
+    """The task's headline number x 100: nDCG@10 for TREC re-ranking, MRR otherwise."""
+    data = run.to_dict() if isinstance(run, TaskRun) else run
+    key = "ndcg@10" if str(data["task"]).startswith("passage-rerank") else "mrr"
+    return 100 * data["metrics"][key]["mean"]

@@ -1,0 +1,65 @@
+"""Markdown tables from evaluation results (the JSON `recsys eval --out` writes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import UserError
+from recsys.eval.harness import headline
+from recsys.eval.tasks import ALL_TASKS
+
+
+def _pct(metric: dict[str, float]) -> str:
+    return f"{100 * metric['mean']:.2f} [{100 * metric['low']:.1f}, {100 * metric['high']:.1f}]"
+
+
+def run_table(runs: Sequence[dict[str, Any]]) -> str:
+    """One row per (task, ranker): n, MRR and NDCG@10 with 95% intervals, the rest as
+    means, x 100; then invalid answers, fallbacks and speed."""
+    head = (
+        "| task | ranker | n | MRR [95% CI] | NDCG@1 | NDCG@5 | NDCG@10 [95% CI] | Hit@1 | "
+        "Hit@5 | random MRR | invalid | fallback | wall s | req/s |"
+    )
+    lines = [head, "|" + " --- |" * 14]
+    for r in runs:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['task']} | {r['ranker']} | {r['n']} | {_pct(m['mrr'])} | "
+            f"{100 * m['ndcg@1']['mean']:.2f} | {100 * m['ndcg@5']['mean']:.2f} | "
+            f"{_pct(m['ndcg@10'])} | {100 * m['hit@1']['mean']:.2f} | "
+            f"{100 * m['hit@5']['mean']:.2f} | {100 * r['random_mrr']:.2f} | "
+            f"{r['invalid_answers']} | {r['fallbacks']} | {r['wall_s']:.1f} | "
+            f"{r['requests_per_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    runs = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text("utf-8"))
+            runs.extend(data["runs"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: not a `recsys eval --out` results file ({exc})") from None
+    return runs
+
+
+def summary_table(runs: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None) -> str:
+    """Rankers x tasks, the headline number x 100 (MRR; nDCG@10 for passage-rerank),
+    with n in parentheses when a run used a subset (--limit)."""
+    tasks = list(tasks or [t for t in ALL_TASKS if any(r["task"] == t for r in runs)])
+    rankers: dict[str, dict[str, str]] = {}
+    for r in runs:
+        label = r["ranker"]
+        cell = f"{headline(r):.2f}"
+        if "limit" in r.get("info", {}):
+            cell += f" (n={r['n']})"
+        rankers.setdefault(label, {})[r["task"]] = cell
+    lines = ["| ranker | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
+    for name, cells in rankers.items():
+        lines.append(f"| {name} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
+    return "\n".join(lines)
