@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "train",
     "replay",
     "models",
+    "convert",
     "db",
     "apikey",
 )
