@@ -1,0 +1,1 @@
+"""Offline A/B replay of rankers on logged traffic, and off-policy estimators."""
