@@ -321,3 +321,16 @@ def test_cli_ingest_reports_and_refuses(sqlite_url: str, tmp_path: Path) -> None
     assert result.returncode == 2
     assert 'bad.csv:2: timestamp "noon"' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bulk_and_small_batch_paths_store_the_same(engine, tmp_path, monkeypatch) -> None:
+    """PostgreSQL stages big batches with COPY and sends small ones as statements: loading
+    through one path and re-loading through the other adds nothing."""
+    path = _synthetic_csv(tmp_path / "events.csv", 120, users=15, items=9)
+    monkeypatch.setattr(repo, "COPY_THRESHOLD", 1)
+    first = ingest(path, columns=RATINGS, engine=engine, progress=False)
+    assert (first.interactions_added, first.users_added, first.items_added) == (120, 15, 9)
+    monkeypatch.setattr(repo, "COPY_THRESHOLD", 10_000)
+    again = ingest(path, columns=RATINGS, engine=engine, progress=False)
+    assert (again.interactions_added, again.users_added, again.items_added) == (0, 0, 0)
+    assert [h.value for h in repo.user_history("u3", 2, engine=engine)] == [4.0, 4.0]

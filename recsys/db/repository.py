@@ -9,7 +9,7 @@ recommendation run) are idempotent, so a retried job never duplicates rows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,9 @@ from recsys.db.models import (
 from recsys.errors import UserError
 
 ID_LOOKUP_CHUNK = 5_000  # below SQLite's 32,766 bound parameters per statement
+# PostgreSQL batches at least this big go through COPY + a temporary table; smaller ones (an
+# API request's impressions) use plain statements and create no temporary table.
+COPY_THRESHOLD = 1_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ def ensure_users(conn: Connection, external_ids: Iterable[str]) -> dict[str, int
         return {}
     table = User.__table__
     now = utcnow()
-    if conn.dialect.name == "postgresql":
+    if _use_copy(conn, wanted):
         stage = _stage(conn, "recsys_stage_users", {"external_id": "text"}, [(u,) for u in wanted])
         source = sa.select(
             stage.c.external_id,
@@ -169,7 +172,7 @@ def ensure_items(conn: Connection, items: Iterable[ItemRecord]) -> dict[str, int
     ordered = [by_id[k] for k in sorted(by_id)]
     stmt = upsert(conn, table)
     stage = None
-    if conn.dialect.name == "postgresql":
+    if _use_copy(conn, ordered):
         from psycopg.types.json import Jsonb
 
         stage = _stage(
@@ -221,6 +224,10 @@ def lookup_ids(conn: Connection, table: sa.Table, external_ids: Sequence[str]) -
     return found
 
 
+def _use_copy(conn: Connection, rows: Sized) -> bool:
+    return conn.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD
+
+
 def _stage(
     conn: Connection, name: str, columns: Mapping[str, str], rows: Iterable[tuple[Any, ...]]
 ) -> sa.TableClause:
@@ -259,10 +266,13 @@ def bulk_insert_interactions(conn: Connection, rows: Sequence[tuple[Any, ...]]) 
     if not rows:
         return
     table = Interaction.__table__
-    if conn.dialect.name == "postgresql":
+    if _use_copy(conn, rows):
         _copy_then_upsert(conn, table, rows)
         return
     stmt = upsert(conn, table).on_conflict_do_nothing(index_elements=["event_id"])
+    if conn.dialect.name != "sqlite":
+        conn.execute(stmt, [dict(zip(INTERACTION_COLUMNS, row, strict=True)) for row in rows])
+        return
     compiled = stmt.compile(dialect=conn.dialect, column_keys=list(INTERACTION_COLUMNS))
     order = [INTERACTION_COLUMNS.index(name) for name in compiled.positiontup or ()]
     stamp = INTERACTION_COLUMNS.index("timestamp")
