@@ -95,11 +95,6 @@ class IngestReport:
 # reading: every source yields chunks with the normalised columns
 
 
-@dataclass(frozen=True)
-class Chunk:
-    frame: pl.DataFrame  # line, user, item, event, value, ts_us, title, text, error
-
-
 @dataclass
 class Source:
     """Where rows come from: chunks of interactions, an optional item catalogue, a row count."""
@@ -107,7 +102,7 @@ class Source:
     label: str  # the file named in error messages
     line_word: str  # "line" for text files, "row" for parquet / data frames
     total_rows: int | None
-    chunks: Iterator[pl.DataFrame]
+    chunks: Iterator[pl.DataFrame]  # line, user, item, event, value, ts_us, title, text, error
     items: pl.DataFrame | None = None  # item_id, title, text, attributes (dict) - whole catalogue
 
 
@@ -540,48 +535,56 @@ def ingest(
     )
     resolved_fmt = detect_format(path) if fmt == "auto" else fmt
     report = IngestReport(str(path), resolved_fmt, source or path.name)
-    reasons: Counter[str] = Counter()
-    examples: list[str] = []
-    from tqdm import tqdm
-
     engine = engine or get_engine()
-    with (
-        write_connection(engine, sqlite_cache_mib=SQLITE_CACHE_MIB) as conn,
-        tqdm(
-            total=src.total_rows, unit="rows", desc=f"ingest {path.name}", disable=not progress
-        ) as bar,
-    ):
+    with write_connection(engine, sqlite_cache_mib=SQLITE_CACHE_MIB) as conn:
         loader = _Loader(conn, report.source)
         before = _counts(conn)
         if src.items is not None:
             report.items_in_file = src.items.height
             loader.load_catalogue(src.items)
-        for chunk in src.chunks:
-            bad = chunk.filter(pl.col("error").is_not_null())
-            report.rows_read += chunk.height
-            for line, error in bad.select("line", "error").iter_rows():
-                reasons[_reason_key(error)] += 1
-                if len(examples) < MAX_LISTED_ERRORS:
-                    examples.append(f"{src.label}:{line}: {error}")
-            if not reasons or skip_bad:  # once refused, only keep finding bad rows
-                good = chunk.filter(pl.col("error").is_null())
-                if good.height:
-                    loader.load(good)
-                report.rows_loaded += good.height
-            bar.update(chunk.height)
-        report.rows_skipped = sum(reasons.values())
-        if reasons and not skip_bad:
-            raise UserError(_refusal(src, report.rows_skipped, examples))
+        _load_chunks(src, loader, report, skip_bad=skip_bad, progress=progress)
+        if report.rows_skipped and not skip_bad:
+            raise UserError(_refusal(src, report.rows_skipped, report.skipped_examples))
         after = _counts(conn)
         report.interactions_added, report.users_added, report.items_added = (
             a - b for a, b in zip(after, before, strict=True)
         )
         if src.items is None:
             report.items_in_file = len(loader.item_keys)
-    report.skipped_by_reason = dict(reasons.most_common())
-    report.skipped_examples = examples
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _load_chunks(
+    src: Source, loader: _Loader, report: IngestReport, *, skip_bad: bool, progress: bool
+) -> None:
+    """Validate every chunk, load the good rows; once a strict load has seen a bad row it only
+    keeps reading to list every bad row (the transaction will be rolled back)."""
+    from tqdm import tqdm
+
+    reasons: Counter[str] = Counter()
+    with tqdm(
+        total=src.total_rows,
+        unit="rows",
+        desc=f"ingest {Path(src.label).name}",
+        disable=not progress,
+    ) as bar:
+        for chunk in src.chunks:
+            report.rows_read += chunk.height
+            for line, error in (
+                chunk.filter(pl.col("error").is_not_null()).select("line", "error").iter_rows()
+            ):
+                reasons[_reason_key(error)] += 1
+                if len(report.skipped_examples) < MAX_LISTED_ERRORS:
+                    report.skipped_examples.append(f"{src.label}:{line}: {error}")
+            if not reasons or skip_bad:
+                good = chunk.filter(pl.col("error").is_null())
+                if good.height:
+                    loader.load(good)
+                report.rows_loaded += good.height
+            bar.update(chunk.height)
+    report.rows_skipped = sum(reasons.values())
+    report.skipped_by_reason = dict(reasons.most_common())
 
 
 def _reason_key(error: str) -> str:
