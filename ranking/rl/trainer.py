@@ -82,6 +82,7 @@ class TrainConfig:
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
+    train_layers: int | None = None  # full fine-tune of only the top N decoder layers
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
     def __post_init__(self) -> None:
@@ -108,6 +109,20 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: int) -> torch.nn.Module:
     return get_peft_model(model, cfg)
 
 
+def freeze_below(model: torch.nn.Module, n_top: int) -> None:
+    """Train only the last `n_top` decoder layers and the final norm: the frozen bottom
+    needs no backward pass, which makes a CPU step several times cheaper."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError("train_layers needs a decoder with model.layers (Llama-style)")
+    keep = {id(p) for layer in list(layers)[-n_top:] for p in layer.parameters()}
+    norm = getattr(model.model, "norm", None)
+    if norm is not None:
+        keep |= {id(p) for p in norm.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
 class Trainer:
     """Fine-tunes `model` (a Hugging Face causal LM) on `train` episodes, validating on
     `val`. `out_dir` receives `log.jsonl`, the checkpoint and (via `export`) the model."""
@@ -132,6 +147,8 @@ class Trainer:
         self.log_fn = log
         self.device = next(model.parameters()).device
         self.ref_model = self._frozen_reference(model) if config.algo == "grpo" else None
+        if config.train_layers:
+            freeze_below(model, config.train_layers)
         self.model = apply_lora(model, config.lora_r, config.lora_alpha) if config.lora else model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Make a version the served one (after the promotion gates pass)."""
         from recsys import registry
+        from recsys.gate import evaluation_gate
 
+        registry.add_gate(evaluation_gate)  # rankers must beat the promoted one (recsys.gate)
         info, decision = registry.promote(kind, version, force=force, engine=_engine(url))
         typer.echo(f"promoted: {_line(info)}\n  gates: {decision.reason}")
 

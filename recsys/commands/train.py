@@ -1,0 +1,116 @@
+"""`recsys train`: RL fine-tuning of the ranker; the result is registered as a candidate."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        steps: int = typer.Option(50, "--steps", help="optimizer updates"),
+        source: str = typer.Option(
+            "ml-100k", "--source", help="ml-100k (paper protocol), db (logged), or a JSONL file"
+        ),
+        users: str = typer.Option(
+            "all", "--users", help="training users: 'all', N (first N), or N:M (N train, M val)"
+        ),
+        algo: str = typer.Option("distill", "--algo", help="grpo | expected | distill | logged"),
+        mode: str = typer.Option("incremental", "--mode", help="incremental (reason: not yet)"),
+        signals: bool = typer.Option(
+            False, "--signals/--titles-only", help="render retrieval signals in the prompt"
+        ),
+        lr: float = typer.Option(1e-5, "--lr"),
+        batch_size: int = typer.Option(4, "--batch-size", help="episodes per update"),
+        group_size: int = typer.Option(4, "--group-size", help="GRPO trajectories per episode"),
+        history: int = typer.Option(20, "--history", help="history items in the prompt"),
+        expected_weight: float = typer.Option(
+            1.0, "--expected-weight", help="distill: weight of the expected-reward term"
+        ),
+        fusion_alpha: float = typer.Option(
+            0.0, "--fusion-alpha", help="also evaluate step log-probs fused with retrieval scores"
+        ),
+        eval_every: int = typer.Option(25, "--eval-every"),
+        val_limit: int = typer.Option(0, "--val-limit", help="in-loop validation episodes (0=all)"),
+        lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft) only"),
+        train_layers: int = typer.Option(
+            0, "--train-layers", help="fine-tune only the top N decoder layers (0 = all)"
+        ),
+        model: str = typer.Option("default", "--model"),
+        device: str = typer.Option("auto", "--device"),
+        seed: int = typer.Option(7, "--seed"),
+        name: str | None = typer.Option(None, "--name", help="run name = registered version"),
+        resume: bool = typer.Option(True, "--resume/--restart"),
+        do_register: bool = typer.Option(True, "--register/--no-register"),
+    ) -> None:
+        """Fine-tune the ranker on episodes, validate on held-out users, register the result."""
+        from ranking.loading import resolve_device
+        from recsys.errors import UserError
+        from recsys.training import TrainingOptions, run_training
+
+        if mode != "incremental":
+            raise UserError(
+                f"--mode {mode}: only 'incremental' training is implemented; the reason-mode "
+                "rewards exist in ranking.rewards but no generation-based trainer uses them yet"
+            )
+        n_users, n_val = _parse_users(users)
+        opts = TrainingOptions(
+            source=source,
+            algo=algo,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            group_size=group_size,
+            users=n_users,
+            show_signals=signals,
+            history_len=history,
+            expected_weight=expected_weight,
+            fusion_alpha=fusion_alpha,
+            eval_every=eval_every,
+            checkpoint_every=eval_every,
+            lora=lora,
+            model=model,
+            device=resolve_device(device),
+            seed=seed,
+            run_name=name,
+            resume=resume,
+            register=do_register,
+            extra={
+                **({"val_limit": val_limit} if val_limit else {}),
+                **({"train_layers": train_layers} if train_layers else {}),
+            },
+        )
+        if n_val is not None:
+            opts.val_users = n_val
+
+        def progress(rec: dict) -> None:
+            shown = {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in rec.items()
+                if k not in ("time",)
+            }
+            typer.echo(json.dumps(shown), err=True)
+
+        try:
+            metrics = run_training(opts, log=progress)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        summary = {k: v for k, v in metrics.items() if not k.startswith("val_rr")}
+        typer.echo(json.dumps(summary, indent=2))
+
+
+def _parse_users(spec: str) -> tuple[int | None, int | None]:
+    from recsys.errors import UserError
+
+    text = spec.strip().lower()
+    if text == "all":
+        return None, None
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            return (None if a == "all" else int(a)), int(b)
+        return int(text), None
+    except ValueError as exc:
+        raise UserError(f"--users {spec!r}: use 'all', N or N:M (train:validation)") from exc

@@ -1,0 +1,114 @@
+"""The evaluation gate: a tuned ranker is promoted only when it is measurably better.
+
+A ranker version registered by `recsys train` carries, in its metrics, the reciprocal rank
+of every held-out validation user (`val_rr`), the same for the model it was tuned from
+(`val_rr_baseline`) and for the retrieval order alone (`val_rr_retrieval`). The gate
+compares the candidate with the promoted version on their common validation users (or,
+when nothing is promoted or the promoted version has no per-user results, with the model
+the candidate was tuned from):
+
+* the mean paired difference in MRR (x100) must be at least `margin`, and
+* its paired bootstrap 95% interval (resampling users) must exclude zero;
+* and, with `require_beat_retrieval`, the candidate must not rank worse than the retrieval
+  order it re-ranks (a re-ranker that makes retrieval worse is never promoted).
+
+Otherwise the promotion is refused and the reason says which rule failed, with the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from recsys.registry import GateDecision
+
+MIN_COMMON_USERS = 10
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of a - b and the percentile bootstrap 95% interval of that mean, resampling
+    the pairs (Efron & Tibshirani 1993, ch. 13). Returns (mean, low, high)."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError("paired_bootstrap needs two non-empty sequences of the same length")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(low), float(high)
+
+
+def compare(
+    candidate: Mapping[str, float], reference: Mapping[str, float], n_boot: int = 2000
+) -> tuple[int, float, float, float]:
+    """(n common users, mean diff, low, high), in MRR x 100 points."""
+    users = sorted(set(candidate) & set(reference))
+    if not users:
+        return 0, 0.0, 0.0, 0.0
+    mean, low, high = paired_bootstrap(
+        [candidate[u] for u in users], [reference[u] for u in users], n_boot
+    )
+    return len(users), 100 * mean, 100 * low, 100 * high
+
+
+def decide(
+    cand_metrics: Mapping,
+    ref_metrics: Mapping | None,
+    ref_name: str,
+    margin: float,
+    require_beat_retrieval: bool = True,
+    n_boot: int = 2000,
+) -> GateDecision:
+    cand_rr = cand_metrics.get("val_rr")
+    if not isinstance(cand_rr, Mapping) or not cand_rr:
+        return GateDecision(
+            False,
+            "the candidate has no per-user validation results (val_rr); "
+            "register rankers through `recsys train`, or pass --force",
+        )
+    if ref_metrics is not None and isinstance(ref_metrics.get("val_rr"), Mapping):
+        ref_rr, against = ref_metrics["val_rr"], ref_name
+    elif isinstance(cand_metrics.get("val_rr_baseline"), Mapping):
+        ref_rr, against = cand_metrics["val_rr_baseline"], "the model it was tuned from"
+    else:
+        return GateDecision(
+            False,
+            "nothing to compare the candidate with: no per-user results "
+            "for the promoted model nor for the candidate's base model",
+        )
+    n, diff, low, high = compare(cand_rr, ref_rr, n_boot)
+    if n < MIN_COMMON_USERS:
+        return GateDecision(
+            False,
+            f"only {n} validation users in common with {against} "
+            f"(need {MIN_COMMON_USERS}); validate both on the same users",
+        )
+    stats = f"ΔMRR {diff:+.2f} [{low:+.2f}, {high:+.2f}] over {n} users vs {against}"
+    if diff < margin:
+        return GateDecision(False, f"{stats}: below the margin of {margin:.2f} MRR points")
+    if low <= 0:
+        return GateDecision(False, f"{stats}: the 95% interval does not exclude zero")
+    retrieval = cand_metrics.get("val_rr_retrieval")
+    if require_beat_retrieval and isinstance(retrieval, Mapping) and retrieval:
+        n_r, d_r, lo_r, hi_r = compare(cand_rr, retrieval, n_boot)
+        if n_r and d_r < 0:
+            return GateDecision(
+                False,
+                f"{stats}, but it ranks worse than the retrieval order "
+                f"(ΔMRR {d_r:+.2f} [{lo_r:+.2f}, {hi_r:+.2f}])",
+            )
+    return GateDecision(True, stats)
+
+
+def evaluation_gate(candidate, current) -> GateDecision:  # type: ignore[no-untyped-def]
+    """Registry gate (recsys.registry.add_gate): applies to `ranker` versions only."""
+    if candidate.kind != "ranker":
+        return GateDecision(True, f"no evaluation gate for kind {candidate.kind}")
+    from recsys.settings import get_settings
+
+    s = get_settings()
+    ref = current.metrics if current is not None else None
+    name = f"promoted {current.version}" if current is not None else "promoted"
+    return decide(candidate.metrics or {}, ref, name, s.gate_margin, s.gate_beat_retrieval)

@@ -1,0 +1,356 @@
+"""RL fine-tuning of the ranker, composed: episodes -> split -> Trainer -> artifact -> registry.
+
+Episode sources:
+
+* `ml-100k` — the paper's Rec-Movie protocol over MovieLens 100K (`RECSYS_DATA_DIR`): each
+  user's last interaction is the ground truth, the 20 before it the history, 19 negatives
+  drawn uniformly from items the user never interacted with (seeded per user). Every
+  candidate carries retrieval signals computed from the non-target interactions only:
+  `score` = item-to-item transitions from the history (window 10) + 1e-3 x popularity,
+  `signals` = {cf_rank}; `show_signals` renders "(CF rank r, retrieval score s)".
+* a JSONL file of episodes (`ranking.rl.episodes.write_episodes` format);
+* the database: logged impressions (what was shown, with propensities) and the
+  interactions that followed them (`episodes_from_database`).
+
+Validation users are split off by a seeded hash of the user id, so they are never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking.metrics import reciprocal_rank
+from ranking.rl.episodes import (
+    Episode,
+    read_episodes,
+    retrieval_elimination_order,
+    split_by_user,
+    with_teacher,
+)
+from ranking.types import Candidate, RankRequest
+from recsys.errors import UserError
+
+TRANSITION_WINDOW = 10
+
+
+# ----------------------------------------------------------------------------- ml-100k
+
+
+def _read_ml100k(data_dir: Path) -> tuple[dict[str, list[tuple[int, str]]], dict[str, str]]:
+    folder = Path(data_dir) / "movielens-100k"
+    data, items = folder / "u.data", folder / "u.item"
+    for f in (data, items):
+        if not f.exists():
+            raise UserError(f"{f} not found; set RECSYS_DATA_DIR to the folder with movielens-100k")
+    titles: dict[str, str] = {}
+    for line in items.read_text(encoding="latin-1").splitlines():
+        parts = line.split("|")
+        if len(parts) > 1:
+            titles[parts[0]] = parts[1]
+    seqs: dict[str, list[tuple[int, str]]] = {}
+    for line in data.read_text(encoding="latin-1").splitlines():
+        u, i, _r, ts = line.split("\t")
+        seqs.setdefault(u, []).append((int(ts), i))
+    for s in seqs.values():
+        s.sort(key=lambda x: (x[0], int(x[1])))
+    return seqs, titles
+
+
+def _transition_counts(seqs: Sequence[Sequence[str]], index: dict[str, int]) -> np.ndarray:
+    """counts[a, b] = how often item b follows item a within TRANSITION_WINDOW steps."""
+    n = len(index)
+    counts = np.zeros((n, n), dtype=np.float32)
+    for s in seqs:
+        ids = np.array([index[x] for x in s])
+        for d in range(1, TRANSITION_WINDOW + 1):
+            if len(ids) > d:
+                np.add.at(counts, (ids[:-d], ids[d:]), 1.0)
+    return counts
+
+
+def ml100k_episodes(
+    data_dir: Path,
+    *,
+    seed: int = 7,
+    n_candidates: int = 20,
+    history_len: int = 20,
+    show_signals: bool = False,
+) -> list[Episode]:
+    """Rec-Movie episodes (paper protocol) with retrieval scores and signals."""
+    seqs, titles = _read_ml100k(data_dir)
+    all_items = sorted(titles, key=int)
+    index = {it: k for k, it in enumerate(all_items)}
+    # signals come from non-target interactions only: no leak of any user's target
+    train_seqs = [[i for _, i in s[:-1]] for s in seqs.values()]
+    counts = _transition_counts(train_seqs, index)
+    popularity = np.zeros(len(index))
+    for s in train_seqs:
+        for i in set(s):
+            popularity[index[i]] += 1
+    episodes = []
+    for user in sorted(seqs, key=int):
+        items = [i for _, i in seqs[user]]
+        if len(items) < history_len + 1:
+            continue
+        target, history = items[-1], items[-1 - history_len : -1]
+        rng = random.Random(f"{seed}:{user}")
+        seen = set(items)
+        negatives = rng.sample([i for i in all_items if i not in seen], n_candidates - 1)
+        cands = [target, *negatives]
+        rng.shuffle(cands)
+        hist_idx = [index[h] for h in history]
+        scores = {
+            c: float(counts[hist_idx, index[c]].sum()) + 1e-3 * popularity[index[c]] for c in cands
+        }
+        ranked = sorted(cands, key=lambda c: -scores[c])
+        request = RankRequest(
+            task="rec-movie",
+            history=tuple(titles[h] for h in history),
+            candidates=tuple(
+                Candidate(
+                    id=c,
+                    text=titles[c],
+                    score=round(scores[c], 3),
+                    signals={"cf_rank": ranked.index(c) + 1},
+                )
+                for c in cands
+            ),
+            show_signals=show_signals,
+            request_id=f"ml100k:{user}",
+        )
+        episodes.append(Episode(request=request, ground_truth=target, user=user))
+    return episodes
+
+
+# ----------------------------------------------------------------------------- database
+
+
+def episodes_from_database(engine: Any = None, show_signals: bool = False) -> list[Episode]:
+    """Episodes from logged impressions: the shown candidates (with their retrieval scores),
+    the item the user then interacted with as ground truth, the logged order and its
+    propensity when the ranker logged them. Impressions with no interaction among the
+    shown items carry no reward signal and are skipped."""
+    from recsys.db import repository
+
+    fetch = getattr(repository, "training_impressions", None)
+    if fetch is None:
+        raise UserError("this database layer has no logged impressions to train from yet")
+    out = []
+    for row in fetch(engine=engine):
+        cands = tuple(
+            Candidate(id=str(c["id"]), text=str(c["text"]), score=c.get("score"))
+            for c in row["candidates"]
+        )
+        request = RankRequest(
+            task=row.get("task", "rec-movie"),
+            candidates=cands,
+            history=tuple(row.get("history", ())),
+            show_signals=show_signals,
+        )
+        out.append(
+            Episode(
+                request=request,
+                ground_truth=str(row["ground_truth"]),
+                user=str(row["user"]),
+                logged_order=tuple(row["order"]) if row.get("order") else None,
+                logged_log_propensity=row.get("log_propensity"),
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class TrainingOptions:
+    source: str = "ml-100k"  # ml-100k | db | path to a JSONL episode file
+    algo: str = "distill"
+    steps: int = 50
+    batch_size: int = 4
+    lr: float = 1e-5
+    group_size: int = 4
+    users: int | None = None  # cap on training users
+    val_users: int = 100
+    val_fraction: float = 0.22
+    show_signals: bool = False
+    history_len: int = 20
+    teacher: str = "retrieval"  # retrieval | none
+    expected_weight: float = 1.0
+    fusion_alpha: float = 0.0
+    eval_every: int = 25
+    checkpoint_every: int = 25
+    lora: bool = False
+    model: str = "default"
+    device: str = "cpu"
+    seed: int = 7
+    run_name: str | None = None
+    resume: bool = True
+    register: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
+    if opts.source == "ml-100k":
+        eps = ml100k_episodes(
+            data_dir, seed=opts.seed, history_len=opts.history_len, show_signals=opts.show_signals
+        )
+    elif opts.source == "db":
+        eps = episodes_from_database(show_signals=opts.show_signals)
+    else:
+        path = Path(opts.source)
+        if not path.exists():
+            raise UserError(f"episode file {path} not found; use ml-100k, db or a JSONL path")
+        eps = read_episodes(path)
+    if not eps:
+        raise UserError(f"no training episodes from source {opts.source!r}")
+    if opts.teacher == "retrieval":
+        eps = [with_teacher(e, retrieval_elimination_order(e.request), gt_last=True) for e in eps]
+    return eps
+
+
+def split(opts: TrainingOptions, eps: list[Episode]) -> tuple[list[Episode], list[Episode]]:
+    train, val = split_by_user(eps, opts.val_fraction, seed=opts.seed)
+    if opts.users:
+        train = train[: opts.users]
+    return train, val[: opts.val_users]
+
+
+def reciprocal_ranks(orders: Sequence[Sequence[str]], eps: Sequence[Episode]) -> dict[str, float]:
+    return {e.user: reciprocal_rank(o, e.ground_truth) for o, e in zip(orders, eps, strict=True)}
+
+
+def retrieval_orders(eps: Sequence[Episode]) -> list[list[str]]:
+    out = []
+    for e in eps:
+        elim = retrieval_elimination_order(e.request)
+        out.append(list(reversed(elim)) if elim else list(e.request.ids))
+    return out
+
+
+def run_training(
+    opts: TrainingOptions, log: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train, evaluate on held-out users (zero-shot before, tuned after, retrieval order,
+    fused), export the model and register it as a candidate ranker version."""
+    import torch
+
+    from ranking.loading import load_backend
+    from ranking.rl.policy import greedy_order
+    from ranking.rl.trainer import TrainConfig, Trainer
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    eps = load_episodes(opts, settings.data_dir)
+    train, val = split(opts, eps)
+    if not train or not val:
+        raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
+    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
+    out_dir = settings.resolved_artifact_dir / "training" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backend = load_backend(opts.model, device=opts.device, cache=False)
+    model = backend.model
+    for p in model.parameters():  # fp32 master weights (GPU loads bf16; autocast does the rest)
+        p.data = p.data.float()
+    config = TrainConfig(
+        algo=opts.algo,
+        steps=opts.steps,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        group_size=opts.group_size,
+        expected_weight=opts.expected_weight,
+        eval_every=opts.eval_every,
+        checkpoint_every=opts.checkpoint_every,
+        seed=opts.seed,
+        fusion_alpha=opts.fusion_alpha,
+        lora=opts.lora,
+        **opts.extra,
+    )
+    (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
+    trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=log)
+
+    def evaluate(alpha: float) -> dict[str, float]:
+        trainer.model.eval()
+        orders = []
+        with torch.no_grad():
+            for k, e in enumerate(val):
+                seq = trainer.sequence(e, -1 - k)
+                scores = [c.score for c in e.request.candidates]
+                orders.append(greedy_order(trainer.model, seq, scores, alpha))
+        return reciprocal_ranks(orders, val)
+
+    base_path = out_dir / "zero_shot.json"
+    if base_path.exists():  # a resumed run keeps the zero-shot numbers of its start
+        base = json.loads(base_path.read_text())
+    else:
+        base = {"rr": evaluate(0.0)}
+        if opts.fusion_alpha:
+            base["rr_fused"] = evaluate(opts.fusion_alpha)
+        base_path.write_text(json.dumps(base))
+    started = time.time()
+    trainer.run(resume=opts.resume)
+    wall = time.time() - started
+    tuned = {"rr": evaluate(0.0)}
+    if opts.fusion_alpha:
+        tuned["rr_fused"] = evaluate(opts.fusion_alpha)
+    retrieval = reciprocal_ranks(retrieval_orders(val), val)
+
+    def mrr(rr: dict[str, float]) -> float:
+        return 100 * sum(rr.values()) / len(rr)
+
+    metrics: dict[str, Any] = {
+        "task": "rec-movie" if opts.source == "ml-100k" else opts.source,
+        "n_train": len(train),
+        "n_val": len(val),
+        "steps": opts.steps,
+        "algo": opts.algo,
+        "show_signals": opts.show_signals,
+        "train_seconds": round(wall, 1),
+        "val_mrr": mrr(tuned["rr"]),
+        "val_mrr_zero_shot": mrr(base["rr"]),
+        "val_mrr_retrieval": mrr(retrieval),
+        "val_rr": tuned["rr"],
+        "val_rr_baseline": base["rr"],
+        "val_rr_retrieval": retrieval,
+    }
+    if opts.fusion_alpha:
+        metrics.update(
+            {
+                "fusion_alpha": opts.fusion_alpha,
+                "val_mrr_fused": mrr(tuned["rr_fused"]),
+                "val_mrr_zero_shot_fused": mrr(base["rr_fused"]),
+            }
+        )
+    model_dir = trainer.export(out_dir / "model")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["artifact"] = str(model_dir)
+    metrics["version"] = name
+    if opts.register:
+        _register(name, model_dir, metrics)
+    return metrics
+
+
+def _register(version: str, model_dir: Path, metrics: dict[str, Any]) -> None:
+    from recsys import registry
+    from recsys.db import repository
+    from recsys.db.engine import get_engine
+    from recsys.db.migrate import ensure_schema
+
+    ensure_schema(None)
+    stored = {k: v for k, v in metrics.items() if k not in ("artifact", "version")}
+    repository.register_model(
+        "ranker",
+        version,
+        str(model_dir),
+        sha256=registry.sha256_of(model_dir),
+        metrics=stored,
+        engine=get_engine(None),
+    )
