@@ -31,10 +31,13 @@ class Ranker:
         *,
         batch_size: int = 8,
         reason_max_new_tokens: int = 1024,
+        speculate: int = 6,
     ) -> None:
         self.backend = backend
         self.options = RankOptions(
-            reason_max_new_tokens=reason_max_new_tokens, batch_size=max(1, batch_size)
+            reason_max_new_tokens=reason_max_new_tokens,
+            batch_size=max(1, batch_size),
+            speculate=max(0, speculate),
         )
         self.costs = CostModel()
         self.modes: dict[str, RankingMode] = {name: cls() for name, cls in MODES.items()}
@@ -92,10 +95,12 @@ def load_ranker(
     *,
     batch_size: int = 8,
     reason_max_new_tokens: int = 1024,
+    speculate: int = 6,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker."""
     return Ranker(
         load_backend(model, device=device, backend=backend),
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,
+        speculate=speculate,
     )

@@ -98,3 +98,27 @@ def test_default_spec_resolves_to_the_packaged_gguf():
     spec = resolve_model("default")
     assert spec.gguf_file and spec.gguf_file.endswith(".gguf")
     assert (spec.path / spec.gguf_file).is_file()
+
+
+def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):
+    from ranking.backends.base import LMBackend
+
+    tiny_backend.clear_cache()
+    ctxs = [_ids(tiny_backend, "one context"), _ids(tiny_backend, "another, longer context")]
+    conts = [[330, 389, 253], []]
+    allowed = [[[330, 389, 253, 1777], [389, 253, 1777], [253, 1777], [1777, 330]], [[330, 389]]]
+    fast = tiny_backend.continuation_logprobs(ctxs, conts, allowed)
+    calls = tiny_backend.forward_calls
+    # rejecting the speculative tail: the next call continues from the first guess only
+    again = tiny_backend.continuation_logprobs(
+        [ctxs[0] + [330, 1777], ctxs[1] + [389]], [[], []], [[[330, 389]], [[330, 389]]]
+    )
+    assert tiny_backend.forward_calls == calls + 1
+    tiny_backend.clear_cache()
+    slow = LMBackend.continuation_logprobs(tiny_backend, ctxs, conts, allowed)
+    for f_row, s_row in zip(fast, slow, strict=True):
+        assert len(f_row) == len(s_row)
+        for f, s in zip(f_row, s_row, strict=True):
+            np.testing.assert_allclose(f, s, atol=1e-4)
+    ref = brute_force(tiny_backend, ctxs[0] + [330, 1777], [330, 389])
+    np.testing.assert_allclose(again[0][0], ref, atol=1e-4)

@@ -62,7 +62,7 @@ def is_permutation(result, request):
 @pytest.mark.parametrize("mode", ["incremental", "score", "direct"])
 def test_step_distributions_match_brute_force(tiny_ranker, mode):
     rec = Recording(tiny_ranker.backend)
-    ranker = Ranker(rec, batch_size=4)
+    ranker = Ranker(rec, batch_size=4, speculate=0)  # one call per step, recorded
     req = make_request(6, mode=mode)
     res = ranker.rank(req)
     assert is_permutation(res, req)
@@ -115,15 +115,47 @@ def test_sampling_is_seeded_and_explores(tiny_ranker):
     assert len({tuple(o) for o in a}) > 1  # different seeds, different rankings
 
 
-def test_incremental_costs_one_prefill_plus_one_token_per_step(tiny_ranker):
-    backend = tiny_ranker.backend
+def test_incremental_costs_one_prefill_plus_one_token_per_step(tiny_backend):
     req = make_request(10)
-    seq = build_sequence(req, backend)
-    backend.clear_cache()
-    before = backend.tokens_computed
-    tiny_ranker.rank(req)
+    seq = build_sequence(req, tiny_backend)
+    tiny_backend.clear_cache()
+    before = tiny_backend.tokens_computed
+    Ranker(tiny_backend, speculate=0).rank(req)
     # first step: the whole prompt; each of the other 8 steps: the one label token appended
-    assert backend.tokens_computed - before == len(seq.prompt_ids) + 8
+    assert tiny_backend.tokens_computed - before == len(seq.prompt_ids) + 8
+
+
+@pytest.mark.parametrize("mode", ["incremental", "direct"])
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_speculation_is_exact_and_saves_calls(tiny_backend, mode, temperature):
+    reqs = [make_request(n, mode=mode, temperature=temperature, seed=n) for n in (12, 9, 15)]
+    plain = Ranker(tiny_backend, speculate=0).rank_batch(reqs)
+    calls = tiny_backend.forward_calls
+    fast = Ranker(tiny_backend, speculate=6).rank_batch(reqs)
+    spec_calls = tiny_backend.forward_calls - calls
+    for p, f in zip(plain, fast, strict=True):
+        assert f.order == p.order
+        assert [s.eliminated for s in f.steps] == [s.eliminated for s in p.steps]
+        np.testing.assert_allclose([s.prob for s in f.steps], [s.prob for s in p.steps], rtol=1e-4)
+        assert f.generated_tokens == p.generated_tokens == len(p.steps)
+    if temperature == 0:  # greedy: the previous step's ranking predicts the next steps well
+        assert spec_calls < 14  # one call per step would be 14 (the longest request)
+
+
+def test_speculative_steps_match_brute_force(tiny_backend):
+    """Each step's probability, whatever call computed it, is the full-forward one."""
+    req = make_request(10)
+    res = Ranker(tiny_backend, speculate=6).rank(req)
+    seq = build_sequence(req, tiny_backend)
+    chosen, remaining = [], list(range(10))
+    for step in res.steps:
+        ref = brute_force(
+            tiny_backend.model, seq.context(chosen), [seq.label_ids[i] for i in remaining]
+        )
+        pick = int(np.argmax(ref))
+        assert step.prob == pytest.approx(math.exp(ref[pick]), rel=1e-4)
+        chosen.append(remaining.pop(pick))
+        assert step.eliminated == req.candidates[chosen[-1]].id
 
 
 def test_score_mode_computes_shared_prefix_once(tiny_ranker):

@@ -61,3 +61,27 @@ class LMBackend(ABC):
     ) -> list[np.ndarray]:
         """For each context (token ids), log P(next token = a) for a in allowed[i],
         renormalised so that the probabilities over allowed[i] sum to 1."""
+
+    # Optional: backends that compute several positions of one sequence in one pass (the
+    # transformers backend) set this and override `continuation_logprobs`; rankers then
+    # speculate several constrained steps per model call. Others keep the default below.
+    efficient_continuation: bool = False
+
+    def continuation_logprobs(
+        self,
+        contexts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        allowed: Sequence[Sequence[Sequence[int]]],
+    ) -> list[list[np.ndarray]]:
+        """For each i and each j in 0..len(continuations[i]): the renormalised log-probs,
+        over allowed[i][j], of the token after contexts[i] + continuations[i][:j].
+
+        Default: one `next_token_logprobs` call over all those prefixes."""
+        flat_ctx: list[list[int]] = []
+        flat_allowed: list[Sequence[int]] = []
+        for ctx, cont, allow in zip(contexts, continuations, allowed, strict=True):
+            for j in range(len(cont) + 1):
+                flat_ctx.append([*ctx, *cont[:j]])
+                flat_allowed.append(allow[j])
+        flat = iter(self.next_token_logprobs(flat_ctx, flat_allowed))
+        return [[next(flat) for _ in range(len(cont) + 1)] for cont in continuations]

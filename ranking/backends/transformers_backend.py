@@ -28,6 +28,9 @@ from ranking.backends.base import Generation, LMBackend
 # Reusing a cached prefix costs a gather of its keys/values; below this many tokens it is
 # cheaper to recompute.
 MIN_REUSE_TOKENS = 4
+# A row that continues its own previous row after dropping at most this many tokens (rejected
+# speculative labels) keeps its cache and masks the dropped slots instead of copying the cache.
+MAX_DEAD_TOKENS = 32
 
 
 @dataclass
@@ -35,7 +38,6 @@ class _CachedBatch:
     cache: object  # transformers DynamicCache
     mask: torch.Tensor  # [B, T] 1 for real tokens
     tokens: list[tuple[int, ...]]  # the real tokens of each row
-    last_logits: torch.Tensor  # [B, V] next-token logits after each row
 
 
 class TransformersBackend(LMBackend):
@@ -74,6 +76,8 @@ class TransformersBackend(LMBackend):
         """Forget the cached KV state (benchmarks use it to time a cold prefill)."""
         self._state = None
 
+    efficient_continuation = True
+
     @torch.inference_mode()
     def next_token_logprobs(
         self, contexts: Sequence[Sequence[int]], allowed: Sequence[Sequence[int]]
@@ -82,12 +86,27 @@ class TransformersBackend(LMBackend):
             raise ValueError("contexts and allowed must have the same length")
         if not contexts:
             return []
-        logits = self._next_logits([tuple(int(t) for t in c) for c in contexts])
-        out = []
-        for row, ids in zip(logits, allowed, strict=True):
-            sel = row[torch.as_tensor(list(ids), dtype=torch.long, device=row.device)]
-            out.append(torch.log_softmax(sel.float(), dim=-1).cpu().numpy().astype(np.float64))
-        return out
+        rows = self._logits([tuple(int(t) for t in c) for c in contexts], [1] * len(contexts))
+        return [_restrict(r[0], ids) for r, ids in zip(rows, allowed, strict=True)]
+
+    @torch.inference_mode()
+    def continuation_logprobs(
+        self,
+        contexts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        allowed: Sequence[Sequence[Sequence[int]]],
+    ) -> list[list[np.ndarray]]:
+        """All positions of each continuation in ONE forward pass (see LMBackend)."""
+        if not contexts:
+            return []
+        full = [
+            tuple(int(t) for t in (*c, *k)) for c, k in zip(contexts, continuations, strict=True)
+        ]
+        rows = self._logits(full, [len(k) + 1 for k in continuations])
+        return [
+            [_restrict(r[j], ids) for j, ids in enumerate(allow)]
+            for r, allow in zip(rows, allowed, strict=True)
+        ]
 
     @torch.inference_mode()
     def generate(
@@ -142,24 +161,27 @@ class TransformersBackend(LMBackend):
 
     # ------------------------------------------------------------------ KV-cache reuse
 
-    def _next_logits(self, contexts: list[tuple[int, ...]]) -> torch.Tensor:
+    def _logits(self, contexts: list[tuple[int, ...]], need: list[int]) -> list[torch.Tensor]:
+        """For each context, the next-token logits after each of its last need[i] tokens
+        ([need[i], V]), reusing the cached rows of the previous call where possible."""
+        if any(n > len(c) or n < 1 for c, n in zip(contexts, need, strict=True)):
+            raise ValueError("every context needs at least one token per requested position")
         state = self._state if self.reuse_cache else None
-        if state is not None and _extends_row_by_row(state.tokens, contexts):
-            suffixes = [c[len(t) :] for c, t in zip(contexts, state.tokens, strict=True)]
-            if all(suffixes):
-                return self._extend(state, contexts, suffixes)
-        plan = _plan_reuse(state.tokens if state else [], contexts)
-        base = self._gather(state, plan) if state is not None else None
-        suffixes = [c[keep:] for c, (_, keep) in zip(contexts, plan, strict=True)]
-        if base is None:
-            base = _CachedBatch(None, torch.zeros(len(contexts), 0, dtype=torch.long), [], None)  # type: ignore[arg-type]
-            base.tokens = [() for _ in contexts]
-        return self._extend(base, contexts, suffixes)
+        if state is not None and _is_plain_dynamic(state.cache):
+            keeps = _truncation(state.tokens, contexts, need)
+            if keeps is not None:
+                return self._extend(_mask_truncate(state, keeps), contexts, need)
+            plan = _plan_reuse(state.tokens, contexts, need)
+            base = self._gather(state, plan)
+            if base is not None:
+                return self._extend(base, contexts, need)
+        empty = torch.zeros(len(contexts), 0, dtype=torch.long, device=self.device)
+        return self._extend(_CachedBatch(None, empty, [() for _ in contexts]), contexts, need)
 
     def _gather(self, state: _CachedBatch, plan: list[tuple[int, int]]) -> _CachedBatch | None:
         """A new cached batch whose row i holds the first keep_i tokens of old row src_i."""
         kmax = max(keep for _, keep in plan)
-        if kmax == 0 or not _is_plain_dynamic(state.cache):
+        if kmax == 0:
             return None
         dev = state.mask.device
         n = len(plan)
@@ -174,9 +196,7 @@ class TransformersBackend(LMBackend):
                 real = torch.nonzero(state.mask[src], as_tuple=False).squeeze(1)[:keep]
                 slot_idx[i, kmax - keep :] = real
                 new_mask[i, kmax - keep :] = 1
-                tokens.append(state.tokens[src][:keep])
-            else:
-                tokens.append(())
+            tokens.append(state.tokens[src][:keep] if keep else ())
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
@@ -184,15 +204,13 @@ class TransformersBackend(LMBackend):
             k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
             idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
             cache.update(k.gather(2, idx), v.gather(2, idx), li)
-        return _CachedBatch(cache, new_mask, tokens, None)  # type: ignore[arg-type]
+        return _CachedBatch(cache, new_mask, tokens)
 
     def _extend(
-        self,
-        base: _CachedBatch,
-        contexts: list[tuple[int, ...]],
-        suffixes: list[tuple[int, ...]],
-    ) -> torch.Tensor:
-        """Run the suffixes through the model on top of `base`; cache the result."""
+        self, base: _CachedBatch, contexts: list[tuple[int, ...]], need: list[int]
+    ) -> list[torch.Tensor]:
+        """Run each context's tokens beyond base.tokens through the model; cache the result."""
+        suffixes = [c[len(t) :] for c, t in zip(contexts, base.tokens, strict=True)]
         n = len(contexts)
         lengths = [len(s) for s in suffixes]
         width = max(lengths)
@@ -204,7 +222,7 @@ class TransformersBackend(LMBackend):
         past_mask = base.mask.to(self.device)
         mask = torch.cat([past_mask, new_mask.to(self.device)], dim=1)
         n_past = past_mask.sum(dim=1, keepdim=True)
-        pos = (n_past + torch.arange(width, device=self.device)[None, :]).clamp(min=0)
+        pos = n_past + torch.arange(width, device=self.device)[None, :]
         cache = base.cache
         self._state = None  # a failed forward must not leave a half-extended cache behind
         if cache is None:
@@ -219,22 +237,58 @@ class TransformersBackend(LMBackend):
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        last = torch.tensor([ln - 1 for ln in lengths], device=self.device)
-        h_last = hidden[torch.arange(n, device=self.device), last]
-        logits = self.model.get_output_embeddings()(h_last).float()
+        # only the positions asked for go through the (vocabulary-sized) LM head
+        rows = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(need)]).to(
+            self.device
+        )
+        cols = torch.cat(
+            [
+                torch.arange(ln - k, ln, dtype=torch.long)
+                for ln, k in zip(lengths, need, strict=True)
+            ]
+        ).to(self.device)
+        logits = self.model.get_output_embeddings()(hidden[rows, cols]).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         self.last_forward_s = time.perf_counter() - t0
         self.forward_calls += 1
         self.tokens_computed += sum(lengths)
-        self._state = _CachedBatch(cache, mask, list(contexts), logits)
-        return logits
+        self._state = _CachedBatch(cache, mask, list(contexts))
+        return list(torch.split(logits, need))
 
 
-def _extends_row_by_row(rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]]) -> bool:
-    return len(rows) == len(contexts) and all(
-        len(c) > len(r) and c[: len(r)] == r for r, c in zip(rows, contexts, strict=True)
-    )
+def _restrict(row: torch.Tensor, ids: Sequence[int]) -> np.ndarray:
+    sel = row[torch.as_tensor(list(ids), dtype=torch.long, device=row.device)]
+    return torch.log_softmax(sel.float(), dim=-1).cpu().numpy().astype(np.float64)
+
+
+def _truncation(
+    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]], need: list[int]
+) -> list[int] | None:
+    """Tokens to keep per row when each context continues its own row (same batch, same
+    order) after dropping at most MAX_DEAD_TOKENS of it; else None."""
+    if len(rows) != len(contexts):
+        return None
+    keeps = []
+    for r, c, k in zip(rows, contexts, need, strict=True):
+        keep = min(_common_prefix(r, c), len(c) - k)
+        if keep < 1 or len(r) - keep > MAX_DEAD_TOKENS:
+            return None
+        keeps.append(keep)
+    return keeps
+
+
+def _mask_truncate(state: _CachedBatch, keeps: list[int]) -> _CachedBatch:
+    """Drop the tail of each row by masking it out: no copy of the cache (the masked slots
+    stay, unseen, until the next compaction by `_gather`)."""
+    mask = state.mask.clone()
+    tokens = []
+    for i, keep in enumerate(keeps):
+        if keep < len(state.tokens[i]):
+            real = torch.nonzero(mask[i], as_tuple=False).squeeze(1)
+            mask[i, real[keep:]] = 0
+        tokens.append(state.tokens[i][:keep])
+    return _CachedBatch(state.cache, mask, tokens)
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -250,16 +304,16 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 def _plan_reuse(
-    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]]
+    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]], need: list[int]
 ) -> list[tuple[int, int]]:
     """For each context, (source row, tokens to keep) maximising the shared prefix.
 
-    At least one token of each context is always recomputed, so its logits are fresh."""
+    The positions whose logits are asked for are always recomputed."""
     plan = []
-    for c in contexts:
+    for c, k in zip(contexts, need, strict=True):
         best_src, best_keep = -1, 0
         for j, r in enumerate(rows):
-            keep = min(_common_prefix(r, c), len(c) - 1)
+            keep = min(_common_prefix(r, c), len(c) - k)
             if keep > best_keep:
                 best_src, best_keep = j, keep
         plan.append((best_src, best_keep) if best_keep >= MIN_REUSE_TOKENS else (-1, 0))

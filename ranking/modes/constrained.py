@@ -1,8 +1,19 @@
 """The constrained-decoding loop shared by the label modes (score, incremental, direct).
 
 Each step, for every request still running, the mode gives a token context and the label
-token ids of the candidates still in play (in `Trace.remaining` order); one
-`next_token_logprobs` call serves the whole batch; each request takes its choice.
+token ids of the candidates still in play (in `Trace.remaining` order); one model call
+serves the whole batch; each request takes its choice.
+
+**Speculation** (single-sequence modes on a backend with `efficient_continuation`): a
+decoding step reads every weight of the model to produce one token, so a step costs about
+the same whether it scores 1 or 8 positions. Each call therefore also appends the labels the
+previous step's distribution ranks most likely to come next (g0, g1, ...) and gets the
+distribution at every appended position in the same forward pass. The request takes its
+real choice from position 0; while that choice equals the guess, the distribution at the
+next position was computed on exactly the real prefix, so it takes that step too; at the
+first mismatch it stops (the backend drops the rejected tail). Every distribution used is
+the exact one of the real prefix, so results and propensities are identical to one-step
+decoding (same choices, same random draws); only the number of model calls falls.
 """
 
 from __future__ import annotations
@@ -10,6 +21,8 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
+
+import numpy as np
 
 from ranking.backends.base import LMBackend
 from ranking.modes.base import Deadline, ModeContext, RankingMode, Trace
@@ -21,6 +34,7 @@ class ConstrainedMode(RankingMode):
     """A mode whose every step is one constrained next-token choice among labels."""
 
     eliminates = True
+    speculative = False  # True when step t+1's context is step t's plus the chosen label
 
     def check(self, request: RankRequest, backend: LMBackend) -> None:
         labels_for(backend.tokenizer, len(request.candidates))
@@ -36,6 +50,10 @@ class ConstrainedMode(RankingMode):
         """(context token ids, allowed label token ids, label strings) for the next step,
         the allowed ids in `trace.remaining` order."""
 
+    def label_of(self, prepared: object, index: int) -> tuple[str, int]:
+        """(label, token id) of candidate `index`; speculative modes implement it."""
+        raise NotImplementedError
+
     def shared_prompt(self, prepared: object) -> str | None:
         return None
 
@@ -48,6 +66,9 @@ class ConstrainedMode(RankingMode):
     ) -> list[RankResult]:
         traces = [Trace(r, d, self.eliminates) for r, d in zip(requests, deadlines, strict=True)]
         prepared: list[object] = [None] * len(traces)
+        speculate = ctx.options.speculate if self.speculative else 0
+        if not getattr(backend, "efficient_continuation", False):
+            speculate = 0
         first = True
         while True:
             live = [i for i, t in enumerate(traces) if not t.done]
@@ -70,16 +91,27 @@ class ConstrainedMode(RankingMode):
                     t.stop_if_late(0.0)  # deadline passed before the request even started
             if not live:
                 break
+            guesses = {
+                i: self._guesses(traces[i], speculate) if speculate and not first else []
+                for i in live
+            }
             t0 = time.perf_counter()
-            out = backend.next_token_logprobs(
-                [inputs[i][0] for i in live], [inputs[i][1] for i in live]
-            )
+            if any(guesses.values()):
+                out = backend.continuation_logprobs(
+                    [inputs[i][0] for i in live],
+                    [[self.label_of(prepared[i], g)[1] for g in guesses[i]] for i in live],
+                    [self._allowed_along(traces[i], prepared[i], guesses[i]) for i in live],
+                )
+            else:
+                single = backend.next_token_logprobs(
+                    [inputs[i][0] for i in live], [inputs[i][1] for i in live]
+                )
+                out = [[lp] for lp in single]
             ms = (time.perf_counter() - t0) * 1000.0
             ctx.costs.record(kind, ms / max(n_tokens, 1) if first else ms)
             first = False
-            for i, raw in zip(live, out, strict=True):
-                traces[i].generated_tokens += 1
-                traces[i].take_logprobs(raw, response_labels=inputs[i][2])
+            for i, lps in zip(live, out, strict=True):
+                self._take_along(traces[i], prepared[i], guesses[i], lps, inputs[i][2])
         return [
             t.result(
                 self.name,
@@ -89,3 +121,42 @@ class ConstrainedMode(RankingMode):
             )
             for t, p in zip(traces, prepared, strict=True)
         ]
+
+    # ---------------------------------------------------------------- speculation
+
+    @staticmethod
+    def _guesses(trace: Trace, k: int) -> list[int]:
+        """Candidate indices most likely to be chosen next, by the last step's probabilities
+        (the real choice of this step first); at most one per remaining model step after it."""
+        k = min(k, len(trace.remaining) - 2)
+        if k <= 0 or not trace.last_lp:
+            return []
+        ranked = sorted(trace.remaining, key=lambda i: (-trace.last_lp.get(i, -np.inf), i))
+        return ranked[:k]
+
+    def _allowed_along(self, trace: Trace, prepared: object, guesses: list[int]) -> list[list[int]]:
+        """Allowed label ids at each position: all remaining, then minus each guess in turn."""
+        out, left = [], list(trace.remaining)
+        for g in [*guesses, None]:
+            out.append([self.label_of(prepared, i)[1] for i in left])
+            if g is not None:
+                left.remove(g)
+        return out
+
+    def _take_along(
+        self,
+        trace: Trace,
+        prepared: object,
+        guesses: list[int],
+        lps: list[np.ndarray],
+        labels: list[str],
+    ) -> None:
+        """Take the step at position 0, then one more per guess the model confirmed."""
+        trace.generated_tokens += 1
+        trace.take_logprobs(lps[0], response_labels=labels)
+        for j, guess in enumerate(guesses):
+            if trace.done or trace.chosen[-1] != guess:
+                break
+            trace.generated_tokens += 1
+            names = [self.label_of(prepared, i)[0] for i in trace.remaining]
+            trace.take_logprobs(lps[j + 1], response_labels=names)

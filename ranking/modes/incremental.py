@@ -71,6 +71,10 @@ def build_sequence(request: RankRequest, backend: LMBackend) -> LabelSequence:
 class IncrementalMode(ConstrainedMode):
     name = "incremental"
     eliminates = True
+    speculative = True
+
+    def label_of(self, prepared, index: int) -> tuple[str, int]:
+        return prepared.labels[index], prepared.label_ids[index]
 
     def prepare(self, request: RankRequest, backend: LMBackend) -> LabelSequence:
         return build_sequence(request, backend)
