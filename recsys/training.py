@@ -212,6 +212,8 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
         eps = read_episodes(path)
     if not eps:
         raise UserError(f"no training episodes from source {opts.source!r}")
+    if opts.teacher not in ("retrieval", "none"):
+        raise UserError(f"--teacher {opts.teacher!r}: use retrieval or none")
     if opts.teacher == "retrieval":
         eps = [with_teacher(e, retrieval_elimination_order(e.request), gt_last=True) for e in eps]
     return eps
@@ -249,6 +251,23 @@ def run_training(
     from recsys.settings import get_settings
 
     settings = get_settings()
+    try:
+        config = TrainConfig(
+            algo=opts.algo,
+            steps=opts.steps,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            group_size=opts.group_size,
+            expected_weight=opts.expected_weight,
+            eval_every=opts.eval_every,
+            checkpoint_every=opts.checkpoint_every,
+            seed=opts.seed,
+            fusion_alpha=opts.fusion_alpha,
+            lora=opts.lora,
+            **opts.extra,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     eps = load_episodes(opts, settings.data_dir)
     train, val = split(opts, eps)
     if not train or not val:
@@ -260,20 +279,6 @@ def run_training(
     model = backend.model
     for p in model.parameters():  # fp32 master weights (GPU loads bf16; autocast does the rest)
         p.data = p.data.float()
-    config = TrainConfig(
-        algo=opts.algo,
-        steps=opts.steps,
-        batch_size=opts.batch_size,
-        lr=opts.lr,
-        group_size=opts.group_size,
-        expected_weight=opts.expected_weight,
-        eval_every=opts.eval_every,
-        checkpoint_every=opts.checkpoint_every,
-        seed=opts.seed,
-        fusion_alpha=opts.fusion_alpha,
-        lora=opts.lora,
-        **opts.extra,
-    )
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
     trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=log)
 

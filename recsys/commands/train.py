@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-5, "--lr"),
         batch_size: int = typer.Option(4, "--batch-size", help="episodes per update"),
         group_size: int = typer.Option(4, "--group-size", help="GRPO trajectories per episode"),
+        teacher: str = typer.Option(
+            "retrieval", "--teacher", help="distill target: retrieval (reverse, truth last) | none"
+        ),
         history: int = typer.Option(20, "--history", help="history items in the prompt"),
         expected_weight: float = typer.Option(
             1.0, "--expected-weight", help="distill: weight of the expected-reward term"
@@ -65,6 +68,7 @@ def register(app: typer.Typer) -> None:
             group_size=group_size,
             users=n_users,
             show_signals=signals,
+            teacher=teacher,
             history_len=history,
             expected_weight=expected_weight,
             fusion_alpha=fusion_alpha,
@@ -93,10 +97,7 @@ def register(app: typer.Typer) -> None:
             }
             typer.echo(json.dumps(shown), err=True)
 
-        try:
-            metrics = run_training(opts, log=progress)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+        metrics = run_training(opts, log=progress)
         summary = {k: v for k, v in metrics.items() if not k.startswith("val_rr")}
         typer.echo(json.dumps(summary, indent=2))
 

@@ -1,0 +1,152 @@
+"""Episodes: validation, teacher orders, split by user, JSONL round trip, ml-100k builder,
+and `recsys train` end to end on a tiny model (registers a candidate version)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ranking.errors import RequestError
+from ranking.rl.episodes import (
+    Episode,
+    read_episodes,
+    retrieval_elimination_order,
+    split_by_user,
+    with_teacher,
+    write_episodes,
+)
+from ranking.types import Candidate, RankRequest
+
+
+def request(scores=(0.1, 0.9, 0.5)) -> RankRequest:
+    cands = tuple(Candidate(str(i), f"Item {i}", score=s) for i, s in enumerate(scores))
+    return RankRequest(task="rec-movie", history=("Heat (1995)",), candidates=cands)
+
+
+def test_teacher_order_is_reverse_retrieval_with_ground_truth_last():
+    req = request()
+    assert retrieval_elimination_order(req) == ("0", "2", "1")
+    ep = with_teacher(Episode(req, "2", user="u"), retrieval_elimination_order(req), True)
+    assert ep.teacher_order == ("0", "1", "2")
+    no_scores = request(scores=(None, 1.0, 2.0))
+    assert retrieval_elimination_order(no_scores) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ground_truth": "9"}, "not one of its candidates"),
+        ({"ground_truth": "0", "teacher_order": ("0", "1")}, "teacher_order must be a permutation"),
+        ({"ground_truth": "0", "logged_order": ("0", "1", "1")}, "logged_order must be"),
+    ],
+)
+def test_bad_episodes(kwargs, match):
+    with pytest.raises(RequestError, match=match):
+        Episode(request(), **kwargs)
+
+
+def test_split_by_user_is_disjoint_stable_and_near_the_fraction():
+    eps = [Episode(request(), "0", user=f"u{i // 2}") for i in range(400)]  # 2 per user
+    train, val = split_by_user(eps, 0.25, seed=1)
+    train_users, val_users = {e.user for e in train}, {e.user for e in val}
+    assert not train_users & val_users
+    assert 30 <= len(val_users) <= 70
+    _, again_val = split_by_user(eps[:200], 0.25, seed=1)
+    assert {e.user for e in again_val} <= val_users  # adding users moves nobody
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_user(eps, 1.0)
+
+
+def test_jsonl_round_trip_and_errors_name_the_line(tmp_path):
+    eps = [
+        Episode(request(), "1", user="a", teacher_order=("0", "2", "1")),
+        Episode(request(), "0", user="b", logged_order=("0", "1", "2"), logged_log_propensity=-1.5),
+    ]
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, eps)
+    assert read_episodes(path) == eps
+    path.write_text(path.read_text() + '{"request": {"task": "rec-movie"}}\n')
+    with pytest.raises(RequestError, match=r"eps\.jsonl:3"):
+        read_episodes(path)
+
+
+def write_fake_movielens(root, n_users=12, n_items=40, per_user=24):
+    folder = root / "movielens-100k"
+    folder.mkdir(parents=True)
+    (folder / "u.item").write_text(
+        "".join(f"{i}|Movie {i} (199{i % 10})|01-Jan-1995||\n" for i in range(1, n_items + 1)),
+        encoding="latin-1",
+    )
+    lines = []
+    for u in range(1, n_users + 1):
+        for k in range(per_user):
+            item = (u * 7 + k * 3) % n_items + 1
+            lines.append(f"{u}\t{item}\t4\t{1000 + k}\n")
+    (folder / "u.data").write_text("".join(lines), encoding="latin-1")
+
+
+def test_ml100k_episodes_follow_the_protocol(tmp_path):
+    from recsys.training import ml100k_episodes
+
+    write_fake_movielens(tmp_path)
+    eps = ml100k_episodes(tmp_path, seed=7, n_candidates=5, history_len=10, show_signals=True)
+    assert len(eps) == 12
+    ep = eps[0]
+    assert len(ep.request.candidates) == 5 and len(ep.request.history) == 10
+    assert ep.request.candidates[ep.gt_index].text not in ep.request.history
+    ranks = sorted(c.signals["cf_rank"] for c in ep.request.candidates)
+    assert ranks == [1, 2, 3, 4, 5]
+    again = ml100k_episodes(tmp_path, seed=7, n_candidates=5, history_len=10)
+    assert [e.request.ids for e in again] == [e.request.ids for e in eps]  # deterministic
+
+
+def test_recsys_train_end_to_end_registers_candidate(tmp_path, tiny_model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+    from recsys.settings import get_settings
+    from tests.test_rl_train import rule_episodes
+
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, rule_episodes(40, 1))
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    monkeypatch.setenv("RECSYS_DATABASE_URL", db)
+    monkeypatch.setenv("RECSYS_ARTIFACT_DIR", str(tmp_path / "art"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--source",
+            str(path),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--algo",
+            "expected",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--users",
+            "all:6",
+            "--eval-every",
+            "2",
+            "--name",
+            "tiny-v1",
+            "--teacher",
+            "none",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{") :])
+    assert summary["n_val"] == 6 and summary["steps"] == 2
+    assert (tmp_path / "art" / "training" / "tiny-v1" / "model" / "config.json").exists()
+    listed = runner.invoke(app, ["models", "list", "--kind", "ranker", "--json", "--url", db])
+    versions = json.loads(listed.stdout)
+    assert [v["version"] for v in versions] == ["tiny-v1"]
+    assert len(versions[0]["metrics"]["val_rr"]) == 6
+    get_settings.cache_clear()
