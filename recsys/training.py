@@ -130,6 +130,53 @@ def ml100k_episodes(
     return episodes
 
 
+# ----------------------------------------------------------------------------- eval tasks
+
+
+def task_episodes(
+    task: str,
+    data_dir: Path,
+    *,
+    seed: int = 7,
+    show_signals: bool = False,
+    signal: str = "transitions",
+    history_len: int | None = None,
+) -> list[Episode]:
+    """Episodes on exactly the evaluation harness's instances of a rec task (`recsys eval
+    --task rec-movie --seed 7` ranks the same users, histories and candidates), each
+    candidate scored by a classical recommender fitted on the task's training interactions
+    (every interaction except the evaluated targets): `score` is that recommender's score,
+    `signals` = {cf_rank}. `history_len` keeps only the most recent history items."""
+    from recsys.eval.baselines import make_baseline
+    from recsys.eval.tasks import build_task, default_data
+
+    if not task.startswith("rec-"):
+        raise UserError(f"training episodes come from rec tasks; got {task!r}")
+    taskset = build_task(task, default_data(task, data_dir), seed)
+    scorer = make_baseline(signal, seed)
+    scorer.fit(taskset)
+    out = []
+    for inst in taskset.instances:
+        scores = [float(x) for x in scorer.scores(inst)]
+        rank = {
+            j: r + 1 for r, j in enumerate(sorted(range(len(scores)), key=lambda k: -scores[k]))
+        }
+        cands = tuple(
+            Candidate(id=c.id, text=c.text, score=round(scores[k], 4), signals={"cf_rank": rank[k]})
+            for k, c in enumerate(inst.candidates)
+        )
+        history = inst.history[-history_len:] if history_len else inst.history
+        request = RankRequest(
+            task=inst.request_task,
+            candidates=cands,
+            history=history,
+            show_signals=show_signals,
+            request_id=inst.id,
+        )
+        out.append(Episode(request=request, ground_truth=inst.target, user=str(inst.user_id)))
+    return out
+
+
 # ----------------------------------------------------------------------------- database
 
 
@@ -172,7 +219,8 @@ def episodes_from_database(engine: Any = None, show_signals: bool = False) -> li
 
 @dataclass
 class TrainingOptions:
-    source: str = "ml-100k"  # ml-100k | db | path to a JSONL episode file
+    source: str = "rec-movie"  # rec-movie | rec-game (eval instances) | ml-100k | db | JSONL
+    signal: str = "transitions"  # the retrieval scorer of eval-task episodes
     algo: str = "distill"
     steps: int = 50
     batch_size: int = 4
@@ -199,7 +247,16 @@ class TrainingOptions:
 
 
 def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
-    if opts.source == "ml-100k":
+    if opts.source.startswith("rec-"):
+        eps = task_episodes(
+            opts.source,
+            data_dir,
+            seed=opts.seed,
+            show_signals=opts.show_signals,
+            signal=opts.signal,
+            history_len=opts.history_len,
+        )
+    elif opts.source == "ml-100k":
         eps = ml100k_episodes(
             data_dir, seed=opts.seed, history_len=opts.history_len, show_signals=opts.show_signals
         )
@@ -282,30 +339,40 @@ def run_training(
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
     trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=log)
 
-    def evaluate(alpha: float) -> dict[str, float]:
+    def evaluate(alpha: float, what: str) -> dict[str, float]:
         trainer.model.eval()
         orders = []
+        t0 = time.time()
         with torch.no_grad():
             for k, e in enumerate(val):
                 seq = trainer.sequence(e, -1 - k)
                 scores = [c.score for c in e.request.candidates]
                 orders.append(greedy_order(trainer.model, seq, scores, alpha))
+                if log and ((k + 1) % 10 == 0 or k + 1 == len(val)):
+                    log(
+                        {
+                            "evaluating": what,
+                            "done": k + 1,
+                            "of": len(val),
+                            "seconds": round(time.time() - t0, 1),
+                        }
+                    )
         return reciprocal_ranks(orders, val)
 
     base_path = out_dir / "zero_shot.json"
     if base_path.exists():  # a resumed run keeps the zero-shot numbers of its start
         base = json.loads(base_path.read_text())
     else:
-        base = {"rr": evaluate(0.0)}
+        base = {"rr": evaluate(0.0, "zero-shot")}
         if opts.fusion_alpha:
-            base["rr_fused"] = evaluate(opts.fusion_alpha)
+            base["rr_fused"] = evaluate(opts.fusion_alpha, "zero-shot fused")
         base_path.write_text(json.dumps(base))
     started = time.time()
     trainer.run(resume=opts.resume)
     wall = time.time() - started
-    tuned = {"rr": evaluate(0.0)}
+    tuned = {"rr": evaluate(0.0, "tuned")}
     if opts.fusion_alpha:
-        tuned["rr_fused"] = evaluate(opts.fusion_alpha)
+        tuned["rr_fused"] = evaluate(opts.fusion_alpha, "tuned fused")
     retrieval = reciprocal_ranks(retrieval_orders(val), val)
 
     def mrr(rr: dict[str, float]) -> float:
@@ -313,6 +380,7 @@ def run_training(
 
     metrics: dict[str, Any] = {
         "task": "rec-movie" if opts.source == "ml-100k" else opts.source,
+        "signal": opts.signal,
         "n_train": len(train),
         "n_val": len(val),
         "steps": opts.steps,
@@ -359,3 +427,80 @@ def _register(version: str, model_dir: Path, metrics: dict[str, Any]) -> None:
         metrics=stored,
         engine=get_engine(None),
     )
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(log records, final metrics or {}) of one training run folder."""
+    run_dir = Path(run_dir)
+    log_path = run_dir / "log.jsonl"
+    if not log_path.exists():
+        raise UserError(f"{run_dir} is not a training run folder (no log.jsonl)")
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return records, metrics
+
+
+def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Training curves: train reward (moving average) and in-loop validation MRR per step,
+    one line per run, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in run_dirs:
+        records, _ = read_run(run)
+        steps = [r["step"] for r in records if "reward" in r]
+        rewards = [r["reward"] for r in records if "reward" in r]
+        if rewards:
+            w = max(1, len(rewards) // 10)
+            smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
+            ax_r.plot(steps[w - 1 :], smooth, label=Path(run).name)
+        val = [(r["step"], r["val_mrr"]) for r in records if "val_mrr" in r]
+        if val:
+            ax_v.plot(*zip(*val, strict=True), marker="o", label=Path(run).name)
+    ax_r.set(xlabel="optimizer step", ylabel="train reward (moving avg)", title="train reward")
+    ax_v.set(xlabel="optimizer step", ylabel="validation MRR x100", title="in-loop validation")
+    for ax in (ax_r, ax_v):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+REPORT_COLUMNS = (
+    ("val_mrr_retrieval", "retrieval order"),
+    ("val_mrr_zero_shot", "zero-shot"),
+    ("val_mrr", "tuned"),
+    ("val_mrr_zero_shot_fused", "zero-shot fused"),
+    ("val_mrr_fused", "tuned fused"),
+)
+
+
+def runs_table(run_dirs: Sequence[Path]) -> str:
+    """A markdown table of the runs' held-out MRR (x100) and training wall time."""
+    head = (
+        "| run | algo | signals | train eps x steps | "
+        + " | ".join(c for _, c in REPORT_COLUMNS)
+        + " | train s |"
+    )
+    lines = [head, "|" + " --- |" * (len(REPORT_COLUMNS) + 5)]
+    for run in run_dirs:
+        _, m = read_run(run)
+        if not m:
+            continue
+        cells = [f"{m[k]:.2f}" if k in m else "—" for k, _ in REPORT_COLUMNS]
+        lines.append(
+            f"| {Path(run).name} | {m['algo']} | {'yes' if m['show_signals'] else 'no'} | "
+            f"{m['n_train']} x {m['steps']} | " + " | ".join(cells) + f" | {m['train_seconds']} |"
+        )
+    return "\n".join(lines)

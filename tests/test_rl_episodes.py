@@ -29,6 +29,8 @@ def test_teacher_order_is_reverse_retrieval_with_ground_truth_last():
     assert retrieval_elimination_order(req) == ("0", "2", "1")
     ep = with_teacher(Episode(req, "2", user="u"), retrieval_elimination_order(req), True)
     assert ep.teacher_order == ("0", "1", "2")
+    # ties keep the request order in the retrieval order, so they are reversed here
+    assert retrieval_elimination_order(request(scores=(1.0, 1.0, 0.0))) == ("2", "1", "0")
     no_scores = request(scores=(None, 1.0, 2.0))
     assert retrieval_elimination_order(no_scores) is None
 

@@ -47,12 +47,14 @@ class Episode:
 
 
 def retrieval_elimination_order(request: RankRequest) -> tuple[str, ...] | None:
-    """The retrieval stage's order reversed (lowest score eliminated first), or None when
-    some candidate has no score. Ties keep the request order, so it is deterministic."""
+    """The retrieval order reversed (lowest score eliminated first), or None when some
+    candidate has no score. The retrieval order is a stable sort by descending score (ties
+    keep the request order, as the evaluation harness's baselines), so this is its exact
+    reverse."""
     if any(c.score is None for c in request.candidates):
         return None
-    ranked = sorted(range(len(request.candidates)), key=lambda i: request.candidates[i].score)
-    return tuple(request.candidates[i].id for i in ranked)
+    best_first = sorted(range(len(request.candidates)), key=lambda i: -request.candidates[i].score)
+    return tuple(request.candidates[i].id for i in reversed(best_first))
 
 
 def with_teacher(episode: Episode, order: Sequence[str] | None, gt_last: bool) -> Episode:

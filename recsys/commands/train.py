@@ -8,11 +8,18 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    register_report(app)
+
     @app.command("train")
     def train(
         steps: int = typer.Option(50, "--steps", help="optimizer updates"),
         source: str = typer.Option(
-            "ml-100k", "--source", help="ml-100k (paper protocol), db (logged), or a JSONL file"
+            "rec-movie",
+            "--source",
+            help="rec-movie | rec-game (the eval harness's instances), ml-100k, db, or a JSONL",
+        ),
+        signal: str = typer.Option(
+            "transitions", "--signal", help="retrieval scorer for rec tasks: transitions|lightfm"
         ),
         users: str = typer.Option(
             "all", "--users", help="training users: 'all', N (first N), or N:M (N train, M val)"
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
         n_users, n_val = _parse_users(users)
         opts = TrainingOptions(
             source=source,
+            signal=signal,
             algo=algo,
             steps=steps,
             batch_size=batch_size,
@@ -100,6 +108,23 @@ def register(app: typer.Typer) -> None:
         metrics = run_training(opts, log=progress)
         summary = {k: v for k, v in metrics.items() if not k.startswith("val_rr")}
         typer.echo(json.dumps(summary, indent=2))
+
+
+def register_report(app: typer.Typer) -> None:
+    @app.command("train-report")
+    def train_report(
+        runs: list[str] = typer.Argument(..., help="training run folders (artifacts/training/*)"),
+        plot: str | None = typer.Option(None, "--plot", help="write the curves to this PNG"),
+    ) -> None:
+        """Held-out MRR table (markdown) and training curves of finished runs."""
+        from pathlib import Path
+
+        from recsys.training import plot_runs, runs_table
+
+        dirs = [Path(r) for r in runs]
+        typer.echo(runs_table(dirs))
+        if plot:
+            typer.echo(f"curves: {plot_runs(dirs, Path(plot))}")
 
 
 def _parse_users(spec: str) -> tuple[int | None, int | None]:
