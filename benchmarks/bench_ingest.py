@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/bench_ingest.py                 # ml-100k + 5M synthetic rows
     .venv/bin/python benchmarks/bench_ingest.py --rows 1000000  # smaller synthetic file
+    .venv/bin/python benchmarks/bench_ingest.py --skip-movielens --rows 1000000,5000000
 
 Each load runs in a fresh child process, so its peak resident memory (ru_maxrss) is its own.
 A second load of the same input measures the idempotent path (everything already stored).
-Writes benchmarks/results/ingest.json and benchmarks/results/ingest.md.
+Writes benchmarks/results/ingest.json (merged: a run replaces the earlier one of the same
+input and backend; each run names its command) and benchmarks/results/ingest.md.
 """
 
 from __future__ import annotations
@@ -155,10 +157,11 @@ def synthetic_csv(path: Path, rows: int, seed: int = 7) -> None:
 
 
 def markdown(results: dict) -> str:
+    commands = list(dict.fromkeys(run["command"] for run in results["runs"]))
     lines = [
         "| input | backend | rows | seconds | rows/s | re-ingest s (rows added) | peak RSS MiB "
-        "| load avg |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| load avg | command |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in results["runs"]:
         again = (
@@ -169,16 +172,22 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {run['input']} | {run['backend']} | {run['rows']:,} | {run['seconds']} | "
             f"{run['rows_per_s']:,} | {again} | {run['peak_rss_mib']} | "
-            f"{run['load_average_after']} |"
+            f"{run['load_average_after']} | ({commands.index(run['command']) + 1}) |"
         )
+    lines.append("")
+    lines += [f"({n}) `{command}`  " for n, command in enumerate(commands, start=1)]
+    lines.append(f"Machine: {results['machine']}.")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=5_000_000, help="synthetic file rows")
+    parser.add_argument(
+        "--rows", default="5000000", help="synthetic file sizes, comma-separated (0: none)"
+    )
     parser.add_argument("--synthetic-backends", default="sqlite,postgresql")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-movielens", action="store_true")
     parser.add_argument(
         "--synthetic-reingest", action="store_true", help="also time re-loading the big file"
     )
@@ -188,54 +197,62 @@ def main() -> None:
         print(json.dumps(run_one(json.loads(args.child))))
         return
 
+    command = "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])
     backends = ["sqlite"] if args.skip_postgres else ["sqlite", "postgresql"]
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
         workdir = Path(tmp)
-        inputs = [("ml-100k", movielens_spec(workdir), backends)]
-        big = workdir / "synthetic.csv"
-        started = time.perf_counter()
-        synthetic_csv(big, args.rows)
-        print(f"wrote {args.rows:,} synthetic rows in {time.perf_counter() - started:.1f} s")
-        synthetic = {
-            "path": str(big),
-            "format": "csv",
-            "columns": {"rating": "rating"},
-            "via": "--format csv",
-            "chunk_rows": 100_000,
-            "reingest": args.synthetic_reingest,
-        }
-        wanted = [b for b in args.synthetic_backends.split(",") if b in backends]
-        inputs.append((f"synthetic {args.rows / 1e6:g}M", synthetic, wanted))
+        inputs = [] if args.skip_movielens else [("ml-100k", movielens_spec(workdir), backends)]
+        for rows in (int(r) for r in args.rows.split(",") if int(r) > 0):
+            big = workdir / f"synthetic_{rows}.csv"
+            synthetic_csv(big, rows)
+            synthetic = {
+                "path": str(big),
+                "format": "csv",
+                "columns": {"rating": "rating"},
+                "via": "--format csv",
+                "chunk_rows": 100_000,
+                "reingest": args.synthetic_reingest,
+            }
+            wanted = [b for b in args.synthetic_backends.split(",") if b in backends]
+            inputs.append((f"synthetic {rows / 1e6:g}M", synthetic, wanted))
         for name, spec, targets in inputs:
             for backend in targets:
-                schema = None
-                if backend == "sqlite":
-                    url = f"sqlite:///{workdir / f'{uuid.uuid4().hex}.db'}"
-                else:
-                    url, schema = fresh_postgres_schema()
-                try:
-                    result = child({**spec, "url": url})
-                finally:
-                    if schema:
-                        drop_postgres_schema(schema)
-                run = {
-                    "input": name,
-                    "backend": backend,
-                    "via": spec["via"],
-                    **result,
-                    "load_average_after": round(os.getloadavg()[0], 1),
-                }
+                run = {"input": name, "backend": backend, "via": spec["via"]}
+                run |= measure(spec, backend, workdir)
+                run |= {"load_average_after": round(os.getloadavg()[0], 1), "command": command}
                 print(json.dumps(run))
                 runs.append(run)
+    save(runs)
+
+
+def measure(spec: dict, backend: str, workdir: Path) -> dict:
+    schema = None
+    if backend == "sqlite":
+        url = f"sqlite:///{workdir / f'{uuid.uuid4().hex}.db'}"
+    else:
+        url, schema = fresh_postgres_schema()
+    try:
+        return child({**spec, "url": url})
+    finally:
+        if schema:
+            drop_postgres_schema(schema)
+
+
+def save(runs: list[dict]) -> None:
+    """Merge into ingest.json: a new run replaces the old one of the same input and backend."""
+    path = RESULTS / "ingest.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    old = [{**r, "command": r.get("command", previous.get("command"))} for r in previous["runs"]]
+    fresh = {(r["input"], r["backend"]) for r in runs}
+    kept = [r for r in old if (r["input"], r["backend"]) not in fresh]
     results = {
-        "command": "python benchmarks/bench_ingest.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
-        "runs": runs,
+        "runs": kept + runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
+    path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "ingest.md").write_text(markdown(results))
     print(markdown(results))
 
