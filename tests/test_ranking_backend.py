@@ -87,6 +87,7 @@ def test_bad_model_specs(tmp_path, spec, match):
     [
         ({"backend": "onnx"}, "unknown backend"),
         ({"device": "tpu"}, "unknown device"),
+        ({"dtype": "int3"}, "unknown dtype"),
     ],
 )
 def test_bad_backend_or_device(tiny_model_dir, kwargs, match):

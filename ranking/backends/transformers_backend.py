@@ -9,9 +9,15 @@ chat template's system prompt.
 
 Layout of the cached batch: every row is [left padding | kept prefix | appended tokens,
 right padded]; an explicit attention mask hides the padding and explicit position ids count
-only real tokens, so padding in the middle of a row is harmless. Only the last position's
-hidden state goes through the LM head (a vocabulary-sized logit row per context, not per
-token).
+only real tokens, so padding in the middle of a row is harmless. A context that continues its
+own row after dropping a few tokens (rejected speculative labels) keeps the cache and masks
+the dropped slots; other reuse gathers the kept prefixes into a new, compact cache. Only the
+positions asked for go through the LM head (a vocabulary-sized logit row per position, not
+per token).
+
+`continuation_logprobs` scores several appended tokens in one forward pass: a decoding step
+on CPU is bound by reading the weights, so scoring 7 positions costs about as much as 1;
+the rankers use it to speculate several elimination steps per call.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model", help="default | HF dir | .gguf file"),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
         backend: str | None = typer.Option(None, "--backend", help="transformers | vllm"),
+        dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
         max_new_tokens: int | None = typer.Option(
             None,
             "--max-new-tokens",
@@ -61,6 +62,7 @@ def register(app: typer.Typer) -> None:
             model or settings.model,
             device=device or settings.device,
             backend=backend or settings.backend,
+            dtype=dtype,
             batch_size=settings.batch_size,
             reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
         )
