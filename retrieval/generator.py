@@ -1,0 +1,303 @@
+"""`CandidateGenerator`: the retrieval facade. Interactions + item texts in, top-K candidates out.
+
+    gen = CandidateGenerator.build(users, items, timestamps, catalogue, embedder=TextEmbedder())
+    gen.candidates("196", k=20)          # fused CF + text-profile + popularity, seen items removed
+    gen.cold_start(k=20, query="space opera")
+    gen.add_item("new-1", "A new film about ...")
+    gen.save(ArtifactStore(root), version); CandidateGenerator.load(ArtifactStore(root), version)
+
+Sources (each an inner-product search, results fused by retrieval.fusion):
+- `cf`: LightFM user vector against the item-vector index (retrieval.cf, retrieval.index);
+- `text`: the mean MiniLM embedding of the user's recent items against the item-text index;
+- `popular`: interaction counts in the training data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from retrieval import coldstart
+from retrieval.artifacts import Artifact, ArtifactStore
+from retrieval.cf import CFModel, interactions_matrix
+from retrieval.embeddings import TextEmbedder
+from retrieval.errors import RetrievalError
+from retrieval.fusion import FusedCandidate, fuse
+from retrieval.index import VectorIndex, choose_params
+
+ARTIFACT_NAME = "retrieval"
+DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
+
+
+@dataclass
+class GeneratorConfig:
+    cf_loss: str = "warp"
+    cf_factors: int = 64
+    cf_epochs: int = 30
+    cf_threads: int = 1
+    seed: int = 7
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    fusion: str = "rrf"
+    profile_items: int = 10  # recent items averaged into the text profile
+    index_overrides: dict[str, object] = field(default_factory=dict)
+
+
+class CandidateGenerator:
+    def __init__(
+        self,
+        *,
+        user_ids: list[str],
+        item_ids: list[str],
+        seen: sp.csr_matrix,
+        recent: list[list[int]],
+        popularity: np.ndarray,
+        cf: CFModel | None,
+        cf_index: VectorIndex | None,
+        text_vectors: np.ndarray | None,
+        text_index: VectorIndex | None,
+        config: GeneratorConfig,
+        embedder: TextEmbedder | None = None,
+    ) -> None:
+        self.user_ids, self.item_ids = user_ids, item_ids
+        self.user_pos = {u: i for i, u in enumerate(user_ids)}
+        self.item_pos = {it: i for i, it in enumerate(item_ids)}
+        self.seen, self.recent, self.popularity = seen, recent, popularity
+        self.cf, self.cf_index = cf, cf_index
+        self.text_vectors, self.text_index = text_vectors, text_index
+        self.config, self.embedder = config, embedder
+
+    # -- build ----------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        users: Sequence[str],
+        items: Sequence[str],
+        timestamps: Sequence[float],
+        catalogue: Mapping[str, str],
+        *,
+        embedder: TextEmbedder | None = None,
+        config: GeneratorConfig | None = None,
+        progress: bool = False,
+    ) -> CandidateGenerator:
+        """Train CF on the interactions and embed the catalogue's texts (item id -> text).
+
+        Items that appear only in `catalogue` (no interactions) are retrievable by text.
+        Without an `embedder` the text source is off."""
+        config = config or GeneratorConfig()
+        if not (len(users) == len(items) == len(timestamps)) or not len(users):
+            raise RetrievalError("users, items and timestamps must be non-empty and equally long")
+        item_ids = list(dict.fromkeys([*catalogue, *items]))
+        user_ids = list(dict.fromkeys(users))
+        item_pos = {it: i for i, it in enumerate(item_ids)}
+        user_pos = {u: i for i, u in enumerate(user_ids)}
+        u_idx = np.fromiter((user_pos[u] for u in users), dtype=np.int64, count=len(users))
+        i_idx = np.fromiter((item_pos[i] for i in items), dtype=np.int64, count=len(items))
+        seen = interactions_matrix(u_idx, i_idx, len(user_ids), len(item_ids))
+        cf = CFModel.fit(
+            seen,
+            loss=config.cf_loss,  # type: ignore[arg-type]
+            factors=config.cf_factors,
+            epochs=config.cf_epochs,
+            seed=config.seed,
+            threads=config.cf_threads,
+        )
+        cf_vectors = cf.item_vectors()
+        cf_index = VectorIndex.build(
+            cf_vectors, choose_params(*cf_vectors.shape, **config.index_overrides)
+        )
+        text_vectors = text_index = None
+        if embedder is not None:
+            texts = [catalogue.get(it) or it for it in item_ids]
+            text_vectors = embedder.embed(texts, progress=progress)
+            text_index = VectorIndex.build(
+                text_vectors, choose_params(*text_vectors.shape, **config.index_overrides)
+            )
+        return cls(
+            user_ids=user_ids,
+            item_ids=item_ids,
+            seen=seen,
+            recent=_recent_items(u_idx, i_idx, np.asarray(timestamps), len(user_ids), 50),
+            popularity=np.asarray(seen.sum(axis=0)).ravel().astype(np.float32),
+            cf=cf,
+            cf_index=cf_index,
+            text_vectors=text_vectors,
+            text_index=text_index,
+            config=config,
+            embedder=embedder,
+        )
+
+    # -- retrieve --------------------------------------------------------------------------------
+
+    def source_lists(self, user_id: str, depth: int) -> dict[str, list[tuple[int, float]]]:
+        """Each source's ranked (item position, score) list for a known user."""
+        u = self._user(user_id)
+        out: dict[str, list[tuple[int, float]]] = {}
+        if self.cf is not None and self.cf_index is not None:
+            out["cf"] = coldstart.nearest_items(self.cf_index, self.cf.user_vectors()[u], depth)
+        recent = self.recent[u][-self.config.profile_items :]
+        if self.text_index is not None and self.text_vectors is not None:
+            profile = coldstart.profile_vector(self.text_vectors, recent)
+            if profile is not None:
+                out["text"] = coldstart.nearest_items(self.text_index, profile, depth)
+        out["popular"] = coldstart.popular_items(self.popularity, depth)
+        return out
+
+    def candidates(
+        self, user_id: str, k: int = 20, *, exclude_seen: bool = True
+    ) -> list[FusedCandidate]:
+        """The user's top-k fused candidates (item ids), best first, seen items removed."""
+        u = self._user(user_id)
+        seen = set(self.seen[u].indices.tolist()) if exclude_seen else set()
+        depth = min(len(self.item_ids), k + len(seen))
+        fused = fuse(
+            self.source_lists(user_id, depth),
+            k,
+            weights=self.config.weights,
+            method=self.config.fusion,  # type: ignore[arg-type]
+            exclude=seen,
+        )
+        return self._to_ids(fused)
+
+    def cold_start(
+        self, k: int = 20, *, query: str | None = None, exclude: Sequence[str] = ()
+    ) -> list[FusedCandidate]:
+        """Candidates for a user without history: popular items, fused with items near `query`."""
+        skip = {self.item_pos[i] for i in exclude if i in self.item_pos}
+        depth = min(len(self.item_ids), k + len(skip))
+        sources: dict[str, list[tuple[int, float]]] = {}
+        if query is not None:
+            embedder, index = self._text_parts()
+            sources["text"] = coldstart.items_near_text(embedder, index, query, depth)
+            # a stated interest outweighs the crowd
+            weights = {"text": 1.0, "popular": 0.2}
+        else:
+            weights = {"popular": 1.0}
+        sources["popular"] = coldstart.popular_items(self.popularity, depth)
+        return self._to_ids(fuse(sources, k, weights=weights, exclude=skip))
+
+    def add_item(self, item_id: str, text: str) -> int:
+        """Make a new item retrievable by its text embedding; returns its position."""
+        if item_id in self.item_pos:
+            raise RetrievalError(f"item {item_id!r} already exists")
+        embedder, index = self._text_parts()
+        vector = embedder.embed([text])
+        index.add(vector)
+        assert self.text_vectors is not None
+        self.text_vectors = np.vstack([self.text_vectors, vector])
+        self.item_pos[item_id] = len(self.item_ids)
+        self.item_ids.append(item_id)
+        self.popularity = np.append(self.popularity, np.float32(0))
+        self.seen.resize((self.seen.shape[0], len(self.item_ids)))
+        return self.item_pos[item_id]
+
+    def history(self, user_id: str, limit: int = 20) -> list[str]:
+        """The user's most recent training items (ids), oldest first."""
+        return [self.item_ids[i] for i in self.recent[self._user(user_id)][-limit:]]
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, store: ArtifactStore, version: str, meta: dict | None = None) -> Artifact:
+        def write(folder: Path) -> None:
+            (folder / "ids.json").write_text(
+                json.dumps({"users": self.user_ids, "items": self.item_ids})
+            )
+            (folder / "config.json").write_text(json.dumps(asdict(self.config)))
+            sp.save_npz(folder / "seen.npz", self.seen.tocsr())
+            lengths = np.array([len(r) for r in self.recent], dtype=np.int64)
+            flat = np.array([i for r in self.recent for i in r], dtype=np.int64)
+            arrays: dict[str, np.ndarray] = {
+                "popularity": self.popularity,
+                "recent_lengths": lengths,
+                "recent_items": flat,
+            }
+            if self.cf is not None:
+                arrays |= {f"cf_{k}": v for k, v in self.cf.to_arrays().items()}
+            if self.text_vectors is not None:
+                arrays["text_vectors"] = self.text_vectors
+            np.savez(folder / "arrays.npz", **arrays)
+            if self.cf_index is not None:
+                self.cf_index.save(folder / "cf.faiss")
+            if self.text_index is not None:
+                self.text_index.save(folder / "text.faiss")
+
+        meta = {"users": len(self.user_ids), "items": len(self.item_ids), **(meta or {})}
+        return store.save(ARTIFACT_NAME, version, write, meta=meta)
+
+    @classmethod
+    def load(
+        cls,
+        store: ArtifactStore,
+        version: str | None = None,
+        *,
+        embedder: TextEmbedder | None = None,
+    ) -> CandidateGenerator:
+        art = store.load(ARTIFACT_NAME, version)
+        folder = art.path
+        ids = json.loads((folder / "ids.json").read_text())
+        config = GeneratorConfig(**json.loads((folder / "config.json").read_text()))
+        with np.load(folder / "arrays.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        cf = None
+        if "cf_user_factors" in arrays:
+            cf = CFModel.from_arrays(
+                {k[3:]: v for k, v in arrays.items() if k.startswith("cf_")}, config.cf_loss
+            )
+        bounds = np.concatenate([[0], np.cumsum(arrays["recent_lengths"])])
+        flat = arrays["recent_items"].tolist()
+        recent = [flat[a:b] for a, b in itertools.pairwise(bounds)]
+        has_text = (folder / "text.faiss").exists()
+        return cls(
+            user_ids=ids["users"],
+            item_ids=ids["items"],
+            seen=sp.load_npz(folder / "seen.npz").tocsr(),
+            recent=recent,
+            popularity=arrays["popularity"],
+            cf=cf,
+            cf_index=VectorIndex.load(folder / "cf.faiss") if cf is not None else None,
+            text_vectors=arrays.get("text_vectors"),
+            text_index=VectorIndex.load(folder / "text.faiss") if has_text else None,
+            config=config,
+            embedder=embedder,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _user(self, user_id: str) -> int:
+        try:
+            return self.user_pos[user_id]
+        except KeyError:
+            raise RetrievalError(
+                f"unknown user {user_id!r}: not in the training data of this retrieval model "
+                f"({len(self.user_ids)} users); use cold_start() for new users or rebuild"
+            ) from None
+
+    def _text_parts(self) -> tuple[TextEmbedder, VectorIndex]:
+        if self.embedder is None or self.text_index is None:
+            raise RetrievalError(
+                "text retrieval needs a text embedder and a text index: build or load the "
+                "generator with embedder=TextEmbedder()"
+            )
+        return self.embedder, self.text_index
+
+    def _to_ids(self, fused: list[FusedCandidate]) -> list[FusedCandidate]:
+        for c in fused:
+            c.item = self.item_ids[int(c.item)]  # type: ignore[arg-type]
+        return fused
+
+
+def _recent_items(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, n_users: int, keep: int
+) -> list[list[int]]:
+    """Each user's last `keep` distinct items by time, oldest first."""
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    recent: list[list[int]] = [[] for _ in range(n_users)]
+    for pos in order:
+        recent[int(users[pos])].append(int(items[pos]))
+    return [list(dict.fromkeys(r[::-1]))[:keep][::-1] for r in recent]
