@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,11 +86,14 @@ class CandidateGenerator:
         embedder: TextEmbedder | None = None,
         config: GeneratorConfig | None = None,
         progress: bool = False,
+        timings: dict[str, float] | None = None,
     ) -> CandidateGenerator:
         """Train CF on the interactions and embed the catalogue's texts (item id -> text).
 
         Items that appear only in `catalogue` (no interactions) are retrievable by text.
-        Without an `embedder` the text source is off."""
+        Without an `embedder` the text source is off. Seconds per stage (cf, embeddings,
+        index) are added to `timings` when given."""
+        timings = timings if timings is not None else {}
         config = config or GeneratorConfig()
         if not (len(users) == len(items) == len(timestamps)) or not len(users):
             raise RetrievalError("users, items and timestamps must be non-empty and equally long")
@@ -100,6 +104,7 @@ class CandidateGenerator:
         u_idx = np.fromiter((user_pos[u] for u in users), dtype=np.int64, count=len(users))
         i_idx = np.fromiter((item_pos[i] for i in items), dtype=np.int64, count=len(items))
         seen = interactions_matrix(u_idx, i_idx, len(user_ids), len(item_ids))
+        started = time.perf_counter()
         cf = CFModel.fit(
             seen,
             loss=config.cf_loss,  # type: ignore[arg-type]
@@ -108,17 +113,23 @@ class CandidateGenerator:
             seed=config.seed,
             threads=config.cf_threads,
         )
+        timings["cf"] = time.perf_counter() - started
+        text_vectors = text_index = None
+        if embedder is not None:
+            started = time.perf_counter()
+            texts = [catalogue.get(it) or it for it in item_ids]
+            text_vectors = embedder.embed(texts, progress=progress)
+            timings["embeddings"] = time.perf_counter() - started
+        started = time.perf_counter()
         cf_vectors = cf.item_vectors()
         cf_index = VectorIndex.build(
             cf_vectors, choose_params(*cf_vectors.shape, **config.index_overrides)
         )
-        text_vectors = text_index = None
-        if embedder is not None:
-            texts = [catalogue.get(it) or it for it in item_ids]
-            text_vectors = embedder.embed(texts, progress=progress)
+        if text_vectors is not None:
             text_index = VectorIndex.build(
                 text_vectors, choose_params(*text_vectors.shape, **config.index_overrides)
             )
+        timings["index"] = time.perf_counter() - started
         return cls(
             user_ids=user_ids,
             item_ids=item_ids,

@@ -1,0 +1,454 @@
+"""The end-to-end pipeline: database -> retrieval -> IRanker -> stored recommendations.
+
+`run_demo(DemoConfig(...))` is the main job behind `recsys demo`:
+
+1. ingest a MovieLens folder into the database (idempotent: a re-run adds nothing);
+2. read its interactions back and hold out each user's last interaction;
+3. train CF, embed the item texts, build the FAISS indexes (retrieval.CandidateGenerator),
+   save them as a versioned artifact and register it in model_versions (kind `index`);
+4. retrieve the top-K candidates for every user (recall@K over all users);
+5. re-rank a sample of users' candidates with IRanker (incremental mode);
+6. store the final lists as a recommendation run;
+7. return the metrics (retrieval-only vs retrieval + IRanker), examples and stage times.
+
+The building blocks (`training_data`, `leave_last_out`, `retrieve`, `rank_requests`,
+`evaluate`) are shared with batch jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
+from ranking.types import Candidate, RankRequest
+from recsys.errors import UserError
+from retrieval.fusion import FusedCandidate
+from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = ("minilm", "hashing", "off")
+
+
+@dataclass
+class DemoConfig:
+    data: Path
+    users: int = 50  # users re-ranked by IRanker (a seeded sample); 0 = all
+    k: int = 20
+    history: int = 20  # history titles shown to the ranker
+    seed: int = 7
+    model: str = "default"
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 8
+    rerank: bool = True
+    embeddings: str = "minilm"
+    cf_factors: int = 64
+    cf_epochs: int = 30
+    examples: int = 3
+    progress: bool = True
+    database_url: str | None = None
+    artifact_dir: Path = Path("var/artifacts")
+
+
+@dataclass
+class Interactions:
+    users: list[str]
+    items: list[str]
+    timestamps: np.ndarray  # unix seconds
+    titles: dict[str, str]  # item id -> title
+    texts: dict[str, str]  # item id -> text to embed
+
+
+@dataclass
+class DemoReport:
+    run_id: str
+    retrieval_version: str
+    model_version: str | None
+    n_users: int
+    n_items: int
+    n_interactions: int
+    evaluated_users: int
+    metrics: dict[str, dict[str, float]]
+    timings: dict[str, float]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    stored: int = 0
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def ingest_dataset(path: Path, engine: Engine, *, progress: bool) -> str:
+    """Load a MovieLens folder (idempotent); returns the source name its events carry."""
+    from recsys.db.migrate import ensure_schema
+    from recsys.ingest import ingest
+
+    if not path.exists():
+        raise UserError(
+            f"data folder {path} does not exist; pass --data PATH to a MovieLens folder "
+            "(u.data + u.item) or set RECSYS_DATA_DIR"
+        )
+    ensure_schema(engine.url.render_as_string(hide_password=False))
+    report = ingest(path, "movielens", progress=progress, engine=engine)
+    return report.source
+
+
+def training_data(engine: Engine, source: str) -> Interactions:
+    """All interactions of one source, in time order, with item titles and embedding texts."""
+    from recsys.db.models import Interaction, Item, User
+
+    i, u, it = Interaction.__table__, User.__table__, Item.__table__
+    query = (
+        sa.select(u.c.external_id, it.c.external_id, i.c.timestamp)
+        .join(u, u.c.id == i.c.user_id)
+        .join(it, it.c.id == i.c.item_id)
+        .where(i.c.source == source)
+        .order_by(i.c.timestamp, i.c.id)
+    )
+    items_query = sa.select(it.c.external_id, it.c.title, it.c.text, it.c.attributes)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        catalogue = conn.execute(items_query).all()
+    if not rows:
+        raise UserError(f"no interactions from source {source!r} in the database")
+    seen_items = {r[1] for r in rows}
+    titles, texts = {}, {}
+    for ext, title, text, attrs in catalogue:
+        if ext in seen_items:
+            titles[ext] = title or ext
+            texts[ext] = item_text(title or ext, text, attrs or {})
+    return Interactions(
+        users=[r[0] for r in rows],
+        items=[r[1] for r in rows],
+        timestamps=np.array([r[2].timestamp() for r in rows], dtype=np.float64),
+        titles=titles,
+        texts=texts,
+    )
+
+
+def item_text(title: str, text: str | None, attributes: Mapping[str, Any]) -> str:
+    """What the text embedding sees: title, genres, description."""
+    parts = [title]
+    genres = attributes.get("genres")
+    if genres:
+        parts.append("Genres: " + str(genres).replace("|", ", "))
+    if text:
+        parts.append(text)
+    return ". ".join(parts)
+
+
+def leave_last_out(data: Interactions) -> tuple[list[int], dict[str, str]]:
+    """Row numbers to train on and each user's held-out last item (users with >= 2 events).
+
+    `data` is in time order (ties by insertion order), so a user's last row is their target."""
+    last: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for row, user in enumerate(data.users):
+        last[user] = row
+        counts[user] = counts.get(user, 0) + 1
+    held = {row for user, row in last.items() if counts[user] >= 2}
+    targets = {data.users[row]: data.items[row] for row in held}
+    train = [row for row in range(len(data.users)) if row not in held]
+    return train, targets
+
+
+# -- retrieval, ranking, metrics -----------------------------------------------------------------
+
+
+def retrieve(
+    gen: CandidateGenerator, users: Sequence[str], k: int, *, progress: bool = False
+) -> dict[str, list[FusedCandidate]]:
+    from tqdm import tqdm
+
+    return {
+        u: gen.candidates(u, k)
+        for u in tqdm(users, desc="retrieve", unit="user", disable=not progress)
+    }
+
+
+def rank_requests(
+    gen: CandidateGenerator,
+    candidates: Mapping[str, list[FusedCandidate]],
+    titles: Mapping[str, str],
+    *,
+    history: int,
+    task: str = "rec-movie",
+) -> dict[str, RankRequest]:
+    """One incremental-mode IRanker request per user: recent titles + retrieved candidates."""
+    requests = {}
+    for user, cands in candidates.items():
+        if not cands:
+            continue
+        recent = [titles.get(i, i) for i in gen.history(user, history)]
+        requests[user] = RankRequest(
+            task=task,
+            history=tuple(recent),
+            candidates=tuple(
+                Candidate(
+                    id=str(c.item),
+                    text=titles.get(str(c.item), str(c.item)),
+                    score=float(c.score),
+                    signals=signals(gen, c),
+                )
+                for c in cands
+            ),
+            mode="incremental",
+            request_id=f"demo-{user}",
+        )
+    return requests
+
+
+def signals(gen: CandidateGenerator, cand: FusedCandidate) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {f"{s}_rank": r for s, r in cand.ranks.items()}
+    out["popularity"] = int(gen.popularity[gen.item_pos[str(cand.item)]])
+    return out
+
+
+def evaluate(
+    orders: Mapping[str, Sequence[str]], targets: Mapping[str, str], k: int
+) -> dict[str, float]:
+    """Mean recall@k (= hit@k with one target), MRR, NDCG@10, Hit@10 over `orders`' users."""
+    users = [u for u in orders if u in targets]
+    if not users:
+        return {"users": 0}
+
+    def mean(f: Callable[[str], float]) -> float:
+        return round(float(np.mean([f(u) for u in users])), 4)
+
+    return {
+        "users": len(users),
+        f"recall@{k}": mean(lambda u: hit_at_k(orders[u], targets[u], k)),
+        "mrr": mean(lambda u: reciprocal_rank(orders[u], targets[u])),
+        "ndcg@10": mean(lambda u: ndcg_at_k(orders[u], targets[u], 10)),
+        "hit@10": mean(lambda u: hit_at_k(orders[u], targets[u], 10)),
+    }
+
+
+# -- the main job ---------------------------------------------------------------------------
+
+
+class _Stages:
+    """Times each stage and logs a line when one starts (progress for long runs)."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.timings: dict[str, float] = {}
+        self.echo = echo
+
+    def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
+        self.echo(f"[{len(self.timings) + 1}] {what} ...")
+        started = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - started, 2)
+        return result
+
+
+def make_embedder(kind: str, cache_dir: Path):  # type: ignore[no-untyped-def]
+    from retrieval.embeddings import HashingEncoder, TextEmbedder
+
+    if kind not in EMBEDDINGS:
+        raise UserError(f"unknown --embeddings {kind!r}; use one of {list(EMBEDDINGS)}")
+    if kind == "off":
+        return None
+    encoder = HashingEncoder(64) if kind == "hashing" else None
+    return TextEmbedder(encoder, cache_dir=cache_dir)
+
+
+def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoReport:
+    from recsys.db import repository
+    from recsys.db.engine import get_engine
+    from recsys.registry import sha256_of
+    from retrieval.artifacts import ArtifactStore, new_version
+
+    engine = get_engine(config.database_url)
+    stages = _Stages(echo)
+    source = stages.run(
+        "ingest",
+        f"ingest {config.data} into {engine.url.render_as_string()}",
+        lambda: ingest_dataset(config.data, engine, progress=config.progress),
+    )
+    data = stages.run("load", "read interactions", lambda: training_data(engine, source))
+    train_rows, targets = leave_last_out(data)
+    build_timings: dict[str, float] = {}
+    embedder = stages.run(
+        "load_embedder",
+        f"load text embedder ({config.embeddings})",
+        lambda: make_embedder(config.embeddings, config.artifact_dir / "embedding-cache"),
+    )
+    gen_config = GeneratorConfig(
+        cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, seed=config.seed
+    )
+    gen = stages.run(
+        "build",
+        f"train CF (WARP, {config.cf_factors} factors, {config.cf_epochs} epochs), "
+        "embed items, build indexes",
+        lambda: CandidateGenerator.build(
+            [data.users[r] for r in train_rows],
+            [data.items[r] for r in train_rows],
+            data.timestamps[train_rows],
+            data.texts,
+            embedder=embedder,
+            config=gen_config,
+            progress=config.progress,
+            timings=build_timings,
+        ),
+    )
+    stages.timings.pop("build")
+    stages.timings |= {k: round(v, 2) for k, v in build_timings.items()}
+
+    users = sorted(targets, key=_natural)
+    candidates = stages.run(
+        "retrieve",
+        f"retrieve top-{config.k} for {len(users)} users",
+        lambda: retrieve(gen, users, config.k, progress=config.progress),
+    )
+    retrieval_orders = {u: [str(c.item) for c in cands] for u, cands in candidates.items()}
+    all_users_metrics = evaluate(retrieval_orders, targets, config.k)
+
+    version = new_version()
+    store = ArtifactStore(config.artifact_dir)
+    artifact = stages.run(
+        "save",
+        "save retrieval artifact",
+        lambda: gen.save(store, version, meta={"source": source, **all_users_metrics}),
+    )
+    repository.register_model(
+        "index",
+        version,
+        str(artifact.path.resolve()),
+        sha256=sha256_of(artifact.path),
+        metrics={"source": source, **all_users_metrics},
+        engine=engine,
+    )
+
+    sample = _sample(users, config.users, config.seed)
+    sample_candidates = {u: candidates[u] for u in sample}
+    final_orders = {u: retrieval_orders[u] for u in sample}
+    model_version = None
+    if config.rerank:
+        requests = rank_requests(gen, sample_candidates, data.titles, history=config.history)
+        ranker = stages.run(
+            "load_ranker",
+            f"load ranker {config.model!r} on {config.device}",
+            lambda: _load_ranker(config, engine),
+        )
+        model_version = ranker.model_id
+        results = stages.run(
+            "rerank",
+            f"re-rank {len(requests)} users with IRanker (incremental)",
+            lambda: ranker.rank_batch(list(requests.values()), progress=config.progress),
+        )
+        for user, result in zip(requests, results, strict=True):
+            final_orders[user] = list(result.order)
+
+    run_id = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    score_of = {u: {str(c.item): float(c.score) for c in candidates[u]} for u in sample}
+    stored = stages.run(
+        "store",
+        f"store recommendations (run {run_id})",
+        lambda: repository.write_recommendations(
+            run_id,
+            {u: [(i, score_of[u][i]) for i in order] for u, order in final_orders.items()},
+            model_version=model_version or f"retrieval:{version}",
+            engine=engine,
+        ),
+    )
+    metrics = {
+        f"retrieval, all {all_users_metrics['users']} users": all_users_metrics,
+        f"retrieval only, {len(sample)} sampled users": evaluate(
+            {u: retrieval_orders[u] for u in sample}, targets, config.k
+        ),
+    }
+    if config.rerank:
+        metrics[f"retrieval + IRanker, {len(sample)} sampled users"] = evaluate(
+            final_orders, targets, config.k
+        )
+    return DemoReport(
+        run_id=run_id,
+        retrieval_version=version,
+        model_version=model_version,
+        n_users=len(gen.user_ids),
+        n_items=len(gen.item_ids),
+        n_interactions=len(data.users),
+        evaluated_users=len(sample),
+        metrics=metrics,
+        timings=stages.timings,
+        examples=[
+            {
+                "user": u,
+                "history": [data.titles.get(i, i) for i in gen.history(u, 5)],
+                "target": data.titles.get(targets[u], targets[u]),
+                "recommended": [data.titles.get(i, i) for i in final_orders[u][:10]],
+                "target_rank": final_orders[u].index(targets[u]) + 1
+                if targets[u] in final_orders[u]
+                else None,
+            }
+            for u in sample[: config.examples]
+        ],
+        stored=stored,
+    )
+
+
+def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
+    from ranking.engine import load_ranker
+    from recsys.registry import resolve_ranker_model
+
+    return load_ranker(
+        model=resolve_ranker_model(config.model, engine=engine),
+        device=config.device,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+    )
+
+
+def _sample(users: list[str], n: int, seed: int) -> list[str]:
+    if n <= 0 or n >= len(users):
+        return list(users)
+    picked = np.random.default_rng(seed).choice(len(users), n, replace=False)
+    return [users[i] for i in sorted(picked)]
+
+
+def _natural(user: str) -> tuple[int, str]:
+    return (int(user), "") if user.isdigit() else (0, user)
+
+
+def format_report(report: DemoReport) -> str:
+    """The human-readable summary `recsys demo` prints."""
+    lines = [""]
+    lines.append(
+        f"data: {report.n_users} users, {report.n_items} items, "
+        f"{report.n_interactions} interactions (last one per user held out)"
+    )
+    lines.append(f"retrieval artifact: index/{report.retrieval_version}")
+    lines.append(f"ranker: {report.model_version or 'none (--no-rerank)'}")
+    lines.append("")
+    lines.append("== examples ==")
+    for ex in report.examples:
+        lines.append(f"user {ex['user']}  (held-out: {ex['target']})")
+        lines.append("  recent history: " + " | ".join(ex["history"]))
+        for pos, title in enumerate(ex["recommended"], 1):
+            mark = "  <- held-out" if title == ex["target"] else ""
+            lines.append(f"  {pos:>2}. {title}{mark}")
+    lines.append("")
+    lines.append("== metrics on the held-out last interaction ==")
+    keys = [k for k in next(iter(report.metrics.values())) if k != "users"]
+    lines.append(f"{'':<44}" + "".join(f"{k:>10}" for k in keys))
+    for name, values in report.metrics.items():
+        lines.append(f"{name:<44}" + "".join(f"{values.get(k, 0.0):>10.4f}" for k in keys))
+    lines.append("")
+    lines.append("== time per stage (s) ==")
+    for name, seconds in report.timings.items():
+        lines.append(f"  {name:<14}{seconds:>8.2f}")
+    lines.append(f"  {'total':<14}{sum(report.timings.values()):>8.2f}")
+    lines.append(f"stored {report.stored} recommendations as run {report.run_id}")
+    return "\n".join(lines)
