@@ -13,6 +13,8 @@ own deadline, counted from the moment `rank` / `rank_batch` received it.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Sequence
 
 from ranking.backends.base import LMBackend
@@ -20,6 +22,19 @@ from ranking.loading import load_backend
 from ranking.modes import MODES, Deadline, RankingMode, RankOptions
 from ranking.modes.base import CostModel, ModeContext
 from ranking.types import RankRequest, RankResult
+
+# A backend holds mutable state (its KV cache), so calls into one backend are serialised,
+# whichever Ranker (or thread, e.g. an API worker) makes them.
+_BACKEND_LOCKS: weakref.WeakKeyDictionary[LMBackend, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(backend: LMBackend) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = _BACKEND_LOCKS.get(backend)
+        if lock is None:
+            lock = _BACKEND_LOCKS[backend] = threading.Lock()
+        return lock
 
 
 class Ranker:
@@ -53,9 +68,15 @@ class Ranker:
         self, requests: Sequence[RankRequest], progress: bool = False
     ) -> list[RankResult]:
         """One RankResult per request, in the input order."""
-        deadlines = [Deadline(r.deadline_ms) for r in requests]
+        deadlines = [Deadline(r.deadline_ms) for r in requests]  # time waiting for the lock counts
         for r in requests:  # fail fast, before any model work, on requests a mode cannot serve
             self.modes[r.mode].check(r, self.backend)
+        with _lock_for(self.backend):
+            return self._rank_batch(requests, deadlines, progress)
+
+    def _rank_batch(
+        self, requests: Sequence[RankRequest], deadlines: list[Deadline], progress: bool
+    ) -> list[RankResult]:
         ctx = ModeContext(self.options, self.costs)
         results: list[RankResult | None] = [None] * len(requests)
         bar = _progress(len(requests), progress)

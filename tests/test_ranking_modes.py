@@ -254,3 +254,14 @@ def test_deadline_mid_ranking_orders_rest_by_last_step():
     # survivors by last step's elimination probability, lowest first; then the eliminated
     assert res.order == ["p", "q", "r", "s", "t"]
     assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
+
+
+def test_concurrent_callers_share_a_backend_safely(tiny_backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reqs = [make_request(n) for n in (6, 9, 7, 8)]
+    expected = [Ranker(tiny_backend).rank(r).order for r in reqs]
+    rankers = [Ranker(tiny_backend), Ranker(tiny_backend)]  # two rankers, one backend
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: rankers[k % 2].rank(reqs[k]).order, range(len(reqs))))
+    assert got == expected
