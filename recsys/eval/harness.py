@@ -124,6 +124,7 @@ class TaskRun:
     bad_permutations: int
     prepare_s: float
     wall_s: float
+    cpu_s: float  # process CPU time while ranking (all threads): honest on a shared machine
     requests_per_s: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,12 +152,12 @@ def evaluate(
     prepare_s = time.perf_counter() - start
     bar = _bar(len(instances), f"{taskset.name} / {ranker.name}", progress)
     results: list[RankResult] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for lo in range(0, len(instances), chunk):
         results.extend(ranker.rank_instances(instances[lo : lo + chunk]))
         if bar is not None:
             bar.update(min(chunk, len(instances) - lo))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if bar is not None:
         bar.close()
     min_grade = 2.0 if taskset.metric == "ndcg@10" else 1e-9
@@ -188,6 +189,7 @@ def evaluate(
         bad_permutations=bad,
         prepare_s=round(prepare_s, 3),
         wall_s=round(wall, 3),
+        cpu_s=round(cpu, 3),
         requests_per_s=round(len(instances) / wall, 3) if wall > 0 else float("inf"),
     )
 
