@@ -234,6 +234,7 @@ class TrainingOptions:
     teacher: str = "retrieval"  # retrieval | none
     expected_weight: float = 1.0
     fusion_alpha: float = 0.0
+    extra_alphas: tuple[float, ...] = ()  # more fusion weights measured (val_mrr_fused@a)
     eval_every: int = 25
     checkpoint_every: int = 25
     lora: bool = False
@@ -302,8 +303,9 @@ def run_training(
     fused), export the model and register it as a candidate ranker version."""
     import torch
 
+    from ranking.convert import ensure_hf_dir
     from ranking.loading import load_backend
-    from ranking.rl.policy import greedy_order
+    from ranking.rl.policy import greedy_orders
     from ranking.rl.trainer import TrainConfig, Trainer
     from recsys.settings import get_settings
 
@@ -332,22 +334,27 @@ def run_training(
     name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
     out_dir = settings.resolved_artifact_dir / "training" / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend = load_backend(opts.model, device=opts.device, cache=False)
+    # a GGUF model cannot be saved after training: train a de-quantised HF copy (made once)
+    base_dir = ensure_hf_dir(opts.model, settings.resolved_artifact_dir / "base")
+    backend = load_backend(base_dir, device=opts.device, cache=False)
     model = backend.model
     for p in model.parameters():  # fp32 master weights (GPU loads bf16; autocast does the rest)
         p.data = p.data.float()
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
     trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=log)
 
-    def evaluate(alpha: float, what: str) -> dict[str, float]:
+    alphas = (0.0, opts.fusion_alpha, *opts.extra_alphas) if opts.fusion_alpha else (0.0,)
+
+    def evaluate(what: str) -> list[dict[str, float]]:
+        """Reciprocal ranks per user, for the plain and (optionally) the fused ranking."""
         trainer.model.eval()
-        orders = []
+        orders: list[list[list[str]]] = []
         t0 = time.time()
         with torch.no_grad():
             for k, e in enumerate(val):
                 seq = trainer.sequence(e, -1 - k)
                 scores = [c.score for c in e.request.candidates]
-                orders.append(greedy_order(trainer.model, seq, scores, alpha))
+                orders.append(greedy_orders(trainer.model, seq, scores, alphas))
                 if log and ((k + 1) % 10 == 0 or k + 1 == len(val)):
                     log(
                         {
@@ -357,22 +364,23 @@ def run_training(
                             "seconds": round(time.time() - t0, 1),
                         }
                     )
-        return reciprocal_ranks(orders, val)
+        return [reciprocal_ranks([o[j] for o in orders], val) for j in range(len(alphas))]
 
     base_path = out_dir / "zero_shot.json"
     if base_path.exists():  # a resumed run keeps the zero-shot numbers of its start
         base = json.loads(base_path.read_text())
     else:
-        base = {"rr": evaluate(0.0, "zero-shot")}
-        if opts.fusion_alpha:
-            base["rr_fused"] = evaluate(opts.fusion_alpha, "zero-shot fused")
+        rrs = evaluate("zero-shot")
+        base = {
+            "rr": rrs[0],
+            **{f"rr_fused@{a}": r for a, r in zip(alphas[1:], rrs[1:], strict=True)},
+        }
         base_path.write_text(json.dumps(base))
     started = time.time()
     trainer.run(resume=opts.resume)
     wall = time.time() - started
-    tuned = {"rr": evaluate(0.0, "tuned")}
-    if opts.fusion_alpha:
-        tuned["rr_fused"] = evaluate(opts.fusion_alpha, "tuned fused")
+    rrs = evaluate("tuned")
+    tuned = {"rr": rrs[0], **{f"rr_fused@{a}": r for a, r in zip(alphas[1:], rrs[1:], strict=True)}}
     retrieval = reciprocal_ranks(retrieval_orders(val), val)
 
     def mrr(rr: dict[str, float]) -> float:
@@ -398,12 +406,15 @@ def run_training(
         metrics.update(
             {
                 "fusion_alpha": opts.fusion_alpha,
-                "val_mrr_fused": mrr(tuned["rr_fused"]),
-                "val_mrr_zero_shot_fused": mrr(base["rr_fused"]),
+                "val_mrr_fused": mrr(tuned[f"rr_fused@{opts.fusion_alpha}"]),
+                "val_mrr_zero_shot_fused": mrr(base[f"rr_fused@{opts.fusion_alpha}"]),
             }
         )
-    model_dir = trainer.export(out_dir / "model")
+        for a in alphas[1:]:
+            metrics[f"val_mrr_fused@{a}"] = mrr(tuned[f"rr_fused@{a}"])
+            metrics[f"val_mrr_zero_shot_fused@{a}"] = mrr(base[f"rr_fused@{a}"])
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    model_dir = trainer.export(out_dir / "model")
     metrics["artifact"] = str(model_dir)
     metrics["version"] = name
     if opts.register:

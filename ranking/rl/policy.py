@@ -82,24 +82,30 @@ def _decode(
     n_traj: int,
     temperature: float,
     generator: torch.Generator | None,
-    bias: torch.Tensor | None = None,
+    biases: Sequence[torch.Tensor | None] | None = None,
 ) -> list[list[int]]:
     """Decode `n_traj` elimination orders of all n-1 steps (the survivor is implied).
-    Greedy when temperature == 0. `bias` [n] is added to the step log-probs (fusion)."""
+    Greedy when temperature == 0. `biases[g]` [n] is added to row g's step log-probs
+    (fusion). The prompt is prefilled once and its KV cache shared by all rows."""
     device = next(model.parameters()).device
     n = seq.n
     label_ids = torch.tensor(seq.label_ids, device=device)
-    ids = torch.tensor([list(seq.prompt_ids)] * n_traj, device=device)
+    ids = torch.tensor([list(seq.prompt_ids)], device=device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     past = out.past_key_values
-    logits = out.logits[:, -1, :]
+    if n_traj > 1:
+        past.batch_repeat_interleave(n_traj)
+    logits = out.logits[:, -1, :].expand(n_traj, -1)
+    bias = None
+    if biases is not None and any(b is not None for b in biases):
+        bias = torch.stack([torch.zeros(n) if b is None else b.float() for b in biases]).to(device)
     in_play = torch.ones(n_traj, n, dtype=torch.bool, device=device)
     orders: list[list[int]] = [[] for _ in range(n_traj)]
-    sep = list(seq.sep_ids)
+    sep = torch.tensor([list(seq.sep_ids)] * n_traj, device=device).long().reshape(n_traj, -1)
     for _ in range(n - 1):
         lp = torch.log_softmax(logits[:, label_ids].float().masked_fill(~in_play, NEG_INF), dim=-1)
         if bias is not None:
-            lp = lp + bias.to(device)
+            lp = lp + bias
         if temperature > 0:
             probs = torch.softmax(lp / temperature, dim=-1)
             pick = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
@@ -108,13 +114,7 @@ def _decode(
         for g in range(n_traj):
             orders[g].append(int(pick[g]))
         in_play[torch.arange(n_traj, device=device), pick] = False
-        step_in = torch.cat(
-            [
-                label_ids[pick][:, None],
-                torch.tensor([sep] * n_traj, device=device).long().reshape(n_traj, len(sep)),
-            ],
-            dim=1,
-        )
+        step_in = torch.cat([label_ids[pick][:, None], sep], dim=1)
         out = model(input_ids=step_in, past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :]
@@ -146,6 +146,23 @@ def fusion_bias(scores: Sequence[float | None], alpha: float) -> torch.Tensor | 
     return -alpha * z
 
 
+def greedy_orders(
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    scores: Sequence[float | None] | None = None,
+    alphas: Sequence[float] = (0.0,),
+) -> list[list[str]]:
+    """The greedy incremental ranking (ids, best first) for each fusion weight in `alphas`
+    (0 = the ranker alone), sharing one prefill of the prompt."""
+    biases = [fusion_bias(scores, a) if scores is not None else None for a in alphas]
+    elims = _decode(model, seq, len(alphas), 0.0, None, biases)
+    out = []
+    for elim in elims:
+        survivor = next(i for i in range(seq.n) if i not in set(elim))
+        out.append([seq.ids[i] for i in [survivor, *reversed(elim)]])
+    return out
+
+
 def greedy_order(
     model: torch.nn.Module,
     seq: EliminationSequence,
@@ -154,7 +171,4 @@ def greedy_order(
 ) -> list[str]:
     """The ranking (ids best first) the greedy incremental ranker gives, optionally fused
     with retrieval scores."""
-    bias = fusion_bias(scores, alpha) if scores is not None else None
-    elim = _decode(model, seq, 1, 0.0, None, bias)[0]
-    survivor = next(i for i in range(seq.n) if i not in set(elim))
-    return [seq.ids[i] for i in [survivor, *reversed(elim)]]
+    return greedy_orders(model, seq, scores, (alpha,))[0]

@@ -73,7 +73,7 @@ class TrainConfig:
     # logged (off-policy)
     is_clip: float = 10.0
     # bookkeeping
-    eval_every: int = 10
+    eval_every: int = 10  # 0: no in-loop validation
     val_limit: int | None = None  # in-loop validation on the first N validation episodes
     checkpoint_every: int = 10
     seed: int = 0
@@ -335,7 +335,8 @@ class Trainer:
         cfg = self.config
         if resume and checkpoint_path(self.out_dir) is not None:
             self.load_checkpoint()
-        if self.state.step == 0 and self.val_eps:
+        validating = bool(self.val_eps) and cfg.eval_every > 0
+        if self.state.step == 0 and validating:
             self._emit({"step": 0, **self.validate(cfg.val_limit), "time": time.time()})
         while self.state.step < cfg.steps:
             t0 = time.time()
@@ -343,7 +344,7 @@ class Trainer:
             self.state.step += 1
             rec["seconds"] = time.time() - t0
             last = self.state.step == cfg.steps
-            if self.val_eps and (self.state.step % cfg.eval_every == 0 or last):
+            if validating and (self.state.step % cfg.eval_every == 0 or last):
                 rec.update(self.validate(cfg.val_limit))
             rec["time"] = time.time()
             self._emit(rec)

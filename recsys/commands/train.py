@@ -42,7 +42,13 @@ def register(app: typer.Typer) -> None:
         fusion_alpha: float = typer.Option(
             0.0, "--fusion-alpha", help="also evaluate step log-probs fused with retrieval scores"
         ),
-        eval_every: int = typer.Option(25, "--eval-every"),
+        extra_alphas: str = typer.Option(
+            "", "--extra-alphas", help="more fusion weights to measure, comma-separated"
+        ),
+        eval_every: int = typer.Option(
+            25, "--eval-every", help="in-loop validation every N steps (0 = none)"
+        ),
+        checkpoint_every: int = typer.Option(10, "--checkpoint-every", min=1),
         val_limit: int = typer.Option(0, "--val-limit", help="in-loop validation episodes (0=all)"),
         lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft) only"),
         train_layers: int = typer.Option(
@@ -80,8 +86,9 @@ def register(app: typer.Typer) -> None:
             history_len=history,
             expected_weight=expected_weight,
             fusion_alpha=fusion_alpha,
+            extra_alphas=tuple(float(a) for a in extra_alphas.split(",") if a.strip()),
             eval_every=eval_every,
-            checkpoint_every=eval_every,
+            checkpoint_every=checkpoint_every,
             lora=lora,
             model=model,
             device=resolve_device(device),
