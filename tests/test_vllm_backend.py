@@ -263,13 +263,50 @@ def test_cli_convert_model(tiny_gguf, tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def vllm_backend(request):
-    pytest.importorskip("vllm")  # before building the tiny model: skip costs nothing
+def vllm_tiny_dir(request, tmp_path_factory) -> Path:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer and head_dim 64 (vLLM's CPU
+    attention has no kernel for the shared tiny model's head_dim 16)."""
+    pytest.importorskip("vllm")  # before building anything: the skip costs nothing
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue("smollm2_tokenizer_dir"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("vllm-tiny")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(vllm_tiny_dir):
     from ranking.backends.vllm_backend import VLLMBackend
 
-    tiny_model_dir = request.getfixturevalue("tiny_model_dir")
     # a small engine: the tiny model needs little KV cache
-    return VLLMBackend(tiny_model_dir, max_model_len=1024, cpu_kvcache_gib=1)
+    backend = VLLMBackend(vllm_tiny_dir, max_model_len=1024, cpu_kvcache_gib=1)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(vllm_tiny_dir):
+    """The transformers backend on the same weights: the reference."""
+    from ranking.loading import load_backend
+
+    return load_backend(vllm_tiny_dir, device="cpu", cache=False)
 
 
 def _contexts(tokenizer, n: int = 3) -> list[list[int]]:
