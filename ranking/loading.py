@@ -122,7 +122,7 @@ def load_backend(
         if cache and key in _LOADED:
             return _LOADED[key]
         if backend == "vllm":
-            loaded = _load_vllm(spec, dev)
+            loaded = _load_vllm(spec, dev, dtype)
         else:
             loaded = _load_transformers(spec, dev, dtype)
         if cache:
@@ -160,7 +160,7 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     return TransformersBackend(model, tokenizer, model_id=spec.model_id, device=device)
 
 
-def _load_vllm(spec: ModelSpec, device: str) -> LMBackend:
+def _load_vllm(spec: ModelSpec, device: str, dtype: str = "auto") -> LMBackend:
     try:
         from ranking.backends import vllm_backend
     except ImportError as exc:
@@ -169,4 +169,4 @@ def _load_vllm(spec: ModelSpec, device: str) -> LMBackend:
         ) from exc
     factory = getattr(vllm_backend, "load", None) or vllm_backend.VLLMBackend
     path = spec.path / spec.gguf_file if spec.gguf_file else spec.path
-    return factory(str(path), device=device)
+    return factory(str(path), device=device, dtype=dtype)

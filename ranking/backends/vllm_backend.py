@@ -64,6 +64,7 @@ class VLLMBackend(LMBackend):
         gpu_memory_utilization: float = 0.85,
         block_size: int | None = None,
         cpu_kvcache_gib: int = 2,
+        dtype: str = "auto",
         enable_prefix_caching: bool = True,
         logprob_method: str | None = None,
         cache_root: str | os.PathLike[str] = Path("var") / "models",
@@ -93,8 +94,9 @@ class VLLMBackend(LMBackend):
         options: dict[str, Any] = {
             "model": str(hf_dir),
             "tokenizer": str(hf_dir),
-            # float32 on CPU: bfloat16 compiles for minutes there and degraded the output
-            "dtype": "float32" if self.on_cpu else "auto",
+            # auto is float32 on CPU: bfloat16 compiled for minutes there and degraded the
+            # output (docs/vllm.md); on GPU vLLM's own choice (the checkpoint's dtype)
+            "dtype": "float32" if self.on_cpu and dtype == "auto" else dtype,
             "enable_prefix_caching": enable_prefix_caching,
             "tensor_parallel_size": tensor_parallel_size,
             "max_model_len": max_model_len,
