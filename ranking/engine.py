@@ -46,7 +46,7 @@ class Ranker:
         *,
         batch_size: int = 8,
         reason_max_new_tokens: int = 1024,
-        speculate: int = 6,
+        speculate: int = 0,
     ) -> None:
         self.backend = backend
         self.options = RankOptions(
@@ -117,7 +117,7 @@ def load_ranker(
     dtype: str = "auto",
     batch_size: int = 8,
     reason_max_new_tokens: int = 1024,
-    speculate: int = 6,
+    speculate: int = 0,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker."""
     return Ranker(

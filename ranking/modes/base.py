@@ -41,7 +41,7 @@ class RankOptions:
 
     reason_max_new_tokens: int = 1024
     batch_size: int = 8
-    speculate: int = 6  # labels guessed per model call in incremental / direct (0: off)
+    speculate: int = 0  # labels guessed per model call in incremental / direct (0: off)
 
 
 class Deadline:
