@@ -18,7 +18,7 @@ at a time unless said otherwise:
 `reason` is capped at --reason-max-new-tokens per step (default 64, not the 1,024 of the
 paper) and run on --reason-requests users only: it is by far the slowest mode, so the cap makes
 its time, and the reason / incremental ratio, an UNDER-estimate.
-Writes benchmarks/results/ranking.json and benchmarks/results/ranking.md.
+Writes benchmarks/results/ranking.json and .md (ranking-<dtype>.json/.md with --dtype).
 """
 
 from __future__ import annotations
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     ranker = load_ranker(
-        args.model, device=args.device, reason_max_new_tokens=args.reason_max_new_tokens
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        reason_max_new_tokens=args.reason_max_new_tokens,
     )
     load_s = time.perf_counter() - t0
     _log(f"loaded {ranker.model_id} in {load_s:.1f}s, torch threads {torch.get_num_threads()}")
@@ -179,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": _command(),
         "model": ranker.model_id,
         "device": args.device,
+        "dtype": str(next(ranker.backend.model.parameters()).dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "n_candidates": 20,
@@ -203,7 +207,8 @@ def _command() -> str:
 
 def markdown(res: dict) -> str:
     lines = [
-        f"Ranking speed, {res['model']} on {res['device']} ({res['torch_threads']} torch threads), "
+        f"Ranking speed, {res['model']} ({res['dtype']}) on {res['device']} "
+        f"({res['torch_threads']} torch threads), "
         f"{res['n_candidates']} candidates + {res['n_history']}-item history "
         f"(~{res['prompt_tokens']:.0f} prompt tokens); command: `{res['command'].strip()}`",
         "",
@@ -233,6 +238,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--reason-requests", type=int, default=2)
     parser.add_argument("--reason-max-new-tokens", type=int, default=64)
@@ -241,8 +247,9 @@ def main() -> None:
     args = parser.parse_args()
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ranking.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "ranking.md").write_text(markdown(res))
+    name = "ranking" if args.dtype == "auto" else f"ranking-{args.dtype}"
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(res))
     print(markdown(res))
 
 
