@@ -265,3 +265,11 @@ def test_concurrent_callers_share_a_backend_safely(tiny_backend):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda k: rankers[k % 2].rank(reqs[k]).order, range(len(reqs))))
     assert got == expected
+
+
+def test_build_sequence_from_a_bare_tokenizer_equals_the_backend_one(tiny_backend):
+    req = make_request(7)
+    via_backend = build_sequence(req, tiny_backend)
+    via_tokenizer = build_sequence(req, tiny_backend.tokenizer)
+    assert via_tokenizer == via_backend
+    assert len(via_backend.label_ids) == 7 and via_backend.sep_ids == ()

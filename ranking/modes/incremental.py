@@ -50,7 +50,25 @@ class LabelSequence:
         return out
 
 
-def label_sequence(request: RankRequest, backend: LMBackend, prompt_fn, answer_prefix: str):
+class _TokenizerOnly:
+    """Lets a bare Hugging Face tokenizer stand in for a backend when building sequences
+    (training code has the torch model and its tokenizer, not a backend)."""
+
+    chat_prompt = LMBackend.chat_prompt
+    encode = LMBackend.encode
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+
+def _as_backend(backend_or_tokenizer):
+    if hasattr(backend_or_tokenizer, "chat_prompt"):
+        return backend_or_tokenizer
+    return _TokenizerOnly(backend_or_tokenizer)
+
+
+def label_sequence(request: RankRequest, backend, prompt_fn, answer_prefix: str):
+    backend = _as_backend(backend)
     labelled = labels_for(backend.tokenizer, len(request.candidates))
     labels = tuple(lab for lab, _ in labelled)
     text = backend.chat_prompt(prompt_fn(request, request.candidates, labels)) + answer_prefix
@@ -63,8 +81,9 @@ def label_sequence(request: RankRequest, backend: LMBackend, prompt_fn, answer_p
     )
 
 
-def build_sequence(request: RankRequest, backend: LMBackend) -> LabelSequence:
-    """The incremental-mode sequence of `request` for `backend`'s tokenizer (see module doc)."""
+def build_sequence(request: RankRequest, backend) -> LabelSequence:
+    """The incremental-mode sequence of `request` (see module doc) for an LMBackend, or for a
+    bare Hugging Face tokenizer (same ids: the backend only adds the chat template)."""
     return label_sequence(request, backend, elimination_prompt, ELIMINATION_ANSWER_PREFIX)
 
 
