@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ranking.rl.sequence import EliminationSequence
+from ranking.rl.sequence import EliminationSequence, step_positions
 
 NEG_INF = float("-inf")
 
@@ -47,10 +47,10 @@ def step_logprobs(
     ([len(elim_order), n]; -inf for candidates already out). One forward pass."""
     elim_order = list(elim_order)
     if not elim_order:
-        return torch.zeros(0, seq.n)
+        return torch.zeros(0, len(seq.ids))
     # the last label's own token is not needed as input: its logits come from before it
-    input_ids = seq.trajectory_ids(elim_order[:-1])
-    logits = _label_logits(model, input_ids, seq.step_positions(len(elim_order)), seq.label_ids)
+    input_ids = seq.context(elim_order[:-1])
+    logits = _label_logits(model, input_ids, step_positions(seq, len(elim_order)), seq.label_ids)
     return mask_eliminated(logits, elim_order)
 
 
@@ -62,8 +62,8 @@ def batched_step_logprobs(
     orders = [list(o) for o in orders]
     device = next(model.parameters()).device
     n_steps = len(orders[0])
-    ids = torch.tensor([seq.trajectory_ids(o[:-1]) for o in orders], device=device)
-    keep = torch.tensor(seq.step_positions(n_steps), device=device)
+    ids = torch.tensor([seq.context(o[:-1]) for o in orders], device=device)
+    keep = torch.tensor(step_positions(seq, n_steps), device=device)
     logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
     logits = logits[:, :, torch.tensor(list(seq.label_ids), device=device)].float()
     return torch.stack([mask_eliminated(lg, o) for lg, o in zip(logits, orders, strict=True)])
@@ -88,7 +88,7 @@ def _decode(
     Greedy when temperature == 0. `biases[g]` [n] is added to row g's step log-probs
     (fusion). The prompt is prefilled once and its KV cache shared by all rows."""
     device = next(model.parameters()).device
-    n = seq.n
+    n = len(seq.ids)
     label_ids = torch.tensor(seq.label_ids, device=device)
     ids = torch.tensor([list(seq.prompt_ids)], device=device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
@@ -158,7 +158,7 @@ def greedy_orders(
     elims = _decode(model, seq, len(alphas), 0.0, None, biases)
     out = []
     for elim in elims:
-        survivor = next(i for i in range(seq.n) if i not in set(elim))
+        survivor = next(i for i in range(len(seq.ids)) if i not in set(elim))
         out.append([seq.ids[i] for i in [survivor, *reversed(elim)]])
     return out
 
