@@ -21,16 +21,26 @@ def hit_at_k(order: Sequence[str], target: str, k: int) -> float:
     return 1.0 if target in list(order)[:k] else 0.0
 
 
-def ndcg_at_k(order: Sequence[str], relevance: Mapping[str, float] | str, k: int) -> float:
+def ndcg_at_k(
+    order: Sequence[str],
+    relevance: Mapping[str, float] | str,
+    k: int,
+    *,
+    linear_gain: bool = False,
+) -> float:
     """NDCG@k with gains (2^rel - 1) / log2(rank + 1) (Järvelin & Kekäläinen 2002).
 
-    `relevance` is a map id -> graded relevance, or a single relevant id (binary)."""
+    `relevance` is a map id -> graded relevance, or a single relevant id (binary).
+    `linear_gain` uses rel / log2(rank + 1) instead, as trec_eval's ndcg_cut does (the
+    TREC DL convention); both agree on binary relevance."""
     rel = {relevance: 1.0} if isinstance(relevance, str) else dict(relevance)
-    dcg = sum(
-        (2 ** rel.get(doc, 0.0) - 1) / math.log2(i + 2) for i, doc in enumerate(list(order)[:k])
-    )
+
+    def gain(r: float) -> float:
+        return r if linear_gain else 2**r - 1
+
+    dcg = sum(gain(rel.get(doc, 0.0)) / math.log2(i + 2) for i, doc in enumerate(list(order)[:k]))
     ideal = sorted(rel.values(), reverse=True)[:k]
-    idcg = sum((2**r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    idcg = sum(gain(r) / math.log2(i + 2) for i, r in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
 
 

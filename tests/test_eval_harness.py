@@ -50,6 +50,9 @@ def test_metrics_graded_rerank() -> None:
     dcg = 1 / math.log2(2) + 7 / math.log2(4)
     idcg = 7 / math.log2(2) + 3 / math.log2(3) + 1 / math.log2(4)  # includes unretrieved d
     assert m["ndcg@10"] == pytest.approx(dcg / idcg)
+    linear = harness.instance_metrics(inst, ["a", "c", "b"], 2.0, linear_gain=True)
+    dcg, idcg = 1 + 3 / math.log2(4), 3 + 2 / math.log2(3) + 1 / math.log2(4)  # trec_eval gains
+    assert linear["ndcg@10"] == pytest.approx(dcg / idcg)
 
 
 def test_bootstrap_interval() -> None:

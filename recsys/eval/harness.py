@@ -73,19 +73,20 @@ def relevant_ids(instance: Instance, min_grade: float) -> set[str]:
 
 
 def instance_metrics(
-    instance: Instance, order: Sequence[str], min_grade: float
+    instance: Instance, order: Sequence[str], min_grade: float, *, linear_gain: bool = False
 ) -> dict[str, float]:
     """Metrics of one ranked list. MRR/Hit use the candidates with grade >= min_grade
     (the target for single-target tasks; grade >= 2 for TREC re-ranking, the usual
-    binary cut); NDCG uses the graded relevance."""
+    binary cut); NDCG uses the graded relevance (linear gains for TREC, as trec_eval)."""
     relevant = relevant_ids(instance, min_grade)
+    rel, lin = instance.relevance, linear_gain
     first = next((i for i, cid in enumerate(order) if cid in relevant), None)
     hit = lambda k: float(first is not None and first < k)  # noqa: E731
     return {
         "mrr": 0.0 if first is None else 1.0 / (first + 1),
-        "ndcg@1": ndcg_at_k(order, instance.relevance, 1),
-        "ndcg@5": ndcg_at_k(order, instance.relevance, 5),
-        "ndcg@10": ndcg_at_k(order, instance.relevance, 10),
+        "ndcg@1": ndcg_at_k(order, rel, 1, linear_gain=lin),
+        "ndcg@5": ndcg_at_k(order, rel, 5, linear_gain=lin),
+        "ndcg@10": ndcg_at_k(order, rel, 10, linear_gain=lin),
         "hit@1": hit(1),
         "hit@5": hit(5),
     }
@@ -160,11 +161,12 @@ def evaluate(
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if bar is not None:
         bar.close()
-    min_grade = 2.0 if taskset.metric == "ndcg@10" else 1e-9
+    trec = taskset.metric == "ndcg@10"  # TREC DL re-ranking: graded qrels
+    min_grade = 2.0 if trec else 1e-9
     rows, bad = [], 0
     for inst, res in zip(instances, results, strict=True):
         if is_permutation(res, inst):
-            rows.append(instance_metrics(inst, res.order, min_grade))
+            rows.append(instance_metrics(inst, res.order, min_grade, linear_gain=trec))
         else:
             bad += 1
             rows.append(dict.fromkeys(METRICS, 0.0))
