@@ -322,6 +322,12 @@ def main() -> None:
         help="Hugging Face model dir (converted from the default GGUF if absent)",
     )
     parser.add_argument("--users", type=int, default=6)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="threads of the transformers backend (vLLM on CPU computes on one core)",
+    )
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=RESULTS / "vllm.json")
     args = parser.parse_args()
@@ -336,6 +342,7 @@ def main() -> None:
         print(f"converting the default model into {args.model}", flush=True)
         convert_to_hf("default", args.model)
     REQUESTS[:] = movielens_requests(args.data_dir, args.users)
+    os.environ["RECSYS_TORCH_THREADS"] = str(args.torch_threads)  # read by ranking.loading
 
     tb, t_load = timed(load_backend, args.model, "cpu", "transformers", cache=False)
     print(f"transformers loaded in {t_load:.1f}s", flush=True)
@@ -351,6 +358,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "versions": versions(),
         "model": str(args.model),
+        "transformers_torch_threads": args.torch_threads,
         "load_s": {"vllm": round(v_load, 1), "transformers": round(t_load, 1)},
         "load_average_1min_at_end": None,
         **compare(v, t),

@@ -43,6 +43,10 @@ LOGPROB_METHODS = ("token_ids", "allowed")
 
 def import_vllm():
     """The vllm module, or a ModelLoadError that names the extra to install."""
+    # vLLM logs to stdout at INFO by default, which would corrupt `recsys rank`'s JSON on
+    # stdout; an explicit environment wins (set them before vllm is first imported)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as exc:
@@ -75,6 +79,7 @@ class VLLMBackend(LMBackend):
         from vllm.platforms import current_platform
 
         from ranking.convert import ensure_hf_dir
+        from ranking.loading import resolve_model
 
         self._vllm = vllm
         self.on_cpu = bool(current_platform.is_cpu())
@@ -83,7 +88,8 @@ class VLLMBackend(LMBackend):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         hf_dir = ensure_hf_dir(model, cache_root)
         self.model_dir = hf_dir
-        self.model_id = Path(hf_dir).name
+        # the same id as the transformers backend gives the same weights (logged with results)
+        self.model_id = resolve_model(model).model_id
         fields = getattr(vllm.SamplingParams, "__struct_fields__", None) or dir(vllm.SamplingParams)
         has_token_ids = "logprob_token_ids" in fields
         self.logprob_method = logprob_method or ("token_ids" if has_token_ids else "allowed")
