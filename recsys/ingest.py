@@ -56,6 +56,12 @@ class ColumnMap:
     default_event: str | None = None  # default: "rating" when a rating column is set
     timestamp_unit: str = "s"  # unit of numeric timestamps: s | ms | us
 
+    def __post_init__(self) -> None:
+        if self.timestamp_unit not in TIME_UNITS:
+            raise UserError(
+                f"timestamp unit {self.timestamp_unit!r} is not one of {', '.join(TIME_UNITS)}"
+            )
+
     def event_name(self) -> str:
         return self.default_event or ("rating" if self.rating else "interaction")
 
@@ -343,8 +349,6 @@ def _timestamp_us(name: str, dtype: pl.DataType, unit: str) -> pl.Expr:
 
 def normalise(batch: pl.DataFrame, columns: ColumnMap, *, line_offset: int) -> pl.DataFrame:
     """Map a raw chunk to the normalised frame and name the first problem of each bad row."""
-    if columns.timestamp_unit not in TIME_UNITS:
-        raise UserError(f"timestamp unit must be one of {', '.join(TIME_UNITS)}")
     schema = batch.schema
     user, item = _as_text(columns.user), _as_text(columns.item)
     ts_raw = _as_text(columns.timestamp)
@@ -523,6 +527,8 @@ def ingest(
 ) -> IngestReport:
     """Load a file or folder. Refuses it whole on any bad row unless `skip_bad`."""
     started = time.perf_counter()
+    if chunk_rows < 1:
+        raise UserError(f"chunk size must be at least 1 row, got {chunk_rows}")
     path = Path(path)
     columns = columns or ColumnMap()
     src = open_source(

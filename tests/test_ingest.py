@@ -140,13 +140,20 @@ def test_bad_files_are_refused_whole(
         ("events.csv", "movielens", "expects a folder"),
         (".", "csv", "expects a file"),
         ("notes.md", "auto", "cannot tell the format of notes.md"),
+        ("events.csv", "csv", "chunk size must be at least 1 row"),
     ],
 )
 def test_bad_arguments_are_user_errors(engine, tmp_path, path, fmt, message) -> None:
     _synthetic_csv(tmp_path / "events.csv", 3)
     (tmp_path / "notes.md").write_text("hi")
+    chunk_rows = 0 if "chunk" in message else 100
     with pytest.raises(UserError, match=message):
-        ingest(tmp_path / path, fmt, engine=engine, progress=False)
+        ingest(tmp_path / path, fmt, chunk_rows=chunk_rows, engine=engine, progress=False)
+
+
+def test_unknown_timestamp_unit_is_refused() -> None:
+    with pytest.raises(UserError, match="timestamp unit 'h' is not one of s, ms, us"):
+        ColumnMap(timestamp_unit="h")
 
 
 def test_refusal_lists_every_bad_line_even_across_chunks(engine: Engine, tmp_path: Path) -> None:
