@@ -434,7 +434,9 @@ class _Loader:
         ]
         for start in range(0, len(records), DEFAULT_CHUNK_ROWS):
             self.item_keys.update(
-                repository.ensure_items(self.conn, records[start : start + DEFAULT_CHUNK_ROWS])
+                repository.ensure_items(
+                    self.conn, records[start : start + DEFAULT_CHUNK_ROWS], catalogue=True
+                )
             )
 
     def load(self, good: pl.DataFrame) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
@@ -225,7 +226,9 @@ def test_parquet_with_typed_columns_and_custom_names(engine: Engine, tmp_path: P
     assert history[0].timestamp == datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
-def test_item_catalogue_file_sets_titles_and_attributes(engine: Engine, tmp_path: Path) -> None:
+def test_item_catalogue_file_sets_titles_and_attributes(
+    engine: Engine, tmp_path: Path, monkeypatch
+) -> None:
     events = _synthetic_csv(tmp_path / "events.csv", 10, users=2, items=3)
     catalogue = _write(
         tmp_path / "items.csv",
@@ -243,6 +246,21 @@ def test_item_catalogue_file_sets_titles_and_attributes(engine: Engine, tmp_path
     assert items["i0"].title == "Zero" and items["i0"].attributes == {"genre": "drama"}
     assert items["i2"].attributes == {}
     assert items["i9"].title == "Nine (never rated)"
+
+    # the catalogue changes: new genre and title are applied, an unchanged item is not touched
+    # (this time through PostgreSQL's COPY staging path, the first load used plain statements)
+    monkeypatch.setattr(repo, "COPY_THRESHOLD", 1)
+    _write(catalogue, "item_id,title,genre\ni0,Zero,thriller\ni1,One!,comedy\n")
+    with engine.connect() as conn:
+        stamp = sa.select(Item.updated_at).where(Item.external_id == "i2")
+        before = conn.execute(stamp).scalar_one()
+    again = ingest(events, columns=RATINGS, items_path=catalogue, engine=engine, progress=False)
+    assert (again.interactions_added, again.items_added) == (0, 0)
+    items = repo.items_by_ids(["i0", "i1", "i2"], engine=engine)
+    assert items["i0"].attributes == {"genre": "thriller"}
+    assert items["i1"].title == "One!"
+    with engine.connect() as conn:
+        assert conn.execute(stamp).scalar_one() == before
 
 
 def test_crash_mid_ingest_leaves_the_database_as_before(

@@ -161,9 +161,12 @@ def ensure_users(conn: Connection, external_ids: Iterable[str]) -> dict[str, int
     return lookup_ids(conn, table, wanted)
 
 
-def ensure_items(conn: Connection, items: Iterable[ItemRecord]) -> dict[str, int]:
+def ensure_items(
+    conn: Connection, items: Iterable[ItemRecord], *, catalogue: bool = False
+) -> dict[str, int]:
     """Create missing items (with their attributes); update the title/text of existing ones
-    when given and changed. Returns external id -> internal key."""
+    when given and changed. A `catalogue` (the authoritative item list) also replaces the
+    attributes. Returns external id -> internal key."""
     by_id = {item.item_id: item for item in items}
     if not by_id:
         return {}
@@ -188,13 +191,14 @@ def ensure_items(conn: Connection, items: Iterable[ItemRecord]) -> dict[str, int
         stmt = stmt.from_select(columns, source)
     new_title = sa.func.coalesce(stmt.excluded.title, table.c.title)
     new_text = sa.func.coalesce(stmt.excluded.text, table.c.text)
+    updates = {"title": new_title, "text": new_text, "updated_at": stmt.excluded.updated_at}
+    # only rows that change are rewritten: re-ingesting a catalogue writes nothing
+    changed = [table.c.title.is_distinct_from(new_title), table.c.text.is_distinct_from(new_text)]
+    if catalogue:
+        updates["attributes"] = stmt.excluded.attributes
+        changed.append(table.c.attributes.is_distinct_from(stmt.excluded.attributes))
     stmt = stmt.on_conflict_do_update(
-        index_elements=["external_id"],
-        set_={"title": new_title, "text": new_text, "updated_at": stmt.excluded.updated_at},
-        # only rows whose text changes are rewritten: re-ingesting a catalogue writes nothing
-        where=sa.or_(
-            table.c.title.is_distinct_from(new_title), table.c.text.is_distinct_from(new_text)
-        ),
+        index_elements=["external_id"], set_=updates, where=sa.or_(*changed)
     )
     if stage is not None:
         conn.execute(stmt)
