@@ -85,6 +85,9 @@ def test_first_stage_uses_retrieval_scores() -> None:
     assert order_of(baselines.FirstStageBaseline(), TaskSet("passage-3", [inst])) == [
         ["b", "c", "a"]
     ]
+    unscored = rec_instance("u", [], ["a", "b"], "a")
+    with pytest.raises(UserError, match="'first-stage' needs candidates with retrieval scores"):
+        baselines.FirstStageBaseline().prepare(TaskSet("rec-movie", [unscored]))
 
 
 def test_random_baseline_matches_its_analytic_mrr() -> None:

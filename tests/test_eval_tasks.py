@@ -233,3 +233,20 @@ def test_shipped_movielens_rec_task_counts() -> None:
     built = tasks.build_task("rec-movie", SHARED / "movielens-100k", seed=7)
     assert len(built.instances) == 911
     assert built.skipped == {"fewer than 21 interactions": 32}
+
+
+def test_retrieval_candidates_replace_random_negatives() -> None:
+    # 30 users share items 0..20 in order; user "z" has watched 0..19, target 20 is held out
+    rows = [(f"u{u}", str(i), i) for u in range(30) for i in range(21)]
+    rows += [("z", str(i), i) for i in range(21)]
+    built = tasks.build_rec_tasks(rec_dataset(rows), "rec-movie", seed=0)
+    swapped = tasks.with_retrieval_candidates(built.limited(3, seed=0), k=5)
+    assert len(swapped.instances) == 3
+    for inst in swapped.instances:
+        assert len(inst.candidates) == 5
+        assert all(c.score is not None for c in inst.candidates)
+        assert not set(inst.ids) & set(inst.history_ids)  # seen items are not retrieved
+        assert inst.relevance == {"20": 1.0}
+    assert 0.0 <= swapped.info["target_in_candidates"] <= 1.0
+    with pytest.raises(UserError, match="applies to rec tasks"):
+        tasks.with_retrieval_candidates(tasks.TaskSet("passage-5", []))

@@ -85,12 +85,7 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         names = tasks.expand_tasks(task)
-        if candidates == "retrieval":
-            raise UserError(
-                "--candidates retrieval needs the retrieval stage (top-20 from retrieval/ for "
-                "each user), which is not wired into the evaluation yet; use --candidates random"
-            )
-        if candidates != "random":
+        if candidates not in ("random", "retrieval"):
             raise UserError(f"--candidates must be random or retrieval, got {candidates!r}")
         paths = parse_data_options(data, names)
         skipped_tasks = {}
@@ -118,6 +113,8 @@ def register(app: typer.Typer) -> None:
                 write_tasks.mkdir(parents=True, exist_ok=True)
                 tasks.write_task_file(built, write_tasks / f"{name}.jsonl")
             chosen = built.limited(limit, seed)
+            if candidates == "retrieval":
+                chosen = tasks.with_retrieval_candidates(chosen)
             run = harness.evaluate(evaluator, chosen, progress=progress, seed=seed)
             runs.append(run.to_dict())
             typer.echo(f"{name}: n={run.n} {harness.headline(run):.2f} ({run.wall_s:.1f}s)")

@@ -10,7 +10,7 @@ order, so a tie is broken at random and never in favour of the target.
 | --- | --- | --- |
 | random | a seeded uniform draw; expected MRR = H_n / n | all |
 | bm25 | BM25Okapi (rank_bm25) over the candidates' texts, query = the history's titles or the query text | all |
-| first-stage | the candidate's first-stage retrieval score (BM25 run order for DL19) | passage |
+| first-stage | the candidate's first-stage retrieval score (BM25 run order for DL19) | scored candidates |
 | popularity | interactions in the training data | rec |
 | lightfm | LightFM WARP (64 factors, 30 epochs) user . item + item bias | rec |
 | transitions | sum over history items h of #(h followed by c within 10 steps) in training sequences | rec |
@@ -118,10 +118,17 @@ class BM25Baseline(ScoringBaseline):
 
 
 class FirstStageBaseline(ScoringBaseline):
-    """The first-stage retrieval order (Candidate.score), e.g. the BM25 run for DL19."""
+    """The first-stage retrieval order (Candidate.score): the BM25 run for DL19, the
+    retrieval stage's fused score for rec tasks with `--candidates retrieval`."""
 
     name = model = "first-stage"
-    tasks = ("passage",)
+
+    def fit(self, taskset: TaskSet) -> None:
+        if any(c.score is None for i in taskset.instances for c in i.candidates):
+            raise UserError(
+                f"baseline 'first-stage' needs candidates with retrieval scores; {taskset.name!r} "
+                "has none (passage tasks have them; rec tasks with --candidates retrieval)"
+            )
 
     def scores(self, instance: Instance) -> np.ndarray:
         return np.array([c.score if c.score is not None else -np.inf for c in instance.candidates])

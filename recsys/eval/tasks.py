@@ -18,6 +18,7 @@ counts of what was left out. The same data and seed give the same instances, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -103,6 +104,7 @@ class TaskSet:
     info: dict[str, Any] = field(default_factory=dict)
     train: pl.DataFrame | None = None
     metric: str = "mrr"  # the headline metric: "mrr" or "ndcg@10"
+    catalogue: dict[str, str] | None = None  # rec tasks: item id -> title
 
     def limited(self, limit: int | None, seed: int) -> TaskSet:
         """A seeded random subset of `limit` instances (all when limit is None)."""
@@ -113,7 +115,9 @@ class TaskSet:
         pick = np.random.default_rng(seed).permutation(len(self.instances))[:limit]
         chosen = [self.instances[i] for i in sorted(pick)]
         info = {**self.info, "limit": limit, "of": len(self.instances)}
-        return TaskSet(self.name, chosen, self.skipped, info, self.train, self.metric)
+        return TaskSet(
+            self.name, chosen, self.skipped, info, self.train, self.metric, self.catalogue
+        )
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:
@@ -215,7 +219,42 @@ def build_rec_tasks(
         "negatives": n_negatives,
         "tie_break": tie_break,
     }
-    return TaskSet(task, instances, skipped, info, train)
+    return TaskSet(task, instances, skipped, info, train, catalogue=titles)
+
+
+def with_retrieval_candidates(taskset: TaskSet, k: int = 20) -> TaskSet:
+    """Replace each rec instance's random negatives by what production shows the ranker:
+    the retrieval stage's top-k for the user (retrieval.generator.CandidateGenerator: CF +
+    popularity, fused; items seen in training removed), in retrieval order with scores,
+    trained on the same data as the baselines (every interaction except the targets).
+
+    The target may be missing from the top-k; the instance then counts as a miss for
+    every ranker, and `info["target_in_candidates"]` says how often it was there."""
+    if taskset.train is None or taskset.catalogue is None:
+        raise UserError(f"--candidates retrieval applies to rec tasks, not {taskset.name!r}")
+    from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+    train = taskset.train
+    generator = CandidateGenerator.build(
+        train["user_id"].to_list(),
+        train["item_id"].to_list(),
+        train["timestamp"].cast(pl.Float64).to_list(),
+        taskset.catalogue,
+        config=GeneratorConfig(seed=int(taskset.info.get("seed", 7))),
+    )
+    instances, found = [], 0
+    for inst in taskset.instances:
+        retrieved = generator.candidates(inst.user_id or "", k)
+        candidates = tuple(
+            Candidate(id=str(c.item), text=taskset.catalogue.get(str(c.item), str(c.item)),
+                      score=float(c.score))
+            for c in retrieved
+        )  # fmt: skip
+        found += inst.target in {c.id for c in candidates}
+        instances.append(dataclasses.replace(inst, candidates=candidates))
+    info = {**taskset.info, "candidates": f"retrieval top-{k} (cf + popularity, rrf)",
+            "target_in_candidates": found / max(1, len(instances))}  # fmt: skip
+    return dataclasses.replace(taskset, instances=instances, info=info)
 
 
 def _without_targets(ordered: pl.DataFrame, targets: list[tuple[str, str]]) -> pl.DataFrame:
