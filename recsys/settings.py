@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     reason_max_new_tokens: int = Field(1024, description="reason mode: new tokens per step")
     # vLLM engine (backend=vllm); ranking.backends.vllm_backend.load reads the same variables
     vllm_tensor_parallel_size: int = Field(1, description="GPUs per model (tensor parallel)")
-    vllm_max_model_len: int = Field(4096, description="longest prompt + answer, in tokens")
+    vllm_max_model_len: int | None = Field(None, description="prompt + answer tokens; model's")
     vllm_gpu_memory_utilization: float = Field(0.85, description="share of GPU memory vLLM takes")
     vllm_block_size: int | None = Field(None, description="KV block; default 32 on CPU")
     vllm_cpu_kvcache_gib: int = Field(2, description="vllm-cpu: KV cache size in GiB")

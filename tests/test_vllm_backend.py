@@ -391,3 +391,11 @@ def test_vllm_incremental_ranking_is_a_valid_permutation(vllm_backend, tiny_back
     assert got.steps[0].eliminated == ref.steps[0].eliminated
     assert got.steps[0].prob == pytest.approx(ref.steps[0].prob, abs=1e-3)
     assert got.log_propensity == pytest.approx(sum(np.log(s.prob) for s in got.steps))
+
+
+def test_vllm_prompt_longer_than_the_engine_is_a_request_error(vllm_backend):
+    from ranking.errors import RequestError
+
+    too_long = [5] * vllm_backend.max_model_len
+    with pytest.raises(RequestError, match=r"prompt has \d+ tokens.*RECSYS_VLLM_MAX_MODEL_LEN"):
+        vllm_backend.next_token_logprobs([too_long], [[5, 6]])

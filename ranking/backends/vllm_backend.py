@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ranking.backends.base import Generation, LMBackend
-from ranking.errors import ModelLoadError
+from ranking.errors import ModelLoadError, RequestError
 
 INSTALL_HINT = "install the 'gpu' extra: pip install 'recsys-iranker[gpu]'"
 # vLLM's cap on SamplingParams.logprob_token_ids (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS)
@@ -64,7 +64,7 @@ class VLLMBackend(LMBackend):
         model: str | os.PathLike[str],
         *,
         tensor_parallel_size: int = 1,
-        max_model_len: int | None = 4096,
+        max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.85,
         block_size: int | None = None,
         cpu_kvcache_gib: int = 2,
@@ -123,6 +123,7 @@ class VLLMBackend(LMBackend):
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"vLLM could not load {str(hf_dir)!r}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.engine_options = options
         # counters, for benchmarks and tests
         self.prompt_tokens = 0  # prompt tokens submitted
@@ -228,6 +229,13 @@ class VLLMBackend(LMBackend):
             return []
         from vllm.inputs import TokensPrompt
 
+        longest = max(len(c) for c in token_lists)
+        if longest >= self.max_model_len:
+            raise RequestError(
+                f"the prompt has {longest} tokens, at least this engine's max_model_len "
+                f"{self.max_model_len}; send fewer or shorter candidates, or raise "
+                "RECSYS_VLLM_MAX_MODEL_LEN (up to the model's context length)"
+            )
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in c]) for c in token_lists]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self.requests += len(outputs)
