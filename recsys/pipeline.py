@@ -270,6 +270,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
 
+    _check(config)
     engine = get_engine(config.database_url)
     stages = _Stages(echo)
     source = stages.run(
@@ -397,6 +398,19 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         ],
         stored=stored,
     )
+
+
+def _check(config: DemoConfig) -> None:
+    """Refuse bad options before any work is done."""
+    if config.embeddings not in EMBEDDINGS:
+        raise UserError(
+            f"unknown --embeddings {config.embeddings!r}; use one of {list(EMBEDDINGS)}"
+        )
+    if config.k < 1 or config.users < 0 or config.history < 1:
+        raise UserError(
+            f"--k and history must be >= 1 and --users >= 0 (got k={config.k}, "
+            f"users={config.users}, history={config.history})"
+        )
 
 
 def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
