@@ -141,8 +141,13 @@ def register(app: typer.Typer) -> None:
     @app.command("eval-table")
     def eval_table(
         results: list[Path] = typer.Argument(..., help="results JSON files from recsys eval"),
+        all_columns: bool = typer.Option(
+            False, "--all-columns", help="a column for every task, measured or not"
+        ),
     ) -> None:
         """Print one rankers x tasks markdown table (headline metric x 100) from results."""
         from recsys.eval import report
+        from recsys.eval.tasks import ALL_TASKS
 
-        typer.echo(report.summary_table(report.load_runs(results)))
+        runs = report.load_runs(results)
+        typer.echo(report.summary_table(runs, ALL_TASKS if all_columns else None))
