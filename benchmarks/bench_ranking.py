@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     if reason:
         modes["reason"] = summary(reason)
+        modes["reason"]["forward_passes"] = None  # generate() runs its own decoding loop
         modes["reason"]["invalid_answers"] = sum(r[3] for r in reason)
     inc = modes["incremental"]["ms_per_request"]
     return {
