@@ -7,7 +7,7 @@
 
 Size rules (measured by benchmarks/bench_retrieval.py, see docs/retrieval.md):
 - below 20,000 vectors exact search is fast enough: `flat`;
-- up to 2,000,000: `hnsw` (M=32, efConstruction=200, efSearch >= 2k) keeps recall@100 >= 0.95;
+- up to 2,000,000: `hnsw` (M=32, efConstruction=100, efSearch=max(128, k));
 - above: `ivfpq` (nlist ~ 4 sqrt(n), PQ codes of 8 bits) with an exact re-rank of the
   shortlist (`refine`), which holds the vectors compressed but answers with exact scores.
 
@@ -39,8 +39,8 @@ HNSW_MAX = 2_000_000
 class IndexParams:
     kind: IndexKind = "flat"
     hnsw_m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 256
+    ef_construction: int = 100
+    ef_search: int = 128  # FAISS searches with max(ef_search, k)
     nlist: int = 1024
     pq_m: int = 16  # sub-quantizers; must divide dim
     pq_bits: int = 8
@@ -59,15 +59,18 @@ class IndexParams:
 
 
 def choose_params(n_vectors: int, dim: int, **overrides: object) -> IndexParams:
-    """Index parameters for a catalogue of this size; keyword overrides win."""
-    if n_vectors <= FLAT_MAX:
-        params = IndexParams(kind="flat")
-    elif n_vectors <= HNSW_MAX:
-        params = IndexParams(kind="hnsw")
-    else:
-        params = IndexParams(
-            kind="ivfpq",
-            nlist=int(4 * math.sqrt(n_vectors)),
+    """Index parameters for a catalogue of this size; keyword overrides win.
+
+    The kind follows the size unless `kind=` is given; IVF-PQ's list count and code size
+    follow the size and dimension either way."""
+    kind = overrides.pop("kind", None)
+    if kind is None:
+        kind = "flat" if n_vectors <= FLAT_MAX else "hnsw" if n_vectors <= HNSW_MAX else "ivfpq"
+    params = IndexParams(kind=kind)  # type: ignore[arg-type]
+    if kind == "ivfpq":
+        params = replace(
+            params,
+            nlist=max(1, int(4 * math.sqrt(n_vectors))),
             pq_m=_largest_divisor_at_most(dim, max(8, dim // 4)),
         )
     return params.with_overrides(**overrides)
@@ -124,6 +127,11 @@ class VectorIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         scores, positions = self._index.search(q, k_eff)
         return scores, positions
+
+    def tune(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Change search-time parameters without rebuilding (speed vs recall)."""
+        self.params = self.params.with_overrides(ef_search=ef_search, nprobe=nprobe)
+        self._set_search_params()
 
     def _set_search_params(self) -> None:
         faiss = _faiss()

@@ -107,3 +107,14 @@ def test_index_bad_input(call, error, message):
 def test_cuda_without_faiss_gpu_names_the_extra():
     with pytest.raises(RetrievalError, match=r"install the `gpu` extra"):
         VectorIndex.build(np.ones((5, 4)), IndexParams(kind="flat", device="cuda"))
+
+
+def test_tune_changes_search_depth_without_rebuilding():
+    x, q = clustered(2000, 16), clustered(20, 16, seed=3)
+    index = VectorIndex.build(x, IndexParams(kind="hnsw", hnsw_m=8, ef_construction=32))
+    index.tune(ef_search=512)
+    assert index.params.ef_search == 512
+    assert index._index.hnsw.efSearch == 512
+    _, pos = index.search(q, 10)
+    truth = brute_force(x, q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.95
