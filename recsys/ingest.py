@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from recsys.db import repository
-from recsys.db.engine import get_engine, write_connection
-from recsys.db.models import Interaction, Item, User
+from recsys.db.engine import get_engine
+from recsys.db.staging import StagedLoad
 from recsys.errors import UserError
 
 FORMATS = ("auto", "csv", "parquet", "movielens", "recbole", "amazon-seq")
@@ -416,13 +416,13 @@ def normalise(batch: pl.DataFrame, columns: ColumnMap, *, line_offset: int) -> p
 
 
 class _Loader:
-    """Writes normalised chunks inside one open transaction, remembering internal keys."""
+    """Stages validated chunks (see recsys.db.staging); nothing reaches the real tables
+    before the merge."""
 
-    def __init__(self, conn: Connection, source_name: str) -> None:
-        self.conn = conn
+    def __init__(self, stage: StagedLoad, source_name: str) -> None:
+        self.stage = stage
         self.source_name = source_name
-        self.user_keys: dict[str, int] = {}
-        self.item_keys: dict[str, int] = {}
+        self.seen_items: set[str] = set()
 
     def load_catalogue(self, items: pl.DataFrame) -> None:
         records = [
@@ -433,26 +433,22 @@ class _Loader:
             if row["item_id"]
         ]
         for start in range(0, len(records), DEFAULT_CHUNK_ROWS):
-            self.item_keys.update(
-                repository.ensure_items(
-                    self.conn, records[start : start + DEFAULT_CHUNK_ROWS], catalogue=True
-                )
-            )
+            self.stage.add_items(records[start : start + DEFAULT_CHUNK_ROWS], catalogue=True)
+        self.seen_items.update(r.item_id for r in records)
 
     def load(self, good: pl.DataFrame) -> None:
-        new_users = set(good["user"].unique().to_list()) - self.user_keys.keys()
-        self.user_keys.update(repository.ensure_users(self.conn, new_users))
-        # items: first sighting in this load (with the title if the file has one)
+        # items first seen here, with the title/text of their first row when the file has them
         firsts = good.unique("item", keep="first", maintain_order=True).filter(
-            ~pl.col("item").is_in(list(self.item_keys))
+            ~pl.col("item").is_in(list(self.seen_items))
         )
         if firsts.height:
-            records = (
+            records = [
                 repository.ItemRecord(i, t, x)
                 for i, t, x in firsts.select("item", "title", "text").iter_rows()
-            )
-            self.item_keys.update(repository.ensure_items(self.conn, records))
-        repository.bulk_insert_interactions(self.conn, self._rows(good))
+            ]
+            self.stage.add_items(records, catalogue=False)
+            self.seen_items.update(r.item_id for r in records)
+        self.stage.add_events(self._rows(good))
 
     def _rows(self, good: pl.DataFrame) -> list[tuple[Any, ...]]:
         users, items, events = (
@@ -462,10 +458,9 @@ class _Loader:
         )
         micros, values = good["ts_us"].to_list(), good["value"].to_list()
         stamps = good["ts_us"].cast(pl.Datetime("us", "UTC")).to_list()
-        source, ukeys, ikeys = self.source_name, self.user_keys, self.item_keys
-        event_id = repository.event_id
+        source, event_id = self.source_name, repository.event_id
         return [
-            (event_id(source, u, i, us, e), ukeys[u], ikeys[i], e, v, ts, source)
+            (event_id(source, u, i, us, e), u, i, e, v, ts, source)
             for u, i, e, us, v, ts in zip(users, items, events, micros, values, stamps, strict=True)
         ]
 
@@ -476,13 +471,6 @@ def _attributes(value: Any) -> dict[str, Any]:
         return {}
     plain = (str, int, float, bool, list)
     return {k: v if isinstance(v, plain) else str(v) for k, v in value.items() if v is not None}
-
-
-def _counts(conn: Connection) -> tuple[int, int, int]:
-    count = sa.select(sa.func.count())
-    return tuple(  # type: ignore[return-value]
-        conn.execute(count.select_from(m.__table__)).scalar_one() for m in (Interaction, User, Item)
-    )
 
 
 def open_source(
@@ -544,21 +532,18 @@ def ingest(
     resolved_fmt = detect_format(path) if fmt == "auto" else fmt
     report = IngestReport(str(path), resolved_fmt, source or path.name)
     engine = engine or get_engine()
-    with write_connection(engine, sqlite_cache_mib=SQLITE_CACHE_MIB) as conn:
-        loader = _Loader(conn, report.source)
-        before = _counts(conn)
+    with engine.connect() as conn, StagedLoad(conn) as stage:
+        loader = _Loader(stage, report.source)
         if src.items is not None:
-            report.items_in_file = src.items.height
             loader.load_catalogue(src.items)
         _load_chunks(src, loader, report, skip_bad=skip_bad, progress=progress)
         if report.rows_skipped and not skip_bad:
             raise UserError(_refusal(src, report.rows_skipped, report.skipped_examples))
-        after = _counts(conn)
-        report.interactions_added, report.users_added, report.items_added = (
-            a - b for a, b in zip(after, before, strict=True)
-        )
-        if src.items is None:
-            report.items_in_file = len(loader.item_keys)
+        report.items_in_file = stage.staged_items()
+        if progress:
+            print(f"merging {report.rows_loaded:,} rows into the database", file=sys.stderr)
+        added = stage.merge(sqlite_cache_mib=SQLITE_CACHE_MIB)
+        report.interactions_added, report.users_added, report.items_added = added
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

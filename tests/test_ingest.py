@@ -263,11 +263,20 @@ def test_item_catalogue_file_sets_titles_and_attributes(
         assert conn.execute(stamp).scalar_one() == before
 
 
+# where the process dies: while staging the second chunk, or inside the merge transaction
+# after users, items and interactions were all inserted but before the commit
+CRASH_POINTS = {
+    "staging": ("recsys.ingest", "_Loader", "load", 2),
+    "merge": ("recsys.db.staging", "StagedLoad", "_merge_events", 1),
+}
+
+
+@pytest.mark.parametrize("point", list(CRASH_POINTS))
 def test_crash_mid_ingest_leaves_the_database_as_before(
-    engine: Engine, database_url: str, tmp_path: Path
+    engine: Engine, database_url: str, tmp_path: Path, point: str
 ) -> None:
-    """The process dies (os._exit, no cleanup) after two chunks were written inside the
-    transaction: nothing of that load is visible afterwards, and the file loads fine again."""
+    """The process dies (os._exit: no clean-up, no rollback by us): nothing of that load is
+    visible afterwards, the database is not locked, and the file loads fine again."""
     ingest(_synthetic_csv(tmp_path / "first.csv", 30), engine=engine, progress=False)
     before = _counts(engine)
     second = tmp_path / "second.csv"
@@ -278,20 +287,22 @@ def test_crash_mid_ingest_leaves_the_database_as_before(
             "timestamp": list(range(300)),
         }
     ).write_csv(second)
+    module, cls, method, nth = CRASH_POINTS[point]
     crash = textwrap.dedent(
         f"""
-        import os
-        import recsys.ingest as ingest_module
+        import importlib, os
+        import recsys.ingest
         from recsys.db.engine import make_engine
 
-        original, calls = ingest_module._Loader.load, []
-        def load_then_crash(self, good):
-            original(self, good)
+        target = getattr(importlib.import_module({module!r}), {cls!r})
+        original, calls = getattr(target, {method!r}), []
+        def then_crash(self, *args, **kwargs):
+            original(self, *args, **kwargs)
             calls.append(1)
-            if len(calls) == 2:
+            if len(calls) == {nth}:
                 os._exit(17)
-        ingest_module._Loader.load = load_then_crash
-        ingest_module.ingest({str(second)!r}, chunk_rows=50, progress=False,
+        setattr(target, {method!r}, then_crash)
+        recsys.ingest.ingest({str(second)!r}, chunk_rows=50, progress=False,
                              engine=make_engine({database_url!r}))
         """
     )

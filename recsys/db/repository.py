@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from recsys.db.engine import get_engine, session_scope, write_connection
+from recsys.db.engine import copy_rows, get_engine, session_scope, write_connection
 from recsys.db.models import (
     Impression,
     Interaction,
@@ -242,11 +242,7 @@ def _stage(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DROP"
     )
     conn.exec_driver_sql(f"TRUNCATE {name}")
-    with conn.connection.driver_connection.cursor().copy(
-        f"COPY {name} ({', '.join(columns)}) FROM STDIN"
-    ) as copy:
-        for row in rows:
-            copy.write_row(row)
+    copy_rows(conn, name, list(columns), rows)
     return sa.table(name, *(sa.column(c) for c in columns))
 
 
