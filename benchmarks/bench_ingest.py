@@ -64,6 +64,7 @@ def run_one(spec: dict) -> dict:
         "items": first.items_added,
         "seconds": round(first_s, 2),
         "rows_per_s": round(first.rows_loaded / first_s),
+        "merge_seconds": first.merge_seconds,
         "reingest_seconds": again_s,
         "reingest_added": again_added,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -159,9 +160,9 @@ def synthetic_csv(path: Path, rows: int, seed: int = 7) -> None:
 def markdown(results: dict) -> str:
     commands = list(dict.fromkeys(run["command"] for run in results["runs"]))
     lines = [
-        "| input | backend | rows | seconds | rows/s | re-ingest s (rows added) | peak RSS MiB "
-        "| load avg | command |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| input | backend | rows | seconds | of which writing (lock) s | rows/s "
+        "| re-ingest s (rows added) | peak RSS MiB | load avg | command |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in results["runs"]:
         again = (
@@ -171,7 +172,8 @@ def markdown(results: dict) -> str:
         )
         lines.append(
             f"| {run['input']} | {run['backend']} | {run['rows']:,} | {run['seconds']} | "
-            f"{run['rows_per_s']:,} | {again} | {run['peak_rss_mib']} | "
+            f"{run.get('merge_seconds', 'n/a')} | {run['rows_per_s']:,} | {again} | "
+            f"{run['peak_rss_mib']} | "
             f"{run['load_average_after']} | ({commands.index(run['command']) + 1}) |"
         )
     lines.append("")

@@ -81,6 +81,7 @@ class IngestReport:
     items_added: int = 0
     items_in_file: int = 0
     seconds: float = 0.0
+    merge_seconds: float = 0.0  # the write transaction: how long other writers may wait
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +89,8 @@ class IngestReport:
     def summary(self) -> str:
         lines = [
             f"{self.path} ({self.format}, source {self.source!r}): read {self.rows_read:,} rows, "
-            f"loaded {self.rows_loaded:,}, skipped {self.rows_skipped:,} in {self.seconds:.1f} s",
+            f"loaded {self.rows_loaded:,}, skipped {self.rows_skipped:,} in {self.seconds:.1f} s "
+            f"({self.merge_seconds:.1f} s of it writing)",
             f"  added {self.interactions_added:,} interactions, {self.users_added:,} users, "
             f"{self.items_added:,} items ({self.items_in_file:,} items in the input)",
         ]
@@ -542,7 +544,9 @@ def ingest(
         report.items_in_file = stage.staged_items()
         if progress:
             print(f"merging {report.rows_loaded:,} rows into the database", file=sys.stderr)
+        merge_started = time.perf_counter()
         added = stage.merge(sqlite_cache_mib=SQLITE_CACHE_MIB)
+        report.merge_seconds = round(time.perf_counter() - merge_started, 3)
         report.interactions_added, report.users_added, report.items_added = added
     report.seconds = round(time.perf_counter() - started, 3)
     return report
