@@ -189,17 +189,7 @@ def ensure_items(
         ).order_by(stage.c.external_id)
         columns = ["external_id", "title", "text", "attributes", "created_at", "updated_at"]
         stmt = stmt.from_select(columns, source)
-    new_title = sa.func.coalesce(stmt.excluded.title, table.c.title)
-    new_text = sa.func.coalesce(stmt.excluded.text, table.c.text)
-    updates = {"title": new_title, "text": new_text, "updated_at": stmt.excluded.updated_at}
-    # only rows that change are rewritten: re-ingesting a catalogue writes nothing
-    changed = [table.c.title.is_distinct_from(new_title), table.c.text.is_distinct_from(new_text)]
-    if catalogue:
-        updates["attributes"] = stmt.excluded.attributes
-        changed.append(table.c.attributes.is_distinct_from(stmt.excluded.attributes))
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["external_id"], set_=updates, where=sa.or_(*changed)
-    )
+    stmt = update_items_on_conflict(stmt, catalogue=catalogue)
     if stage is not None:
         conn.execute(stmt)
         return _staged_ids(conn, table, stage)
@@ -216,6 +206,23 @@ def ensure_items(
     ]
     conn.execute(stmt, rows)
     return lookup_ids(conn, table, list(by_id))
+
+
+def update_items_on_conflict(stmt: Any, *, catalogue: bool) -> Any:
+    """The upsert rule for items: a given title/text replaces the stored one, a missing one
+    keeps it; a catalogue also replaces the attributes. Only rows that change are rewritten,
+    so re-loading a catalogue writes nothing."""
+    table = Item.__table__
+    title = sa.func.coalesce(stmt.excluded.title, table.c.title)
+    text = sa.func.coalesce(stmt.excluded.text, table.c.text)
+    updates = {"title": title, "text": text, "updated_at": stmt.excluded.updated_at}
+    changed = [table.c.title.is_distinct_from(title), table.c.text.is_distinct_from(text)]
+    if catalogue:
+        updates["attributes"] = stmt.excluded.attributes
+        changed.append(table.c.attributes.is_distinct_from(stmt.excluded.attributes))
+    return stmt.on_conflict_do_update(
+        index_elements=["external_id"], set_=updates, where=sa.or_(*changed)
+    )
 
 
 def lookup_ids(conn: Connection, table: sa.Table, external_ids: Sequence[str]) -> dict[str, int]:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from recsys.db.engine import copy_rows, write_transaction
 from recsys.db.models import Interaction, Item, User, utcnow
-from recsys.db.repository import ItemRecord, upsert
+from recsys.db.repository import ItemRecord, update_items_on_conflict, upsert
 
 EVENTS = "recsys_load_events"
 ITEMS = "recsys_load_items"
@@ -183,19 +183,7 @@ class StagedLoad:
         )
         columns = ["external_id", "title", "text", "attributes", "created_at", "updated_at"]
         stmt = upsert(self.conn, items).from_select(columns, new)
-        title = sa.func.coalesce(stmt.excluded.title, items.c.title)
-        text = sa.func.coalesce(stmt.excluded.text, items.c.text)
-        updates = {"title": title, "text": text, "updated_at": stmt.excluded.updated_at}
-        # only rows that change are rewritten: re-loading a catalogue writes nothing
-        changed = [items.c.title.is_distinct_from(title), items.c.text.is_distinct_from(text)]
-        if catalogue:
-            updates["attributes"] = stmt.excluded.attributes
-            changed.append(items.c.attributes.is_distinct_from(stmt.excluded.attributes))
-        self.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["external_id"], set_=updates, where=sa.or_(*changed)
-            )
-        )
+        self.conn.execute(update_items_on_conflict(stmt, catalogue=catalogue))
 
     def _merge_events(self) -> None:
         users, items, staged = User.__table__, Item.__table__, self.events
