@@ -370,3 +370,33 @@ def test_bulk_and_small_batch_paths_store_the_same(engine, tmp_path, monkeypatch
     again = ingest(path, columns=RATINGS, engine=engine, progress=False)
     assert (again.interactions_added, again.users_added, again.items_added) == (0, 0, 0)
     assert [h.value for h in repo.user_history("u3", 2, engine=engine)] == [4.0, 4.0]
+
+
+def test_sqlite_writers_are_not_blocked_while_a_load_is_staging(
+    sqlite_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Staging writes only temporary tables: another connection can write meanwhile (it would
+    fail with 'database is locked' after 1 s if the load held the write lock)."""
+    import sqlite3
+
+    import recsys.ingest as ingest_module
+
+    with migrated_engine(sqlite_url) as engine:
+        original, written = ingest_module._Loader.load, []
+
+        def load_then_write_elsewhere(self, good):
+            original(self, good)
+            other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=1)
+            with other:
+                other.execute(
+                    "INSERT INTO api_keys (name, key_hash, scopes, created_at) "
+                    "VALUES (?, ?, '[]', '2024-01-01 00:00:00')",
+                    (f"k{len(written)}", f"h{len(written)}"),
+                )
+            other.close()
+            written.append(1)
+
+        monkeypatch.setattr(ingest_module._Loader, "load", load_then_write_elsewhere)
+        path = _synthetic_csv(tmp_path / "e.csv", 120)
+        report = ingest(path, chunk_rows=40, engine=engine, progress=False)
+        assert (len(written), report.interactions_added) == (3, 120)
