@@ -137,6 +137,8 @@ def run_phase(backend, ranker, requests, reset) -> dict:
         out, secs = timed(ranker.rank, r)
         results.append(out)
         times.append(secs * 1000)
+    reset()
+    batch, batch_s = timed(ranker.rank_batch, requests)  # all requests together
     prefill = []
     for r in requests:
         seq = build_sequence(r, backend)
@@ -153,6 +155,10 @@ def run_phase(backend, ranker, requests, reset) -> dict:
         "big": big,
         "results": results,
         "rank_ms": float(np.median(times)),
+        "batch_ms_per_request": batch_s * 1000 / len(requests),
+        "batch_orders_equal_single": sum(
+            x.order == y.order for x, y in zip(batch, results, strict=True)
+        ),
         "prefill_ms": float(np.median(prefill)),
     }
 
@@ -240,6 +246,10 @@ def compare(v: dict, t: dict) -> dict:
             "fallbacks_vllm": sum(x.fallback for x in rv),
             "vllm_ms_per_request": round(v["rank_ms"], 1),
             "transformers_ms_per_request": round(t["rank_ms"], 1),
+            "vllm_batch_ms_per_request": round(v["batch_ms_per_request"], 1),
+            "transformers_batch_ms_per_request": round(t["batch_ms_per_request"], 1),
+            "vllm_batch_orders_equal_single": v["batch_orders_equal_single"],
+            "transformers_batch_orders_equal_single": t["batch_orders_equal_single"],
         },
         "cold_prefill_ms": {
             "vllm": round(v["prefill_ms"], 1),
@@ -292,6 +302,10 @@ def write_table(result: dict, path: Path) -> None:
         ("max step-probability diff", f"{rk['max_step_probability_diff_same_id']:.1e}"),
         ("incremental ms/request, vLLM", rk["vllm_ms_per_request"]),
         ("incremental ms/request, transformers", rk["transformers_ms_per_request"]),
+        (
+            "all requests in one rank_batch, ms/request, vLLM / transformers",
+            f"{rk['vllm_batch_ms_per_request']} / {rk['transformers_batch_ms_per_request']}",
+        ),
         (
             "one cold prefill ms, vLLM / transformers",
             f"{result['cold_prefill_ms']['vllm']} / {result['cold_prefill_ms']['transformers']}",

@@ -283,20 +283,17 @@ def vllm_tiny_dir(request, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from tests.fixtures.models import TINY_CONFIG
+
     tok = AutoTokenizer.from_pretrained(request.getfixturevalue("smollm2_tokenizer_dir"))
     torch.manual_seed(0)
+    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **{**TINY_CONFIG, **shape},
     )
     out = tmp_path_factory.mktemp("vllm-tiny")
     LlamaForCausalLM(config).save_pretrained(out)
