@@ -152,3 +152,46 @@ def test_recsys_train_end_to_end_registers_candidate(tmp_path, tiny_model_dir, m
     assert [v["version"] for v in versions] == ["tiny-v1"]
     assert len(versions[0]["metrics"]["val_rr"]) == 6
     get_settings.cache_clear()
+
+
+def test_episodes_from_logged_impressions_train_off_policy(database_url, tiny_model_dir, tmp_path):
+    """Logged impressions + the click that followed become episodes with the logged order
+    and propensity, and the importance-weighted `logged` algorithm trains on them."""
+    from datetime import UTC, datetime, timedelta
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ranking.rl.trainer import TrainConfig, Trainer
+    from recsys.db import repository as repo
+    from recsys.db.testing import migrated_engine
+    from recsys.training import episodes_from_database
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    with migrated_engine(database_url) as engine:
+        with repo.write_connection(engine) as conn:
+            repo.ensure_items(conn, [repo.ItemRecord(i, title=f"Film {i}") for i in "abcdh"])
+        shown = [
+            repo.ImpressionRecord(f"r-{user}", user, item, pos, "iranker-incremental", None,
+                                  "v1", {"log_propensity": -2.0, "score": 1.0 - 0.1 * pos},
+                                  t0 + timedelta(hours=1))
+            for user in ("u1", "u2") for pos, item in enumerate("abcd")
+        ]  # fmt: skip
+        repo.log_impressions(shown, engine=engine)
+        repo.log_interactions([
+            repo.InteractionRecord("u1", "h", "click", t0),
+            repo.InteractionRecord("u1", "c", "click", t0 + timedelta(hours=2)),
+            repo.InteractionRecord("u2", "a", "click", t0 + timedelta(hours=2)),
+        ], engine=engine)  # fmt: skip
+        eps = episodes_from_database(engine)
+    assert [(e.user, e.ground_truth) for e in eps] == [("u1", "c"), ("u2", "a")]
+    assert eps[0].logged_order == ("a", "b", "c", "d")
+    assert eps[0].logged_log_propensity == -2.0
+    assert eps[0].request.history == ("Film h",)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    before = model.lm_head.weight.detach().clone()
+    cfg = TrainConfig(algo="logged", steps=2, batch_size=2, lr=1e-2)
+    trainer = Trainer(model, AutoTokenizer.from_pretrained(tiny_model_dir), eps, [], cfg, tmp_path)
+    trainer.run()
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.state.history)
+    assert not torch.equal(before, trainer.model.lm_head.weight.detach())
