@@ -62,3 +62,29 @@ def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[
     )
     n = rank_file(in_path, out_path, ranker, on_progress=report)
     return {"ranked": n, "out_path": out_path}
+
+
+@app.task(bind=True, name="jobs.tasks.batch_recommendations")
+@tracked("batch")
+def batch_recommendations(report, **options: Any) -> dict[str, Any]:
+    """The nightly job: `recsys batch` with BatchConfig options (shard="I/N" splits users)."""
+    from dataclasses import asdict
+
+    from recsys.batch import BatchConfig, run_batch
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    options.setdefault("model", settings.model)
+    options.setdefault("artifact_dir", settings.resolved_artifact_dir)
+    result = run_batch(BatchConfig(**options), on_progress=report)
+    return asdict(result)
+
+
+@app.task(bind=True, name="jobs.tasks.train_ranker")
+@tracked("train")
+def train_ranker(report, **options: Any) -> dict[str, Any]:
+    """RL fine-tuning (`recsys train`); by default on the traffic the API logged."""
+    from recsys.training import TrainingOptions, run_training
+
+    options.setdefault("source", "db")
+    return run_training(TrainingOptions(**options))

@@ -104,8 +104,9 @@ def ingest_dataset(path: Path, engine: Engine, *, progress: bool) -> str:
     return report.source
 
 
-def training_data(engine: Engine, source: str) -> Interactions:
-    """All interactions of one source, in time order, with item titles and embedding texts."""
+def training_data(engine: Engine, source: str | None) -> Interactions:
+    """All interactions (of one source, or every source when None), in time order, with item
+    titles and embedding texts."""
     from recsys.db.models import Interaction, Item, User
 
     i, u, it = Interaction.__table__, User.__table__, Item.__table__
@@ -113,15 +114,17 @@ def training_data(engine: Engine, source: str) -> Interactions:
         sa.select(u.c.external_id, it.c.external_id, i.c.timestamp)
         .join(u, u.c.id == i.c.user_id)
         .join(it, it.c.id == i.c.item_id)
-        .where(i.c.source == source)
         .order_by(i.c.timestamp, i.c.id)
     )
+    if source is not None:
+        query = query.where(i.c.source == source)
     items_query = sa.select(it.c.external_id, it.c.title, it.c.text, it.c.attributes)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         catalogue = conn.execute(items_query).all()
     if not rows:
-        raise UserError(f"no interactions from source {source!r} in the database")
+        where = f" from source {source!r}" if source is not None else ""
+        raise UserError(f"no interactions{where} in the database; load some with `recsys ingest`")
     seen_items = {r[1] for r in rows}
     titles, texts = {}, {}
     for ext, title, text, attrs in catalogue:

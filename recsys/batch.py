@@ -1,0 +1,185 @@
+"""The nightly batch job: a fresh recommendation list for every user.
+
+1. read every interaction from the database;
+2. retrieval: load a registered index version (`index_version`), or retrain CF, embed the
+   catalogue and build the FAISS indexes on all interactions and register the new version;
+3. for this shard's users (a stable hash of the user id, so N workers split the work with
+   no overlap), retrieve the top-K unseen items and re-rank them with IRanker;
+4. write each chunk of users' lists to the run as soon as it is ranked.
+
+A run id names one night's run (default `batch-YYYYMMDD`). Writing a user's list again in
+the same run replaces it, and users already written are skipped, so a crashed or retried
+job resumes where it stopped and never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recsys.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchConfig:
+    run_id: str | None = None
+    k: int = 20
+    history: int = 20
+    rerank: bool = True
+    model: str = "default"
+    device: str = "auto"
+    batch_size: int = 8
+    chunk_users: int = 64
+    shard: int = 0
+    shards: int = 1
+    limit_users: int | None = None
+    index_version: str | None = None
+    embeddings: str = "minilm"
+    cf_factors: int = 64
+    cf_epochs: int = 30
+    task: str = "rec-movie"
+    artifact_dir: Path = Path("var/artifacts")
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.artifact_dir = Path(self.artifact_dir)  # job parameters arrive as JSON strings
+
+
+@dataclass
+class BatchReport:
+    run_id: str
+    retrieval_version: str
+    model_version: str | None
+    users_in_shard: int
+    users_written: int
+    users_skipped: int  # already in this run (resumed) or without candidates
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def in_shard(user_id: str, shard: int, shards: int) -> bool:
+    digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards == shard
+
+
+def run_batch(
+    config: BatchConfig,
+    *,
+    engine: Engine | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> BatchReport:
+    from recsys.db import repository
+    from recsys.db.engine import get_engine
+    from recsys.pipeline import rank_requests, retrieve, training_data
+
+    if not 0 <= config.shard < config.shards:
+        raise UserError(f"shard {config.shard} is not in 0..{config.shards - 1}")
+    engine = engine or get_engine()
+    run_id = config.run_id or f"batch-{datetime.now(UTC):%Y%m%d}"
+    data = training_data(engine, None)
+    gen, version = _generator(config, data, engine)
+    users = [u for u in gen.user_ids if in_shard(u, config.shard, config.shards)]
+    users = users[: config.limit_users] if config.limit_users else users
+    done = _users_in_run(engine, run_id)
+    todo = [u for u in users if u not in done]
+    ranker = _ranker(config, engine) if config.rerank and todo else None
+    model_version = ranker.model_id if ranker else f"retrieval:{version}"
+    written = 0
+    for start in range(0, len(todo), config.chunk_users):
+        chunk = todo[start : start + config.chunk_users]
+        candidates = retrieve(gen, chunk, config.k)
+        lists = {
+            u: [(str(c.item), float(c.score)) for c in cands]
+            for u, cands in candidates.items()
+            if cands
+        }
+        if ranker is not None and lists:
+            requests = rank_requests(
+                gen, candidates, data.titles, history=config.history, task=config.task
+            )
+            for user, result in zip(
+                requests, ranker.rank_batch(list(requests.values())), strict=True
+            ):
+                score = dict(lists[user])
+                lists[user] = [(item, score[item]) for item in result.order]
+        repository.write_recommendations(run_id, lists, model_version=model_version, engine=engine)
+        written += len(lists)
+        if on_progress is not None:
+            on_progress((start + len(chunk)) / len(todo))
+        log.info("batch %s: %d/%d users written", run_id, written, len(todo))
+    return BatchReport(
+        run_id=run_id,
+        retrieval_version=version,
+        model_version=model_version,
+        users_in_shard=len(users),
+        users_written=written,
+        users_skipped=len(users) - written,
+    )
+
+
+def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[no-untyped-def]
+    """Load the requested index version, or build one on all interactions and register it."""
+    from recsys.db import repository
+    from recsys.pipeline import make_embedder
+    from recsys.registry import sha256_of
+    from retrieval.artifacts import ArtifactStore, new_version
+    from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+    store = ArtifactStore(config.artifact_dir)
+    embedder = make_embedder(config.embeddings, config.artifact_dir / "embedding-cache")
+    if config.index_version:
+        gen = CandidateGenerator.load(store, config.index_version, embedder=embedder)
+        return gen, config.index_version
+    gen = CandidateGenerator.build(
+        data.users,
+        data.items,
+        data.timestamps,
+        data.texts,
+        embedder=embedder,
+        config=GeneratorConfig(cf_factors=config.cf_factors, cf_epochs=config.cf_epochs),
+        progress=config.progress,
+    )
+    version = new_version()
+    artifact = gen.save(store, version, meta={"job": "batch"})
+    repository.register_model(
+        "index",
+        version,
+        str(artifact.path.resolve()),
+        sha256=sha256_of(artifact.path),
+        metrics={"users": len(gen.user_ids), "items": len(gen.item_ids)},
+        engine=engine,
+    )
+    return gen, version
+
+
+def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def]
+    from ranking.engine import load_ranker
+    from recsys.registry import resolve_ranker_model
+
+    return load_ranker(
+        resolve_ranker_model(config.model, engine=engine),
+        device=config.device,
+        batch_size=config.batch_size,
+    )
+
+
+def _users_in_run(engine: Engine, run_id: str) -> set[str]:
+    from recsys.db.models import Recommendation, User
+
+    query = (
+        sa.select(User.external_id)
+        .join(Recommendation, Recommendation.user_id == User.id)
+        .where(Recommendation.run_id == run_id)
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return set(conn.scalars(query))

@@ -1,0 +1,63 @@
+"""`recsys batch`: the nightly batch recommendations (also the Celery task
+`jobs.tasks.batch_recommendations`, scheduled by beat)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("batch")
+    def batch(
+        run_id: str | None = typer.Option(None, help="run name; default batch-YYYYMMDD"),
+        k: int = typer.Option(20, help="items per user"),
+        rerank: bool = typer.Option(True, help="re-rank retrieval's top-K with IRanker"),
+        model: str | None = typer.Option(None, help="default | promoted | version | path"),
+        device: str | None = typer.Option(None, help="auto | cpu | cuda"),
+        shard: str = typer.Option("0/1", help="this worker's part, I/N (users split by hash)"),
+        limit_users: int | None = typer.Option(None, help="only the first N users of the shard"),
+        index_version: str | None = typer.Option(
+            None, help="use this registered retrieval index instead of rebuilding it"
+        ),
+        embeddings: str = typer.Option("minilm", help="minilm | hashing | off"),
+        url: str | None = typer.Option(None, "--url", help="database URL"),
+    ) -> None:
+        """Write a recommendation list for every user (resumable: users already in the run
+        are skipped)."""
+        from recsys.batch import BatchConfig, run_batch
+        from recsys.db.engine import get_engine
+        from recsys.db.migrate import ensure_schema
+        from recsys.errors import UserError
+        from recsys.settings import get_settings
+
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise UserError(f"--shard {shard!r} must look like I/N, e.g. 0/4") from None
+        settings = get_settings()
+        ensure_schema(url)
+        report = run_batch(
+            BatchConfig(
+                run_id=run_id,
+                k=k,
+                rerank=rerank,
+                model=model or settings.model,
+                device=device or settings.device,
+                batch_size=settings.batch_size,
+                shard=index,
+                shards=count,
+                limit_users=limit_users,
+                index_version=index_version,
+                embeddings=embeddings,
+                artifact_dir=Path(settings.resolved_artifact_dir),
+            ),
+            engine=get_engine(url),
+        )
+        typer.echo(
+            f"run {report.run_id}: {report.users_written} users written, "
+            f"{report.users_skipped} skipped (already in the run or no candidates) of "
+            f"{report.users_in_shard} in shard {shard}; retrieval {report.retrieval_version}, "
+            f"ranker {report.model_version}"
+        )
