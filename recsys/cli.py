@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "convert",
     "db",
     "apikey",
+    "jobs",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
 

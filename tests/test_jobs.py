@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from recsys import job_runs
+from recsys.errors import UserError
 from recsys.settings import get_settings
 
 # one private queue per test process: Celery caches its queue set after the first worker
@@ -106,3 +107,27 @@ def test_rank_file_names_the_bad_line_and_writes_nothing(tiny_ranker, tmp_path):
     with pytest.raises(UserError, match=r"line 2: no candidates"):
         rank_file(requests, out, tiny_ranker)
     assert not out.exists()
+
+
+def test_jobs_command_lists_and_shows_runs(sqlite_url):
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+    from recsys.db.engine import make_engine
+    from recsys.db.migrate import ensure_schema
+
+    ensure_schema(sqlite_url)
+    engine = make_engine(sqlite_url)
+    ok = job_runs.start_job("batch", {"k": 20}, engine=engine)
+    job_runs.finish_job(ok, {"users_written": 3}, engine=engine)
+    bad = job_runs.start_job("ingest", {"path": "x.csv"}, engine=engine)
+    job_runs.fail_job(bad, "UserError: x.csv not found", engine=engine)
+    engine.dispose()
+    runner = CliRunner()
+    listed = runner.invoke(app, ["jobs", "list", "--url", sqlite_url]).output.splitlines()
+    assert "failed" in listed[0] and "x.csv not found" in listed[0]  # newest first
+    assert "succeeded" in listed[1] and "100.0%" in listed[1]
+    shown = json.loads(runner.invoke(app, ["jobs", "show", str(ok), "--url", sqlite_url]).output)
+    assert shown["parameters"] == {"k": 20} and shown["result"] == {"users_written": 3}
+    missing = runner.invoke(app, ["jobs", "show", "999", "--url", sqlite_url])
+    assert isinstance(missing.exception, UserError)

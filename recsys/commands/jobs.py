@@ -1,0 +1,43 @@
+"""`recsys jobs list|show`: background job runs (batch, train, ingest, rank) and their state."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    jobs = typer.Typer(help="Background job runs recorded in job_runs.", no_args_is_help=True)
+
+    @jobs.command("list")
+    def list_(
+        limit: int = typer.Option(20, help="newest N runs"),
+        url: str | None = typer.Option(None, "--url", help="database URL"),
+    ) -> None:
+        from recsys.db.engine import get_engine
+        from recsys.db.migrate import ensure_schema
+        from recsys.job_runs import recent_jobs
+
+        ensure_schema(url)
+        for run in recent_jobs(limit, engine=get_engine(url)):
+            started = f"{run['started_at']:%Y-%m-%d %H:%M}" if run["started_at"] else "-"
+            typer.echo(
+                f"{run['id']:>6} {run['kind']:<8} {run['status']:<10} "
+                f"{run['progress'] * 100:5.1f}% {started}  {run['error'] or ''}".rstrip()
+            )
+
+    @jobs.command("show")
+    def show(
+        job_id: int,
+        url: str | None = typer.Option(None, "--url", help="database URL"),
+    ) -> None:
+        """Print one run as JSON: parameters (to re-run it), result or error."""
+        from recsys.db.engine import get_engine
+        from recsys.db.migrate import ensure_schema
+        from recsys.job_runs import get_job
+
+        ensure_schema(url)
+        typer.echo(json.dumps(get_job(job_id, engine=get_engine(url)), indent=2, default=str))
+
+    app.add_typer(jobs, name="jobs")
