@@ -81,6 +81,7 @@ class ArtifactStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=target.parent))
         try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; artifacts are read by other processes
             write(tmp)
             files = {
                 p.relative_to(tmp).as_posix(): sha256_file(p)
@@ -151,6 +152,7 @@ def _check_name(value: str, what: str) -> None:
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

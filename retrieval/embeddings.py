@@ -165,6 +165,7 @@ class TextEmbedder:
         keys = np.array(list(self.cache), dtype="U64")
         vectors = np.stack(list(self.cache.values())).astype(np.float32)
         fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".npz.tmp")
+        os.fchmod(fd, 0o644)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, keys=keys, vectors=vectors)
