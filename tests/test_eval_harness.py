@@ -162,6 +162,8 @@ def test_cli_eval_writes_json_and_table(monkeypatch, capsys, tmp_path: Path) -> 
     table = report.summary_table(report.load_runs([out]))
     assert table.splitlines()[0] == "| ranker | rec-movie |"
     assert table.splitlines()[2].startswith("| popularity | ")
+    report.plot_runs(report.load_runs([out]), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:
         all_columns: bool = typer.Option(
             False, "--all-columns", help="a column for every task, measured or not"
         ),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="also draw a PNG: one panel per task, 95% intervals"
+        ),
     ) -> None:
         """Print one rankers x tasks markdown table (headline metric x 100) from results."""
         from recsys.eval import report
@@ -151,3 +154,6 @@ def register(app: typer.Typer) -> None:
 
         runs = report.load_runs(results)
         typer.echo(report.summary_table(runs, ALL_TASKS if all_columns else None))
+        if plot is not None:
+            report.plot_runs(runs, plot)
+            typer.echo(f"wrote {plot}")

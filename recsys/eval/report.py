@@ -63,3 +63,30 @@ def summary_table(runs: Sequence[dict[str, Any]], tasks: Sequence[str] | None = 
     for name, cells in rankers.items():
         lines.append(f"| {name} | " + " | ".join(cells.get(t, "—") for t in tasks) + " |")
     return "\n".join(lines)
+
+
+def plot_runs(runs: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """One panel per task: the headline metric x 100 per ranker with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ALL_TASKS if any(r["task"] == t for r in runs)]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7, 1.2 + 0.45 * len(runs)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        rows = [r for r in runs if r["task"] == task]
+        key = "ndcg@10" if task.startswith("passage-rerank") else "mrr"
+        means = [100 * r["metrics"][key]["mean"] for r in rows]
+        errors = [
+            [m - 100 * r["metrics"][key]["low"] for m, r in zip(means, rows, strict=True)],
+            [100 * r["metrics"][key]["high"] - m for m, r in zip(means, rows, strict=True)],
+        ]
+        labels = [f"{r['ranker']} (n={r['n']})" for r in rows]
+        ax.barh(labels, means, xerr=errors, color="tab:blue", alpha=0.7, capsize=3)
+        ax.axvline(100 * rows[0]["random_mrr"], color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{task}: {key.upper()} x 100 (dashed: random)", fontsize=9)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
