@@ -42,11 +42,11 @@ def write_movielens(folder):
 
 
 @pytest.fixture
-def demo_env(tmp_path, monkeypatch, sqlite_url):
+def demo_env(tmp_path, monkeypatch, database_url):
     from recsys.settings import get_settings
 
     monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("RECSYS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("RECSYS_DATABASE_URL", database_url)
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
@@ -55,7 +55,8 @@ def demo_env(tmp_path, monkeypatch, sqlite_url):
     dispose_engines()
 
 
-def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_dir, sqlite_url):
+def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_dir, database_url):
+    """On SQLite and PostgreSQL (a fresh schema each)."""
     from recsys.db import repository
     from recsys.db.engine import get_engine
     from recsys.db.models import Interaction
@@ -75,7 +76,7 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
         assert text in out
     report = json.loads((demo_env / "report.json").read_text())
     assert report["stored"] == N_USERS * K and report["evaluated_users"] == N_USERS
-    engine = get_engine(sqlite_url)
+    engine = get_engine(database_url)
 
     # the stored lists: K items each, unseen by the user, ranked by the tiny model
     stored = {}
@@ -127,6 +128,7 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
         (["--k", "0"], "--k and history must be >= 1"),
     ],
 )
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_demo_bad_input_is_one_line_and_exit_2(demo_env, monkeypatch, capsys, extra, message):
     data = demo_env / "ml-tiny"
     write_movielens(data)
