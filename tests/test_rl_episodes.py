@@ -195,3 +195,26 @@ def test_episodes_from_logged_impressions_train_off_policy(database_url, tiny_mo
     trainer.run()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.state.history)
     assert not torch.equal(before, trainer.model.lm_head.weight.detach())
+
+
+def test_train_report_table_and_curves(tmp_path):
+    from recsys.training import plot_runs, runs_table
+
+    run = tmp_path / "run-a"
+    run.mkdir()
+    log = [{"step": 0, "val_mrr": 20.0}] + [
+        {"step": s, "loss": 1.0 / s, "reward": 0.8 + 0.01 * s} for s in range(1, 11)
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    metrics = {"algo": "distill", "show_signals": True, "n_train": 700, "steps": 10,
+               "val_mrr": 25.5, "val_mrr_zero_shot": 20.0, "val_mrr_retrieval": 60.0,
+               "train_seconds": 12.5}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    table = runs_table([run])
+    assert "| run-a | distill | yes | 700 x 10 | 60.00 | 20.00 | 25.50 | — | — | 12.5 |" in table
+    png = plot_runs([run], tmp_path / "curves.png")
+    assert png.stat().st_size > 1000
+    from recsys.errors import UserError
+
+    with pytest.raises(UserError, match="not a training run folder"):
+        runs_table([tmp_path])
