@@ -103,3 +103,18 @@ def test_bad_paths_and_options_exit_2(monkeypatch, capsys, args, message):
     code, _, err = run_cli(monkeypatch, capsys, ["rank", *args], stdin=json.dumps(GOOD))
     assert code == 2
     assert message in err
+
+
+def test_promoted_model_without_a_promoted_version_exits_2(monkeypatch, capsys, sqlite_url):
+    from recsys.settings import get_settings
+
+    monkeypatch.setenv("RECSYS_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    try:
+        args = ["rank", "-r", "-", "--model", "promoted"]
+        code, out, err = run_cli(monkeypatch, capsys, args, stdin=json.dumps(GOOD))
+    finally:
+        get_settings.cache_clear()
+    assert code == 2
+    assert out == ""
+    assert "no ranker version is promoted" in err

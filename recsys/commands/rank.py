@@ -30,6 +30,19 @@ def read_request(source: str):  # type: ignore[no-untyped-def]
     return RankRequest.from_dict(data)
 
 
+def _resolve_model(spec: str) -> str:
+    """'promoted' and registered versions go through the model registry; 'default' and
+    anything that looks like a path go straight to ranking.loading (clear path errors)."""
+    text = str(spec).strip()
+    if text == "default" or "/" in text or text.endswith(".gguf") or Path(text).exists():
+        return text
+    from recsys.db.migrate import ensure_schema
+    from recsys.registry import resolve_ranker_model
+
+    ensure_schema()  # the embedded default database needs no set-up step
+    return resolve_ranker_model(text)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rank")
     def rank(
@@ -37,7 +50,9 @@ def register(app: typer.Typer) -> None:
             ..., "--request", "-r", help="request JSON file, or - for stdin"
         ),
         mode: str | None = typer.Option(None, "--mode", help="override the request's mode"),
-        model: str | None = typer.Option(None, "--model", help="default | HF dir | .gguf file"),
+        model: str | None = typer.Option(
+            None, "--model", help="default | promoted | a registered version | HF dir | .gguf"
+        ),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
         backend: str | None = typer.Option(None, "--backend", help="transformers | vllm"),
         dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
@@ -59,7 +74,7 @@ def register(app: typer.Typer) -> None:
             req = dataclasses.replace(req, mode=mode)  # re-validated in __post_init__
         settings = get_settings()
         ranker = load_ranker(
-            model or settings.model,
+            _resolve_model(model or settings.model),
             device=device or settings.device,
             backend=backend or settings.backend,
             dtype=dtype,
