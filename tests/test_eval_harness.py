@@ -187,3 +187,18 @@ def test_cli_eval_bad_input_exits_2(monkeypatch, capsys, args, message) -> None:
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_cli_eval_registry_model_without_database(monkeypatch, capsys, tmp_path: Path) -> None:
+    from recsys.settings import get_settings
+
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        args = ["eval", "--task", "passage-5", "--ranker", "incremental", "--model", "promoted"]
+        code, _, err = run_cli(monkeypatch, capsys, [*args, "--no-progress"])
+    finally:
+        get_settings.cache_clear()
+    assert code == 2
+    assert "needs the model registry" in err and "recsys db upgrade" in err

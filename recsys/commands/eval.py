@@ -26,6 +26,24 @@ def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
     return out
 
 
+def resolve_model(spec: str, database_url: str) -> str:
+    """'default' / a path pass through; 'promoted' or a version come from the model
+    registry, with a clear error when its database is missing or not migrated."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.errors import UserError
+    from recsys.registry import resolve_ranker_model
+
+    try:
+        return resolve_ranker_model(spec)
+    except SQLAlchemyError as exc:
+        raise UserError(
+            f"--model {spec!r} needs the model registry, but its database ({database_url}) "
+            f"is not usable ({type(exc.orig or exc).__name__}); run `recsys db upgrade` and "
+            "register a model, or use --model default or a model path"
+        ) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
@@ -94,9 +112,7 @@ def register(app: typer.Typer) -> None:
             skipped_tasks["rec-music"] = "no data shipped; pass --data rec-music=PATH (RecBole)"
         model_path = model
         if ranker not in harness.BASELINES:
-            from recsys.registry import resolve_ranker_model
-
-            model_path = resolve_ranker_model(model)
+            model_path = resolve_model(model, settings.resolved_database_url)
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,
