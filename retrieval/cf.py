@@ -151,6 +151,11 @@ class CFModel:
         ones = np.ones((self.n_users, 1), dtype=np.float32)
         return np.hstack([self.user_factors, ones]).astype(np.float32)
 
+    def user_vector(self, user_idx: int) -> np.ndarray:
+        """One row of `user_vectors()`, without building the whole matrix."""
+        u = self._check_user(user_idx)
+        return np.append(self.user_factors[u], np.float32(1.0)).astype(np.float32)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
             "user_factors": self.user_factors,

@@ -151,7 +151,7 @@ class CandidateGenerator:
         u = self._user(user_id)
         out: dict[str, list[tuple[int, float]]] = {}
         if self.cf is not None and self.cf_index is not None:
-            out["cf"] = coldstart.nearest_items(self.cf_index, self.cf.user_vectors()[u], depth)
+            out["cf"] = coldstart.nearest_items(self.cf_index, self.cf.user_vector(u), depth)
         recent = self.recent[u][-self.config.profile_items :]
         if self.text_index is not None and self.text_vectors is not None:
             profile = coldstart.profile_vector(self.text_vectors, recent)

@@ -48,6 +48,7 @@ def test_cf_exports_vectors_that_reproduce_scores():
     assert model.user_factors.shape == (40, 8) and model.item_factors.shape == (40, 8)
     via_vectors = model.user_vectors()[3] @ model.item_vectors().T
     np.testing.assert_allclose(via_vectors, model.scores(3), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.user_vector(3), model.user_vectors()[3])
 
 
 def test_cf_is_seeded():
