@@ -220,13 +220,26 @@ def _select_sentence(request: RankRequest) -> str:
     return f"Please select the {w.least} for this query."
 
 
+def _assemble(
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str] | None,
+    instruction: str,
+) -> str:
+    """Context, candidate list, instruction: the shape every mode's prompt shares."""
+    block = _candidate_block(request, candidates, labels)
+    return f"{_context_block(request)}\n\n{block}\n\n{instruction}"
+
+
 def reason_prompt(request: RankRequest, candidates: Sequence[Candidate]) -> str:
     """The paper's per-step prompt: remaining candidates by text, answer the title in tags."""
     w = task_wording(request.task)
-    return (
-        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, None)}\n\n"
+    return _assemble(
+        request,
+        candidates,
+        None,
         f"{_select_sentence(request)} Think step by step inside <think> </think>, then give "
-        f"the {w.item} exactly as it appears in the list inside <answer> </answer>."
+        f"the {w.item} exactly as it appears in the list inside <answer> </answer>.",
     )
 
 
@@ -234,9 +247,8 @@ def label_prompt(
     request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
 ) -> str:
     """`score` mode: remaining candidates with labels, answer one label."""
-    return (
-        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
-        f"{_select_sentence(request)} Answer with its label only."
+    return _assemble(
+        request, candidates, labels, f"{_select_sentence(request)} Answer with its label only."
     )
 
 
@@ -245,11 +257,13 @@ def elimination_prompt(
 ) -> str:
     """`incremental` mode: all candidates once; the answer lists labels in elimination order."""
     w = task_wording(request.task)
-    return (
-        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
+    return _assemble(
+        request,
+        candidates,
+        labels,
         f"Eliminate the {w.items} one at a time: first the one that is {w.least}, then the "
         f"{w.least} among those left, and so on until one {w.item} remains. Answer with the "
-        "labels only, in elimination order, separated by spaces."
+        "labels only, in elimination order, separated by spaces.",
     )
 
 
@@ -258,10 +272,12 @@ def ranking_prompt(
 ) -> str:
     """`direct` mode (DRanker): the whole order, best first, in one answer."""
     w = task_wording(request.task)
-    return (
-        f"{_context_block(request)}\n\n{_candidate_block(request, candidates, labels)}\n\n"
+    return _assemble(
+        request,
+        candidates,
+        labels,
         f"Rank all {len(candidates)} {w.items}, starting with the {w.most}. Answer with the "
-        "labels only, best first, separated by spaces."
+        "labels only, best first, separated by spaces.",
     )
 
 
