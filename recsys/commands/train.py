@@ -126,10 +126,10 @@ def register_report(app: typer.Typer) -> None:
         """Held-out MRR table (markdown) and training curves of finished runs."""
         from pathlib import Path
 
-        from recsys.training import plot_runs, runs_table
+        from recsys.training import plot_runs, runs_deltas, runs_table
 
         dirs = [Path(r) for r in runs]
-        typer.echo(runs_table(dirs))
+        typer.echo(runs_table(dirs) + "\n\n" + runs_deltas(dirs))
         if plot:
             typer.echo(f"curves: {plot_runs(dirs, Path(plot))}")
 
