@@ -44,7 +44,7 @@ EMBEDDINGS = ("minilm", "hashing", "off")
 @dataclass
 class DemoConfig:
     data: Path
-    users: int = 50  # users re-ranked by IRanker (a seeded sample); 0 = all
+    users: int = 20  # users re-ranked by IRanker (a seeded sample); 0 = all
     k: int = 20
     history: int = 20  # history titles shown to the ranker
     seed: int = 7

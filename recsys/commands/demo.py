@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
             "--data",
             help="MovieLens folder (u.data + u.item); default <data_dir>/movielens-100k",
         ),
-        users: int = typer.Option(50, "--users", help="users re-ranked by IRanker (0 = all)"),
+        users: int = typer.Option(
+            20, "--users", help="users re-ranked by IRanker, a seeded sample (0 = all)"
+        ),
         k: int = typer.Option(20, "--k", help="candidates retrieved per user"),
         model: str | None = typer.Option(
             None, "--model", help="ranker: default | promoted | version | HF dir | .gguf"
