@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -542,10 +541,9 @@ def ingest(
         if report.rows_skipped and not skip_bad:
             raise UserError(_refusal(src, report.rows_skipped, report.skipped_examples))
         report.items_in_file = stage.staged_items()
-        if progress:
-            print(f"merging {report.rows_loaded:,} rows into the database", file=sys.stderr)
         merge_started = time.perf_counter()
-        added = stage.merge(sqlite_cache_mib=SQLITE_CACHE_MIB)
+        with _bar(report.rows_loaded, "merge into the database", progress) as bar:
+            added = stage.merge(sqlite_cache_mib=SQLITE_CACHE_MIB, progress=bar.update)
         report.merge_seconds = round(time.perf_counter() - merge_started, 3)
         report.interactions_added, report.users_added, report.items_added = added
     report.seconds = round(time.perf_counter() - started, 3)
@@ -557,15 +555,8 @@ def _load_chunks(
 ) -> None:
     """Validate every chunk, load the good rows; once a strict load has seen a bad row it only
     keeps reading to list every bad row (the transaction will be rolled back)."""
-    from tqdm import tqdm
-
     reasons: Counter[str] = Counter()
-    with tqdm(
-        total=src.total_rows,
-        unit="rows",
-        desc=f"ingest {Path(src.label).name}",
-        disable=not progress,
-    ) as bar:
+    with _bar(src.total_rows, f"read {Path(src.label).name}", progress) as bar:
         for chunk in src.chunks:
             report.rows_read += chunk.height
             for line, error in (
@@ -582,6 +573,12 @@ def _load_chunks(
             bar.update(chunk.height)
     report.rows_skipped = sum(reasons.values())
     report.skipped_by_reason = dict(reasons.most_common())
+
+
+def _bar(total: int | None, what: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rows", desc=what, disable=not enabled)
 
 
 def _reason_key(error: str) -> str:

@@ -400,3 +400,24 @@ def test_sqlite_writers_are_not_blocked_while_a_load_is_staging(
         path = _synthetic_csv(tmp_path / "e.csv", 120)
         report = ingest(path, chunk_rows=40, engine=engine, progress=False)
         assert (len(written), report.interactions_added) == (3, 120)
+
+
+def test_merge_in_small_ranges_stores_the_same(engine, tmp_path, monkeypatch) -> None:
+    """The merge goes through the staged events in ranges (for progress): ranges that split
+    the file anywhere store every row once."""
+    import recsys.db.staging as staging
+
+    monkeypatch.setattr(staging, "MERGE_BATCH", 7)
+    path = _synthetic_csv(tmp_path / "events.csv", 100, users=9, items=13)
+    steps: list[int] = []
+    original = staging.StagedLoad.merge
+
+    def merge_and_count(self, **kwargs):
+        kwargs["progress"] = steps.append
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(staging.StagedLoad, "merge", merge_and_count)
+    report = ingest(path, columns=RATINGS, engine=engine, progress=False)
+    assert (report.interactions_added, report.users_added, report.items_added) == (100, 9, 13)
+    assert steps == [7] * 14 + [2]
+    assert _counts(engine) == (100, 9, 13)

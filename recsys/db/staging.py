@@ -11,7 +11,7 @@ other writers (the API logging impressions) only wait for the merge, not for the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from recsys.db.repository import ItemRecord, update_items_on_conflict, upsert
 
 EVENTS = "recsys_load_events"
 ITEMS = "recsys_load_items"
+MERGE_BATCH = 250_000  # staged events merged per statement (one progress step)
 EVENT_COLUMNS = ("event_id", "user_ext", "item_ext", "event", "value", "timestamp", "source")
 ITEM_COLUMNS = ("external_id", "title", "text", "attributes", "catalogue")
 _TYPES = {
@@ -46,16 +47,18 @@ class StagedLoad:
         self.postgres = conn.dialect.name == "postgresql"
         column = 1 if self.postgres else 0
         self._drop_tables()
-        for name, columns, kinds, key in (
-            (EVENTS, EVENT_COLUMNS, _EVENT_KINDS, ""),
-            (ITEMS, ITEM_COLUMNS, _ITEM_KINDS, ", PRIMARY KEY (external_id)"),
+        # events are numbered as staged (seq), so the merge can go in ranges with progress
+        sequence = "seq bigserial PRIMARY KEY, " if self.postgres else "seq INTEGER PRIMARY KEY, "
+        for name, columns, kinds, first, last in (
+            (EVENTS, EVENT_COLUMNS, _EVENT_KINDS, sequence, ""),
+            (ITEMS, ITEM_COLUMNS, _ITEM_KINDS, "", ", PRIMARY KEY (external_id)"),
         ):
             definition = ", ".join(
                 f"{c} {_TYPES[k][column]}" for c, k in zip(columns, kinds, strict=True)
             )
-            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({definition}{key})")
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({first}{definition}{last})")
         conn.commit()
-        self.events = sa.table(EVENTS, *(sa.column(c) for c in EVENT_COLUMNS))
+        self.events = sa.table(EVENTS, sa.column("seq"), *(sa.column(c) for c in EVENT_COLUMNS))
         self.items = sa.table(ITEMS, *(sa.column(c) for c in ITEM_COLUMNS))
         time_type = Interaction.__table__.c.timestamp.type
         self._bind_time = time_type.bind_processor(conn.dialect) or (lambda value: value)
@@ -121,9 +124,15 @@ class StagedLoad:
 
     # ------------------------------------------------------------------ merging
 
-    def merge(self, *, sqlite_cache_mib: int | None = None) -> tuple[int, int, int]:
+    def merge(
+        self,
+        *,
+        sqlite_cache_mib: int | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> tuple[int, int, int]:
         """Move everything staged into the real tables in one write transaction; returns how
-        many interactions, users and items were added."""
+        many interactions, users and items were added. `progress(n)` is called as each range
+        of n staged events is merged."""
         if self.conn.in_transaction():
             self.conn.commit()  # staging reads/writes only temporary tables
         with write_transaction(self.conn, sqlite_cache_mib=sqlite_cache_mib):
@@ -132,7 +141,7 @@ class StagedLoad:
             self._merge_users(now)
             self._merge_items(now, catalogue=True)
             self._merge_items(now, catalogue=False)
-            self._merge_events()
+            self._merge_events(progress or (lambda n: None))
             after = self._counts()
         return tuple(a - b for a, b in zip(after, before, strict=True))  # type: ignore[return-value]
 
@@ -185,7 +194,14 @@ class StagedLoad:
         stmt = upsert(self.conn, items).from_select(columns, new)
         self.conn.execute(update_items_on_conflict(stmt, catalogue=catalogue))
 
-    def _merge_events(self) -> None:
+    def _merge_events(self, progress: Callable[[int], object]) -> None:
+        last = self.conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar() or 0
+        for low in range(0, last, MERGE_BATCH):
+            high = min(low + MERGE_BATCH, last)
+            self._merge_event_range(low, high)
+            progress(high - low)
+
+    def _merge_event_range(self, low: int, high: int) -> None:
         users, items, staged = User.__table__, Item.__table__, self.events
         new = (
             sa.select(
@@ -199,7 +215,7 @@ class StagedLoad:
             )
             .join(users, users.c.external_id == staged.c.user_ext)
             .join(items, items.c.external_id == staged.c.item_ext)
-            .where(sa.true())  # SQLite needs a WHERE before ON CONFLICT after a SELECT
+            .where(staged.c.seq > low, staged.c.seq <= high)
         )
         columns = ["event_id", "user_id", "item_id", "event", "value", "timestamp", "source"]
         stmt = upsert(self.conn, Interaction.__table__).from_select(columns, new)
