@@ -2,10 +2,11 @@
 
 A load first writes its rows into temporary tables of its own connection: that takes no lock
 on the real tables and is invisible to everyone else, however long the file is. When every
-row is in, one short write transaction merges them with one `INSERT ... SELECT ... ON
-CONFLICT` per table (users, items, interactions). So a load is all-or-nothing, a crash at any
-point leaves the database as it was (temporary tables die with the connection), and on SQLite
-other writers (the API logging impressions) only wait for the merge, not for the parsing.
+row is in, one write transaction merges them with set-based `INSERT ... SELECT ... ON
+CONFLICT` statements (users, items, then the interactions in ranges of staged rows). So a
+load is all-or-nothing, a crash at any point leaves the database as it was (temporary tables
+die with the connection), and on SQLite other writers (the API logging impressions) wait only
+for the merge, not for the reading and validating.
 """
 
 from __future__ import annotations
