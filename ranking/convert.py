@@ -61,9 +61,15 @@ def convert_to_hf(
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out_dir.exists():
+        if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)  # atomic; fails if a non-empty out_dir appeared meanwhile
+        except OSError as exc:
+            raise ModelLoadError(
+                f"could not move the converted model into {str(out_dir)!r} ({exc}); another "
+                "process may have written it meanwhile"
+            ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -81,7 +87,14 @@ def ensure_hf_dir(
     target = Path(cache_root).expanduser() / f"{Path(spec.gguf_file).stem}-hf"
     if (target / MARKER).exists():
         return target
-    return convert_to_hf(spec.path / spec.gguf_file, target, dtype=dtype, overwrite=True)
+    try:
+        return convert_to_hf(spec.path / spec.gguf_file, target, dtype=dtype)
+    except ModelLoadError:
+        # two processes starting at once both convert; the first to finish wins, and the
+        # other uses its directory instead of replacing it under a running engine
+        if (target / MARKER).exists():
+            return target
+        raise
 
 
 def _load(path: Path, gguf_file: str | None, dtype: str, where: Path):

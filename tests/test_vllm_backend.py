@@ -402,3 +402,24 @@ def test_vllm_prompt_longer_than_the_engine_is_a_request_error(vllm_backend):
     too_long = [5] * vllm_backend.max_model_len
     with pytest.raises(RequestError, match=r"prompt has \d+ tokens.*RECSYS_VLLM_MAX_MODEL_LEN"):
         vllm_backend.next_token_logprobs([too_long], [[5, 6]])
+
+
+def test_ensure_hf_dir_keeps_a_concurrent_winners_directory(tiny_gguf, tmp_path, monkeypatch):
+    """Another process finishes the same conversion while this one is converting: this one
+    uses that directory and leaves no temporary directory behind."""
+    import ranking.convert as convert
+
+    target = tmp_path / "tiny-hf"
+    real_load = convert._load
+
+    def load_while_another_process_finishes(*args):
+        loaded = real_load(*args)
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+        (target / convert.MARKER).write_text("the other process\n")
+        return loaded
+
+    monkeypatch.setattr(convert, "_load", load_while_another_process_finishes)
+    assert convert.ensure_hf_dir(tiny_gguf, tmp_path) == target
+    assert (target / convert.MARKER).read_text() == "the other process\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-hf"]
