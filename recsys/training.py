@@ -456,29 +456,41 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return records, metrics
 
 
+def _moving_average(values: list[float]) -> np.ndarray:
+    w = max(1, len(values) // 8)
+    return np.convolve(values, np.ones(w) / w, mode="valid")
+
+
 def plot_runs(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Training curves: train reward (moving average) and in-loop validation MRR per step,
-    one line per run, saved as a PNG."""
+    """Training curves per run: train reward and loss (moving averages over ~1/8 of the
+    run) and, when the run validated in the loop, validation MRR; saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in run_dirs:
-        records, _ = read_run(run)
-        steps = [r["step"] for r in records if "reward" in r]
-        rewards = [r["reward"] for r in records if "reward" in r]
-        if rewards:
-            w = max(1, len(rewards) // 10)
-            smooth = np.convolve(rewards, np.ones(w) / w, mode="valid")
-            ax_r.plot(steps[w - 1 :], smooth, label=Path(run).name)
-        val = [(r["step"], r["val_mrr"]) for r in records if "val_mrr" in r]
-        if val:
-            ax_v.plot(*zip(*val, strict=True), marker="o", label=Path(run).name)
-    ax_r.set(xlabel="optimizer step", ylabel="train reward (moving avg)", title="train reward")
-    ax_v.set(xlabel="optimizer step", ylabel="validation MRR x100", title="in-loop validation")
-    for ax in (ax_r, ax_v):
+    runs = [(Path(r).name, read_run(r)[0]) for r in run_dirs]
+    has_val = any("val_mrr" in rec for _, recs in runs for rec in recs)
+    fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(15 if has_val else 11, 4))
+    for name, records in runs:
+        train = [r for r in records if "reward" in r and "loss" in r]
+        for ax, key in zip(axes[:2], ("reward", "loss"), strict=True):
+            if train:
+                smooth = _moving_average([r[key] for r in train])
+                ax.plot([r["step"] for r in train][len(train) - len(smooth) :], smooth, label=name)
+        if has_val:
+            val = [(r["step"], r["val_mrr"]) for r in records if "val_mrr" in r]
+            if val:
+                axes[2].plot(*zip(*val, strict=True), marker="o", label=name)
+    axes[0].set(
+        xlabel="optimizer step",
+        ylabel="train reward (moving avg)",
+        title="train reward: 1 - mean pi(ground truth)",
+    )
+    axes[1].set(xlabel="optimizer step", ylabel="train loss (moving avg)", title="train loss")
+    if has_val:
+        axes[2].set(xlabel="optimizer step", ylabel="validation MRR x100", title="validation")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -501,7 +513,7 @@ REPORT_COLUMNS = (
 def runs_table(run_dirs: Sequence[Path]) -> str:
     """A markdown table of the runs' held-out MRR (x100) and training wall time."""
     head = (
-        "| run | algo | signals | train eps x steps | "
+        "| run | algo | signals | steps x batch | "
         + " | ".join(c for _, c in REPORT_COLUMNS)
         + " | train s |"
     )
@@ -511,9 +523,11 @@ def runs_table(run_dirs: Sequence[Path]) -> str:
         if not m:
             continue
         cells = [f"{m[k]:.2f}" if k in m else "—" for k, _ in REPORT_COLUMNS]
+        options = Path(run) / "options.json"
+        batch = json.loads(options.read_text())["batch_size"] if options.exists() else "?"
         lines.append(
             f"| {Path(run).name} | {m['algo']} | {'yes' if m['show_signals'] else 'no'} | "
-            f"{m['n_train']} x {m['steps']} | " + " | ".join(cells) + f" | {m['train_seconds']} |"
+            f"{m['steps']} x {batch} | " + " | ".join(cells) + f" | {m['train_seconds']} |"
         )
     return "\n".join(lines)
 
