@@ -2,12 +2,12 @@
 
 Episode sources:
 
-* `ml-100k` — the paper's Rec-Movie protocol over MovieLens 100K (`RECSYS_DATA_DIR`): each
-  user's last interaction is the ground truth, the 20 before it the history, 19 negatives
-  drawn uniformly from items the user never interacted with (seeded per user). Every
-  candidate carries retrieval signals computed from the non-target interactions only:
-  `score` = item-to-item transitions from the history (window 10) + 1e-3 x popularity,
-  `signals` = {cf_rank}; `show_signals` renders "(CF rank r, retrieval score s)".
+* `rec-movie`, `rec-game` — exactly the evaluation harness's instances of the paper's Rec
+  protocol (`recsys eval --task rec-movie --seed 7`: last interaction = ground truth, the
+  20 before it the history, 19 random unseen negatives). Every candidate carries the score
+  of a classical recommender fitted on all interactions except the evaluated targets
+  (item transitions by default) and `signals` = {cf_rank}; `show_signals` renders
+  "(CF rank r, retrieval score s)".
 * a JSONL file of episodes (`ranking.rl.episodes.write_episodes` format);
 * the database: logged impressions (what was shown, with propensities) and the
   interactions that followed them (`episodes_from_database`).
@@ -18,7 +18,6 @@ Validation users are split off by a seeded hash of the user id, so they are neve
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,98 +36,6 @@ from ranking.rl.episodes import (
 )
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
-
-TRANSITION_WINDOW = 10
-
-
-# ----------------------------------------------------------------------------- ml-100k
-
-
-def _read_ml100k(data_dir: Path) -> tuple[dict[str, list[tuple[int, str]]], dict[str, str]]:
-    folder = Path(data_dir) / "movielens-100k"
-    data, items = folder / "u.data", folder / "u.item"
-    for f in (data, items):
-        if not f.exists():
-            raise UserError(f"{f} not found; set RECSYS_DATA_DIR to the folder with movielens-100k")
-    titles: dict[str, str] = {}
-    for line in items.read_text(encoding="latin-1").splitlines():
-        parts = line.split("|")
-        if len(parts) > 1:
-            titles[parts[0]] = parts[1]
-    seqs: dict[str, list[tuple[int, str]]] = {}
-    for line in data.read_text(encoding="latin-1").splitlines():
-        u, i, _r, ts = line.split("\t")
-        seqs.setdefault(u, []).append((int(ts), i))
-    for s in seqs.values():
-        s.sort(key=lambda x: (x[0], int(x[1])))
-    return seqs, titles
-
-
-def _transition_counts(seqs: Sequence[Sequence[str]], index: dict[str, int]) -> np.ndarray:
-    """counts[a, b] = how often item b follows item a within TRANSITION_WINDOW steps."""
-    n = len(index)
-    counts = np.zeros((n, n), dtype=np.float32)
-    for s in seqs:
-        ids = np.array([index[x] for x in s])
-        for d in range(1, TRANSITION_WINDOW + 1):
-            if len(ids) > d:
-                np.add.at(counts, (ids[:-d], ids[d:]), 1.0)
-    return counts
-
-
-def ml100k_episodes(
-    data_dir: Path,
-    *,
-    seed: int = 7,
-    n_candidates: int = 20,
-    history_len: int = 20,
-    show_signals: bool = False,
-) -> list[Episode]:
-    """Rec-Movie episodes (paper protocol) with retrieval scores and signals."""
-    seqs, titles = _read_ml100k(data_dir)
-    all_items = sorted(titles, key=int)
-    index = {it: k for k, it in enumerate(all_items)}
-    # signals come from non-target interactions only: no leak of any user's target
-    train_seqs = [[i for _, i in s[:-1]] for s in seqs.values()]
-    counts = _transition_counts(train_seqs, index)
-    popularity = np.zeros(len(index))
-    for s in train_seqs:
-        for i in set(s):
-            popularity[index[i]] += 1
-    episodes = []
-    for user in sorted(seqs, key=int):
-        items = [i for _, i in seqs[user]]
-        if len(items) < history_len + 1:
-            continue
-        target, history = items[-1], items[-1 - history_len : -1]
-        rng = random.Random(f"{seed}:{user}")
-        seen = set(items)
-        negatives = rng.sample([i for i in all_items if i not in seen], n_candidates - 1)
-        cands = [target, *negatives]
-        rng.shuffle(cands)
-        hist_idx = [index[h] for h in history]
-        scores = {
-            c: float(counts[hist_idx, index[c]].sum()) + 1e-3 * popularity[index[c]] for c in cands
-        }
-        ranked = sorted(cands, key=lambda c: -scores[c])
-        request = RankRequest(
-            task="rec-movie",
-            history=tuple(titles[h] for h in history),
-            candidates=tuple(
-                Candidate(
-                    id=c,
-                    text=titles[c],
-                    score=round(scores[c], 3),
-                    signals={"cf_rank": ranked.index(c) + 1},
-                )
-                for c in cands
-            ),
-            show_signals=show_signals,
-            request_id=f"ml100k:{user}",
-        )
-        episodes.append(Episode(request=request, ground_truth=target, user=user))
-    return episodes
-
 
 # ----------------------------------------------------------------------------- eval tasks
 
@@ -219,7 +126,7 @@ def episodes_from_database(engine: Any = None, show_signals: bool = False) -> li
 
 @dataclass
 class TrainingOptions:
-    source: str = "rec-movie"  # rec-movie | rec-game (eval instances) | ml-100k | db | JSONL
+    source: str = "rec-movie"  # rec-movie | rec-game (eval instances) | db | JSONL file
     signal: str = "transitions"  # the retrieval scorer of eval-task episodes
     algo: str = "distill"
     steps: int = 50
@@ -257,16 +164,14 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
             signal=opts.signal,
             history_len=opts.history_len,
         )
-    elif opts.source == "ml-100k":
-        eps = ml100k_episodes(
-            data_dir, seed=opts.seed, history_len=opts.history_len, show_signals=opts.show_signals
-        )
     elif opts.source == "db":
         eps = episodes_from_database(show_signals=opts.show_signals)
     else:
         path = Path(opts.source)
         if not path.exists():
-            raise UserError(f"episode file {path} not found; use ml-100k, db or a JSONL path")
+            raise UserError(
+                f"episode file {path} not found; use rec-movie, rec-game, db or a JSONL path"
+            )
         eps = read_episodes(path)
     if not eps:
         raise UserError(f"no training episodes from source {opts.source!r}")
@@ -379,7 +284,11 @@ def run_training(
     started = time.time()
     trainer.run(resume=opts.resume)
     wall = time.time() - started
-    rrs = evaluate("tuned")
+    rrs = (
+        evaluate("tuned")
+        if opts.steps > 0
+        else [base["rr"]] + [base[f"rr_fused@{a}"] for a in alphas[1:]]
+    )  # steps 0: a zero-shot measurement, nothing new to evaluate
     tuned = {"rr": rrs[0], **{f"rr_fused@{a}": r for a, r in zip(alphas[1:], rrs[1:], strict=True)}}
     (out_dir / "tuned_fused.json").write_text(json.dumps(tuned))
     retrieval = reciprocal_ranks(retrieval_orders(val), val)
@@ -388,7 +297,7 @@ def run_training(
         return 100 * sum(rr.values()) / len(rr)
 
     metrics: dict[str, Any] = {
-        "task": "rec-movie" if opts.source == "ml-100k" else opts.source,
+        "task": opts.source,
         "signal": opts.signal,
         "n_train": len(train),
         "n_val": len(val),

@@ -1,4 +1,4 @@
-"""Episodes: validation, teacher orders, split by user, JSONL round trip, ml-100k builder,
+"""Episodes: validation, teacher orders, split by user, JSONL round trip, eval-task episodes,
 and `recsys train` end to end on a tiny model (registers a candidate version)."""
 
 from __future__ import annotations
@@ -73,13 +73,16 @@ def test_jsonl_round_trip_and_errors_name_the_line(tmp_path):
         read_episodes(path)
 
 
-def write_fake_movielens(root, n_users=12, n_items=40, per_user=24):
+def write_fake_movielens(root, n_users=12, n_items=60, per_user=24):
+    """A small MovieLens-100K-shaped folder (u.data, 24-field u.item)."""
     folder = root / "movielens-100k"
     folder.mkdir(parents=True)
+    genres = "|".join(["0"] * 19)
     (folder / "u.item").write_text(
-        "".join(f"{i}|Movie {i} (199{i % 10})|01-Jan-1995||\n" for i in range(1, n_items + 1)),
+        "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{genres}\n"
+                for i in range(1, n_items + 1)),
         encoding="latin-1",
-    )
+    )  # fmt: skip
     lines = []
     for u in range(1, n_users + 1):
         for k in range(per_user):
@@ -88,19 +91,26 @@ def write_fake_movielens(root, n_users=12, n_items=40, per_user=24):
     (folder / "u.data").write_text("".join(lines), encoding="latin-1")
 
 
-def test_ml100k_episodes_follow_the_protocol(tmp_path):
-    from recsys.training import ml100k_episodes
+def test_task_episodes_are_the_eval_instances_with_signals(tmp_path):
+    from recsys.eval.tasks import build_task
+    from recsys.training import task_episodes
 
     write_fake_movielens(tmp_path)
-    eps = ml100k_episodes(tmp_path, seed=7, n_candidates=5, history_len=10, show_signals=True)
-    assert len(eps) == 12
-    ep = eps[0]
-    assert len(ep.request.candidates) == 5 and len(ep.request.history) == 10
-    assert ep.request.candidates[ep.gt_index].text not in ep.request.history
-    ranks = sorted(c.signals["cf_rank"] for c in ep.request.candidates)
-    assert ranks == [1, 2, 3, 4, 5]
-    again = ml100k_episodes(tmp_path, seed=7, n_candidates=5, history_len=10)
-    assert [e.request.ids for e in again] == [e.request.ids for e in eps]  # deterministic
+    eps = task_episodes("rec-movie", tmp_path, seed=7, show_signals=True, history_len=10)
+    instances = build_task("rec-movie", tmp_path / "movielens-100k", 7).instances
+    assert len(eps) == len(instances) == 12
+    for ep, inst in zip(eps, instances, strict=True):
+        assert ep.request.ids == inst.ids and ep.ground_truth == inst.target
+        assert ep.request.history == inst.history[-10:]
+        assert ep.request.show_signals
+    ranks = sorted(c.signals["cf_rank"] for c in eps[0].request.candidates)
+    assert ranks == list(range(1, 21))
+    best = min(eps[0].request.candidates, key=lambda c: c.signals["cf_rank"])
+    assert best.score == max(c.score for c in eps[0].request.candidates)
+    from recsys.errors import UserError
+
+    with pytest.raises(UserError, match="rec tasks"):
+        task_episodes("passage-5", tmp_path)
 
 
 def test_recsys_train_end_to_end_registers_candidate(tmp_path, tiny_model_dir, monkeypatch):

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Option(
             "rec-movie",
             "--source",
-            help="rec-movie | rec-game (the eval harness's instances), ml-100k, db, or a JSONL",
+            help="rec-movie | rec-game (the eval harness's instances), db (logged), or a JSONL",
         ),
         signal: str = typer.Option(
             "transitions", "--signal", help="retrieval scorer for rec tasks: transitions|lightfm"
