@@ -13,7 +13,6 @@ docs/rl_algorithms.png.
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -22,28 +21,11 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ranking.loading import default_model_path
-from ranking.rl.episodes import Episode
+from ranking.rl.synthetic import rule_episodes
 from ranking.rl.trainer import TrainConfig, Trainer
-from ranking.types import Candidate, RankRequest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ["red", "blue", "green", "cat", "dog", "tree", "lamp", "road", "fish", "moon"]
 STEPS, BATCH, LR, K = 30, 4, 2e-3, 6
-
-
-def episodes(n: int, seed: int) -> list[Episode]:
-    rng = random.Random(seed)
-    out = []
-    for u in range(n):
-        cands = tuple(
-            Candidate(str(i), f"{rng.choice(WORDS)} {rng.choice(WORDS)}", score=float(K - i))
-            for i in range(K)
-        )
-        neg = [str(i) for i in range(1, K)]
-        rng.shuffle(neg)
-        req = RankRequest(task="rec-movie", history=("Heat (1995)",), candidates=cands)
-        out.append(Episode(req, "0", user=f"{seed}-{u}", teacher_order=(*neg, "0")))
-    return out
 
 
 def run(algo: str, tok) -> dict:
@@ -71,7 +53,9 @@ def run(algo: str, tok) -> dict:
         seed=1,
     )
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(model, tok, episodes(48, 1), episodes(16, 2), conf, Path(out))
+        trainer = Trainer(
+            model, tok, rule_episodes(48, 1, K), rule_episodes(16, 2, K), conf, Path(out)
+        )
         t0 = time.time()
         trainer.run()
         wall = time.time() - t0

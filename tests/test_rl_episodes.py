@@ -116,9 +116,9 @@ def test_task_episodes_are_the_eval_instances_with_signals(tmp_path):
 def test_recsys_train_end_to_end_registers_candidate(tmp_path, tiny_model_dir, monkeypatch):
     from typer.testing import CliRunner
 
+    from ranking.rl.synthetic import rule_episodes
     from recsys.cli import app
     from recsys.settings import get_settings
-    from tests.test_rl_train import rule_episodes
 
     path = tmp_path / "eps.jsonl"
     write_episodes(path, rule_episodes(40, 1))

@@ -4,43 +4,15 @@ and an interrupted run resumes to exactly the weights of an uninterrupted one.""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ranking.engine import Ranker
-from ranking.rl.episodes import Episode
 from ranking.rl.policy import greedy_order, sample_trajectories, step_logprobs
 from ranking.rl.sequence import build_sequence
+from ranking.rl.synthetic import rule_episodes
 from ranking.rl.trainer import TrainConfig, Trainer, checkpoint_path
-from ranking.types import Candidate, RankRequest
-
-WORDS = ["red", "blue", "green", "cat", "dog", "tree", "lamp", "road", "fish", "moon"]
-
-
-def rule_episodes(n: int, seed: int, k: int = 4) -> list[Episode]:
-    """Synthetic task with a learnable rule: the chosen item is always listed first (label A),
-    the others' texts are random; the teacher order is random negatives, ground truth last."""
-    rng = random.Random(seed)
-    out = []
-    for u in range(n):
-        cands = tuple(
-            Candidate(str(i), f"{rng.choice(WORDS)} {rng.choice(WORDS)}", score=float(k - i))
-            for i in range(k)
-        )
-        negatives = [str(i) for i in range(1, k)]
-        rng.shuffle(negatives)
-        out.append(
-            Episode(
-                RankRequest(task="rec-movie", history=("Heat (1995)",), candidates=cands),
-                ground_truth="0",
-                user=f"s{seed}-u{u}",
-                teacher_order=(*negatives, "0"),
-            )
-        )
-    return out
 
 
 @pytest.fixture
