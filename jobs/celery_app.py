@@ -50,3 +50,4 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery()
+app.set_default()

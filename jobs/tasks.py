@@ -1,5 +1,7 @@
-"""Celery tasks. Each is a thin, tracked wrapper over a recsys function: the job_runs table
-records parameters, progress, result or error, so a failed job can be inspected and re-run.
+"""Celery tasks, shared by every Celery app (the default one in jobs.celery_app, or one a
+test or embedding program builds with `make_celery`). Each is a thin, tracked wrapper over
+a recsys function: the job_runs table records parameters, progress, result or error, so a
+failed job can be inspected and re-run.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from jobs.celery_app import app
+from celery import shared_task
+
+import jobs.celery_app  # noqa: F401  (the default app: broker and schedule from settings)
 from recsys import job_runs
 
 
@@ -35,7 +39,7 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
     return wrap
 
 
-@app.task(bind=True, name="jobs.tasks.ingest_file")
+@shared_task(bind=True, name="jobs.tasks.ingest_file")
 @tracked("ingest")
 def ingest_file(report, path: str, fmt: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
     """Load a file of interactions (idempotent: a retried ingest adds nothing twice)."""
@@ -44,7 +48,7 @@ def ingest_file(report, path: str, fmt: str = "auto", skip_bad: bool = False) ->
     return ingest(path, fmt, skip_bad=skip_bad, progress=False).to_dict()
 
 
-@app.task(bind=True, name="jobs.tasks.rank_requests")
+@shared_task(bind=True, name="jobs.tasks.rank_requests")
 @tracked("rank")
 def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[str, Any]:
     """Rank a JSONL file of requests into a JSONL file of results (written atomically)."""
@@ -64,7 +68,7 @@ def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[
     return {"ranked": n, "out_path": out_path}
 
 
-@app.task(bind=True, name="jobs.tasks.batch_recommendations")
+@shared_task(bind=True, name="jobs.tasks.batch_recommendations")
 @tracked("batch")
 def batch_recommendations(report, **options: Any) -> dict[str, Any]:
     """The nightly job: `recsys batch` with BatchConfig options (shard="I/N" splits users)."""
@@ -80,7 +84,7 @@ def batch_recommendations(report, **options: Any) -> dict[str, Any]:
     return asdict(result)
 
 
-@app.task(bind=True, name="jobs.tasks.train_ranker")
+@shared_task(bind=True, name="jobs.tasks.train_ranker")
 @tracked("train")
 def train_ranker(report, **options: Any) -> dict[str, Any]:
     """RL fine-tuning (`recsys train`); by default on the traffic the API logged."""

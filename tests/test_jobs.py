@@ -18,36 +18,29 @@ CSV = "user_id,item_id,timestamp,rating\nu1,i1,1000,5\nu1,i2,1001,3\nu2,i1,1002,
 
 @pytest.fixture
 def worker_app(redis_url, sqlite_url, monkeypatch):
-    """The project's Celery app pointed at Redis, on a private queue, with a solo worker."""
+    """A Celery app of the project's configuration on the local Redis (a private queue), with
+    the project's shared tasks and a solo worker."""
     from celery.contrib.testing.worker import start_worker
 
-    from jobs.celery_app import app
+    from jobs.celery_app import app as default_app
+    from jobs.celery_app import make_celery
+    from recsys.settings import Settings
 
     monkeypatch.setenv("RECSYS_DATABASE_URL", sqlite_url)
     get_settings.cache_clear()
-    saved = dict(app.conf)
-    app.conf.update(
-        broker_url=redis_url,
-        result_backend=redis_url,
-        task_always_eager=False,
-        task_default_queue=QUEUE,
-    )
+    app = make_celery(Settings(broker_url=redis_url))
+    app.conf.task_default_queue = QUEUE
+    app.loader.import_default_modules()
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
             yield app
     finally:
-        app.conf.update(
-            {
-                k: saved[k]
-                for k in ("broker_url", "result_backend", "task_always_eager", "task_default_queue")
-            }
-        )
+        default_app.set_default()
         get_settings.cache_clear()
 
 
 def test_ingest_job_runs_on_a_worker_and_is_recorded(worker_app, tmp_path):
-    from jobs.tasks import ingest_file
-
+    ingest_file = worker_app.tasks["jobs.tasks.ingest_file"]
     path = tmp_path / "events.csv"
     path.write_text(CSV)
     result = ingest_file.delay(path=str(path), fmt="csv").get(timeout=60)
@@ -59,8 +52,7 @@ def test_ingest_job_runs_on_a_worker_and_is_recorded(worker_app, tmp_path):
 
 
 def test_failed_job_keeps_its_error_and_parameters(worker_app, tmp_path):
-    from jobs.tasks import ingest_file
-
+    ingest_file = worker_app.tasks["jobs.tasks.ingest_file"]
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item_id\nu1,i1\n")  # no timestamp column
     with pytest.raises(Exception, match="timestamp"):
