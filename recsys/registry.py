@@ -10,7 +10,7 @@ unless forced.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -81,11 +81,14 @@ def remove_gate(gate: Gate) -> None:
 
 
 def promotion_decision(
-    candidate: ModelVersionInfo, current: ModelVersionInfo | None
+    candidate: ModelVersionInfo,
+    current: ModelVersionInfo | None,
+    extra_gates: Sequence[Gate] = (),
 ) -> GateDecision:
-    """Run every gate; the first refusal wins, otherwise the reasons are joined."""
+    """Run every gate (the registered ones, then `extra_gates`); the first refusal wins,
+    otherwise the reasons are joined."""
     reasons = []
-    for gate in _GATES:
+    for gate in [*_GATES, *extra_gates]:
         decision = gate(candidate, current)
         if not decision.allowed:
             return decision
@@ -94,15 +97,21 @@ def promotion_decision(
 
 
 def promote(
-    kind: str, version: str, *, force: bool = False, engine: Engine | None = None
+    kind: str,
+    version: str,
+    *,
+    force: bool = False,
+    extra_gates: Sequence[Gate] = (),
+    engine: Engine | None = None,
 ) -> tuple[ModelVersionInfo, GateDecision]:
-    """Promote after the gates allow it (`force` skips them, and says so in the reason)."""
+    """Promote after the gates allow it (`force` skips them, and says so in the reason).
+    `extra_gates` apply to this call only (no global state changes)."""
     candidate = repository.get_model(kind, version, engine=engine)
     current = repository.current_model(kind, engine=engine)
     if force:
         decision = GateDecision(True, "forced: gates skipped")
     else:
-        decision = promotion_decision(candidate, current)
+        decision = promotion_decision(candidate, current, extra_gates)
         if not decision.allowed:
             raise UserError(
                 f"refusing to promote {kind} {version!r}: {decision.reason} (--force overrides)"

@@ -92,8 +92,10 @@ def register(app: typer.Typer) -> None:
         from recsys import registry
         from recsys.gate import evaluation_gate
 
-        registry.add_gate(evaluation_gate)  # rankers must beat the promoted one (recsys.gate)
-        info, decision = registry.promote(kind, version, force=force, engine=_engine(url))
+        # rankers must beat the promoted one (recsys.gate)
+        info, decision = registry.promote(
+            kind, version, force=force, extra_gates=[evaluation_gate], engine=_engine(url)
+        )
         typer.echo(f"promoted: {_line(info)}\n  gates: {decision.reason}")
 
     @models_app.command("rollback")
