@@ -32,6 +32,7 @@ from ranking.rl.episodes import (
     read_episodes,
     retrieval_elimination_order,
     split_by_user,
+    teacher_elimination_order,
     with_teacher,
 )
 from ranking.types import Candidate, RankRequest
@@ -65,9 +66,8 @@ def task_episodes(
     out = []
     for inst in taskset.instances:
         scores = [float(x) for x in scorer.scores(inst)]
-        rank = {
-            j: r + 1 for r, j in enumerate(sorted(range(len(scores)), key=lambda k: -scores[k]))
-        }
+        # equal scores share a rank ("1, 2, 2, 4"): the prompt must not leak the list order
+        rank = {k: 1 + sum(x > scores[k] for x in scores) for k in range(len(scores))}
         cands = tuple(
             Candidate(id=c.id, text=c.text, score=round(scores[k], 4), signals={"cf_rank": rank[k]})
             for k, c in enumerate(inst.candidates)
@@ -178,7 +178,10 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
     if opts.teacher not in ("retrieval", "none"):
         raise UserError(f"--teacher {opts.teacher!r}: use retrieval or none")
     if opts.teacher == "retrieval":
-        eps = [with_teacher(e, retrieval_elimination_order(e.request), gt_last=True) for e in eps]
+        eps = [
+            with_teacher(e, teacher_elimination_order(e.request, opts.seed), gt_last=True)
+            for e in eps
+        ]
     return eps
 
 

@@ -13,6 +13,7 @@ from ranking.rl.episodes import (
     read_episodes,
     retrieval_elimination_order,
     split_by_user,
+    teacher_elimination_order,
     with_teacher,
     write_episodes,
 )
@@ -32,6 +33,14 @@ def test_teacher_order_is_reverse_retrieval_with_ground_truth_last():
     # ties keep the request order in the retrieval order, so they are reversed here
     assert retrieval_elimination_order(request(scores=(1.0, 1.0, 0.0))) == ("2", "1", "0")
     no_scores = request(scores=(None, 1.0, 2.0))
+    assert teacher_elimination_order(no_scores, seed=0) is None
+    # the teacher breaks ties at random (seeded), not by list position
+    tied = RankRequest(task="rec-movie", history=("x",), request_id="r", candidates=tuple(
+        Candidate(str(i), f"Item {i}", score=0.0 if i else 1.0) for i in range(12)))  # fmt: skip
+    orders = {teacher_elimination_order(tied, seed=s) for s in range(5)}
+    assert len(orders) > 1 and all(o[-1] == "0" for o in orders)
+    assert teacher_elimination_order(tied, seed=3) == teacher_elimination_order(tied, seed=3)
+    assert tuple(sorted(next(iter(orders))[:-1], key=int)) != next(iter(orders))[:-1]
     assert retrieval_elimination_order(no_scores) is None
 
 
@@ -103,8 +112,14 @@ def test_task_episodes_are_the_eval_instances_with_signals(tmp_path):
         assert ep.request.ids == inst.ids and ep.ground_truth == inst.target
         assert ep.request.history == inst.history[-10:]
         assert ep.request.show_signals
-    ranks = sorted(c.signals["cf_rank"] for c in eps[0].request.candidates)
-    assert ranks == list(range(1, 21))
+    cands = eps[0].request.candidates
+    for a in cands:  # ranks follow scores, and equal scores share a rank
+        for b in cands:
+            if a.score > b.score:
+                assert a.signals["cf_rank"] < b.signals["cf_rank"]
+            elif a.score == b.score:
+                assert a.signals["cf_rank"] == b.signals["cf_rank"]
+    assert min(c.signals["cf_rank"] for c in cands) == 1
     best = min(eps[0].request.candidates, key=lambda c: c.signals["cf_rank"])
     assert best.score == max(c.score for c in eps[0].request.candidates)
     from recsys.errors import UserError

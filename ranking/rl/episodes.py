@@ -57,6 +57,18 @@ def retrieval_elimination_order(request: RankRequest) -> tuple[str, ...] | None:
     return tuple(request.candidates[i].id for i in reversed(best_first))
 
 
+def teacher_elimination_order(request: RankRequest, seed: int) -> tuple[str, ...] | None:
+    """The retrieval order reversed, with ties broken at random (seeded by the request), or
+    None without scores. Ties must not follow the list order: with most random negatives
+    scored 0 by co-occurrence, a list-order tie rule teaches "eliminate the last-listed
+    labels first", a position bias (seen in our first CPU runs)."""
+    if any(c.score is None for c in request.candidates):
+        return None
+    rng = random.Random(f"{seed}:{request.request_id or request.ids}")
+    keys = {c.id: (c.score, rng.random()) for c in request.candidates}
+    return tuple(sorted(request.ids, key=lambda i: keys[i]))
+
+
 def with_teacher(episode: Episode, order: Sequence[str] | None, gt_last: bool) -> Episode:
     """A copy with `order` as teacher; with `gt_last` the ground truth is moved to the end
     (it survives), so the target never contradicts the observed choice."""
