@@ -52,14 +52,13 @@ def ingest_file(report, path: str, fmt: str = "auto", skip_bad: bool = False) ->
 @tracked("rank")
 def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[str, Any]:
     """Rank a JSONL file of requests into a JSONL file of results (written atomically)."""
-    from ranking.engine import load_ranker
     from recsys.rank_file import rank_file
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import load_registered_ranker
     from recsys.settings import get_settings
 
     settings = get_settings()
-    ranker = load_ranker(
-        resolve_ranker_model(model or settings.model),
+    ranker = load_registered_ranker(
+        model or settings.model,
         device=settings.device,
         backend=settings.backend,
         batch_size=settings.batch_size,

@@ -22,7 +22,7 @@ from fastapi import BackgroundTasks, Body, Depends, FastAPI, Header, HTTPExcepti
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
-from ranking.engine import Ranker, load_ranker
+from ranking.engine import Ranker
 from ranking.errors import RequestError
 from ranking.types import RankRequest, RankResult
 from recsys.batcher import MicroBatcher
@@ -149,10 +149,10 @@ def log_ranked_list(
 
 
 def _load_ranker(settings: Settings) -> Ranker:
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import load_registered_ranker
 
-    return load_ranker(
-        resolve_ranker_model(settings.model),
+    return load_registered_ranker(
+        settings.model,
         device=settings.device,
         backend=settings.backend,
         batch_size=settings.batch_size,

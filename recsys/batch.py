@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recsys.errors import UserError
@@ -89,7 +88,7 @@ def run_batch(
     gen, version = _generator(config, data, engine)
     users = [u for u in gen.user_ids if in_shard(u, config.shard, config.shards)]
     users = users[: config.limit_users] if config.limit_users else users
-    done = _users_in_run(engine, run_id)
+    done = repository.users_in_run(run_id, engine=engine)
     todo = [u for u in users if u not in done]
     ranker = _ranker(config, engine) if config.rerank and todo else None
     model_version = ranker.model_id if ranker else f"retrieval:{version}"
@@ -162,24 +161,11 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
 
 
 def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def]
-    from ranking.engine import load_ranker
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import load_registered_ranker
 
-    return load_ranker(
-        resolve_ranker_model(config.model, engine=engine),
+    return load_registered_ranker(
+        config.model,
+        engine=engine,
         device=config.device,
         batch_size=config.batch_size,
     )
-
-
-def _users_in_run(engine: Engine, run_id: str) -> set[str]:
-    from recsys.db.models import Recommendation, User
-
-    query = (
-        sa.select(User.external_id)
-        .join(Recommendation, Recommendation.user_id == User.id)
-        .where(Recommendation.run_id == run_id)
-        .distinct()
-    )
-    with engine.connect() as conn:
-        return set(conn.scalars(query))

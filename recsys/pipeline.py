@@ -428,11 +428,11 @@ def _check(config: DemoConfig) -> None:
 
 
 def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
-    from ranking.engine import load_ranker
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import load_registered_ranker
 
-    return load_ranker(
-        model=resolve_ranker_model(config.model, engine=engine),
+    return load_registered_ranker(
+        config.model,
+        engine=engine,
         device=config.device,
         dtype=config.dtype,
         batch_size=config.batch_size,

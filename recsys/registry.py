@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy.engine import Engine
@@ -143,3 +144,11 @@ def resolve_ranker_model(spec: str, *, engine: Engine | None = None) -> str:
             "path that exists here; copy the artifact or register its local path"
         )
     return str(path)
+
+
+def load_registered_ranker(spec: str, *, engine: Engine | None = None, **options: Any) -> Any:
+    """`ranking.engine.load_ranker` for a model spec that may name a registry version
+    ('promoted', a version) as well as 'default' or a path; `options` go to load_ranker."""
+    from ranking.engine import load_ranker
+
+    return load_ranker(resolve_ranker_model(spec, engine=engine), **options)

@@ -640,6 +640,19 @@ def write_recommendations(
     return len(rows)
 
 
+def users_in_run(run_id: str, *, engine: Engine | None = None) -> set[str]:
+    """External ids of the users that already have a list in `run_id` (to resume a run)."""
+    rec, users = Recommendation.__table__, User.__table__
+    query = (
+        sa.select(users.c.external_id)
+        .join(rec, rec.c.user_id == users.c.id)
+        .where(rec.c.run_id == run_id)
+        .distinct()
+    )
+    with (engine or get_engine()).connect() as conn:
+        return set(conn.scalars(query))
+
+
 def recommendations_for(
     user_id: str, run_id: str | None = None, *, engine: Engine | None = None
 ) -> list[RecommendationRow]:

@@ -193,10 +193,9 @@ def rank_function(
         return (lambda requests: [shown[id(r)] for r in requests]), None
     if spec == "retrieval":
         return (lambda requests: [_by_score(r) for r in requests]), None
-    from ranking.engine import load_ranker
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import load_registered_ranker
 
-    ranker = load_ranker(resolve_ranker_model(spec), device=device)
+    ranker = load_registered_ranker(spec, device=device)
 
     def rank(requests: list[RankRequest]) -> list[Sequence[str]]:
         requests = [dataclasses.replace(r, mode=mode, temperature=0.0) for r in requests]
