@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Sequence
 
 from ranking.backends.base import LMBackend
+from ranking.errors import RequestError
+from ranking.fusion import is_valid_alpha
 from ranking.loading import load_backend
 from ranking.modes import MODES, Deadline, RankingMode, RankOptions
 from ranking.modes.base import CostModel, ModeContext
@@ -47,15 +49,24 @@ class Ranker:
         batch_size: int = 8,
         reason_max_new_tokens: int = 1024,
         speculate: int = 0,
+        fusion_alpha: float = 0.0,
     ) -> None:
+        if not is_valid_alpha(fusion_alpha):
+            raise RequestError(f"fusion_alpha must be a finite number >= 0, got {fusion_alpha!r}")
         self.backend = backend
         self.options = RankOptions(
             reason_max_new_tokens=reason_max_new_tokens,
             batch_size=max(1, batch_size),
             speculate=max(0, speculate),
+            fusion_alpha=float(fusion_alpha),
         )
         self.costs = CostModel()
         self.modes: dict[str, RankingMode] = {name: cls() for name, cls in MODES.items()}
+
+    @property
+    def fusion_alpha(self) -> float:
+        """The score-fusion weight of requests that do not set `fusion_alpha` themselves."""
+        return self.options.fusion_alpha
 
     @property
     def model_id(self) -> str:
@@ -118,11 +129,14 @@ def load_ranker(
     batch_size: int = 8,
     reason_max_new_tokens: int = 1024,
     speculate: int = 0,
+    fusion_alpha: float = 0.0,
 ) -> Ranker:
-    """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker."""
+    """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker;
+    `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none)."""
     return Ranker(
         load_backend(model, device=device, backend=backend, dtype=dtype),
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,
         speculate=speculate,
+        fusion_alpha=fusion_alpha,
     )

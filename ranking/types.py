@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ranking.errors import RequestError
+from ranking.fusion import is_valid_alpha
 
 TASKS = (
     "rec-movie",
@@ -55,6 +56,7 @@ class RankRequest:
     show_signals: bool = False
     seed: int | None = None
     request_id: str | None = None
+    fusion_alpha: float | None = None  # score fusion weight; None: the ranker's default
 
     def __post_init__(self) -> None:
         validate_request(self)
@@ -71,9 +73,7 @@ class RankRequest:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise RequestError(
-                f"unknown request field(s) {unknown}; allowed: {sorted(known)}"
-            )
+            raise RequestError(f"unknown request field(s) {unknown}; allowed: {sorted(known)}")
         raw_candidates = data.get("candidates")
         if not isinstance(raw_candidates, list):
             raise RequestError("'candidates' must be a list of {id, text[, score, signals]}")
@@ -136,6 +136,24 @@ def validate_request(req: RankRequest) -> None:
         raise RequestError(f"deadline_ms must be >= 0 or null, got {req.deadline_ms}")
     if req.task == "passage" and not (req.query and req.query.strip()):
         raise RequestError("task 'passage' needs a non-empty 'query'")
+    _validate_fusion(req)
+
+
+def _validate_fusion(req: RankRequest) -> None:
+    alpha = req.fusion_alpha
+    if alpha is None:
+        return
+    if not is_valid_alpha(alpha):
+        raise RequestError(
+            f"fusion_alpha must be a finite number >= 0 or null, got {alpha!r} "
+            "(0: the ranker alone; larger: closer to the retrieval-score order)"
+        )
+    # asking a free-text mode to fuse is a mistake in the request, not something to ignore
+    if req.mode == "reason" and alpha > 0:
+        raise RequestError(
+            "fusion_alpha > 0 needs a mode with step probabilities (incremental, score, "
+            "direct); reason mode generates free text and cannot fuse"
+        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,8 @@ class RankResult:
     invalid_answers: int = 0
     generated_tokens: int = 0
     prompt: str | None = None  # the shared prompt for single-sequence modes
+    fusion_alpha: float = 0.0  # score-fusion weight applied to the steps (0: none)
+    fusion_note: str | None = None  # why a fusion weight asked for was not applied
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

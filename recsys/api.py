@@ -2,7 +2,8 @@
 
     POST /v1/rank   body: the public request JSON (as `recsys rank`), plus optional
                     "user_id" (log the impressions with their propensity) and "audit"
-                    (keep prompts/responses in the answer). Answer: the RankResult JSON
+                    (keep prompts/responses in the answer); "fusion_alpha" sets the
+                    request's score-fusion weight (docs/ranking.md). Answer: the RankResult JSON
                     with a "request_id".
     GET  /healthz   the process is up.   GET /readyz   the model is loaded.
     GET  /v1/model  which model serves, and micro-batching statistics.
@@ -130,6 +131,7 @@ def log_ranked_list(
         "mode": result.mode,
         "fallback": result.fallback,
         "log_propensity": result.log_propensity,
+        "fusion_alpha": result.fusion_alpha,  # the propensity is the fused policy's
     }
     scores = {c.id: c.score for c in req.candidates}
     records = [
@@ -153,6 +155,7 @@ def _load_ranker(settings: Settings) -> Ranker:
 
     return load_registered_ranker(
         settings.model,
+        fusion_alpha=settings.fusion_alpha,
         device=settings.device,
         backend=settings.backend,
         batch_size=settings.batch_size,

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from ranking.errors import ModelLoadError, RequestError
 from recsys.errors import UserError
@@ -39,12 +40,26 @@ for _name in COMMAND_MODULES:
         importlib.import_module(f"recsys.commands.{_name}").register(app)
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming each bad environment variable, its value and what it must be."""
+    parts = []
+    for err in exc.errors():
+        name = "RECSYS_" + "_".join(str(x) for x in err["loc"]).upper()
+        parts.append(f"{name}={err.get('input')!r}: {err['msg'].lower()}")
+    return "invalid setting " + "; ".join(parts)
+
+
 def main() -> None:
     """Entry point: bad input becomes a one-line error and exit code 2, never a traceback."""
     try:
         app(standalone_mode=False)
     except USER_ERRORS as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except ValidationError as exc:  # a bad RECSYS_* variable, read when a command needs it
+        if exc.title != "Settings":
+            raise
+        typer.secho(f"error: {settings_problem(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -120,14 +120,26 @@ def promote(
     return repository.promote_model(kind, version, engine=engine), decision
 
 
-def resolve_ranker_model(spec: str, *, engine: Engine | None = None) -> str:
-    """Turn a ranker model spec into what `ranking.loading` understands.
+@dataclass(frozen=True)
+class ResolvedRanker:
+    """A ranker model spec resolved: `model` is what `ranking.loading` understands;
+    `fusion_alpha` is the score-fusion weight the registered version was validated with
+    (its metrics' `fusion_alpha`, written by `recsys train --fusion-alpha`), None when the
+    spec is not a registered version or the version has none."""
+
+    model: str
+    version: str | None = None
+    fusion_alpha: float | None = None
+
+
+def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker:
+    """Turn a ranker model spec into a loadable model and its registered fusion weight.
 
     'default' and paths pass through; 'promoted' is the promoted ranker version's artifact;
     any other string that is not an existing path is looked up as a registered version."""
     text = str(spec).strip()
     if text == "default" or Path(text).expanduser().exists():
-        return text
+        return ResolvedRanker(text)
     if text == "promoted":
         info = repository.current_model("ranker", engine=engine)
         if info is None:
@@ -143,12 +155,52 @@ def resolve_ranker_model(spec: str, *, engine: Engine | None = None) -> str:
             f"ranker {info.version!r} has artifact {info.artifact_uri!r}, which is not a local "
             "path that exists here; copy the artifact or register its local path"
         )
-    return str(path)
+    return ResolvedRanker(str(path), info.version, _registered_alpha(info))
 
 
-def load_registered_ranker(spec: str, *, engine: Engine | None = None, **options: Any) -> Any:
+def resolve_ranker_model(spec: str, *, engine: Engine | None = None) -> str:
+    """The loadable model of a ranker spec (see `resolve_ranker`)."""
+    return resolve_ranker(spec, engine=engine).model
+
+
+def _registered_alpha(info: ModelVersionInfo) -> float | None:
+    from ranking.fusion import is_valid_alpha
+
+    alpha = (info.metrics or {}).get("fusion_alpha")
+    if alpha is None:
+        return None
+    if not is_valid_alpha(alpha):
+        raise UserError(
+            f"ranker {info.version!r} has fusion_alpha {alpha!r} in its metrics, which is not "
+            "a finite number >= 0; set RECSYS_FUSION_ALPHA to override it"
+        )
+    return float(alpha)
+
+
+def serving_fusion_alpha(setting: float | None, registered: float | None) -> float:
+    """The default score-fusion weight a ranker is served with. Precedence: the explicit
+    setting (RECSYS_FUSION_ALPHA), then the registered version's own weight, then 0 (the
+    ranker alone). A request's `fusion_alpha` overrides the result per request."""
+    if setting is not None:
+        return float(setting)
+    return 0.0 if registered is None else registered
+
+
+def load_registered_ranker(
+    spec: str,
+    *,
+    engine: Engine | None = None,
+    fusion_alpha: float | None = None,
+    **options: Any,
+) -> Any:
     """`ranking.engine.load_ranker` for a model spec that may name a registry version
-    ('promoted', a version) as well as 'default' or a path; `options` go to load_ranker."""
+    ('promoted', a version) as well as 'default' or a path; `options` go to load_ranker.
+    `fusion_alpha` is the explicit setting (None: RECSYS_FUSION_ALPHA); see
+    `serving_fusion_alpha` for how it combines with the registered version's weight."""
     from ranking.engine import load_ranker
+    from recsys.settings import get_settings
 
-    return load_ranker(resolve_ranker_model(spec, engine=engine), **options)
+    resolved = resolve_ranker(spec, engine=engine)
+    setting = get_settings().fusion_alpha if fusion_alpha is None else fusion_alpha
+    alpha = serving_fusion_alpha(setting, resolved.fusion_alpha)
+    return load_ranker(resolved.model, fusion_alpha=alpha, **options)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     batch_size: int = 8
     reason_max_new_tokens: int = Field(1024, description="reason mode: new tokens per step")
+    fusion_alpha: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="score fusion weight (docs/ranking.md); unset: the registered version's, or 0",
+    )
     # vLLM engine (backend=vllm); ranking.backends.vllm_backend.load reads the same variables
     vllm_tensor_parallel_size: int = Field(1, description="GPUs per model (tensor parallel)")
     vllm_max_model_len: int | None = Field(None, description="prompt + answer tokens; model's")

@@ -55,7 +55,7 @@ def task_episodes(
     candidate scored by a classical recommender fitted on the task's training interactions
     (every interaction except the evaluated targets): `score` is that recommender's score,
     `signals` = {cf_rank}. `history_len` keeps only the most recent history items."""
-    from recsys.eval.baselines import make_baseline
+    from recsys.eval.baselines import make_baseline, scored_candidates
     from recsys.eval.tasks import build_task, default_data
 
     if not task.startswith("rec-"):
@@ -65,13 +65,7 @@ def task_episodes(
     scorer.fit(taskset)
     out = []
     for inst in taskset.instances:
-        scores = [float(x) for x in scorer.scores(inst)]
-        # equal scores share a rank ("1, 2, 2, 4"): the prompt must not leak the list order
-        rank = {k: 1 + sum(x > scores[k] for x in scores) for k in range(len(scores))}
-        cands = tuple(
-            Candidate(id=c.id, text=c.text, score=round(scores[k], 4), signals={"cf_rank": rank[k]})
-            for k, c in enumerate(inst.candidates)
-        )
+        cands = scored_candidates(inst, scorer.scores(inst))
         history = inst.history[-history_len:] if history_len else inst.history
         request = RankRequest(
             task=inst.request_task,

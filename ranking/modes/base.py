@@ -11,6 +11,10 @@ Shared rules (documented once, here):
 * **step probability** — the probability, under the distribution the choice was drawn from,
   of the option chosen; for greedy requests the model's own (T = 1) distribution is
   reported. `log_propensity` is the sum of the logs of the step probabilities.
+* **score fusion** (`ranking.fusion`) — the label modes add -alpha x the z-scored retrieval
+  score (+ for `direct`, which places) to each step's log-probs over the candidates in play
+  and renormalise; choice, step probability and `log_propensity` above are then those of
+  the fused distribution. The request's `fusion_alpha` overrides `RankOptions.fusion_alpha`.
 * **garbage log-probs** — NaN, +-inf, wrong-length or empty arrays from a backend are
   replaced by a uniform distribution; the step is marked ``matched="fallback"`` and counted
   in ``invalid_answers``.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ranking.backends.base import LMBackend
+from ranking.fusion import FusionPlan, fuse_step
 from ranking.types import Candidate, RankRequest, RankResult, Step
 
 
@@ -42,6 +47,7 @@ class RankOptions:
     reason_max_new_tokens: int = 1024
     batch_size: int = 8
     speculate: int = 0  # labels guessed per model call in incremental / direct (0: off)
+    fusion_alpha: float = 0.0  # score fusion weight of requests that do not set their own
 
 
 class Deadline:
@@ -143,8 +149,15 @@ class Trace:
     `eliminates=True`: each step removes the worst remaining candidate (IRanker);
     `eliminates=False`: each step places the best remaining one (DRanker)."""
 
-    def __init__(self, request: RankRequest, deadline: Deadline, eliminates: bool) -> None:
+    def __init__(
+        self,
+        request: RankRequest,
+        deadline: Deadline,
+        eliminates: bool,
+        fusion: FusionPlan | None = None,
+    ) -> None:
         self.request = request
+        self.fusion = fusion or FusionPlan()
         self.deadline = deadline
         self.eliminates = eliminates
         self.remaining = list(range(len(request.candidates)))
@@ -193,8 +206,11 @@ class Trace:
         self.remaining.pop(pos)
 
     def take_logprobs(self, raw: object, *, response_labels: Sequence[str] | None = None) -> None:
-        """One constrained step from a backend's log-probs over the remaining candidates."""
+        """One constrained step from a backend's log-probs over the remaining candidates,
+        fused with the retrieval scores when the request's plan says so."""
         lp, ok = sanitize_logprobs(raw, len(self.remaining))
+        if self.fusion.bias is not None:
+            lp = fuse_step(lp, self.fusion.bias[self.remaining])
         pos, prob = choose(lp, self.request.temperature, self.rng)
         self.take(
             pos,
@@ -240,4 +256,6 @@ class Trace:
             invalid_answers=self.invalid,
             generated_tokens=self.generated_tokens,
             prompt=prompt,
+            fusion_alpha=self.fusion.alpha,
+            fusion_note=self.fusion.note,
         )

@@ -13,7 +13,10 @@ real choice from position 0; while that choice equals the guess, the distributio
 next position was computed on exactly the real prefix, so it takes that step too; at the
 first mismatch it stops (the backend drops the rejected tail). Every distribution used is
 the exact one of the real prefix, so results and propensities are identical to one-step
-decoding (same choices, same random draws); only the number of model calls falls.
+decoding (same choices, same random draws); only the number of model calls falls. With
+score fusion (`ranking.fusion`) every position's distribution is fused over the candidates
+in play at that position before the choice is taken, so a guess is confirmed or rejected
+by the fused policy, exactly as one-step decoding would choose.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ranking.backends.base import LMBackend
+from ranking.fusion import plan_fusion
 from ranking.modes.base import Deadline, ModeContext, RankingMode, Trace
 from ranking.prompts import labels_for
 from ranking.types import RankRequest, RankResult
@@ -64,7 +68,11 @@ class ConstrainedMode(RankingMode):
         backend: LMBackend,
         ctx: ModeContext,
     ) -> list[RankResult]:
-        traces = [Trace(r, d, self.eliminates) for r, d in zip(requests, deadlines, strict=True)]
+        fusion = ctx.options.fusion_alpha
+        traces = [
+            Trace(r, d, self.eliminates, plan_fusion(r, fusion, eliminates=self.eliminates))
+            for r, d in zip(requests, deadlines, strict=True)
+        ]
         prepared: list[object] = [None] * len(traces)
         speculate = ctx.options.speculate if self.speculative else 0
         if not getattr(backend, "efficient_continuation", False):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from ranking.backends.base import LMBackend
+from ranking.fusion import plan_fusion
 from ranking.modes.base import Deadline, ModeContext, RankingMode, Trace
 from ranking.parsing import parse_choice
 from ranking.prompts import REASON_SYSTEM_PROMPT, reason_prompt
@@ -35,7 +36,13 @@ class ReasonMode(RankingMode):
         backend: LMBackend,
         ctx: ModeContext,
     ) -> list[RankResult]:
-        traces = [Trace(r, d, eliminates=True) for r, d in zip(requests, deadlines, strict=True)]
+        # free text has no step distribution to fuse: a ranker default weight is reported as
+        # not applied (a request asking for it explicitly is rejected by validation)
+        fusion = ctx.options.fusion_alpha
+        traces = [
+            Trace(r, d, True, plan_fusion(r, fusion, fusable=False))
+            for r, d in zip(requests, deadlines, strict=True)
+        ]
         max_new = ctx.options.reason_max_new_tokens
         while True:
             estimate = ctx.costs.estimate("reason:step")

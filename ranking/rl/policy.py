@@ -4,15 +4,17 @@ A step's distribution is the model's next-token distribution restricted to the l
 the candidates still in play and renormalised over them (the incremental mode's
 constrained decoding). `step_logprobs` computes every step of a given trajectory in one
 teacher-forced forward pass; `sample_trajectories` and `greedy_order` decode step by step
-with the KV cache.
+with the KV cache. Score fusion is `ranking.fusion`'s, the served engine's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from ranking.fusion import fusion_bias
 from ranking.rl.sequence import EliminationSequence, step_positions
 
 NEG_INF = float("-inf")
@@ -82,11 +84,13 @@ def _decode(
     n_traj: int,
     temperature: float,
     generator: torch.Generator | None,
-    biases: Sequence[torch.Tensor | None] | None = None,
+    biases: Sequence[np.ndarray | None] | None = None,
 ) -> list[list[int]]:
     """Decode `n_traj` elimination orders of all n-1 steps (the survivor is implied).
-    Greedy when temperature == 0. `biases[g]` [n] is added to row g's step log-probs
-    (fusion). The prompt is prefilled once and its KV cache shared by all rows."""
+    Greedy when temperature == 0. `biases[g]` [n] (`ranking.fusion.fusion_bias`) is added
+    to row g's step log-probs, renormalised over the candidates in play: the served
+    engine's fused step distribution. The prompt is prefilled once and its KV cache shared
+    by all rows."""
     device = next(model.parameters()).device
     n = len(seq.ids)
     label_ids = torch.tensor(seq.label_ids, device=device)
@@ -98,14 +102,15 @@ def _decode(
     logits = out.logits[:, -1, :].expand(n_traj, -1)
     bias = None
     if biases is not None and any(b is not None for b in biases):
-        bias = torch.stack([torch.zeros(n) if b is None else b.float() for b in biases]).to(device)
+        rows = [np.zeros(n) if b is None else np.asarray(b, dtype=np.float64) for b in biases]
+        bias = torch.tensor(np.stack(rows), dtype=torch.float32, device=device)
     in_play = torch.ones(n_traj, n, dtype=torch.bool, device=device)
     orders: list[list[int]] = [[] for _ in range(n_traj)]
     sep = torch.tensor([list(seq.sep_ids)] * n_traj, device=device).long().reshape(n_traj, -1)
     for _ in range(n - 1):
         lp = torch.log_softmax(logits[:, label_ids].float().masked_fill(~in_play, NEG_INF), dim=-1)
         if bias is not None:
-            lp = lp + bias
+            lp = torch.log_softmax(lp + bias, dim=-1)  # -inf (out of play) stays -inf
         if temperature > 0:
             probs = torch.softmax(lp / temperature, dim=-1)
             pick = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
@@ -132,18 +137,6 @@ def sample_trajectories(
     if temperature <= 0:
         raise ValueError("sampling needs temperature > 0")
     return _decode(model, seq, group, temperature, generator)
-
-
-def fusion_bias(scores: Sequence[float | None], alpha: float) -> torch.Tensor | None:
-    """Score fusion: a per-candidate bias on the elimination log-probs, -alpha x the
-    z-scored retrieval score, so a low-scored candidate is eliminated earlier. alpha = 0
-    is the ranker alone; a large alpha is the retrieval order alone."""
-    if alpha == 0 or any(s is None for s in scores):
-        return None
-    s = torch.tensor([float(x) for x in scores])  # type: ignore[arg-type]
-    std = s.std()
-    z = (s - s.mean()) / (std if std > 0 else 1.0)
-    return -alpha * z
 
 
 def greedy_orders(

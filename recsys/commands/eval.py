@@ -4,8 +4,12 @@ one rankers x tasks table from several results files. See docs/eval.md."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # the registry pulls in the database layer: imported when needed
+    from recsys.registry import ResolvedRanker
 
 
 def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
@@ -26,22 +30,37 @@ def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
     return out
 
 
-def resolve_model(spec: str, database_url: str) -> str:
+def resolve_model(spec: str, database_url: str) -> ResolvedRanker:
     """'default' / a path pass through; 'promoted' or a version come from the model
-    registry, with a clear error when its database is missing or not migrated."""
+    registry (with the version's fusion weight), with a clear error when its database is
+    missing or not migrated."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from recsys.errors import UserError
-    from recsys.registry import resolve_ranker_model
+    from recsys.registry import resolve_ranker
 
     try:
-        return resolve_ranker_model(spec)
+        return resolve_ranker(spec)
     except SQLAlchemyError as exc:
         raise UserError(
             f"--model {spec!r} needs the model registry, but its database ({database_url}) "
             f"is not usable ({type(exc.orig or exc).__name__}); run `recsys db upgrade` and "
             "register a model, or use --model default or a model path"
         ) from None
+
+
+def _check_fusion_alpha(alpha: float | None, ranker: str) -> float | None:
+    """An explicit --fusion-alpha must be a weight an engine mode can fuse with."""
+    from ranking.fusion import is_valid_alpha
+    from recsys.errors import UserError
+
+    if alpha is None:
+        return None
+    if not is_valid_alpha(alpha):
+        raise UserError(f"--fusion-alpha must be a finite number >= 0, got {alpha}")
+    if alpha > 0 and ranker == "reason":
+        raise UserError("--fusion-alpha needs a mode with step probabilities; reason cannot fuse")
+    return alpha
 
 
 def register(app: typer.Typer) -> None:
@@ -90,6 +109,18 @@ def register(app: typer.Typer) -> None:
         write_tasks: Path | None = typer.Option(
             None, "--write-tasks", help="also write each task's instances (JSON lines) here"
         ),
+        fusion_alpha: float | None = typer.Option(
+            None,
+            "--fusion-alpha",
+            help="score fusion weight for engine modes (default: RECSYS_FUSION_ALPHA, then "
+            "the registered version's, then 0); see docs/ranking.md",
+        ),
+        fusion_signal: str = typer.Option(
+            "transitions",
+            "--fusion-signal",
+            help="with fusion, the baseline scoring candidates that have no score (rec tasks "
+            "with random negatives), as `recsys train --signal`; none: require scores",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Measure a ranker on the evaluation tasks; print a table, write JSON."""
@@ -99,6 +130,7 @@ def register(app: typer.Typer) -> None:
 
         from recsys.errors import UserError
         from recsys.eval import harness, report, tasks
+        from recsys.registry import serving_fusion_alpha
         from recsys.settings import get_settings
 
         settings = get_settings()
@@ -110,9 +142,12 @@ def register(app: typer.Typer) -> None:
         if "all" in task and "rec-music" not in paths:
             names.remove("rec-music")
             skipped_tasks["rec-music"] = "no data shipped; pass --data rec-music=PATH (RecBole)"
-        model_path = model
+        model_path, alpha = model, _check_fusion_alpha(fusion_alpha, ranker)
         if ranker not in harness.BASELINES:
-            model_path = resolve_model(model, settings.resolved_database_url)
+            resolved = resolve_model(model, settings.resolved_database_url)
+            model_path = resolved.model
+            setting = settings.fusion_alpha if alpha is None else alpha
+            alpha = serving_fusion_alpha(setting, resolved.fusion_alpha)
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,
@@ -120,6 +155,8 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size or settings.batch_size,
             seed=seed,
             reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
+            fusion_alpha=alpha or 0.0,
+            fusion_signal=fusion_signal,
         )
         runs = []
         for name in names:
@@ -144,6 +181,7 @@ def register(app: typer.Typer) -> None:
                     "model_id": evaluator.model, "data": {k: str(v) for k, v in paths.items()},
                     "limit": limit, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
+                    "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime()),
                 },

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # the registry pulls in the database layer: imported when needed
+    from recsys.registry import ResolvedRanker
 
 
 def read_request(source: str):  # type: ignore[no-untyped-def]
@@ -30,17 +34,19 @@ def read_request(source: str):  # type: ignore[no-untyped-def]
     return RankRequest.from_dict(data)
 
 
-def _resolve_model(spec: str) -> str:
-    """'promoted' and registered versions go through the model registry; 'default' and
-    anything that looks like a path go straight to ranking.loading (clear path errors)."""
+def _resolve_model(spec: str) -> ResolvedRanker:
+    """'promoted' and registered versions go through the model registry (a ResolvedRanker
+    with the version's fusion weight); 'default' and anything that looks like a path go
+    straight to ranking.loading (clear path errors)."""
+    from recsys.registry import ResolvedRanker, resolve_ranker
+
     text = str(spec).strip()
     if text == "default" or "/" in text or text.endswith(".gguf") or Path(text).exists():
-        return text
+        return ResolvedRanker(text)
     from recsys.db.migrate import ensure_schema
-    from recsys.registry import resolve_ranker_model
 
     ensure_schema()  # the embedded default database needs no set-up step
-    return resolve_ranker_model(text)
+    return resolve_ranker(text)
 
 
 def register(app: typer.Typer) -> None:
@@ -67,14 +73,17 @@ def register(app: typer.Typer) -> None:
         import dataclasses
 
         from ranking.engine import load_ranker
+        from recsys.registry import serving_fusion_alpha
         from recsys.settings import get_settings
 
         req = read_request(request)
         if mode is not None:
             req = dataclasses.replace(req, mode=mode)  # re-validated in __post_init__
         settings = get_settings()
+        resolved = _resolve_model(model or settings.model)
         ranker = load_ranker(
-            _resolve_model(model or settings.model),
+            resolved.model,
+            fusion_alpha=serving_fusion_alpha(settings.fusion_alpha, resolved.fusion_alpha),
             device=device or settings.device,
             backend=backend or settings.backend,
             dtype=dtype,

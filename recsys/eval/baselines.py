@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from ranking.types import RankResult
+from ranking.types import Candidate, RankResult
 from recsys.errors import UserError
 from recsys.eval.tasks import Instance, TaskSet, rng_for
 
@@ -224,6 +224,19 @@ class LightFMBaseline(_RecBaseline):
         if user is None:  # a user with no training interactions: item bias only
             return np.array([self.cf.item_biases[self.items[c.id]] for c in instance.candidates])
         return self.cf.scores(user, [self.items[c.id] for c in instance.candidates])
+
+
+def scored_candidates(instance: Instance, scores: Sequence[float]) -> tuple[Candidate, ...]:
+    """The instance's candidates carrying a classical recommender's scores as retrieval
+    `score` (rounded to 4 places, as prompts show them) and `signals` = {cf_rank}: how
+    training episodes and fused evaluation see a rec instance. Equal scores share a rank
+    ("1, 2, 2, 4"): a prompt must not leak the list order."""
+    values = [float(x) for x in scores]
+    rank = [1 + sum(x > v for x in values) for v in values]
+    return tuple(
+        Candidate(id=c.id, text=c.text, score=round(v, 4), signals={"cf_rank": r})
+        for c, v, r in zip(instance.candidates, values, rank, strict=True)
+    )
 
 
 BASELINES = {

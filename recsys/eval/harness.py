@@ -8,6 +8,7 @@ chunk of requests at a time, so the engine batches forward passes across request
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from ranking.metrics import expected_random_mrr, ndcg_at_k
 from ranking.types import MODES, RankResult
 from recsys.errors import UserError
-from recsys.eval.baselines import BASELINES, EvalRanker, make_baseline
+from recsys.eval.baselines import BASELINES, EvalRanker, make_baseline, scored_candidates
 from recsys.eval.tasks import Instance, TaskSet
 
 BOOTSTRAP_SAMPLES = 1000
@@ -26,21 +27,73 @@ METRICS = ("mrr", "ndcg@1", "ndcg@5", "ndcg@10", "hit@1", "hit@5")
 
 
 class EngineRanker:
-    """An engine mode (incremental, score, reason, direct) as an EvalRanker."""
+    """An engine mode (incremental, score, reason, direct) as an EvalRanker.
 
-    def __init__(self, ranker: Any, mode: str, **request_fields: Any) -> None:
-        self.ranker, self.name = ranker, mode
+    With a score-fusion weight (the request field `fusion_alpha`, else the ranker's
+    default) the candidates need retrieval scores: a task's own when it has them (passage
+    BM25, rec tasks with `--candidates retrieval`), otherwise the scores of the baseline
+    `fusion_signal` fitted on the task's training interactions — what `recsys train`
+    fuses with on the same instances (`--signal`, transitions by default)."""
+
+    def __init__(
+        self,
+        ranker: Any,
+        mode: str,
+        *,
+        fusion_signal: str = "transitions",
+        signal_seed: int = 7,
+        **request_fields: Any,
+    ) -> None:
+        self.ranker, self.mode = ranker, mode
+        self.fusion_signal, self.signal_seed = fusion_signal, signal_seed
         self.request_fields = request_fields
+        self.scorer: Any = None
+
+    @property
+    def fusion_alpha(self) -> float:
+        """The weight the engine fuses with (reason mode cannot fuse: 0)."""
+        alpha = self.request_fields.get("fusion_alpha")
+        alpha = self.ranker.fusion_alpha if alpha is None else alpha
+        return 0.0 if self.mode == "reason" else float(alpha)
+
+    @property
+    def name(self) -> str:
+        alpha = self.fusion_alpha
+        return f"{self.mode}+fusion@{alpha:g}" if alpha else self.mode
 
     @property
     def model(self) -> str:
         return str(self.ranker.model_id)
 
     def prepare(self, taskset: TaskSet) -> None:
-        """Zero-shot: nothing to learn."""
+        """Zero-shot: nothing to learn, except the fusion signal when the task's candidates
+        carry no scores."""
+        self.scorer = None
+        scored = all(c.score is not None for i in taskset.instances for c in i.candidates)
+        if not self.fusion_alpha or scored:
+            return
+        if self.fusion_signal == "none":
+            raise UserError(
+                f"--fusion-alpha needs candidate scores and {taskset.name!r} has none; pass "
+                "--fusion-signal transitions|lightfm (rec tasks) or --fusion-alpha 0"
+            )
+        scorer = make_baseline(self.fusion_signal, seed=self.signal_seed)
+        try:
+            scorer.prepare(taskset)
+        except UserError as exc:
+            raise UserError(
+                f"--fusion-alpha needs candidate scores and {taskset.name!r} has none; "
+                f"--fusion-signal {self.fusion_signal}: {exc}"
+            ) from None
+        self.scorer = scorer
 
     def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]:
-        requests = [i.to_request(self.name, **self.request_fields) for i in instances]
+        if self.scorer is not None:
+            instances = [
+                dataclasses.replace(i, candidates=scored_candidates(i, self.scorer.scores(i)))
+                for i in instances
+            ]
+        requests = [i.to_request(self.mode, **self.request_fields) for i in instances]
         return self.ranker.rank_batch(requests)
 
 
@@ -52,10 +105,15 @@ def make_ranker(
     batch_size: int = 8,
     seed: int = 7,
     reason_max_new_tokens: int = 1024,
+    fusion_alpha: float = 0.0,
+    fusion_signal: str = "transitions",
 ) -> EvalRanker:
     """A baseline by name, or an engine mode loading `model` (already resolved to
-    'default' or a path by the caller)."""
+    'default' or a path by the caller) with the default score-fusion weight
+    `fusion_alpha` (see EngineRanker for where candidate scores come from)."""
     if name in BASELINES:
+        if fusion_alpha:
+            raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
         return make_baseline(name, seed=seed)
     if name not in MODES:
         raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)} "
@@ -63,9 +121,13 @@ def make_ranker(
     from ranking.engine import load_ranker
 
     engine = load_ranker(
-        model, device=device, batch_size=batch_size, reason_max_new_tokens=reason_max_new_tokens
+        model,
+        device=device,
+        batch_size=batch_size,
+        reason_max_new_tokens=reason_max_new_tokens,
+        fusion_alpha=fusion_alpha,
     )
-    return EngineRanker(engine, name)
+    return EngineRanker(engine, name, fusion_signal=fusion_signal, signal_seed=seed)
 
 
 def relevant_ids(instance: Instance, min_grade: float) -> set[str]:

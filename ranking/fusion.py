@@ -1,0 +1,95 @@
+"""Score fusion: the ranker's step distributions biased by the retrieval score.
+
+One definition, used by the served engine (`ranking.modes`) and by training / validation
+(`ranking.rl.policy`), so an alpha measured in training means exactly the same when served.
+
+For candidates c with retrieval scores s_c, z_c is the z-score of s_c over the request's
+candidates (sample standard deviation, n - 1; all scores equal -> z = 0). Each step's
+log-probabilities over the candidates still in play get
+
+    bias_c = -alpha * z_c   (eliminating: a low score is eliminated earlier)
+    bias_c = +alpha * z_c   (placing, `direct`: a high score is placed earlier)
+
+added and are renormalised over those candidates (log-softmax), so the fused step
+distribution, its probabilities and the ranking's log-propensity are the exact ones of the
+fused policy. alpha = 0 is the ranker alone; a large alpha is the retrieval order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # ranking.types validates alphas with this module: no runtime cycle
+    from ranking.types import RankRequest
+
+NOTE_NO_SCORE = "not applied: a candidate has no retrieval score"
+NOTE_REASON_MODE = "not applied: reason mode generates free text, with no step distribution"
+
+
+def is_valid_alpha(value: object) -> bool:
+    """A fusion weight is a finite number >= 0 (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+def zscores(scores: Sequence[float]) -> np.ndarray:
+    """z-scores over the candidates (n - 1 in the standard deviation, as torch's default
+    `std` the trainer first measured with); zeros when all scores are equal or n < 2."""
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) < 2:
+        return np.zeros(len(s))
+    std = s.std(ddof=1)
+    return (s - s.mean()) / std if std > 0 else np.zeros(len(s))
+
+
+def fusion_bias(
+    scores: Sequence[float | None], alpha: float, *, eliminates: bool = True
+) -> np.ndarray | None:
+    """Per-candidate bias on the step log-probs (see the module doc), or None when there is
+    nothing to fuse: alpha is 0 or some candidate has no score."""
+    if alpha == 0 or any(s is None for s in scores):
+        return None
+    z = zscores([float(s) for s in scores])  # type: ignore[arg-type]
+    return (-alpha if eliminates else alpha) * z
+
+
+def fuse_step(lp: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """Log-probs over the candidates in play plus their biases, renormalised (log-softmax)."""
+    if bias is None:
+        return lp
+    x = np.asarray(lp, dtype=np.float64) + bias
+    m = x.max()
+    return x - (m + math.log(np.exp(x - m).sum()))
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """What one request's ranking fuses with: `bias` per candidate (input order; None: no
+    fusion), the weight applied (`alpha`, 0.0 when none) and, when a weight was asked for
+    but could not be applied, why (`note`)."""
+
+    bias: np.ndarray | None = None
+    alpha: float = 0.0
+    note: str | None = None
+
+
+def plan_fusion(
+    request: RankRequest, default_alpha: float, *, eliminates: bool = True, fusable: bool = True
+) -> FusionPlan:
+    """The request's own `fusion_alpha` wins over the ranker's default. `fusable=False`
+    (free-text modes) and a candidate without a score turn fusion off, with a note."""
+    alpha = default_alpha if request.fusion_alpha is None else request.fusion_alpha
+    if alpha == 0:
+        return FusionPlan()
+    if not fusable:
+        return FusionPlan(note=NOTE_REASON_MODE)
+    bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
+    if bias is None:
+        return FusionPlan(note=NOTE_NO_SCORE)
+    return FusionPlan(bias=bias, alpha=float(alpha))

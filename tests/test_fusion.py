@@ -1,0 +1,515 @@
+"""Score fusion (ranking.fusion): one definition in the served engine and in training.
+
+Known-answer biases; alpha 0 is the ranker alone and a large alpha the retrieval order in
+every label mode; fused step probabilities and log-propensities equal a brute-force
+recomputation on the tiny model; the trainer's greedy decoding agrees with the engine;
+speculation and deadlines stay exact; scoreless candidates and reason mode say why nothing
+was fused; request, CLI, API, registry precedence and the eval harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from ranking.backends.fake import ScriptedBackend
+from ranking.engine import Ranker
+from ranking.errors import RequestError
+from ranking.fusion import (
+    NOTE_NO_SCORE,
+    NOTE_REASON_MODE,
+    fuse_step,
+    fusion_bias,
+    zscores,
+)
+from ranking.modes.direct import build_ranking_sequence
+from ranking.modes.incremental import build_sequence
+from ranking.modes.score import step_prompt
+from ranking.prompts import labels_for
+from ranking.types import Candidate, RankRequest
+
+LABEL_MODES = ["incremental", "score", "direct"]
+
+
+def scored_request(n: int = 6, mode: str = "incremental", shuffle: int = 0, **kw) -> RankRequest:
+    """Distinct retrieval scores in a seeded order, so the retrieval order is not the list's;
+    `kw` are request fields (`seed` is the sampling seed)."""
+    scores = np.random.default_rng(shuffle).permutation(n) * 0.37 + 0.1
+    cands = tuple(
+        Candidate(id=f"m{i}", text=f"Movie number {i} ({1980 + i})", score=float(scores[i]))
+        for i in range(n)
+    )
+    history = ("Toy Story (1995)", "Heat (1995)", "Casino (1995)")
+    return RankRequest(task="rec-movie", candidates=cands, history=history, mode=mode, **kw)
+
+
+def by_score(req: RankRequest) -> list[str]:
+    return [c.id for c in sorted(req.candidates, key=lambda c: -(c.score or 0.0))]
+
+
+def is_permutation(order: list[str], req: RankRequest) -> bool:
+    return len(order) == len(req.ids) and sorted(order) == sorted(req.ids)
+
+
+def same_result(a, b) -> None:
+    assert a.order == b.order
+    assert [s.eliminated for s in a.steps] == [s.eliminated for s in b.steps]
+    assert [s.prob for s in a.steps] == pytest.approx([s.prob for s in b.steps], rel=1e-6)
+    assert a.log_propensity == pytest.approx(b.log_propensity, rel=1e-6, abs=1e-9)
+
+
+# ---------------------------------------------------------------- the definition
+
+
+def test_bias_known_answer():
+    # mean 2, sample standard deviation 1: z = (1, -1, 0)
+    assert zscores([3.0, 1.0, 2.0]) == pytest.approx([1.0, -1.0, 0.0])
+    assert fusion_bias([3.0, 1.0, 2.0], 2.0) == pytest.approx([-2.0, 2.0, 0.0])
+    assert fusion_bias([3.0, 1.0, 2.0], 2.0, eliminates=False) == pytest.approx([2.0, -2.0, 0.0])
+    assert fusion_bias([5.0, 5.0, 5.0], 3.0) == pytest.approx([0.0, 0.0, 0.0])  # std 0
+    assert fusion_bias([5.0], 3.0) == pytest.approx([0.0])
+    assert fusion_bias([1.0, None], 1.0) is None
+    assert fusion_bias([1.0, 2.0], 0.0) is None
+
+
+def test_fuse_step_adds_the_bias_and_renormalises():
+    lp = np.log(np.array([0.5, 0.3, 0.2]))
+    bias = np.array([-1.0, 0.5, 0.0])
+    fused = fuse_step(lp, bias)
+    assert np.exp(fused).sum() == pytest.approx(1.0)
+    assert fused - fused[2] == pytest.approx(lp + bias - lp[2])  # same odds as lp + bias
+    assert fuse_step(lp, None) is lp
+
+
+# ---------------------------------------------------------------- the engine, tiny model
+
+
+def brute_force(backend, req: RankRequest, alpha: float) -> tuple[list[str], list[float]]:
+    """The fused ranking recomputed from full forward passes: (chosen ids, step probs)."""
+    mode = req.mode
+    bias = fusion_bias([c.score for c in req.candidates], alpha, eliminates=mode != "direct")
+    seq = build_ranking_sequence(req, backend) if mode == "direct" else build_sequence(req, backend)
+    rng = np.random.default_rng(req.seed)
+    remaining, chosen, ids, probs = list(range(len(req.candidates))), [], [], []
+    while len(remaining) > 1:
+        if mode == "score":
+            ctx = backend.encode(step_prompt(req, remaining, backend))
+            allowed = [t for _, t in labels_for(backend.tokenizer, len(remaining))]
+        else:
+            ctx, allowed = seq.context(chosen), [seq.label_ids[i] for i in remaining]
+        with torch.inference_mode():
+            logits = backend.model(torch.tensor([ctx])).logits[0, -1, allowed].double()
+        x = torch.log_softmax(logits, -1).numpy() + bias[remaining]
+        if req.temperature > 0:
+            p = np.exp((x - x.max()) / req.temperature)
+            p /= p.sum()
+            pick = int(rng.choice(len(p), p=p))
+        else:
+            p = np.exp(x - x.max())
+            p /= p.sum()
+            pick = int(np.argmax(p))
+        probs.append(float(p[pick]))
+        chosen.append(remaining.pop(pick))
+        ids.append(req.candidates[chosen[-1]].id)
+    return ids, probs
+
+
+@pytest.mark.parametrize("mode", LABEL_MODES)
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_alpha_zero_is_exactly_the_ranker_alone(tiny_backend, mode, temperature):
+    req = scored_request(6, mode=mode, temperature=temperature, shuffle=4, seed=11)
+    plain = Ranker(tiny_backend).rank(req)
+    zero = Ranker(tiny_backend).rank(dataclasses.replace(req, fusion_alpha=0.0))
+    # a request's 0 overrides a ranker default
+    overridden = Ranker(tiny_backend, fusion_alpha=5.0).rank(
+        dataclasses.replace(req, fusion_alpha=0.0)
+    )
+    for res in (zero, overridden):
+        same_result(res, plain)
+        assert res.fusion_alpha == 0.0 and res.fusion_note is None
+
+
+@pytest.mark.parametrize("mode", LABEL_MODES)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_large_alpha_is_the_retrieval_order(tiny_backend, mode, temperature):
+    req = scored_request(8, mode=mode, temperature=temperature, shuffle=2, seed=11)
+    assert by_score(req) != list(req.ids)  # the test would prove nothing otherwise
+    res = Ranker(tiny_backend).rank(dataclasses.replace(req, fusion_alpha=1e4))
+    assert is_permutation(res.order, req)
+    assert res.order == by_score(req)
+    assert res.fusion_alpha == 1e4
+    # the ranker's own default does the same when the request sets nothing
+    assert Ranker(tiny_backend, fusion_alpha=1e4).rank(req).order == by_score(req)
+
+
+@pytest.mark.parametrize(
+    ("mode", "temperature"),
+    [("incremental", 0.0), ("score", 0.0), ("direct", 0.0), ("incremental", 1.3)],
+)
+def test_fused_steps_and_propensity_match_brute_force(tiny_backend, mode, temperature):
+    req = scored_request(5, mode=mode, temperature=temperature, shuffle=3, seed=3, fusion_alpha=1.5)
+    res = Ranker(tiny_backend, speculate=0).rank(req)
+    ids, probs = brute_force(tiny_backend, req, 1.5)
+    assert [s.eliminated for s in res.steps] == ids
+    assert [s.prob for s in res.steps] == pytest.approx(probs, rel=1e-4)
+    assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
+    assert res.log_propensity == pytest.approx(sum(math.log(p) for p in probs), abs=1e-4)
+    assert is_permutation(res.order, req)
+
+
+def test_fusion_changes_the_ranking_between_the_limits(tiny_backend):
+    req = scored_request(8, shuffle=5)
+    orders = {tuple(Ranker(tiny_backend, fusion_alpha=a).rank(req).order) for a in (0, 1, 1e4)}
+    assert len(orders) > 1
+
+
+def test_trainer_greedy_decoding_agrees_with_the_engine(tiny_backend):
+    """ranking.rl.policy (training validation) and the served engine fuse identically."""
+    from ranking.rl.policy import greedy_order, greedy_orders
+    from ranking.rl.sequence import build_sequence as rl_sequence
+
+    req = scored_request(7, shuffle=6)
+    seq = rl_sequence(req, tiny_backend.tokenizer)
+    scores = [c.score for c in req.candidates]
+    alphas = (0.0, 0.7, 2.0, 1e4)
+    ranker = Ranker(tiny_backend, speculate=0)
+    served = [ranker.rank(dataclasses.replace(req, fusion_alpha=a)).order for a in alphas]
+    with torch.no_grad():
+        trained = [greedy_order(tiny_backend.model, seq, scores, a) for a in alphas]
+        shared = greedy_orders(tiny_backend.model, seq, scores, alphas)
+    assert trained == served
+    assert shared == served
+    assert len({tuple(o) for o in served}) > 1
+
+
+@pytest.mark.parametrize("mode", ["incremental", "direct"])
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_speculation_with_fusion_is_exact(tiny_backend, mode, temperature):
+    reqs = [
+        scored_request(n, mode=mode, temperature=temperature, shuffle=n, seed=n, fusion_alpha=1.0)
+        for n in (12, 9)
+    ]
+    plain = Ranker(tiny_backend, speculate=0).rank_batch(reqs)
+    fast = Ranker(tiny_backend, speculate=6).rank_batch(reqs)
+    for p, f in zip(plain, fast, strict=True):
+        same_result(f, p)
+        assert f.fusion_alpha == 1.0
+
+
+def test_scoreless_candidate_turns_fusion_off_visibly(tiny_backend):
+    req = scored_request(6, shuffle=1)
+    cands = (*req.candidates[:-1], dataclasses.replace(req.candidates[-1], score=None))
+    req = dataclasses.replace(req, candidates=cands)
+    plain = Ranker(tiny_backend).rank(req)
+    asked = Ranker(tiny_backend).rank(dataclasses.replace(req, fusion_alpha=3.0))
+    same_result(asked, plain)
+    assert (asked.fusion_alpha, asked.fusion_note) == (0.0, NOTE_NO_SCORE)
+    assert (plain.fusion_alpha, plain.fusion_note) == (0.0, None)
+
+
+# ---------------------------------------------------------------- deadlines, reason mode
+
+
+def test_deadline_fallback_orders_the_rest_by_the_fused_step():
+    def slow_logprobs(context, allowed):
+        time.sleep(0.1)
+        return np.arange(len(allowed), dtype=float)  # the model: later labels go first
+
+    cands = tuple(Candidate(c, f"item {c}", score=1.0 + k) for k, c in enumerate("pqrst"))
+    req = RankRequest(task="rec-movie", candidates=cands, deadline_ms=250, fusion_alpha=50.0)
+    res = Ranker(ScriptedBackend(logprob_fn=slow_logprobs)).rank(req)
+    assert res.fallback is True
+    # two model steps (see test_ranking_modes' deadline test); fusion eliminates low scores
+    assert [s.eliminated for s in res.steps] == ["p", "q"]
+    # survivors by the last fused step's elimination probability, lowest first
+    assert res.order == ["t", "s", "r", "q", "p"]
+    assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
+
+
+def test_reason_mode_reports_a_default_weight_as_not_applied():
+    cands = tuple(Candidate(c, f"item {c}", score=1.0 + i) for i, c in enumerate("abc"))
+    req = RankRequest(task="rec-movie", candidates=cands, mode="reason")
+    res = Ranker(ScriptedBackend(), fusion_alpha=2.0).rank(req)
+    assert sorted(res.order) == ["a", "b", "c"]
+    assert (res.fusion_alpha, res.fusion_note) == (0.0, NOTE_REASON_MODE)
+    assert Ranker(ScriptedBackend()).rank(req).fusion_note is None
+
+
+BASE = {"task": "rec-movie", "candidates": [{"id": "a", "text": "A", "score": 1.0}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fusion_alpha": -1}, "fusion_alpha must be a finite number >= 0 or null, got -1"),
+        ({"fusion_alpha": float("nan")}, "fusion_alpha must be a finite number >= 0"),
+        ({"fusion_alpha": float("inf")}, "fusion_alpha must be a finite number >= 0"),
+        ({"fusion_alpha": "2"}, "fusion_alpha must be a finite number >= 0 or null, got '2'"),
+        ({"fusion_alpha": True}, "fusion_alpha must be a finite number >= 0"),
+        ({"fusion_alpha": 1.0, "mode": "reason"}, "reason mode generates free text"),
+    ],
+)
+def test_bad_fusion_requests_are_clear_errors(change, message):
+    with pytest.raises(RequestError, match=message):
+        RankRequest.from_dict({**BASE, **change})
+
+
+def test_reason_request_with_alpha_zero_is_fine():
+    assert RankRequest.from_dict({**BASE, "mode": "reason", "fusion_alpha": 0}).fusion_alpha == 0
+
+
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
+def test_bad_ranker_default_is_a_clear_error(alpha):
+    with pytest.raises(RequestError, match="fusion_alpha must be a finite number >= 0"):
+        Ranker(ScriptedBackend(), fusion_alpha=alpha)
+
+
+# ---------------------------------------------------------------- CLI and API
+
+
+def run_cli(monkeypatch, capsys, args, stdin=""):
+    from recsys.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["recsys", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def request_json(req: RankRequest, **extra) -> str:
+    cands = [{"id": c.id, "text": c.text, "score": c.score} for c in req.candidates]
+    body = {"task": req.task, "history": list(req.history), "candidates": cands}
+    return json.dumps({**body, **extra})
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch):
+    """get_settings() re-read from the environment (no RECSYS_FUSION_ALPHA unless set)."""
+    from recsys.settings import get_settings
+
+    monkeypatch.delenv("RECSYS_FUSION_ALPHA", raising=False)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+def test_cli_rank_accepts_fusion_alpha(fresh_settings, capsys, tiny_model_dir):
+    req = scored_request(6, shuffle=2)
+    args = ["rank", "-r", "-", "--model", str(tiny_model_dir), "--device", "cpu"]
+    stdin = request_json(req, fusion_alpha=1e4)
+    code, out, _ = run_cli(fresh_settings, capsys, args, stdin=stdin)
+    assert code == 0
+    result = json.loads(out)
+    assert result["order"] == by_score(req)
+    assert result["fusion_alpha"] == 1e4 and result["fusion_note"] is None
+
+
+def test_cli_rank_reads_the_setting(fresh_settings, capsys, tiny_model_dir):
+    req = scored_request(6, shuffle=2)
+    fresh_settings.setenv("RECSYS_FUSION_ALPHA", "10000")
+    args = ["rank", "-r", "-", "--model", str(tiny_model_dir), "--device", "cpu"]
+    code, out, _ = run_cli(fresh_settings, capsys, args, stdin=request_json(req))
+    assert code == 0
+    assert json.loads(out)["order"] == by_score(req)
+    assert json.loads(out)["fusion_alpha"] == 1e4
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "message"),
+    [
+        (None, {"fusion_alpha": -2}, "error: fusion_alpha must be a finite number >= 0"),
+        ("-1", {}, "error: invalid setting RECSYS_FUSION_ALPHA='-1'"),
+        ("nan", {}, "error: invalid setting RECSYS_FUSION_ALPHA='nan'"),
+    ],
+)
+def test_cli_rank_bad_fusion_exits_2(fresh_settings, capsys, tiny_model_dir, env, extra, message):
+    if env is not None:
+        fresh_settings.setenv("RECSYS_FUSION_ALPHA", env)
+    args = ["rank", "-r", "-", "--model", str(tiny_model_dir), "--device", "cpu"]
+    stdin = request_json(scored_request(3), **extra)
+    code, _, err = run_cli(fresh_settings, capsys, args, stdin=stdin)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_api_rank_takes_and_reports_fusion_alpha(tiny_ranker):
+    from recsys.api import create_app
+    from recsys.settings import Settings
+
+    req = scored_request(6, shuffle=2)
+    app = create_app(ranker=tiny_ranker, settings=Settings(batch_wait_ms=1.0))
+    with TestClient(app) as client:
+        answer = client.post("/v1/rank", json=json.loads(request_json(req, fusion_alpha=1e4)))
+        bad = client.post("/v1/rank", json=json.loads(request_json(req, fusion_alpha=-1)))
+    assert answer.status_code == 200
+    assert answer.json()["order"] == by_score(req)
+    assert answer.json()["fusion_alpha"] == 1e4
+    assert bad.status_code == 422
+    assert "fusion_alpha must be a finite number >= 0" in bad.json()["error"]
+
+
+# ---------------------------------------------------------------- registry precedence
+
+
+@pytest.fixture
+def registry_engine(sqlite_url):
+    from recsys.db.engine import make_engine
+    from recsys.db.migrate import ensure_schema
+
+    ensure_schema(sqlite_url)
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "registered", "served"),
+    [(None, None, 0.0), (None, 3.0, 3.0), (1.5, 3.0, 1.5), (0.0, 3.0, 0.0), (2.0, None, 2.0)],
+)
+def test_serving_alpha_precedence(setting, registered, served):
+    from recsys.registry import serving_fusion_alpha
+
+    assert serving_fusion_alpha(setting, registered) == served
+
+
+def test_registered_version_is_served_with_its_alpha(
+    fresh_settings, registry_engine, tiny_model_dir
+):
+    from recsys.db import repository
+    from recsys.registry import load_registered_ranker, resolve_ranker
+
+    model, eng = str(tiny_model_dir), registry_engine
+    repository.register_model("ranker", "fused", model, metrics={"fusion_alpha": 3.0}, engine=eng)
+    repository.register_model("ranker", "plain", model, engine=eng)
+    assert resolve_ranker("fused", engine=registry_engine).fusion_alpha == 3.0
+    assert resolve_ranker("plain", engine=registry_engine).fusion_alpha is None
+
+    def served(spec, **kw):
+        ranker = load_registered_ranker(spec, engine=registry_engine, device="cpu", **kw)
+        return ranker.fusion_alpha
+
+    assert served("fused") == 3.0  # the version's own weight
+    assert served("plain") == 0.0
+    assert served(str(tiny_model_dir)) == 0.0  # a bare path has no registered weight
+    assert served("fused", fusion_alpha=0.5) == 0.5  # an explicit setting wins
+    fresh_settings.setenv("RECSYS_FUSION_ALPHA", "1.5")
+    from recsys.settings import get_settings
+
+    get_settings.cache_clear()
+    assert served("fused") == 1.5  # RECSYS_FUSION_ALPHA wins over the version
+    # and a request's own weight wins over the ranker's default
+    ranker = load_registered_ranker("fused", engine=registry_engine, device="cpu")
+    res = ranker.rank(scored_request(5, fusion_alpha=0.0))
+    assert res.fusion_alpha == 0.0
+
+
+def test_bad_registered_alpha_is_a_clear_error(registry_engine, tiny_model_dir):
+    from recsys.db import repository
+    from recsys.errors import UserError
+    from recsys.registry import resolve_ranker
+
+    repository.register_model(
+        "ranker", "odd", str(tiny_model_dir), metrics={"fusion_alpha": "x"}, engine=registry_engine
+    )
+    with pytest.raises(UserError, match="has fusion_alpha 'x' in its metrics"):
+        resolve_ranker("odd", engine=registry_engine)
+
+
+# ---------------------------------------------------------------- the eval harness
+
+
+@pytest.fixture(scope="module")
+def rec_task(tmp_path_factory):
+    from recsys.eval.tasks import build_task
+    from tests.test_eval_harness import write_ml100k
+
+    data = write_ml100k(tmp_path_factory.mktemp("fusion") / "ml", users=6)
+    return build_task("rec-movie", data, 7)
+
+
+def test_eval_fuses_rec_tasks_with_the_training_signal(tiny_backend, rec_task):
+    """Random-negative rec candidates carry no score: the harness scores them with the
+    baseline `recsys train` uses (transitions), and a large alpha then follows it."""
+    from recsys.eval import harness
+    from recsys.eval.baselines import make_baseline
+
+    assert all(c.score is None for i in rec_task.instances for c in i.candidates)
+    evaluator = harness.EngineRanker(Ranker(tiny_backend, fusion_alpha=1e4), "incremental")
+    run = harness.evaluate(evaluator, rec_task, progress=False)
+    assert run.ranker == "incremental+fusion@10000" and run.bad_permutations == 0
+    signal = make_baseline("transitions")
+    signal.prepare(rec_task)
+    for inst in rec_task.instances[:3]:
+        (res,) = evaluator.rank_instances([inst])
+        score = dict(zip(inst.ids, signal.scores(inst), strict=True))
+        ranked = [score[cid] for cid in res.order]
+        assert ranked == sorted(ranked, reverse=True)  # ties: the ranker decides
+        assert res.fusion_alpha == 1e4
+
+
+def test_eval_uses_a_task_s_own_scores(tiny_backend):
+    from recsys.eval import harness
+    from recsys.eval.tasks import Instance, TaskSet
+
+    req = scored_request(6, shuffle=8)
+    inst = Instance(
+        id="p:1", task="passage-5", request_task="passage", candidates=req.candidates,
+        relevance={"m0": 1.0}, query="a question",
+    )  # fmt: skip
+    evaluator = harness.EngineRanker(Ranker(tiny_backend), "score", fusion_alpha=1e4)
+    evaluator.prepare(TaskSet("passage-5", [inst]))
+    assert evaluator.scorer is None
+    assert evaluator.rank_instances([inst])[0].order == by_score(req)
+
+
+@pytest.mark.parametrize(
+    ("task", "signal", "message"),
+    [
+        ("router-perf", "transitions", "--fusion-signal transitions: baseline 'transitions' does"),
+        ("rec-movie", "none", "--fusion-alpha needs candidate scores and 'rec-movie' has none"),
+        ("rec-movie", "magic", "unknown baseline 'magic'"),
+    ],
+)
+def test_eval_fusion_without_scores_is_a_clear_error(tiny_backend, task, signal, message):
+    from recsys.errors import UserError
+    from recsys.eval import harness
+    from recsys.eval.tasks import Instance, TaskSet
+
+    cands = (Candidate("a", "A"), Candidate("b", "B"))
+    inst = Instance(id="x", task=task, request_task=task, candidates=cands, relevance={"a": 1.0})
+    evaluator = harness.EngineRanker(Ranker(tiny_backend, fusion_alpha=1.0), "incremental")
+    evaluator.fusion_signal = signal
+    with pytest.raises(UserError, match=message):
+        evaluator.prepare(TaskSet(task, [inst]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ranker", "bm25", "--fusion-alpha", "1"], "--fusion-alpha applies to engine modes"),
+        (["--ranker", "reason", "--fusion-alpha", "1"], "reason cannot fuse"),
+        (["--fusion-alpha", "-1"], "--fusion-alpha must be a finite number >= 0"),
+        (["--fusion-alpha", "nan"], "--fusion-alpha must be a finite number >= 0"),
+    ],
+)
+def test_cli_eval_bad_fusion_exits_2(fresh_settings, capsys, args, message):
+    base = ["eval", "--task", "rec-movie", "--data", "/nonexistent", "--no-progress"]
+    code, _, err = run_cli(fresh_settings, capsys, [*base, *args])
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
