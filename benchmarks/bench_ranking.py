@@ -114,14 +114,16 @@ def run(args: argparse.Namespace) -> dict:
     reqs = [ml100k_request(u)[0] for u in users]
     _timed_rank(ranker, reqs[0])  # warm-up (allocations, lazy imports)
 
-    # the default is one forward pass per elimination step; this one guesses 6 labels per call
-    speculative = Ranker(ranker.backend, speculate=6)
-    modes_run = {
-        "incremental": (ranker, "incremental"),
-        "incremental, speculate=6": (speculative, "incremental"),
-        "score": (ranker, "score"),
-        "direct": (ranker, "direct"),
-    }
+    # the default is one forward pass per elimination step; speculate=k guesses k labels per call
+    modes_run = {"incremental": (ranker, "incremental")}
+    for k in args.speculate:
+        modes_run[f"incremental, speculate={k}"] = (
+            Ranker(ranker.backend, speculate=k),
+            "incremental",
+        )
+    for mode in ("score", "direct"):
+        if mode not in args.skip:
+            modes_run[mode] = (ranker, mode)
     per_mode: dict[str, list[tuple[float, int, int]]] = {m: [] for m in modes_run}
     prefill, ratios, prompt_tokens = [], [], []
     for k, req in enumerate(reqs):
@@ -235,6 +237,10 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
@@ -245,6 +251,10 @@ def main() -> None:
     parser.add_argument("--reason-max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="prefill/incremental pairs")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--speculate", type=_ints, default=[6], help="speculation depths to time, e.g. 1,2,6"
+    )
+    parser.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct")
     args = parser.parse_args()
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ the rankers use it to speculate several elimination steps per call.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,66 @@ MIN_REUSE_TOKENS = 4
 # A row that continues its own previous row after dropping at most this many tokens (rejected
 # speculative labels) keeps its cache and masks the dropped slots instead of copying the cache.
 MAX_DEAD_TOKENS = 32
+
+
+@functools.cache
+def _growable_layer_class() -> type:
+    """A DynamicLayer that appends into a buffer with spare capacity instead of
+    `torch.cat`-ing the whole cache on every step. A decoding step on CPU is bound by memory
+    traffic, and re-copying every layer's keys and values per token cost ~7% of a step."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowableLayer(DynamicLayer):
+        _kbuf: torch.Tensor | None = None
+        _vbuf: torch.Tensor | None = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.numel() else 0
+            add = key_states.shape[-2]
+            if not self._owns_current(key_states, n + add):
+                self._regrow(key_states, value_states, n, n + add)
+            self._kbuf[..., n : n + add, :] = key_states
+            self._vbuf[..., n : n + add, :] = value_states
+            self.keys = self._kbuf[..., : n + add, :]
+            self.values = self._vbuf[..., : n + add, :]
+            return self.keys, self.values
+
+        def _owns_current(self, new: torch.Tensor, total: int) -> bool:
+            # keys may have been replaced by a base-class method (crop, reorder, ...)
+            kb = self._kbuf
+            return (
+                kb is not None
+                and kb.shape[:2] == new.shape[:2]
+                and total <= kb.shape[-2]
+                and self.keys.data_ptr() == kb.data_ptr()
+            )
+
+        def _regrow(self, key_states, value_states, n: int, total: int) -> None:
+            cap = total + max(64, total // 4)
+            shape = (*key_states.shape[:2], cap, key_states.shape[-1])
+            kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)
+            if n:
+                kb[..., :n, :] = self.keys
+                vb[..., :n, :] = self.values
+            self._kbuf, self._vbuf = kb, vb
+
+    return GrowableLayer
+
+
+def _new_cache(config) -> object:
+    """An empty DynamicCache whose full-attention layers grow in place."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=config)
+    layer_cls = _growable_layer_class()
+    cache.layers = [
+        layer_cls() if type(layer) is DynamicLayer else layer
+        for layer in cache.layers  # type: ignore[attr-defined]
+    ]
+    return cache
 
 
 @dataclass
@@ -214,9 +275,7 @@ class TransformersBackend(LMBackend):
                 slot_idx[i, kmax - keep :] = real
                 new_mask[i, kmax - keep :] = 1
             tokens.append(state.tokens[src][:keep] if keep else ())
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = _new_cache(self.model.config)
         for li, layer in enumerate(state.cache.layers):  # type: ignore[attr-defined]
             k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
             idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
@@ -247,9 +306,7 @@ class TransformersBackend(LMBackend):
         cache = base.cache
         self._state = None  # a failed forward must not leave a half-extended cache behind
         if cache is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.config)
+            cache = _new_cache(self.model.config)
         t0 = time.perf_counter()
         hidden = self.model.get_decoder()(
             input_ids=ids.to(self.device),
@@ -362,8 +419,9 @@ def _is_plain_dynamic(cache: object) -> bool:
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     layers = getattr(cache, "layers", None)
+    plain = (DynamicLayer, _growable_layer_class())
     return bool(layers) and all(
-        type(layer) is DynamicLayer and not isinstance(layer, DynamicSlidingWindowLayer)
+        type(layer) in plain and not isinstance(layer, DynamicSlidingWindowLayer)
         for layer in layers  # type: ignore[union-attr]
     )
 
