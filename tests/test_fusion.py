@@ -513,3 +513,21 @@ def test_cli_eval_bad_fusion_exits_2(fresh_settings, capsys, args, message):
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_cli_eval_fusion_alpha_end_to_end(fresh_settings, capsys, tmp_path, tiny_model_dir):
+    from tests.test_eval_harness import write_ml100k
+
+    data = write_ml100k(tmp_path / "ml", users=4)
+    out = tmp_path / "results.json"
+    args = ["eval", "--task", "rec-movie", "--data", str(data), "--model", str(tiny_model_dir),
+            "--fusion-alpha", "2", "--limit", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    code, stdout, _ = run_cli(fresh_settings, capsys, args)
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["fusion_alpha"] == 2.0
+    assert result["config"]["fusion_signal"] == "transitions"
+    run = result["runs"][0]
+    assert run["ranker"] == "incremental+fusion@2" and run["n"] == 2
+    assert run["bad_permutations"] == 0
+    assert "| rec-movie | incremental+fusion@2 | 2 |" in stdout
