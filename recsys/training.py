@@ -135,6 +135,7 @@ class TrainingOptions:
     teacher: str = "retrieval"  # retrieval | none
     expected_weight: float = 1.0
     fusion_alpha: float = 0.0
+    train_fused: bool = False  # train the fused policy (needs fusion_alpha)
     extra_alphas: tuple[float, ...] = ()  # more fusion weights measured (val_mrr_fused@a)
     eval_every: int = 25
     checkpoint_every: int = 25
@@ -224,6 +225,7 @@ def run_training(
             checkpoint_every=opts.checkpoint_every,
             seed=opts.seed,
             fusion_alpha=opts.fusion_alpha,
+            train_fused=opts.train_fused,
             lora=opts.lora,
             **opts.extra,
         )
@@ -320,6 +322,12 @@ def run_training(
         for a in alphas[1:]:
             metrics[f"val_mrr_fused@{a}"] = mrr(tuned[f"rr_fused@{a}"])
             metrics[f"val_mrr_zero_shot_fused@{a}"] = mrr(base[f"rr_fused@{a}"])
+        # a version with a fusion_alpha is SERVED fused (recsys.registry), so the gate's
+        # per-user results are the fused ones, against the zero-shot model fused the same way
+        metrics["val_rr_ranker_alone"] = tuned["rr"]
+        metrics["val_rr"] = tuned[f"rr_fused@{opts.fusion_alpha}"]
+        metrics["val_rr_baseline"] = base[f"rr_fused@{opts.fusion_alpha}"]
+    metrics["val_mrr_served"] = mrr(metrics["val_rr"])
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model_dir = trainer.export(out_dir / "model")
     metrics["artifact"] = str(model_dir)

@@ -113,7 +113,28 @@ def test_lightfm_learns_planted_clusters() -> None:
     assert hits >= 9
 
 
-ALL_NAMES = ["random", "bm25", "popularity", "lightfm", "transitions"]
+def test_ensemble_is_the_sum_of_its_parts_zscores() -> None:
+    """ensemble = z(LightFM) + z(transitions) per instance: checked against the two parts
+    fitted on the same data, and a candidate strong on one signal only is lifted by it."""
+    rng = np.random.default_rng(1)
+    items = [str(i) for i in range(20)]
+    train = [(f"u{u}", str(i)) for u in range(15) for i in rng.choice(20, 6, replace=False)]
+    inst = rec_instance("u0", ["1", "2"], items[5:12], "5")
+    ts = rec_taskset([inst], train)
+    ens = baselines.make_baseline("ensemble", seed=3)
+    ens.prepare(ts)
+    parts = [baselines.LightFMBaseline(seed=3), baselines.TransitionsBaseline()]
+    expected = np.zeros(len(inst.candidates))
+    for part in parts:
+        part.prepare(ts)
+        x = part.scores(inst)
+        expected += (x - x.mean()) / x.std()
+    assert ens.scores(inst) == pytest.approx(expected)
+    flat = baselines._zscore(np.ones(4))  # equal scores carry no signal, not NaN
+    assert flat.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+ALL_NAMES = ["random", "bm25", "popularity", "lightfm", "transitions", "ensemble"]
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)

@@ -60,6 +60,47 @@ def test_fusion_with_large_alpha_follows_retrieval_order(tiny):
     assert greedy_order(model, seq, scores, alpha=1000.0) == ["0", "1", "2", "3", "4"]
 
 
+def test_fused_step_logprobs_match_the_served_fused_engine(tiny, tiny_backend):
+    """Training the fused policy trains what is served: the teacher-forced fused step
+    log-probs equal the engine's fused step probabilities along its own ranking."""
+    from ranking.fusion import fusion_bias
+
+    _, tok = tiny
+    ep = rule_episodes(1, seed=6, k=6)[0]
+    scores = [c.score for c in ep.request.candidates]
+    tiny_backend.clear_cache()
+    result = Ranker(tiny_backend, fusion_alpha=1.5).rank(ep.request)
+    seq = build_sequence(ep.request, tok)
+    ids = list(ep.request.ids)
+    elim = [ids.index(s.eliminated) for s in result.steps[: len(ids) - 1]]
+    bias = torch.tensor(fusion_bias(scores, 1.5), dtype=torch.float32)
+    with torch.no_grad():
+        fused = step_logprobs(tiny_backend.model, seq, elim, bias)
+        plain = step_logprobs(tiny_backend.model, seq, elim)
+    taken = [float(fused[t, e]) for t, e in enumerate(elim)]
+    engine = [float(torch.log(torch.tensor(s.prob))) for s in result.steps[: len(elim)]]
+    assert taken == pytest.approx(engine, abs=1e-4)
+    assert not torch.allclose(fused[0], plain[0])  # the bias did change the distribution
+    assert torch.exp(fused).sum(dim=1) == pytest.approx(torch.ones(len(elim)), abs=1e-5)
+
+
+def test_training_the_fused_policy_changes_only_through_the_lm(tiny, tmp_path):
+    """With train_fused the loss is computed on the fused distribution: a step updates the
+    LM and the fused validation MRR is reported."""
+    model, tok = tiny
+    cfg = TrainConfig(
+        algo="expected", steps=2, batch_size=2, lr=1e-3, eval_every=2, checkpoint_every=100,
+        fusion_alpha=2.0, train_fused=True, seed=1,
+    )  # fmt: skip
+    before = _weights(model)
+    trainer = Trainer(model, tok, rule_episodes(4, 1), rule_episodes(3, 2), cfg, tmp_path)
+    ep = trainer.train_eps[0]
+    assert trainer.train_bias(ep) is not None
+    trainer.run()
+    assert any(not torch.equal(v, dict(model.named_parameters())[k]) for k, v in before.items())
+    assert "val_mrr_fused" in trainer.state.history[-1]
+
+
 @pytest.mark.parametrize(
     ("algo", "lr", "steps"),
     [("expected", 3e-3, 6), ("distill", 3e-3, 6), ("grpo", 3e-3, 6)],
@@ -161,6 +202,7 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny, tmp_path):
         ({"algo": "ppo"}, "unknown algo"),
         ({"algo": "grpo", "group_size": 1}, "group_size"),
         ({"precision": "fp8"}, "precision"),
+        ({"train_fused": True}, "fusion_alpha > 0"),
     ],
 )
 def test_bad_config(kwargs, match):

@@ -33,8 +33,15 @@ def _label_logits(
     return logits[:, torch.tensor(list(label_ids), device=device)].float()
 
 
-def mask_eliminated(logits: torch.Tensor, elim_order: Sequence[int]) -> torch.Tensor:
-    """Row t keeps only candidates not eliminated in steps < t; returns log-probs."""
+def mask_eliminated(
+    logits: torch.Tensor, elim_order: Sequence[int], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Row t keeps only candidates not eliminated in steps < t; returns log-probs. `bias`
+    [n] (score fusion, `ranking.fusion`) is added before renormalising over those
+    candidates: log_softmax(lp + b) over the candidates in play equals log_softmax(logits +
+    b), the served engine's fused step distribution."""
+    if bias is not None:
+        logits = logits + bias.to(logits.device, logits.dtype)
     n_steps, n = logits.shape
     mask = torch.zeros(n_steps, n, dtype=torch.bool, device=logits.device)
     for t in range(1, n_steps):
@@ -43,7 +50,10 @@ def mask_eliminated(logits: torch.Tensor, elim_order: Sequence[int]) -> torch.Te
 
 
 def step_logprobs(
-    model: torch.nn.Module, seq: EliminationSequence, elim_order: Sequence[int]
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    elim_order: Sequence[int],
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher-forced log pi_t(c) for every step t of `elim_order` and every candidate c
     ([len(elim_order), n]; -inf for candidates already out). One forward pass."""
@@ -53,11 +63,14 @@ def step_logprobs(
     # the last label's own token is not needed as input: its logits come from before it
     input_ids = seq.context(elim_order[:-1])
     logits = _label_logits(model, input_ids, step_positions(seq, len(elim_order)), seq.label_ids)
-    return mask_eliminated(logits, elim_order)
+    return mask_eliminated(logits, elim_order, bias)
 
 
 def batched_step_logprobs(
-    model: torch.nn.Module, seq: EliminationSequence, orders: Sequence[Sequence[int]]
+    model: torch.nn.Module,
+    seq: EliminationSequence,
+    orders: Sequence[Sequence[int]],
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`step_logprobs` for G full trajectories of the same request in one batched pass
     (they have the same length): [G, T, n]."""
@@ -68,7 +81,7 @@ def batched_step_logprobs(
     keep = torch.tensor(step_positions(seq, n_steps), device=device)
     logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
     logits = logits[:, :, torch.tensor(list(seq.label_ids), device=device)].float()
-    return torch.stack([mask_eliminated(lg, o) for lg, o in zip(logits, orders, strict=True)])
+    return torch.stack([mask_eliminated(lg, o, bias) for lg, o in zip(logits, orders, strict=True)])
 
 
 def taken_logprobs(step_lp: torch.Tensor, elim_order: Sequence[int]) -> torch.Tensor:
@@ -132,11 +145,14 @@ def sample_trajectories(
     group: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    bias: np.ndarray | None = None,
 ) -> list[list[int]]:
-    """`group` elimination orders sampled from the policy (temperature-scaled)."""
+    """`group` elimination orders sampled from the policy (temperature-scaled), fused with
+    `bias` (`ranking.fusion.fusion_bias`) when given."""
     if temperature <= 0:
         raise ValueError("sampling needs temperature > 0")
-    return _decode(model, seq, group, temperature, generator)
+    biases = None if bias is None else [bias] * group
+    return _decode(model, seq, group, temperature, generator, biases)
 
 
 def greedy_orders(

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ranking.fusion import fusion_bias
 from ranking.metrics import reciprocal_rank
 from ranking.rewards import iranker_trajectory_rewards
 from ranking.rl.episodes import Episode, shuffled_negatives
@@ -78,6 +79,9 @@ class TrainConfig:
     checkpoint_every: int = 10
     seed: int = 0
     fusion_alpha: float = 0.0  # also report validation MRR fused with retrieval scores
+    # train the fused policy itself (steps = LM log-probs + fusion bias, renormalised): the
+    # LM learns a correction to the retrieval order instead of re-learning it
+    train_fused: bool = False
     # parameter-efficient / precision
     lora: bool = False
     lora_r: int = 8
@@ -90,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"unknown algo {self.algo!r}; use one of {list(ALGOS)}")
         if self.steps < 0 or self.batch_size < 1 or (self.group_size < 2 and self.algo == "grpo"):
             raise ValueError("steps must be >= 0, batch_size >= 1, group_size >= 2 for grpo")
+        if self.train_fused and self.fusion_alpha <= 0:
+            raise ValueError("train_fused needs fusion_alpha > 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("precision must be auto, fp32 or bf16")
 
@@ -192,10 +198,11 @@ class Trainer:
     def _episode_loss(self, idx: int, rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
         ep = self.train_eps[idx]
         seq = self.sequence(ep, idx)
+        bias = self.train_bias(ep)
         algo = self.config.algo
         if algo == "expected":
             order = shuffled_negatives(ep, rng)
-            lp = step_logprobs(self.model, seq, order)
+            lp = step_logprobs(self.model, seq, order, bias)
             loss = expected_reward_loss(lp, ep.gt_index)
             return {"loss": loss, "reward": 1.0 - float(loss.detach())}
         if algo == "distill":
@@ -203,7 +210,7 @@ class Trainer:
                 raise ValueError("algo 'distill' needs episodes with a teacher order")
             ids = ep.request.ids
             target = [ids.index(c) for c in ep.teacher_order][:-1]
-            lp = step_logprobs(self.model, seq, target)
+            lp = step_logprobs(self.model, seq, target, bias)
             exp = expected_reward_loss(lp, ep.gt_index)
             loss = distill_loss(lp, target) + self.config.expected_weight * exp
             return {"loss": loss, "reward": 1.0 - float(exp.detach())}
@@ -211,18 +218,33 @@ class Trainer:
             return self._logged_loss(ep, seq)
         return self._grpo_loss(ep, seq, gen)
 
+    def train_bias(self, ep: Episode) -> torch.Tensor | None:
+        """The fusion bias of `ep`'s candidates when training the fused policy, else None."""
+        if not self.config.train_fused:
+            return None
+        bias = fusion_bias([c.score for c in ep.request.candidates], self.config.fusion_alpha)
+        return None if bias is None else torch.tensor(bias, dtype=torch.float32)
+
     def _grpo_loss(self, ep: Episode, seq: EliminationSequence, gen: torch.Generator):
         cfg = self.config
+        bias = self.train_bias(ep)
         was_training = self.model.training
         self.model.eval()
-        orders = sample_trajectories(self.model, seq, cfg.group_size, cfg.temperature, gen)
+        orders = sample_trajectories(
+            self.model,
+            seq,
+            cfg.group_size,
+            cfg.temperature,
+            gen,
+            None if bias is None else bias.numpy(),
+        )
         self.model.train(was_training)
         ids = ep.request.ids
         rewards = torch.tensor(
             [iranker_trajectory_rewards([ids[i] for i in o], ids, ep.ground_truth) for o in orders]
         )
         adv = process_advantages(rewards).to(self.device)
-        new_lp = batched_step_logprobs(self.model, seq, orders)
+        new_lp = batched_step_logprobs(self.model, seq, orders, bias)
         new_taken = torch.stack(
             [taken_logprobs(lp, o) for lp, o in zip(new_lp, orders, strict=True)]
         )
@@ -230,7 +252,7 @@ class Trainer:
             ref_model = self.ref_model or self.model
             ctx = self.model.disable_adapter() if self.ref_model is None else nullcontext()
             with ctx:
-                ref_lp = batched_step_logprobs(ref_model, seq, orders)
+                ref_lp = batched_step_logprobs(ref_model, seq, orders, bias)
             ref_taken = torch.stack(
                 [taken_logprobs(lp, o) for lp, o in zip(ref_lp, orders, strict=True)]
             )
@@ -245,7 +267,7 @@ class Trainer:
             raise ValueError("algo 'logged' needs episodes with a logged order and propensity")
         ids = ep.request.ids
         elim = [ids.index(c) for c in reversed(ep.logged_order)][:-1]
-        lp = step_logprobs(self.model, seq, elim)
+        lp = step_logprobs(self.model, seq, elim, self.train_bias(ep))
         rewards = torch.tensor(
             iranker_trajectory_rewards([ids[i] for i in elim], ids, ep.ground_truth)
         )

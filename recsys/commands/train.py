@@ -40,7 +40,13 @@ def register(app: typer.Typer) -> None:
             1.0, "--expected-weight", help="distill: weight of the expected-reward term"
         ),
         fusion_alpha: float = typer.Option(
-            0.0, "--fusion-alpha", help="also evaluate step log-probs fused with retrieval scores"
+            0.0,
+            "--fusion-alpha",
+            help="score-fusion weight: validation also ranks fused with retrieval scores, and "
+            "the registered version is served (and gated) fused with it",
+        ),
+        train_fused: bool = typer.Option(
+            False, "--train-fused", help="train the fused policy itself (needs --fusion-alpha)"
         ),
         extra_alphas: str = typer.Option(
             "", "--extra-alphas", help="more fusion weights to measure, comma-separated"
@@ -86,6 +92,7 @@ def register(app: typer.Typer) -> None:
             history_len=history,
             expected_weight=expected_weight,
             fusion_alpha=fusion_alpha,
+            train_fused=train_fused,
             extra_alphas=tuple(float(a) for a in extra_alphas.split(",") if a.strip()),
             eval_every=eval_every,
             checkpoint_every=checkpoint_every,

@@ -226,6 +226,31 @@ class LightFMBaseline(_RecBaseline):
         return self.cf.scores(user, [self.items[c.id] for c in instance.candidates])
 
 
+class EnsembleBaseline(_RecBaseline):
+    """A classical hybrid: the sum of LightFM WARP's and item transitions' scores, each
+    z-scored over the instance's candidates (equal weights, nothing tuned on the targets).
+    Collaborative filtering and short-term sequence signals are complementary, so this is
+    the bar an LM ranker fused with retrieval scores has to clear, not either one alone."""
+
+    name = model = "ensemble"
+
+    def __init__(self, seed: int = 7) -> None:
+        self.parts: list[ScoringBaseline] = [LightFMBaseline(seed=seed), TransitionsBaseline()]
+
+    def fit(self, taskset: TaskSet) -> None:
+        for part in self.parts:
+            part.fit(taskset)
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        return sum(_zscore(part.scores(instance)) for part in self.parts)  # type: ignore[return-value]
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
 def scored_candidates(instance: Instance, scores: Sequence[float]) -> tuple[Candidate, ...]:
     """The instance's candidates carrying a classical recommender's scores as retrieval
     `score` (rounded to 4 places, as prompts show them) and `signals` = {cf_rank}: how
@@ -247,6 +272,7 @@ BASELINES = {
     "lightfm": LightFMBaseline,
     "cf": LightFMBaseline,  # the issue's name for it
     "transitions": TransitionsBaseline,
+    "ensemble": EnsembleBaseline,
 }
 
 
@@ -254,4 +280,4 @@ def make_baseline(name: str, seed: int = 7) -> ScoringBaseline:
     if name not in BASELINES:
         raise UserError(f"unknown baseline {name!r}; use one of {sorted(BASELINES)}")
     cls = BASELINES[name]
-    return cls(seed=seed) if cls in (RandomBaseline, LightFMBaseline) else cls()
+    return cls(seed=seed) if cls in (RandomBaseline, LightFMBaseline, EnsembleBaseline) else cls()
