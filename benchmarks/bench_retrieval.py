@@ -22,7 +22,10 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,7 @@ def quality(data_dir: Path, embeddings: str) -> dict:
 
 
 def clustered(n: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarray:
+    """Unit vectors from a mixture of `clusters` Gaussians (centres N(0, I), spread 0.35)."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim)).astype(np.float32)
     x = centers[rng.integers(0, clusters, n)]
@@ -110,57 +114,163 @@ def clustered(n: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def faiss_section(sizes: list[int], dims: list[int], n_queries: int = 1000, k: int = 100) -> list:
+def iid(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors with i.i.d. Gaussian coordinates: no structure, the worst case for ANN."""
+    x = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+DISTRIBUTIONS = {"clustered": clustered, "iid": iid}
+TARGET_RECALL = 0.95
+TARGET_SPEEDUP = 10.0
+ENOUGH_RECALL = 0.999  # a sweep stops here: deeper search only costs speed
+
+
+@dataclass(frozen=True)
+class FaissConfig:
+    n_queries: int = 1000  # batch mode: all queries in one search call; recall over these
+    single_queries: int = 200  # single mode: the first ones, one search call each
+    k: int = 100
+    threads: int = 1
+    kinds: tuple[str, ...] = ("hnsw", "ivfpq")  # flat always runs: it is the reference
+    hnsw_m: tuple[int, ...] = (16, 32)
+    ef_search: tuple[int, ...] = (100, 128, 160, 200, 256, 384, 512, 768, 1024)
+    ef_construction: int | None = None  # None: the library default
+    nprobe: tuple[int, ...] = (8, 16, 32, 64, 128)
+    ivf_train_per_list: int | None = None  # None: the library default
+    repeats: int = 3  # best of this many timings, stopping early past `timing_budget_s`
+    timing_budget_s: float = 10.0
+
+
+def faiss_section(
+    sizes: list[int], dims: list[int], distributions: list[str], cfg: FaissConfig, command: str
+) -> Iterator[list[dict]]:
+    """Flat vs HNSW (efSearch sweep per M) vs IVF-PQ (nprobe sweep), one block per
+    (distribution, n, dim), yielded as it finishes: same vectors, queries and thread count
+    for every index of a block, batch and single-query timing."""
+    import faiss
+
+    faiss.omp_set_num_threads(cfg.threads)
+    for dist in distributions:
+        for n in sizes:
+            for dim in dims:
+                both = DISTRIBUTIONS[dist](n + cfg.n_queries, dim, seed=n + dim)
+                block = {
+                    "distribution": dist,
+                    "n": n,
+                    "dim": dim,
+                    "command": command,
+                    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                    "threads": cfg.threads,
+                    "queries": cfg.n_queries,
+                    "single_queries": cfg.single_queries,
+                    "k": cfg.k,
+                    "load_avg_start": round(os.getloadavg()[0], 2),
+                }
+                rows = _faiss_block(both[:n], both[n:], block, cfg)
+                del both
+                for row in rows:
+                    row["load_avg_end"] = round(os.getloadavg()[0], 2)
+                yield rows
+
+
+def _faiss_block(x: np.ndarray, q: np.ndarray, block: dict, cfg: FaissConfig) -> list[dict]:
     from retrieval.index import VectorIndex, choose_params
 
-    rows = []
-    for n in sizes:
-        for dim in dims:
-            both = clustered(n + n_queries, dim, seed=n + dim)
-            x, q = both[:n], both[n:]
-            truth = None
-            flat_qps = None
-            for kind in ("flat", "hnsw", "ivfpq"):
-                params = choose_params(n, dim, kind=kind)
-                started = time.perf_counter()
-                index = VectorIndex.build(x, params)
-                build_s = time.perf_counter() - started
-                # HNSW: one build, two search depths (efSearch >= k is the floor)
-                search_params = [100, 200] if kind == "hnsw" else [None]
-                for ef in search_params:
-                    if ef is not None:
-                        index.tune(ef_search=ef)
-                        params = index.params
-                    started = time.perf_counter()
-                    _, pos = index.search(q, k)
-                    search_s = time.perf_counter() - started
-                    if truth is None:
-                        truth, flat_qps = pos, n_queries / search_s
-                    row = _faiss_row(n, dim, params, build_s, search_s, pos, truth, flat_qps, k)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-                del index
+    n, dim = x.shape
+    flat_index, flat_build = _build(VectorIndex, x, choose_params(n, dim, kind="flat"))
+    truth = flat_index.search(q, cfg.k)[1]
+    flat = _measure(flat_index, q, truth, cfg)
+    del flat_index
+    rows = [_row(block, "flat", {}, flat_build, flat, flat)]
+    for m in cfg.hnsw_m if "hnsw" in cfg.kinds else ():
+        params = choose_params(n, dim, kind="hnsw", hnsw_m=m, ef_construction=cfg.ef_construction)
+        index, build_s = _build(VectorIndex, x, params)
+        for ef in cfg.ef_search:
+            index.tune(ef_search=ef)
+            shown = {"hnsw_m": m, "ef_construction": params.ef_construction, "ef_search": ef}
+            rows.append(_row(block, "hnsw", shown, build_s, _measure(index, q, truth, cfg), flat))
+            if _sweep_done(rows[-1]):
+                break
+        del index
+    if "ivfpq" in cfg.kinds:
+        params = choose_params(n, dim, kind="ivfpq", train_per_list=cfg.ivf_train_per_list)
+        index, build_s = _build(VectorIndex, x, params)
+        for nprobe in cfg.nprobe:
+            index.tune(nprobe=nprobe)
+            shown = {
+                "nlist": max(1, min(params.nlist, n // 39)),  # as VectorIndex.build clamps it
+                "pq_m": params.pq_m,
+                "pq_bits": params.pq_bits,
+                "train_per_list": params.train_per_list,
+                "refine_factor": params.refine_factor,
+                "nprobe": nprobe,
+            }
+            rows.append(_row(block, "ivfpq", shown, build_s, _measure(index, q, truth, cfg), flat))
+            if _sweep_done(rows[-1]):
+                break
+        del index
     return rows
 
 
-def _faiss_row(n, dim, params, build_s, search_s, pos, truth, flat_qps, k) -> dict:  # type: ignore[no-untyped-def]
+def _build(cls, x: np.ndarray, params) -> tuple:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    index = cls.build(x, params)
+    return index, time.perf_counter() - started
+
+
+def _best_time(fn, cfg: FaissConfig) -> float:  # type: ignore[no-untyped-def]
+    best, spent = float("inf"), 0.0
+    for _ in range(cfg.repeats):
+        started = time.perf_counter()
+        fn()
+        took = time.perf_counter() - started
+        best, spent = min(best, took), spent + took
+        if spent > cfg.timing_budget_s:
+            break
+    return best
+
+
+def _measure(index, q: np.ndarray, truth: np.ndarray, cfg: FaissConfig) -> dict:  # type: ignore[no-untyped-def]
+    k = cfg.k
+    pos = index.search(q, k)[1]
     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(pos, truth, strict=True)]))
-    qps = len(pos) / search_s
-    shown = {
-        "flat": [],
-        "hnsw": ["hnsw_m", "ef_construction", "ef_search"],
-        "ivfpq": ["nlist", "pq_m", "pq_bits", "nprobe", "refine_factor"],
-    }[params.kind]
+    batch_s = _best_time(lambda: index.search(q, k), cfg)
+    singles = q[: cfg.single_queries]
+
+    def one_at_a_time() -> None:
+        for row in singles:
+            index.search(row[None, :], k)
+
+    single_s = _best_time(one_at_a_time, cfg)
     return {
-        "n": n,
-        "dim": dim,
-        "kind": params.kind,
-        "params": {key: getattr(params, key) for key in shown},
-        "build_s": round(build_s, 2),
-        f"recall@{k}": round(recall, 4),
-        "qps": round(qps, 1),
-        "speedup_vs_flat": round(qps / flat_qps, 2),
+        "recall": recall,
+        "batch_qps": len(q) / batch_s,
+        "single_qps": len(singles) / single_s,
     }
+
+
+def _row(block: dict, kind: str, params: dict, build_s: float, m: dict, flat: dict) -> dict:
+    row = {
+        **{key: block[key] for key in ("distribution", "n", "dim")},
+        "kind": kind,
+        "params": params,
+        "build_s": round(build_s, 2),
+        f"recall@{block['k']}": round(m["recall"], 4),
+        "single_qps": round(m["single_qps"], 1),
+        "single_speedup": round(m["single_qps"] / flat["single_qps"], 2),
+        "batch_qps": round(m["batch_qps"], 1),
+        "batch_speedup": round(m["batch_qps"] / flat["batch_qps"], 2),
+        **{key: v for key, v in block.items() if key not in ("distribution", "n", "dim")},
+    }
+    print(json.dumps({key: v for key, v in row.items() if key != "command"}), flush=True)
+    return row
+
+
+def _sweep_done(row: dict) -> bool:
+    """Deeper search is pointless once recall is ~exact or ANN is slower than flat."""
+    recall = row[f"recall@{row['k']}"]
+    return recall >= ENOUGH_RECALL or max(row["single_speedup"], row["batch_speedup"]) < 1.0
 
 
 def cf_section(data_dir: Path, synthetic_interactions: int, synthetic_epochs: int) -> list:
@@ -173,15 +283,29 @@ def cf_section(data_dir: Path, synthetic_interactions: int, synthetic_epochs: in
     items = ds.interactions["item_id"].cast(int).to_numpy() - 1
     m = interactions_matrix(users, items, users.max() + 1, items.max() + 1)
     rows.append(_time_cf("ml-100k", m, epochs=30))
-    rng = np.random.default_rng(7)
-    n_users, n_items = 50_000, 20_000
-    # power-law item popularity, like real catalogues
-    p = 1.0 / np.arange(1, n_items + 1) ** 0.8
-    u = rng.integers(0, n_users, synthetic_interactions)
-    i = rng.choice(n_items, synthetic_interactions, p=p / p.sum())
-    m = interactions_matrix(u, i, n_users, n_items)
+    u, i = synthetic_interactions_pairs(synthetic_interactions, 50_000, 20_000)
+    m = interactions_matrix(u, i, 50_000, 20_000)
     rows.append(_time_cf(f"synthetic {synthetic_interactions:,}", m, epochs=synthetic_epochs))
     return rows
+
+
+def synthetic_interactions_pairs(
+    count: int, n_users: int, n_items: int, seed: int = 7
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` distinct (user, item) pairs: uniform users, power-law item popularity
+    (p ~ rank^-0.8, like real catalogues); duplicates are redrawn so the set has exactly
+    `count` interactions."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    p /= p.sum()
+    keys = np.zeros(0, np.int64)
+    while len(keys) < count:
+        draw = int(1.05 * (count - len(keys))) + 1000
+        new = rng.integers(0, n_users, draw) * n_items + rng.choice(n_items, draw, p=p)
+        keys = np.concatenate([keys, new[np.sort(np.unique(new, return_index=True)[1])]])
+        keys = keys[np.sort(np.unique(keys, return_index=True)[1])]
+    keys = keys[:count]
+    return keys // n_items, keys % n_items
 
 
 def _time_cf(name: str, m, epochs: int) -> dict:  # type: ignore[no-untyped-def]
@@ -203,11 +327,206 @@ def _time_cf(name: str, m, epochs: int) -> dict:  # type: ignore[no-untyped-def]
     return row
 
 
-def markdown(results: dict) -> str:
+def _meta_line(meta: dict) -> str:
+    return f"Measured by `{meta['command']}` ({meta['machine']}, {meta['date']})."
+
+
+def _blocks(rows: list[dict]) -> dict[tuple, list[dict]]:
+    blocks: dict[tuple, list[dict]] = {}
+    for r in rows:
+        blocks.setdefault((r["distribution"], r["n"], r["dim"]), []).append(r)
+    return dict(sorted(blocks.items()))
+
+
+def is_library_default(row: dict) -> bool:
+    """Whether a row's parameters are what `choose_params` picks for that kind and size."""
+    from retrieval.index import choose_params
+
+    params = choose_params(row["n"], row["dim"], kind=row["kind"])
+    if row["kind"] == "ivfpq":
+        nlist = max(1, min(params.nlist, row["n"] // 39))
+        return row["params"] == {
+            "nlist": nlist,
+            "pq_m": params.pq_m,
+            "pq_bits": params.pq_bits,
+            "train_per_list": params.train_per_list,
+            "refine_factor": params.refine_factor,
+            "nprobe": params.nprobe,
+        }
+    return all(getattr(params, key) == value for key, value in row["params"].items())
+
+
+def fastest_meeting(rows: list[dict], kind: str, mode: str) -> dict | None:
+    """The fastest row of `kind` (by `mode` speed-up) whose recall@k reaches the target."""
+    ok = [r for r in rows if r["kind"] == kind and r[f"recall@{r['k']}"] >= TARGET_RECALL]
+    return max(ok, key=lambda r: r[f"{mode}_speedup"], default=None)
+
+
+def _params_text(row: dict) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "exact"
+    return text + (" (default)" if row["kind"] != "flat" and is_library_default(row) else "")
+
+
+def faiss_markdown(rows: list[dict]) -> list[str]:
+    blocks = _blocks(rows)
+    commands: dict[str, list[str]] = {}
+    for (dist, n, dim), rs in blocks.items():
+        commands.setdefault(rs[0]["command"], []).append(f"{dist} {n:,} x {dim}")
+    first = rows[0]
     lines = [
-        "Measured by `.venv/bin/python -m benchmarks.bench_retrieval` "
-        f"({results['machine']}, {results['date']}). The 2 CPU cores were shared with other "
-        "work during the run, so absolute times are pessimistic; ratios come from one run.",
+        f"### FAISS indexes (k = {first['k']}, recall@{first['k']} against flat, "
+        f"{first['threads']} thread)",
+        "",
+        "Blocks and the command that measured each (every block is one process: same "
+        "vectors, same queries, same thread count for all its indexes):",
+        "",
+    ]
+    for command, names in commands.items():
+        date = next(r["date"] for r in rows if r["command"] == command)
+        lines.append(f"- `{command}` ({date}): {'; '.join(names)}")
+    lines += [
+        "",
+        f"single = {first['single_queries']} queries issued one `search` call each (the online "
+        f"serving case); batch = {first['queries']} queries in one call. Speed-ups are against "
+        "flat in the same block and mode. Times are the best of up to 3 repetitions.",
+        "",
+        f"#### Target: HNSW recall@100 >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:g}x flat "
+        "(fastest HNSW setting that reaches the recall)",
+        "",
+        "| data | n | dim | flat q/s single / batch | HNSW setting (single) | recall@100 | "
+        "x flat single | met | HNSW setting (batch) | x flat batch | met | HNSW build s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (dist, n, dim), rs in blocks.items():
+        flat = next(r for r in rs if r["kind"] == "flat")
+        cells = [dist, f"{n:,}", str(dim), f"{flat['single_qps']:,} / {flat['batch_qps']:,}"]
+        for mode in ("single", "batch"):
+            best = fastest_meeting(rs, "hnsw", mode)
+            if best is None:
+                cells += (
+                    ["none reaches 0.95", "-", "-", "no"]
+                    if mode == "single"
+                    else ["none reaches 0.95", "-", "no"]
+                )
+                continue
+            met = "yes" if best[f"{mode}_speedup"] >= TARGET_SPEEDUP else "**no**"
+            if mode == "single":
+                cells += [
+                    _params_text(best),
+                    str(best["recall@100"]),
+                    str(best["single_speedup"]),
+                    met,
+                ]
+            else:
+                cells += [_params_text(best), str(best["batch_speedup"]), met]
+        hnsw_builds = sorted(
+            {(r["params"]["hnsw_m"], r["build_s"]) for r in rs if r["kind"] == "hnsw"}
+        )
+        cells.append(", ".join(f"M={m}: {b}" for m, b in hnsw_builds))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "#### Summary: flat, the library defaults, and the fastest setting with recall@100 >= "
+        f"{TARGET_RECALL}",
+        "",
+        "| data | n | dim | index | params | build s | recall@100 | single q/s | x flat | "
+        "batch q/s | x flat |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rs in blocks.values():
+        picked: list[dict] = []
+        for r in rs:
+            if r["kind"] == "flat" or is_library_default(r):
+                picked.append(r)
+        for kind in ("hnsw", "ivfpq"):
+            best = fastest_meeting(rs, kind, "single")
+            if best is not None:
+                picked.append(best)
+        seen: set[int] = set()
+        for r in sorted(
+            picked, key=lambda r: (("flat", "hnsw", "ivfpq").index(r["kind"]), -r["single_qps"])
+        ):
+            if id(r) not in seen:
+                seen.add(id(r))
+                lines.append(_faiss_line(r))
+    lines += [
+        "",
+        "#### Full sweep",
+        "",
+        "| data | n | dim | index | params | build s | recall@100 | single q/s | x flat | "
+        "batch q/s | x flat |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_faiss_line(r) for r in rows]
+    lines.append("")
+    return lines
+
+
+def _faiss_line(r: dict) -> str:
+    return (
+        f"| {r['distribution']} | {r['n']:,} | {r['dim']} | {r['kind']} | {_params_text(r)} | "
+        f"{r['build_s']} | {r['recall@100']} | {r['single_qps']:,} | {r['single_speedup']} | "
+        f"{r['batch_qps']:,} | {r['batch_speedup']} |"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """recall@100 against single-query q/s (log x), one panel per block, one line per index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = _blocks(rows)
+    keys = sorted(blocks, key=lambda b: (b[0], b[1], b[2]))
+    cols = 2
+    nrows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(11, 3.8 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        rs = blocks[key]
+        flat = next(r for r in rs if r["kind"] == "flat")
+        ax.scatter([flat["single_qps"]], [1.0], marker="s", color="black", label="flat", zorder=3)
+        lines: dict[str, list[dict]] = {}
+        for r in rs:
+            if r["kind"] == "hnsw":
+                lines.setdefault(f"HNSW M={r['params']['hnsw_m']}", []).append(r)
+            elif r["kind"] == "ivfpq":
+                lines.setdefault("IVF-PQ (nprobe sweep)", []).append(r)
+        for label, lrs in lines.items():
+            ax.plot(
+                [r["single_qps"] for r in lrs],
+                [r["recall@100"] for r in lrs],
+                "o-",
+                label=label,
+                markersize=4,
+            )
+        ax.axhline(TARGET_RECALL, color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(
+            TARGET_SPEEDUP * flat["single_qps"],
+            color="red",
+            linestyle=":",
+            linewidth=0.8,
+            label="10x flat",
+        )
+        ax.set_xscale("log")
+        ax.set_title(f"{key[0]}, n = {key[1]:,}, dim {key[2]}", fontsize=10)
+        ax.set_xlabel("queries/s, one query per call (log)")
+        ax.set_ylabel("recall@100")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    meta = results.get("meta", {})
+    lines = [
+        "Benchmarks of `retrieval/` (benchmarks/bench_retrieval.py). The 2 CPU cores were "
+        "shared with other work during the runs, so absolute times are pessimistic; ratios "
+        "come from one process.",
         "",
     ]
     if "quality" in results:
@@ -216,29 +535,21 @@ def markdown(results: dict) -> str:
             f"### Retrieval quality, MovieLens 100K (leave-last-out, {qual['users']} users, "
             f"{qual['items']} items, seen items excluded, text = {qual['embeddings']})",
             "",
+            _meta_line(meta["quality"]),
+            "",
             "| source | recall@20 | recall@50 | recall@100 |",
             "| --- | --- | --- | --- |",
         ]
         for name, rec in qual["recall"].items():
             lines.append(f"| {name} | {rec['@20']} | {rec['@50']} | {rec['@100']} |")
         lines += ["", f"Default weights: `{qual['default_weights']}`.", ""]
-    if "faiss" in results:
-        lines += [
-            "### FAISS indexes (synthetic clustered unit vectors, 1,000 queries, k = 100)",
-            "",
-            "| n | dim | index | params | build s | recall@100 | queries/s | x flat |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in results["faiss"]:
-            params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "exact"
-            lines.append(
-                f"| {r['n']:,} | {r['dim']} | {r['kind']} | {params} | {r['build_s']} | "
-                f"{r['recall@100']} | {r['qps']:,} | {r['speedup_vs_flat']} |"
-            )
-        lines.append("")
+    if results.get("faiss"):
+        lines += faiss_markdown(results["faiss"])
     if "cf" in results:
         lines += [
             "### CF training (LightFM WARP, 64 factors, 1 thread)",
+            "",
+            _meta_line(meta["cf"]),
             "",
             "| data | users | items | interactions | epochs | wall s | CPU s |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -252,41 +563,110 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="quality,faiss,cf")
+    parser.add_argument(
+        "--sections",
+        default="quality,faiss,cf",
+        help="comma-separated; 'none' only re-renders the markdown and plot",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--embeddings", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--sizes", default="100000", help="FAISS catalogue sizes, comma-separated")
     parser.add_argument("--dims", default="64,384")
+    parser.add_argument(
+        "--distributions",
+        default="clustered,iid",
+        help=f"synthetic vectors: {','.join(DISTRIBUTIONS)}",
+    )
+    parser.add_argument("--queries", type=int, default=FaissConfig.n_queries)
+    parser.add_argument("--single-queries", type=int, default=FaissConfig.single_queries)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=FaissConfig.threads,
+        help="FAISS OpenMP threads for build and search",
+    )
+    parser.add_argument("--kinds", default="hnsw,ivfpq", help="indexes besides flat")
+    parser.add_argument("--hnsw-m", default="16,32")
+    parser.add_argument("--ef-search", default=",".join(map(str, FaissConfig.ef_search)))
+    parser.add_argument(
+        "--ef-construction",
+        type=int,
+        default=None,
+        help="HNSW build depth (default: the library's)",
+    )
+    parser.add_argument("--nprobe", default=",".join(map(str, FaissConfig.nprobe)))
+    parser.add_argument(
+        "--ivf-train-per-list",
+        type=int,
+        default=None,
+        help="IVF-PQ k-means sample per list (default: the library's)",
+    )
     parser.add_argument("--cf-interactions", type=int, default=1_000_000)
     parser.add_argument("--cf-epochs", type=int, default=10, help="epochs for the synthetic set")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=None, help="write the FAISS plot here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sections = args.sections.split(",")
+    command = " ".join([".venv/bin/python -m benchmarks.bench_retrieval", *sys.argv[1:]])
     out_json = args.out / "retrieval.json"
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
-    results |= {
+    if "meta" not in results:  # results written before per-section records
+        old = {
+            "command": ".venv/bin/python -m benchmarks.bench_retrieval",
+            "machine": results.pop("machine", "?"),
+            "date": results.pop("date", "?"),
+        }
+        results["meta"] = {s: dict(old) for s in ("quality", "faiss", "cf") if s in results}
+    here = {
+        "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        out_json.write_text(json.dumps(results, indent=2))
+        out_json.write_text(json.dumps(results, indent=2) + "\n")
         (args.out / "retrieval.md").write_text(markdown(results))
 
     if "quality" in sections:
         results["quality"] = quality(args.data, args.embeddings)
+        results["meta"]["quality"] = here
         save()
     if "faiss" in sections:
-        sizes = [int(s) for s in args.sizes.split(",")]
-        results["faiss"] = faiss_section(sizes, [int(d) for d in args.dims.split(",")])
-        save()
+        cfg = FaissConfig(
+            n_queries=args.queries,
+            single_queries=args.single_queries,
+            threads=args.threads,
+            kinds=tuple(args.kinds.split(",")),
+            hnsw_m=_ints(args.hnsw_m),
+            ef_search=_ints(args.ef_search),
+            ef_construction=args.ef_construction,
+            nprobe=_ints(args.nprobe),
+            ivf_train_per_list=args.ivf_train_per_list,
+        )
+        sizes, dims = list(_ints(args.sizes)), list(_ints(args.dims))
+        distributions = args.distributions.split(",")
+        results["faiss"] = [r for r in results.get("faiss", []) if "distribution" in r]
+        results["meta"].pop("faiss", None)  # recorded per block
+        for new in faiss_section(sizes, dims, distributions, cfg, command):
+            key = (new[0]["distribution"], new[0]["n"], new[0]["dim"])
+            kept = [r for r in results["faiss"] if (r["distribution"], r["n"], r["dim"]) != key]
+            results["faiss"] = kept + new  # other blocks (sizes, earlier commands) stay
+            save()
     if "cf" in sections:
         results["cf"] = cf_section(args.data, args.cf_interactions, args.cf_epochs)
+        results["meta"]["cf"] = here
         save()
+    save()
+    if args.plot and results.get("faiss"):
+        plot(results["faiss"], args.plot)
     print(markdown(results))
 
 

@@ -118,3 +118,17 @@ def test_tune_changes_search_depth_without_rebuilding():
     _, pos = index.search(q, 10)
     truth = brute_force(x, q, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, truth, strict=True)]) >= 0.95
+
+
+def test_ivfpq_skips_polysemous_training_and_caps_the_training_sample():
+    import faiss
+
+    from retrieval.index import _training_sample
+
+    x = clustered(2000, 16)
+    index = VectorIndex.build(x, IndexParams(kind="ivfpq", nlist=8, pq_m=8, pq_bits=4, nprobe=8))
+    ivf = faiss.extract_index_ivf(index._index)
+    assert not faiss.downcast_index(ivf).do_polysemous_training  # ~80% of the build otherwise
+    params = IndexParams(kind="ivfpq", nlist=4, pq_bits=4, train_per_list=100)
+    assert len(_training_sample(x, params, seed=0)) == 2**4 * 64  # the PQ floor wins
+    assert len(_training_sample(x, params.with_overrides(train_per_list=400), 0)) == 1600
