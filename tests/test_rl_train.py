@@ -208,3 +208,23 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny, tmp_path):
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_greedy_order_of_a_lora_model_equals_the_merged_model(tiny, tiny_model_dir):
+    """The label-only decoding path works through peft's wrapper: a LoRA model ranks
+    exactly like the same adapters merged into a plain model."""
+    from ranking.rl.trainer import apply_lora
+
+    _, tok = tiny
+    seq = build_sequence(rule_episodes(1, seed=8, k=6)[0].request, tok)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = apply_lora(base, r=4, alpha=8)
+    torch.manual_seed(2)
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (a no-op adapter): make it matter
+            p.data.normal_(0, 0.5)
+    with torch.no_grad():
+        with_adapters = greedy_order(lora, seq)
+        merged = greedy_order(lora.merge_and_unload(), seq)
+    assert with_adapters == merged
+    assert sorted(with_adapters) == sorted(seq.ids)

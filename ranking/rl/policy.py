@@ -108,11 +108,10 @@ def _decode(
     n = len(seq.ids)
     label_ids = torch.tensor(seq.label_ids, device=device)
     ids = torch.tensor([list(seq.prompt_ids)], device=device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    past = out.past_key_values
+    logits, past = _label_step(model, ids, None, label_ids)
     if n_traj > 1:
         past.batch_repeat_interleave(n_traj)
-    logits = out.logits[:, -1, :].expand(n_traj, -1)
+    logits = logits.expand(n_traj, -1)
     bias = None
     if biases is not None and any(b is not None for b in biases):
         rows = [np.zeros(n) if b is None else np.asarray(b, dtype=np.float64) for b in biases]
@@ -121,7 +120,7 @@ def _decode(
     orders: list[list[int]] = [[] for _ in range(n_traj)]
     sep = torch.tensor([list(seq.sep_ids)] * n_traj, device=device).long().reshape(n_traj, -1)
     for _ in range(n - 1):
-        lp = torch.log_softmax(logits[:, label_ids].float().masked_fill(~in_play, NEG_INF), dim=-1)
+        lp = torch.log_softmax(logits.float().masked_fill(~in_play, NEG_INF), dim=-1)
         if bias is not None:
             lp = torch.log_softmax(lp + bias, dim=-1)  # -inf (out of play) stays -inf
         if temperature > 0:
@@ -133,10 +132,28 @@ def _decode(
             orders[g].append(int(pick[g]))
         in_play[torch.arange(n_traj, device=device), pick] = False
         step_in = torch.cat([label_ids[pick][:, None], sep], dim=1)
-        out = model(input_ids=step_in, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
+        logits, past = _label_step(model, step_in, past, label_ids)
     return orders
+
+
+def _label_step(model: torch.nn.Module, ids: torch.Tensor, past, label_ids: torch.Tensor):
+    """(logits of the label tokens after the last input token [B, n], the KV cache). Only
+    the label rows of the LM head are applied: a decoding step then reads ~20 of its 49k
+    rows, a fifth of a small model's weights (as the serving backend does)."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        out = model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, label_ids], out.past_key_values
+    if past is None:
+        from transformers import DynamicCache
+
+        past = DynamicCache(config=model.config)
+    hidden = model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
+    bias = None if head.bias is None else head.bias[label_ids]
+    logits = torch.nn.functional.linear(
+        hidden.last_hidden_state[:, -1], head.weight[label_ids], bias
+    )
+    return logits, past
 
 
 def sample_trajectories(
