@@ -86,7 +86,7 @@ def _growable_layer_class() -> type:
     return GrowableLayer
 
 
-def _new_cache(config) -> object:
+def new_kv_cache(config: object) -> object:
     """An empty DynamicCache whose full-attention layers grow in place."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -275,7 +275,7 @@ class TransformersBackend(LMBackend):
                 slot_idx[i, kmax - keep :] = real
                 new_mask[i, kmax - keep :] = 1
             tokens.append(state.tokens[src][:keep] if keep else ())
-        cache = _new_cache(self.model.config)
+        cache = new_kv_cache(self.model.config)
         for li, layer in enumerate(state.cache.layers):  # type: ignore[attr-defined]
             k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
             idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
@@ -306,7 +306,7 @@ class TransformersBackend(LMBackend):
         cache = base.cache
         self._state = None  # a failed forward must not leave a half-extended cache behind
         if cache is None:
-            cache = _new_cache(self.model.config)
+            cache = new_kv_cache(self.model.config)
         t0 = time.perf_counter()
         hidden = self.model.get_decoder()(
             input_ids=ids.to(self.device),

@@ -145,9 +145,9 @@ def _label_step(model: torch.nn.Module, ids: torch.Tensor, past, label_ids: torc
         out = model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, label_ids], out.past_key_values
     if past is None:
-        from transformers import DynamicCache
+        from ranking.backends.transformers_backend import new_kv_cache
 
-        past = DynamicCache(config=model.config)
+        past = new_kv_cache(model.config)
     hidden = model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
     bias = None if head.bias is None else head.bias[label_ids]
     logits = torch.nn.functional.linear(
