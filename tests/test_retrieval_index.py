@@ -69,6 +69,8 @@ def test_params_chosen_by_catalogue_size(n, dim, kind):
     assert params.kind == kind
     if kind == "ivfpq":
         assert dim % params.pq_m == 0 and params.nlist == int(4 * np.sqrt(n))
+    if kind == "hnsw":  # the measured operating point (docs/retrieval.md, Benchmarks)
+        assert (params.hnsw_m, params.ef_construction, params.ef_search) == (32, 100, 100)
     assert choose_params(n, dim, ef_search=999).ef_search == 999
 
 
