@@ -17,6 +17,7 @@ Validation users are split off by a seeded hash of the user id, so they are neve
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -446,34 +447,52 @@ def runs_table(run_dirs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
-def runs_deltas(run_dirs: Sequence[Path]) -> str:
+def runs_deltas(run_dirs: Sequence[Path], baselines: Sequence[str] = ()) -> str:
     """Paired differences on the same validation users (MRR x100, bootstrap 95% interval):
-    tuned vs zero-shot, and the ranker (plain, and fused with the retrieval score at the
-    run's `fusion_alpha`) vs the retrieval order."""
+    the ranker alone tuned vs zero-shot; fused with the retrieval score at the run's
+    `fusion_alpha`, tuned vs zero-shot and vs the retrieval order; and the tuned fused
+    ranking vs each classical recommender in `baselines` (e.g. lightfm, transitions) on
+    those users."""
     from recsys.gate import compare
 
     def fmt(a: dict, b: dict) -> str:
         _, d, lo, hi = compare(a, b)
         return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
-    lines = [
-        "| run | users | tuned − zero-shot | tuned − retrieval | zero-shot fused − retrieval "
-        "| tuned fused − retrieval |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    heads = ["tuned − zero-shot", "tuned fused − zero-shot fused", "tuned fused − retrieval"]
+    heads += [f"tuned fused − {b}" for b in baselines]
+    lines = ["| run | users | " + " | ".join(heads) + " |", "|" + " --- |" * (len(heads) + 2)]
     for run in run_dirs:
         _, m = read_run(run)
         if not m:
             continue
-        retrieval, key = m["val_rr_retrieval"], f"rr_fused@{m.get('fusion_alpha')}"
+        key = f"rr_fused@{m.get('fusion_alpha')}"
         zero = json.loads((Path(run) / "zero_shot.json").read_text())
         tuned_path = Path(run) / "tuned_fused.json"
         tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+        alone = m.get("val_rr_ranker_alone", m["val_rr"])
+        fused = tuned.get(key)
         cells = [
-            fmt(m["val_rr"], zero["rr"]),
-            fmt(m["val_rr"], retrieval),
-            fmt(zero[key], retrieval) if key in zero else "—",
-            fmt(tuned[key], retrieval) if key in tuned else "—",
+            fmt(alone, zero["rr"]),
+            fmt(fused, zero[key]) if fused and key in zero else "—",
+            fmt(fused, m["val_rr_retrieval"]) if fused else "—",
         ]
+        for name in baselines:
+            rr = baseline_rr(m["task"], name, set(m["val_rr"]))
+            cells.append(fmt(fused, rr) if fused else "—")
         lines.append(f"| {Path(run).name} | {len(m['val_rr'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@functools.cache
+def _baseline_episode_rr(task: str, name: str) -> dict[str, float]:
+    from recsys.settings import get_settings
+
+    eps = task_episodes(task, get_settings().data_dir, signal=name)
+    return reciprocal_ranks(retrieval_orders(eps), eps)
+
+
+def baseline_rr(task: str, name: str, users: set[str]) -> dict[str, float]:
+    """Per-user reciprocal rank of classical recommender `name`'s order on the task's
+    instances (the harness's, seed 7), for `users` only."""
+    return {u: r for u, r in _baseline_episode_rr(task, name).items() if u in users}

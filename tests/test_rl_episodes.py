@@ -243,3 +243,41 @@ def test_train_report_table_and_curves(tmp_path):
 
     with pytest.raises(UserError, match="not a training run folder"):
         runs_table([tmp_path])
+
+
+def test_train_report_deltas_use_fused_and_ranker_alone_results(tmp_path, monkeypatch):
+    """Paired deltas: the ranker alone from val_rr_ranker_alone, the fused ranking from
+    tuned_fused.json, and a classical baseline on the same users only."""
+    from recsys import training
+
+    users = [f"u{i}" for i in range(40)]
+    alone = {u: 0.2 for u in users}
+    fused = {u: 0.7 for u in users}
+    run = tmp_path / "run-f"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "reward": 0.5}) + "\n")
+    metrics = {"task": "rec-movie", "algo": "expected", "show_signals": True, "steps": 1,
+               "train_seconds": 1.0, "fusion_alpha": 4.0, "val_rr": fused,
+               "val_rr_ranker_alone": alone,
+               "val_rr_retrieval": {u: 0.6 for u in users}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "zero_shot.json").write_text(
+        json.dumps({"rr": {u: 0.1 for u in users}, "rr_fused@4.0": {u: 0.5 for u in users}})
+    )
+    (run / "tuned_fused.json").write_text(json.dumps({"rr": alone, "rr_fused@4.0": fused}))
+    seen = {}
+
+    def fake(task, name):
+        seen[(task, name)] = True
+        return {**{u: 0.4 for u in users}, "not-a-val-user": 0.0}
+
+    monkeypatch.setattr(training, "_baseline_episode_rr", fake)
+    table = training.runs_deltas([run], ["lightfm"])
+    row = next(line for line in table.splitlines() if line.startswith("| run-f"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "40"
+    assert cells[2].startswith("+10.00")  # alone: 20 - 10
+    assert cells[3].startswith("+20.00")  # fused: 70 - 50
+    assert cells[4].startswith("+10.00")  # fused - retrieval: 70 - 60
+    assert cells[5].startswith("+30.00")  # fused - lightfm on the 40 users: 70 - 40
+    assert seen == {("rec-movie", "lightfm"): True}

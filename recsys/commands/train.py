@@ -129,6 +129,9 @@ def register_report(app: typer.Typer) -> None:
     def train_report(
         runs: list[str] = typer.Argument(..., help="training run folders (artifacts/training/*)"),
         plot: str | None = typer.Option(None, "--plot", help="write the curves to this PNG"),
+        baselines: str = typer.Option(
+            "", "--baselines", help="also compare with these recommenders, e.g. lightfm,transitions"
+        ),
     ) -> None:
         """Held-out MRR table (markdown) and training curves of finished runs."""
         from pathlib import Path
@@ -136,7 +139,8 @@ def register_report(app: typer.Typer) -> None:
         from recsys.training import plot_runs, runs_deltas, runs_table
 
         dirs = [Path(r) for r in runs]
-        typer.echo(runs_table(dirs) + "\n\n" + runs_deltas(dirs))
+        names = [b.strip() for b in baselines.split(",") if b.strip()]
+        typer.echo(runs_table(dirs) + "\n\n" + runs_deltas(dirs, names))
         if plot:
             typer.echo(f"curves: {plot_runs(dirs, Path(plot))}")
 
