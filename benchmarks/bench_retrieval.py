@@ -1,19 +1,26 @@
 """Retrieval benchmark: quality on ml-100k, FAISS index speed/recall, CF training time.
 
-    .venv/bin/python -m benchmarks.bench_retrieval [--sections quality,faiss,cf] [--sizes 100000]
+    .venv/bin/python -m benchmarks.bench_retrieval [--sections quality,faiss,cf|none]
+        [--sizes 100000,1000000] [--dims 64,384] [--distributions clustered,iid]
+        [--kinds hnsw,ivfpq] [--hnsw-m 16,32] [--sweep-m-up-to N] [--ef-search ...]
+        [--nprobe ...] [--ivf-train-per-list N] [--threads 1] [--plot docs/retrieval_faiss.png]
 
 Writes benchmarks/results/retrieval.json and benchmarks/results/retrieval.md (tables, also
-copied into docs/retrieval.md by hand). Every section is measured in one run of this script.
+copied into docs/retrieval.md by hand). Sections not asked for keep their earlier results;
+FAISS results are kept per block (distribution, n, dim) and each block records its command.
 
 - quality: leave-last-out on MovieLens 100K (each user's last interaction held out, seen
   items excluded), recall@20/50/100 of CF (LightFM WARP, 64 factors, 30 epochs, seed 7), the
   MiniLM text profile (mean of the last 10 items' title+genre embeddings), popularity, and
   their fusion (RRF with the default weights, and variants).
-- faiss: flat vs HNSW vs IVF-PQ on synthetic clustered unit vectors (a mixture of 1,000
-  Gaussian clusters, like real embedding catalogues; uniform random vectors have no
-  neighbourhood structure and no ANN method does well on them): recall@100 against the flat
-  (exact) answer and queries/s for a batch of 1,000 queries.
-- cf: LightFM WARP training time on ml-100k and on a 1M-interaction synthetic set.
+- faiss: flat vs HNSW (efSearch sweep per M) vs IVF-PQ (nprobe sweep) on synthetic unit
+  vectors, `clustered` (a mixture of 1,000 Gaussians) or `iid` (i.i.d. Gaussian coordinates,
+  no structure: the worst case for any ANN index). Per block: recall@100 against flat, and
+  queries per CPU-second of one FAISS thread, for single queries (one `search` call each,
+  the online case) and for one batch of all queries. Sweeps stop once recall >= 0.999 or the
+  index is slower than flat in both modes.
+- cf: LightFM WARP training time on ml-100k and on a synthetic set of exactly
+  --cf-interactions distinct (user, item) pairs.
 """
 
 from __future__ import annotations
@@ -479,7 +486,7 @@ def faiss_markdown(rows: list[dict]) -> list[str]:
     lines += [
         "",
         "#### Summary: flat, the library defaults, and the fastest setting with recall@100 >= "
-        f"{TARGET_RECALL}",
+        f"{TARGET_RECALL} (or, where none reaches it, the highest recall)",
         "",
         "| data | n | dim | index | params | build CPU s | recall@100 | single q/s | x flat | "
         "batch q/s | x flat |",
@@ -492,6 +499,12 @@ def faiss_markdown(rows: list[dict]) -> list[str]:
                 picked.append(r)
         for kind in ("hnsw", "ivfpq"):
             best = fastest_meeting(rs, kind, "single")
+            if best is None:  # none reaches the target: show the best recall reached
+                best = max(
+                    (r for r in rs if r["kind"] == kind),
+                    key=lambda r: (r["recall@100"], r["single_qps"]),
+                    default=None,
+                )
             if best is not None:
                 picked.append(best)
         seen: set[int] = set()
@@ -578,8 +591,11 @@ def plot(rows: list[dict], path: Path) -> None:
             label="10x flat",
         )
         ax.set_xscale("log")
-        ax.set_title(f"{key[0]}, n = {key[1]:,}, dim {key[2]}", fontsize=10)
-        ax.set_xlabel("queries/s, one query per call (log)")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        timing = " (wall-clock timing)" if _wall(flat) else ""
+        ax.set_title(f"{key[0]}, n = {key[1]:,}, dim {key[2]}{timing}", fontsize=10)
+        unit = "queries/s (wall clock)" if timing else "queries per CPU-second"
+        ax.set_xlabel(f"{unit}, one query per call (log)")
         ax.set_ylabel("recall@100")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")

@@ -8,8 +8,8 @@
 Size rules (measured by benchmarks/bench_retrieval.py, see docs/retrieval.md):
 - below 20,000 vectors exact search is fast enough: `flat`;
 - up to 2,000,000: `hnsw` (M=32, efConstruction=100, efSearch=max(100, k)): on clustered
-  synthetic vectors efSearch = k = 100 already gives recall@100 >= 0.99 at 100k and 1M
-  (the fastest setting; 128 cost ~25% speed for +0.001-0.003 recall); M=32 rather than 16
+  synthetic vectors efSearch = k = 100 already gives recall@100 >= 0.98 at 100k and 1M
+  (the fastest setting; 128 cost 5-21% speed for +0.001-0.004 recall); M=32 rather than 16
   because it holds recall far better on unstructured data;
 - above: `ivfpq` (nlist ~ 4 sqrt(n), PQ codes of 8 bits) with an exact re-rank of the
   shortlist (`refine`), which holds the vectors compressed but answers with exact scores.
