@@ -38,13 +38,14 @@ def is_valid_alpha(value: object) -> bool:
     return math.isfinite(value) and value >= 0
 
 
-def zscores(scores: Sequence[float]) -> np.ndarray:
-    """z-scores over the candidates (n - 1 in the standard deviation, as torch's default
-    `std` the trainer first measured with); zeros when all scores are equal or n < 2."""
+def zscores(scores: Sequence[float], ddof: int = 1) -> np.ndarray:
+    """z-scores over the candidates (by default n - 1 in the standard deviation, as torch's
+    default `std` the trainer first measured with); zeros when all scores are equal or
+    n < 2."""
     s = np.asarray(scores, dtype=np.float64)
     if len(s) < 2:
         return np.zeros(len(s))
-    std = s.std(ddof=1)
+    std = s.std(ddof=ddof)
     return (s - s.mean()) / std if std > 0 else np.zeros(len(s))
 
 

@@ -130,7 +130,7 @@ def test_ensemble_is_the_sum_of_its_parts_zscores() -> None:
         x = part.scores(inst)
         expected += (x - x.mean()) / x.std()
     assert ens.scores(inst) == pytest.approx(expected)
-    flat = baselines._zscore(np.ones(4))  # equal scores carry no signal, not NaN
+    flat = baselines.zscores(np.ones(4), ddof=0)  # equal scores carry no signal, not NaN
     assert flat.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 

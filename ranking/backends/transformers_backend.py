@@ -335,15 +335,22 @@ class TransformersBackend(LMBackend):
         return list(torch.split(logits, need))
 
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
-        """The LM head, over the whole vocabulary or only over the token ids `vocab`. A
-        constrained step needs ~20 label logits, not 49k: skipping the rest of the head
-        (a fifth of SmolLM2's weights) makes every decoding step read that much less."""
-        head = self.model.get_output_embeddings()
-        if vocab is None or not isinstance(head, torch.nn.Linear):
-            return head(hidden)
-        index = torch.as_tensor(vocab, dtype=torch.long, device=hidden.device)
-        bias = None if head.bias is None else head.bias[index]
-        return torch.nn.functional.linear(hidden, head.weight[index], bias)
+        if vocab is None:
+            return self.model.get_output_embeddings()(hidden)
+        return label_head(self.model, hidden, vocab)
+
+
+def label_head(model, hidden: torch.Tensor, vocab: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """The LM head's logits of the token ids `vocab` only ([..., len(vocab)]). A constrained
+    step needs ~20 label logits, not 49k: skipping the rest of the head (a fifth of
+    SmolLM2's weights) makes every decoding step read that much less. A head that is not a
+    plain Linear is applied whole and its columns picked."""
+    head = model.get_output_embeddings()
+    index = torch.as_tensor(vocab, dtype=torch.long, device=hidden.device)
+    if not isinstance(head, torch.nn.Linear):
+        return head(hidden)[..., index]
+    bias = None if head.bias is None else head.bias[index]
+    return torch.nn.functional.linear(hidden, head.weight[index], bias)
 
 
 def _label_vocab(allowed: Sequence[Sequence[int]]) -> tuple[list[int], dict[int, int]]:

@@ -137,23 +137,14 @@ def _decode(
 
 
 def _label_step(model: torch.nn.Module, ids: torch.Tensor, past, label_ids: torch.Tensor):
-    """(logits of the label tokens after the last input token [B, n], the KV cache). Only
-    the label rows of the LM head are applied: a decoding step then reads ~20 of its 49k
-    rows, a fifth of a small model's weights (as the serving backend does)."""
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
-        out = model(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, label_ids], out.past_key_values
-    if past is None:
-        from ranking.backends.transformers_backend import new_kv_cache
+    """(logits of the label tokens after the last input token [B, n], the KV cache): only
+    the label rows of the LM head are applied, as the serving backend does."""
+    from ranking.backends.transformers_backend import label_head, new_kv_cache
 
+    if past is None:
         past = new_kv_cache(model.config)
     hidden = model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
-    bias = None if head.bias is None else head.bias[label_ids]
-    logits = torch.nn.functional.linear(
-        hidden.last_hidden_state[:, -1], head.weight[label_ids], bias
-    )
-    return logits, past
+    return label_head(model, hidden.last_hidden_state[:, -1], label_ids), past
 
 
 def sample_trajectories(

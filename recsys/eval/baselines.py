@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from ranking.fusion import zscores
 from ranking.types import Candidate, RankResult
 from recsys.errors import UserError
 from recsys.eval.tasks import Instance, TaskSet, rng_for
@@ -242,13 +243,8 @@ class EnsembleBaseline(_RecBaseline):
             part.fit(taskset)
 
     def scores(self, instance: Instance) -> np.ndarray:
-        return sum(_zscore(part.scores(instance)) for part in self.parts)  # type: ignore[return-value]
-
-
-def _zscore(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    std = x.std()
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+        # population z-scores (ddof=0): the scale the measured ensemble runs rendered
+        return sum(zscores(part.scores(instance), ddof=0) for part in self.parts)  # type: ignore[return-value]
 
 
 def scored_candidates(instance: Instance, scores: Sequence[float]) -> tuple[Candidate, ...]:
