@@ -12,7 +12,10 @@ at a time unless said otherwise:
   per request and the faster of each is kept (a shared CPU has bursts of load);
 * each mode's ms per request (KV cache cleared before each request), generated tokens and
   model calls (forward passes); `incremental, speculate=6` guesses 6 labels per call;
-* `incremental` batched: `rank_batch` over all users at once, ms per request;
+* `incremental, transformers forward`: the same, with every one-token step through the
+  transformers forward instead of the fast step of ranking.backends.llama_step (same run);
+* `incremental` batched: `rank_batch` over all users at once, ms per request (after one
+  warm-up batch, the faster of --repeats batches);
 * ratios: incremental / prefill (median of per-request ratios) and reason / incremental.
 
 `reason` is capped at --reason-max-new-tokens per step (default 64, not the 1,024 of the
@@ -77,14 +80,23 @@ def _log(msg: str) -> None:
     print(f"[bench_ranking {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _timed_rank(ranker, request) -> tuple[float, object, int]:
-    """(ms, result, model forward passes) of one request ranked from a cold KV cache."""
-    ranker.backend.clear_cache()
-    calls = getattr(ranker.backend, "forward_calls", 0)
-    t0 = CLOCK()
-    res = ranker.rank(request)
-    ms = (CLOCK() - t0) * 1000.0
-    return ms, res, getattr(ranker.backend, "forward_calls", 0) - calls
+def _timed_rank(ranker, request, fast: bool = True) -> tuple[float, object, int]:
+    """(ms, result, model forward passes) of one request ranked from a cold KV cache;
+    `fast=False` turns the backend's fast one-token step off for this request."""
+    backend = ranker.backend
+    backend.clear_cache()
+    calls = getattr(backend, "forward_calls", 0)
+    was = getattr(backend, "fast_decode", False)
+    if not fast and was:
+        backend.fast_decode = False
+    try:
+        t0 = CLOCK()
+        res = ranker.rank(request)
+        ms = (CLOCK() - t0) * 1000.0
+    finally:
+        if was:
+            backend.fast_decode = True
+    return ms, res, getattr(backend, "forward_calls", 0) - calls
 
 
 def _prefill_ms(ranker, request) -> tuple[float, int]:
@@ -127,6 +139,11 @@ def run(args: argparse.Namespace) -> dict:
     for mode in ("score", "direct"):
         if mode not in args.skip:
             modes_run[mode] = (ranker, mode)
+    # the same incremental ranking with every one-token step through the transformers forward
+    plain = "incremental, transformers forward"
+    has_fast = getattr(ranker.backend, "fast_decode", False) and "plain" not in args.skip
+    if has_fast:
+        modes_run[plain] = (ranker, "incremental")
     per_mode: dict[str, list[tuple[float, int, int]]] = {m: [] for m in modes_run}
     prefill, ratios, prompt_tokens = [], [], []
     for k, req in enumerate(reqs):
@@ -145,17 +162,22 @@ def run(args: argparse.Namespace) -> dict:
         ratios.append(i_ms / p_ms)
         for name, (rk, mode) in modes_run.items():
             if name != "incremental":
-                ms, res, calls = _timed_rank(rk, dataclasses.replace(req, mode=mode))
+                ms, res, calls = _timed_rank(
+                    rk, dataclasses.replace(req, mode=mode), fast=name != plain
+                )
                 per_mode[name].append((ms, res.generated_tokens, calls))
         _log(
             f"user {users[k]}: prefill {p_ms:.0f} ms ({n_tok} tokens), "
             + ", ".join(f"{m} {v[-1][0]:.0f} ms/{v[-1][2]} calls" for m, v in per_mode.items())
         )
 
-    ranker.backend.clear_cache()
-    t0 = CLOCK()
-    ranker.rank_batch(reqs)
-    batched_ms = (CLOCK() - t0) * 1000.0 / len(reqs)
+    batches = []
+    for _ in range(args.repeats + 1):  # the first batch is a warm-up (fresh KV buffers)
+        ranker.backend.clear_cache()
+        t0 = CLOCK()
+        ranker.rank_batch(reqs)
+        batches.append((CLOCK() - t0) * 1000.0 / len(reqs))
+    batched_ms = min(batches[1:])
     _log(f"incremental rank_batch: {batched_ms:.0f} ms/request")
 
     reason = []
@@ -206,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
         else None,
         "reason_max_new_tokens": args.reason_max_new_tokens,
         "model_load_s": round(load_s, 1),
+        "fast_step": getattr(ranker.backend, "_llama_step", None) is not None,
         "clock": args.clock,
     }
 
@@ -267,7 +290,9 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time"
     )
-    parser.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct")
+    parser.add_argument(
+        "--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct,plain"
+    )
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -31,3 +31,28 @@ def test_default_model_ranks_a_real_ml100k_request(default_ranker):
     assert res.model.startswith("SmolLM2-135M-Instruct")
     # the real model's step distribution is far from uniform over 20 labels
     assert max(s.prob for s in res.steps) > 1.5 / 20
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not ML100K.exists() and os.environ.get("CI") != "true",
+    reason="MovieLens-100k not at ../shared/data (under CI=true the test fails instead)",
+)
+def test_default_model_fast_step_ranks_like_the_transformers_forward(default_ranker):
+    """SmolLM2 is a Llama: its one-token steps go through ranking.backends.llama_step, which
+    must give the transformers forward's ranking and step probabilities."""
+    req, _ = ml100k_request(user="2")
+    backend = default_ranker.backend
+    backend.clear_cache()
+    fast = default_ranker.rank(req)
+    assert backend._llama_step is not None
+    backend.fast_decode = False
+    try:
+        backend.clear_cache()
+        plain = default_ranker.rank(req)
+    finally:
+        backend.fast_decode = True
+    assert fast.order == plain.order
+    for a, b in zip(fast.steps, plain.steps, strict=True):
+        assert a.prob == pytest.approx(b.prob, rel=1e-3)
+    assert fast.log_propensity == pytest.approx(plain.log_propensity, abs=1e-3)

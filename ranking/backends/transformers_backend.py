@@ -38,6 +38,8 @@ MIN_REUSE_TOKENS = 4
 # A row that continues its own previous row after dropping at most this many tokens (rejected
 # speculative labels) keeps its cache and masks the dropped slots instead of copying the cache.
 MAX_DEAD_TOKENS = 32
+# On CPU, a batch of rows this long or longer, with nothing cached, is prefilled row by row.
+MIN_SEPARATE_PREFILL = 64
 
 
 @functools.cache
@@ -136,6 +138,10 @@ class TransformersBackend(LMBackend):
                 getattr(cfg, "use_sliding_window", True)
             )
         self.reuse_cache = not sliding
+        # one-token steps through ranking.backends.llama_step where the model allows it
+        self.fast_decode = True
+        self._llama_step = None
+        self._llama_checked = False
 
     # ------------------------------------------------------------------ public API
 
@@ -291,7 +297,27 @@ class TransformersBackend(LMBackend):
     ) -> list[torch.Tensor]:
         """Run each context's tokens beyond base.tokens through the model; cache the result."""
         suffixes = [c[len(t) :] for c, t in zip(contexts, base.tokens, strict=True)]
-        n = len(contexts)
+        self._state = None  # a failed forward must not leave a half-extended cache behind
+        t0 = time.perf_counter()
+        if base.cache is None and self._prefill_rows_apart(suffixes):
+            cache, mask, picked = self._prefill_rows(suffixes, need)
+        else:
+            cache, mask, picked = self._forward_batch(base, suffixes, need)
+        logits = self._head(picked, vocab).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        self.last_forward_s = time.perf_counter() - t0
+        self.forward_calls += 1
+        self.tokens_computed += sum(len(s) for s in suffixes)
+        self._state = _CachedBatch(cache, mask, list(contexts))
+        return list(torch.split(logits, need))
+
+    def _forward_batch(
+        self, base: _CachedBatch, suffixes: list[tuple[int, ...]], need: list[int]
+    ) -> tuple[object, torch.Tensor, torch.Tensor]:
+        """All rows in one forward pass: (cache, mask, hidden states of the needed
+        positions, row after row)."""
+        n = len(suffixes)
         lengths = [len(s) for s in suffixes]
         width = max(lengths)
         ids = torch.full((n, width), self._pad_id, dtype=torch.long)
@@ -303,36 +329,85 @@ class TransformersBackend(LMBackend):
         mask = torch.cat([past_mask, new_mask.to(self.device)], dim=1)
         n_past = past_mask.sum(dim=1, keepdim=True)
         pos = n_past + torch.arange(width, device=self.device)[None, :]
-        cache = base.cache
-        self._state = None  # a failed forward must not leave a half-extended cache behind
-        if cache is None:
-            cache = new_kv_cache(self.model.config)
-        t0 = time.perf_counter()
-        hidden = self.model.get_decoder()(
-            input_ids=ids.to(self.device),
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
+        cache = base.cache if base.cache is not None else new_kv_cache(self.model.config)
+        ids = ids.to(self.device)
+        step = self._fast_step() if width == 1 else None
+        if step is not None:
+            hidden = step(ids, pos, mask, cache)
+        else:
+            hidden = self.model.get_decoder()(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
         # only the positions asked for go through the (vocabulary-sized) LM head
-        rows = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(need)]).to(
-            self.device
-        )
+        rows = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(need)])
         cols = torch.cat(
             [
                 torch.arange(ln - k, ln, dtype=torch.long)
                 for ln, k in zip(lengths, need, strict=True)
             ]
-        ).to(self.device)
-        logits = self._head(hidden[rows, cols], vocab).float()
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        self.last_forward_s = time.perf_counter() - t0
-        self.forward_calls += 1
-        self.tokens_computed += sum(lengths)
-        self._state = _CachedBatch(cache, mask, list(contexts))
-        return list(torch.split(logits, need))
+        )
+        return cache, mask, hidden[rows.to(self.device), cols.to(self.device)]
+
+    def _prefill_rows_apart(self, suffixes: list[tuple[int, ...]]) -> bool:
+        """On CPU a long prompt is compute-bound on its own: batching several only adds
+        padding and the masked (slower) attention path, so each row is prefilled alone."""
+        return (
+            self.device.type == "cpu"
+            and len(suffixes) > 1
+            and min(len(s) for s in suffixes) >= MIN_SEPARATE_PREFILL
+        )
+
+    def _prefill_rows(
+        self, suffixes: list[tuple[int, ...]], need: list[int]
+    ) -> tuple[object, torch.Tensor, torch.Tensor]:
+        """Prefill each row alone, then lay the rows' caches side by side, left padded
+        (the same layout the batched path produces), for the batched steps that follow."""
+        n, width = len(suffixes), max(len(s) for s in suffixes)
+        dec = self.model.get_decoder()
+        caches, picked = [], []
+        for s, k in zip(suffixes, need, strict=True):
+            cache = new_kv_cache(self.model.config)
+            ids = torch.tensor([s], dtype=torch.long, device=self.device)
+            hidden = dec(
+                input_ids=ids,
+                position_ids=torch.arange(len(s), device=self.device)[None, :],
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            caches.append(cache)
+            picked.append(hidden[0, len(s) - k :])
+        mask = torch.zeros(n, width, dtype=torch.long, device=self.device)
+        for i, s in enumerate(suffixes):
+            mask[i, width - len(s) :] = 1
+        merged = new_kv_cache(self.model.config)
+        for li in range(len(caches[0].layers)):  # type: ignore[attr-defined]
+            first = caches[0].layers[li].keys  # type: ignore[attr-defined]
+            shape = (n, first.shape[1], width, first.shape[3])
+            keys, values = first.new_zeros(shape), first.new_zeros(shape)
+            for i, c in enumerate(caches):
+                layer = c.layers[li]  # type: ignore[attr-defined]
+                keys[i, :, width - len(suffixes[i]) :] = layer.keys[0]
+                values[i, :, width - len(suffixes[i]) :] = layer.values[0]
+            merged.update(keys, values, li)
+        return merged, mask, torch.cat(picked)
+
+    def _fast_step(self):
+        """The fast one-token step (ranking.backends.llama_step) when the model has one."""
+        if not self.fast_decode:
+            return None
+        if self._llama_step is not None and not self._llama_step.is_current():
+            self._llama_step = None
+            self._llama_checked = False
+        if not self._llama_checked:
+            from ranking.backends.llama_step import LlamaStep
+
+            self._llama_step = LlamaStep.build(self.model)
+            self._llama_checked = True
+        return self._llama_step
 
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
         if vocab is None:
