@@ -54,6 +54,7 @@ class LlamaStep:
         self.hidden = cfg.hidden_size
         self.head_dim = getattr(cfg, "head_dim", None) or self.hidden // self.heads
         self.eps = float(dec.norm.variance_epsilon)
+        self._eps_term = torch.tensor((self.hidden * self.eps) ** 0.5)
         self._links = _links(dec)
         self._seen = [_state(child) for _, _, child in self._links]
         with torch.no_grad():
@@ -91,7 +92,7 @@ class LlamaStep:
             bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill(mask == 0, float("-inf"))[:, None, None, :]
         for i, layer in enumerate(self._layers):
-            y = (x @ layer.qkv) * self._inv_rms(x)  # the norm's weight is folded into qkv
+            y = (x @ layer.qkv) / self._rms_scale(x)  # the norm's weight is folded into qkv
             qk = y[:, :nqk].view(b, h + kv, d)
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
             q = qk[:, :h].reshape(b, kv, h // kv, d)  # query heads grouped by their kv head
@@ -103,16 +104,17 @@ class LlamaStep:
                 scores = scores + bias
             att = (torch.softmax(scores, dim=-1) @ values).reshape(b, h * d)
             x = torch.addmm(x, att, layer.o)
-            g = (x @ layer.gate_up) * self._inv_rms(x)
+            g = (x @ layer.gate_up) / self._rms_scale(x)
             inter = g.shape[-1] // 2
             x = torch.addmm(x, F.silu(g[:, :inter]) * g[:, inter:], layer.down)
         return F.rms_norm(x, (c,), dec.norm.weight, self.eps)[:, None]
 
-    def _inv_rms(self, x: torch.Tensor) -> torch.Tensor:
-        """1 / sqrt(mean(x^2) + eps) per row ([B, 1]); vector_norm is one fast kernel where
-        pow + mean are two slow ones."""
-        ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
-        return ss.mul_(1.0 / x.shape[-1]).add_(self.eps).rsqrt_()
+    def _rms_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """sqrt(sum(x^2) + C * eps) per row ([B, 1]): RMSNorm divides by sqrt(mean(x^2) +
+        eps) = this / sqrt(C), and the sqrt(C) is folded into the fused matrices. Two fast
+        kernels (vector_norm, hypot) where pow, mean, add and rsqrt are four slow ones."""
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        return torch.hypot(norm, self._eps_term)
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -173,8 +175,9 @@ def _state(module: torch.nn.Module) -> tuple | None:
 
 def _fuse(layer: torch.nn.Module) -> _Layer:
     """The layer's projections stored [in, out], q|k|v and gate|up side by side, with the
-    RMSNorm weights and the attention scaling folded in: rms(x) * w @ W == rms(x) * (x @
-    diag(w) W), and scaling q scales q.k (rotary is linear, so the order does not matter)."""
+    RMSNorm weights (times sqrt(C), see `LlamaStep._rms_scale`) and the attention scaling
+    folded in: (x / rms(x) * w) @ W == (x @ diag(w) W) / rms(x), and scaling q scales q.k
+    (rotary is linear, so the order does not matter)."""
     a, m = layer.self_attn, layer.mlp
     scaling = float(a.scaling)
 
@@ -183,8 +186,9 @@ def _fuse(layer: torch.nn.Module) -> _Layer:
 
     qkv = stored_in_out(a.q_proj.weight * scaling, a.k_proj.weight, a.v_proj.weight)
     gate_up = stored_in_out(m.gate_proj.weight, m.up_proj.weight)
-    qkv.mul_(layer.input_layernorm.weight.detach()[:, None])
-    gate_up.mul_(layer.post_attention_layernorm.weight.detach()[:, None])
+    root_c = float(qkv.shape[0]) ** 0.5
+    qkv.mul_(layer.input_layernorm.weight.detach()[:, None] * root_c)
+    gate_up.mul_(layer.post_attention_layernorm.weight.detach()[:, None] * root_c)
     return _Layer(
         qkv=qkv,
         o=stored_in_out(a.o_proj.weight),
