@@ -143,3 +143,19 @@ def test_huge_page_buffer_is_usable_memory():
     del buf
     gc.collect()
     assert view[9, 99].item() == 1999.0  # the storage outlives the names that made it
+
+
+def test_a_partial_rotary_embedding_is_left_to_the_transformers_forward(backend):
+    class HalfRope(torch.nn.Module):  # rotates half of each head, as partial_rotary_factor does
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, position_ids):
+            cos, sin = self.inner(x, position_ids)
+            half = cos.shape[-1] // 2
+            return cos[..., :half], sin[..., :half]
+
+    assert supports(backend.model)
+    backend.model.model.rotary_emb = HalfRope(backend.model.model.rotary_emb)
+    assert not supports(backend.model)

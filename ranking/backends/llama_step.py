@@ -137,7 +137,18 @@ def supports(model: torch.nn.Module) -> bool:
         for layer in dec.layers
         for p in _projections(layer)
     )
-    return linear and all(w.dtype == torch.float32 and w.device.type == "cpu" for w in weights)
+    plain = all(w.dtype == torch.float32 and w.device.type == "cpu" for w in weights)
+    return linear and plain and _rotates_whole_heads(dec, cfg)
+
+
+def _rotates_whole_heads(dec: torch.nn.Module, cfg: object) -> bool:
+    """The step rotates every dimension of a head; a rope variant that rotates only part of
+    it (partial_rotary_factor) is left to the transformers forward."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    probe = torch.zeros(1, 1, cfg.hidden_size)
+    with torch.no_grad():
+        cos, _ = dec.rotary_emb(probe, position_ids=torch.zeros(1, 1, dtype=torch.long))
+    return cos.shape[-1] == head_dim and head_dim % 2 == 0
 
 
 def _projections(layer: torch.nn.Module) -> list[torch.nn.Module]:
