@@ -11,6 +11,7 @@ import torch
 
 from ranking.backends.llama_step import LlamaStep, _huge_page_buffer, supports
 from ranking.loading import load_backend
+from tests.fixtures.models import TINY_CONFIG
 from tests.test_ranking_backend import brute_force
 
 
@@ -107,16 +108,7 @@ def test_models_the_step_does_not_cover(tiny_model_dir):
 
     half = load_backend(tiny_model_dir, device="cpu", dtype="bfloat16", cache=False)
     assert LlamaStep.build(half.model) is None
-    other = MistralForCausalLM(
-        MistralConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    other = MistralForCausalLM(MistralConfig(vocab_size=64, **TINY_CONFIG))  # same shapes
     assert not supports(other)
 
 
