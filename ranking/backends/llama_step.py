@@ -13,35 +13,55 @@ cache bookkeeping). This step computes exactly the same function with
   matrices, so a norm is two kernels (vector_norm, hypot); one rotary pass over q and k
   together; a plain softmax attention for the single query (no 4-D mask is built).
 
+Where the projections are 4-bit blocks in disguise (a GGUF Q4_1 file such as the default
+SmolLM2, dequantized to float32 by transformers), the step keeps them as 4-bit codes and
+multiplies with the kernels of :mod:`ranking.backends.q4`: the same weights, bit for bit,
+read at 0.75 instead of 4 bytes each (the RMSNorm weights then scale the input vector
+instead of the matrix, which would no longer be 4-bit). Other models keep the float32 form.
+
 The result equals the transformers forward up to float rounding (tested on a random tiny
 Llama to 1e-5, with padded and masked batches, and on the default model);
 benchmarks/bench_ranking.py times it against the transformers forward in the same run (its
 `incremental, transformers forward` row; `--skip plain` leaves that row out).
 
-The weights are copied once (the fused layout needs its own storage: +~0.43 GB for
-SmolLM2-135M). The copies are tied to the exact weight tensors and their in-place version
-counters: a model whose weights were replaced or edited (training, LoRA wrapping) is
-detected by :meth:`LlamaStep.is_current` and the caller builds a new step or falls back.
+The weights are copied once (the fused layout needs its own storage: +~0.43 GB for a
+135M-parameter model in float32, +~0.08 GB as 4-bit blocks). The copies are tied to the
+exact weight tensors and their in-place version counters: a model whose weights were
+replaced or edited (training, LoRA wrapping) is detected by :meth:`LlamaStep.is_current`
+and the caller builds a new step or falls back.
 """
 
 from __future__ import annotations
 
 import mmap
+import threading
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ranking.backends import q4
+from ranking.backends.q4 import Q4Matrix
 
 # Model families whose decoder layers have exactly the structure computed below.
 SUPPORTED_MODEL_TYPES = ("llama",)
 
 
+# A projection: float32 stored [in, out], or the 4-bit blocks of an [out, in] weight.
+Matrix = torch.Tensor | Q4Matrix
+
+
 @dataclass(frozen=True)
 class _Layer:
-    qkv: torch.Tensor  # [C, (H + 2 KV) * D]
-    o: torch.Tensor  # [H * D, C]
-    gate_up: torch.Tensor  # [C, 2 * I]
-    down: torch.Tensor  # [I, C]
+    qkv: Matrix  # C -> (H + 2 KV) * D
+    o: Matrix  # H * D -> C
+    gate_up: Matrix  # C -> 2 * I
+    down: Matrix  # I -> C
+    # RMSNorm weights times sqrt(C), applied to the input where they are not folded into
+    # the matrix (4-bit blocks); None where they are
+    attn_norm: torch.Tensor | None = None
+    mlp_norm: torch.Tensor | None = None
 
 
 class LlamaStep:
@@ -61,8 +81,15 @@ class LlamaStep:
         self._links = _links(dec)
         self._seen = [_state(child) for _, _, child in self._links]
         with torch.no_grad():
-            layers = [_fuse(layer) for layer in dec.layers]
+            blocks = _q4_blocks(dec)
+            layers = [
+                _fuse(layer) if blocks is None else _fuse_q4(layer, blocks[i])
+                for i, layer in enumerate(dec.layers)
+            ]
             self._layers = _into_arena(layers)
+        # "q4" or "float32": the form the projections are read in (benchmarks report it)
+        self.weights = "float32" if blocks is None else "q4"
+        self._scratch = threading.local()  # per-thread buffer for many-row 4-bit products
 
     @classmethod
     def build(cls, model: torch.nn.Module) -> LlamaStep | None:
@@ -95,7 +122,8 @@ class LlamaStep:
             bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill(mask == 0, float("-inf"))[:, None, None, :]
         for i, layer in enumerate(self._layers):
-            y = (x @ layer.qkv) / self._rms_scale(x)  # the norm's weight is folded into qkv
+            # the norm: its weight scales x or is folded into qkv; 1/rms scales the product
+            y = self._mm(_times(x, layer.attn_norm), layer.qkv) / self._rms_scale(x)
             qk = y[:, :nqk].view(b, h + kv, d)
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
             q = qk[:, :h].reshape(b, kv, h // kv, d)  # query heads grouped by their kv head
@@ -106,11 +134,29 @@ class LlamaStep:
             if bias is not None:
                 scores = scores + bias
             att = (torch.softmax(scores, dim=-1) @ values).reshape(b, h * d)
-            x = torch.addmm(x, att, layer.o)
-            g = (x @ layer.gate_up) / self._rms_scale(x)
+            x = self._mm(att, layer.o, residual=x)
+            g = self._mm(_times(x, layer.mlp_norm), layer.gate_up) / self._rms_scale(x)
             inter = g.shape[-1] // 2
-            x = torch.addmm(x, F.silu(g[:, :inter]) * g[:, inter:], layer.down)
+            x = self._mm(F.silu(g[:, :inter]) * g[:, inter:], layer.down, residual=x)
         return F.rms_norm(x, (c,), dec.norm.weight, self.eps)[:, None]
+
+    def _mm(self, x: torch.Tensor, w: Matrix, residual: torch.Tensor | None = None):
+        """x @ w (+ residual). One row through the 4-bit kernel; several rows through MKL on
+        the weight expanded into a scratch buffer (faster than both the kernel per row and a
+        float32 copy: the expanded matrix is read from cache)."""
+        if isinstance(w, torch.Tensor):
+            return x @ w if residual is None else torch.addmm(residual, x, w)
+        if x.shape[0] == 1:
+            return q4.q4_matmul(x, w, residual)
+        out, inp = w.shape
+        dense = q4.dequantize_into(w, self._scratch_buffer(out * inp).view(inp, out))
+        return x @ dense if residual is None else torch.addmm(residual, x, dense)
+
+    def _scratch_buffer(self, numel: int) -> torch.Tensor:
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or buf.numel() < numel:
+            buf = self._scratch.buf = torch.empty(numel, dtype=torch.float32)
+        return buf[:numel]
 
     def _rms_scale(self, x: torch.Tensor) -> torch.Tensor:
         """sqrt(sum(x^2) + C * eps) per row ([B, 1]): RMSNorm divides by sqrt(mean(x^2) +
@@ -118,6 +164,10 @@ class LlamaStep:
         kernels (vector_norm, hypot) where pow, mean, add and rsqrt are four slow ones."""
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         return torch.hypot(norm, self._eps_term)
+
+
+def _times(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    return x if w is None else x * w
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -211,27 +261,82 @@ def _fuse(layer: torch.nn.Module) -> _Layer:
     )
 
 
+def _q4_blocks(dec: torch.nn.Module) -> list[dict[str, Q4Matrix]] | None:
+    """Every projection of every layer as 4-bit blocks, or None when any one is not (or
+    numba, which compiles the kernels, is missing)."""
+    if not q4.available():
+        return None
+    out = []
+    for layer in dec.layers:
+        found = {}
+        for name, proj in zip(_PROJECTIONS, _projections(layer), strict=True):
+            found[name] = q4.find_q4(proj.weight)
+            if found[name] is None:
+                return None
+        out.append(found)
+    return out
+
+
+_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _fuse_q4(layer: torch.nn.Module, blocks: dict[str, Q4Matrix]) -> _Layer:
+    """As `_fuse`, for 4-bit blocks: q|k|v and gate|up side by side, the attention scaling
+    folded into q's block scales; the norm weights stay vectors (see `_Layer`)."""
+    a = layer.self_attn
+    root_c = float(blocks["q"].shape[1]) ** 0.5
+    return _Layer(
+        qkv=q4.concat_out(blocks["q"].scaled(float(a.scaling)), blocks["k"], blocks["v"]),
+        o=blocks["o"],
+        gate_up=q4.concat_out(blocks["gate"], blocks["up"]),
+        down=blocks["down"],
+        attn_norm=layer.input_layernorm.weight.detach() * root_c,
+        mlp_norm=layer.post_attention_layernorm.weight.detach() * root_c,
+    )
+
+
 HUGE_PAGE = 2 << 20
 
 
 def _into_arena(layers: list[_Layer]) -> list[_Layer]:
     """The same matrices, moved into one buffer backed by transparent huge pages where Linux
-    offers them (`madvise`): a step streams ~0.4 GB of weights, and with 4 KiB pages the
+    offers them (`madvise`): a step streams all the weights, and with 4 KiB pages the
     CPU's prefetchers stop at every page boundary (~6% slower matrix-vector products
     measured on the 2-core AMD VM)."""
-    sizes = [getattr(layer, f.name).numel() for layer in layers for f in fields(_Layer)]
-    arena = _huge_page_buffer(sum(sizes), layers[0].qkv.dtype)
-    out, start = [], 0
+    arrays = [a for layer in layers for m in _matrices(layer) for a in _arrays(m)]
+    arena = _huge_page_buffer(sum(_aligned(a.nbytes) for a in arrays), torch.uint8).numpy()
+    start = 0
+
+    def moved(a: np.ndarray) -> np.ndarray:
+        nonlocal start
+        dst = arena[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+        dst[...] = a
+        start += _aligned(a.nbytes)
+        return dst
+
+    out = []
     for layer in layers:
-        moved = {}
+        new = {}
         for f in fields(_Layer):
-            src = getattr(layer, f.name)
-            dst = arena[start : start + src.numel()].view(src.shape)
-            dst.copy_(src)
-            moved[f.name] = dst
-            start += src.numel()
-        out.append(replace(layer, **moved))
+            m = getattr(layer, f.name)
+            if isinstance(m, Q4Matrix):
+                new[f.name] = Q4Matrix(*(moved(a) for a in _arrays(m)))
+            elif f.name not in ("attn_norm", "mlp_norm"):
+                new[f.name] = torch.from_numpy(moved(m.numpy()))
+        out.append(replace(layer, **new))
     return out
+
+
+def _matrices(layer: _Layer) -> list[Matrix]:
+    return [layer.qkv, layer.o, layer.gate_up, layer.down]
+
+
+def _arrays(m: Matrix) -> list[np.ndarray]:
+    return [m.codes, m.scale, m.offset] if isinstance(m, Q4Matrix) else [m.numpy()]
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // 64) * 64  # cache-line aligned starts
 
 
 def _huge_page_buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
