@@ -39,13 +39,14 @@ def test_default_model_ranks_a_real_ml100k_request(default_ranker):
     reason="MovieLens-100k not at ../shared/data (under CI=true the test fails instead)",
 )
 def test_default_model_fast_step_ranks_like_the_transformers_forward(default_ranker):
-    """SmolLM2 is a Llama: its one-token steps go through ranking.backends.llama_step, which
-    must give the transformers forward's ranking and step probabilities."""
+    """SmolLM2 is a Llama from a Q4_1 GGUF file: its one-token steps go through
+    ranking.backends.llama_step reading the 4-bit blocks, which must give the transformers
+    forward's ranking and step probabilities."""
     req, _ = ml100k_request(user="2")
     backend = default_ranker.backend
     backend.clear_cache()
     fast = default_ranker.rank(req)
-    assert backend._llama_step is not None
+    assert backend._llama_step is not None and backend._llama_step.weights == "q4"
     backend.fast_decode = False
     try:
         backend.clear_cache()
