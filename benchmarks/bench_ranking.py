@@ -14,6 +14,8 @@ at a time unless said otherwise:
   model calls (forward passes); `incremental, speculate=6` guesses 6 labels per call;
 * `incremental, transformers forward`: the same, with every one-token step through the
   transformers forward instead of the fast step of ranking.backends.llama_step (same run);
+* `incremental, float32 fast step`: when the fast step reads 4-bit blocks (a Q4_1 GGUF
+  model, ranking.backends.q4), the same with the fast step in float32 (same run);
 * `incremental` batched: `rank_batch` over all users at once, ms per request (after one
   warm-up batch, the faster of --repeats batches);
 * ratios: incremental / prefill (median of per-request ratios) and reason / incremental.
@@ -21,7 +23,8 @@ at a time unless said otherwise:
 `reason` is capped at --reason-max-new-tokens per step (default 64, not the 1,024 of the
 paper) and run on --reason-requests users only: it is by far the slowest mode, so the cap makes
 its time, and the reason / incremental ratio, an UNDER-estimate.
-Writes benchmarks/results/ranking.json and .md (ranking-<dtype>.json/.md with --dtype).
+Writes benchmarks/results/ranking.json and .md (ranking-<dtype>.json/.md with --dtype,
+ranking-<tag>.json/.md with --tag).
 """
 
 from __future__ import annotations
@@ -80,22 +83,24 @@ def _log(msg: str) -> None:
     print(f"[bench_ranking {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _timed_rank(ranker, request, fast: bool = True) -> tuple[float, object, int]:
+def _timed_rank(ranker, request, step: str = "fast") -> tuple[float, object, int]:
     """(ms, result, model forward passes) of one request ranked from a cold KV cache;
-    `fast=False` turns the backend's fast one-token step off for this request."""
+    `step`: "fast" (the backend's default), "float32" (fast step without 4-bit blocks) or
+    "transformers" (fast step off) for this request."""
     backend = ranker.backend
     backend.clear_cache()
     calls = getattr(backend, "forward_calls", 0)
-    was = getattr(backend, "fast_decode", False)
-    if not fast and was:
-        backend.fast_decode = False
+    saved = {k: getattr(backend, k) for k in ("fast_decode", "q4_decode") if hasattr(backend, k)}
+    if saved:
+        backend.fast_decode = step != "transformers"
+        backend.q4_decode = step == "fast"
     try:
         t0 = CLOCK()
         res = ranker.rank(request)
         ms = (CLOCK() - t0) * 1000.0
     finally:
-        if was:
-            backend.fast_decode = True
+        for k, v in saved.items():
+            setattr(backend, k, v)
     return ms, res, getattr(backend, "forward_calls", 0) - calls
 
 
@@ -127,7 +132,9 @@ def run(args: argparse.Namespace) -> dict:
     _log(f"loaded {ranker.model_id} in {load_s:.1f}s, torch threads {torch.get_num_threads()}")
     users = [str(u) for u in range(1, args.users + 1)]
     reqs = [ml100k_request(u)[0] for u in users]
-    _timed_rank(ranker, reqs[0])  # warm-up (allocations, lazy imports)
+    _timed_rank(ranker, reqs[0])  # warm-up (allocations, lazy imports, building the step)
+    step = getattr(ranker.backend, "_llama_step", None)
+    step_weights = getattr(step, "weights", None)
 
     # the default is one forward pass per elimination step; speculate=k guesses k labels per call
     modes_run = {"incremental": (ranker, "incremental")}
@@ -141,9 +148,15 @@ def run(args: argparse.Namespace) -> dict:
             modes_run[mode] = (ranker, mode)
     # the same incremental ranking with every one-token step through the transformers forward
     plain = "incremental, transformers forward"
-    has_fast = getattr(ranker.backend, "fast_decode", False) and "plain" not in args.skip
-    if has_fast:
-        modes_run[plain] = (ranker, "incremental")
+    float32 = "incremental, float32 fast step"
+    compare = {}  # extra rows: the same ranking with another one-token step
+    if step is not None and "plain" not in args.skip:
+        compare[plain] = "transformers"
+    if step_weights == "q4" and "float32" not in args.skip:
+        _timed_rank(ranker, reqs[0], step="float32")  # warm-up: builds the float32 step
+        compare[float32] = "float32"
+    for name in compare:
+        modes_run[name] = (ranker, "incremental")
     per_mode: dict[str, list[tuple[float, int, int]]] = {m: [] for m in modes_run}
     prefill, ratios, prompt_tokens = [], [], []
     for k, req in enumerate(reqs):
@@ -163,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         for name, (rk, mode) in modes_run.items():
             if name != "incremental":
                 ms, res, calls = _timed_rank(
-                    rk, dataclasses.replace(req, mode=mode), fast=name != plain
+                    rk, dataclasses.replace(req, mode=mode), step=compare.get(name, "fast")
                 )
                 per_mode[name].append((ms, res.generated_tokens, calls))
         _log(
@@ -213,6 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": str(next(ranker.backend.model.parameters()).dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "n_candidates": 20,
         "n_history": 20,
         "prompt_tokens": round(statistics.mean(prompt_tokens), 1),
@@ -223,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         # CPU (or wall) ms of one one-token step: (ranking - prefill) / (forward passes - 1)
         "step_ms": {
             m: round((modes[m]["ms_per_request"] - statistics.median(prefill)) / (n - 1), 1)
-            for m in ("incremental", plain)
+            for m in ("incremental", float32, plain)
             if m in modes and (n := modes[m]["forward_passes"] or 0) > 1
         },
         # throughput view: rank_batch shares each decoding step's weight reads across the
@@ -235,7 +249,8 @@ def run(args: argparse.Namespace) -> dict:
         else None,
         "reason_max_new_tokens": args.reason_max_new_tokens,
         "model_load_s": round(load_s, 1),
-        "fast_step": getattr(ranker.backend, "_llama_step", None) is not None,
+        # the fast one-token step's weights: "q4" (4-bit blocks), "float32", or None (no step)
+        "fast_step": step_weights,
         "clock": args.clock,
     }
 
@@ -250,7 +265,8 @@ def markdown(res: dict) -> str:
     per_request = ", ".join(f"{r:.2f}" for r in res.get("incremental_over_prefill_per_request", []))
     lines = [
         f"Ranking speed, {res['model']} ({res['dtype']}) on {res['device']} "
-        f"({res['torch_threads']} torch threads, {res.get('clock', 'wall')} clock), "
+        f"({res['torch_threads']} torch threads, {res.get('clock', 'wall')} clock, "
+        f"CPU {res.get('cpu_capability', '?')}, fast step {res.get('fast_step')}), "
         f"{res['n_candidates']} candidates + {res['n_history']}-item history "
         f"(~{res['prompt_tokens']:.0f} prompt tokens); command: `{res['command'].strip()}`",
         "",
@@ -302,14 +318,17 @@ def main() -> None:
         "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time"
     )
     parser.add_argument(
-        "--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct,plain"
+        "--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct,plain,float32"
     )
+    parser.add_argument("--tag", default="", help="results file suffix, e.g. 2threads")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "ranking" if args.dtype == "auto" else f"ranking-{args.dtype}"
+    if args.tag:
+        name += f"-{args.tag}"
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(res))
     print(markdown(res))

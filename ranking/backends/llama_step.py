@@ -68,7 +68,7 @@ class LlamaStep:
     """`step(ids, positions, mask, cache)` -> last hidden states [B, 1, C] (after the final
     norm), appending each row's key/value to `cache` like the transformers forward does."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, allow_q4: bool = True) -> None:
         dec = model.get_decoder()
         cfg = model.config
         self._decoder = dec
@@ -81,7 +81,7 @@ class LlamaStep:
         self._links = _links(dec)
         self._seen = [_state(child) for _, _, child in self._links]
         with torch.no_grad():
-            blocks = _q4_blocks(dec)
+            blocks = _q4_blocks(dec) if allow_q4 else None
             layers = [
                 _fuse(layer) if blocks is None else _fuse_q4(layer, blocks[i])
                 for i, layer in enumerate(dec.layers)
@@ -89,12 +89,14 @@ class LlamaStep:
             self._layers = _into_arena(layers)
         # "q4" or "float32": the form the projections are read in (benchmarks report it)
         self.weights = "float32" if blocks is None else "q4"
+        self.allow_q4 = allow_q4
         self._scratch = threading.local()  # per-thread buffer for many-row 4-bit products
 
     @classmethod
-    def build(cls, model: torch.nn.Module) -> LlamaStep | None:
-        """A step for `model`, or None when it is not a plain float32 Llama on CPU."""
-        return cls(model) if supports(model) else None
+    def build(cls, model: torch.nn.Module, allow_q4: bool = True) -> LlamaStep | None:
+        """A step for `model`, or None when it is not a plain float32 Llama on CPU;
+        `allow_q4=False` keeps 4-bit projections in float32 (for comparisons)."""
+        return cls(model, allow_q4) if supports(model) else None
 
     def is_current(self) -> bool:
         """False once any source weight was replaced or modified in place."""

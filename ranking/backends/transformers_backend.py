@@ -138,10 +138,11 @@ class TransformersBackend(LMBackend):
                 getattr(cfg, "use_sliding_window", True)
             )
         self.reuse_cache = not sliding
-        # one-token steps through ranking.backends.llama_step where the model allows it
+        # one-token steps through ranking.backends.llama_step where the model allows it,
+        # reading 4-bit projections (a Q4_1 GGUF file) as 4-bit blocks unless q4_decode is off
         self.fast_decode = True
-        self._llama_step = None
-        self._llama_checked = False
+        self.q4_decode = True
+        self._llama_steps: dict[bool, object] = {}  # by q4_decode; None: the model has none
 
     # ------------------------------------------------------------------ public API
 
@@ -399,15 +400,20 @@ class TransformersBackend(LMBackend):
         """The fast one-token step (ranking.backends.llama_step) when the model has one."""
         if not self.fast_decode:
             return None
-        if self._llama_step is not None and not self._llama_step.is_current():
-            self._llama_step = None
-            self._llama_checked = False
-        if not self._llama_checked:
-            from ranking.backends.llama_step import LlamaStep
+        key = self.q4_decode
+        if key in self._llama_steps:
+            step = self._llama_steps[key]
+            if step is None or step.is_current():
+                return step
+        from ranking.backends.llama_step import LlamaStep
 
-            self._llama_step = LlamaStep.build(self.model)
-            self._llama_checked = True
-        return self._llama_step
+        self._llama_steps[key] = LlamaStep.build(self.model, allow_q4=key)
+        return self._llama_steps[key]
+
+    @property
+    def _llama_step(self):
+        """The step built for the current `q4_decode` setting (None: none yet, or none fits)."""
+        return self._llama_steps.get(self.q4_decode)
 
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
         if vocab is None:
