@@ -132,9 +132,12 @@ def run(args: argparse.Namespace) -> dict:
     _log(f"loaded {ranker.model_id} in {load_s:.1f}s, torch threads {torch.get_num_threads()}")
     users = [str(u) for u in range(1, args.users + 1)]
     reqs = [ml100k_request(u)[0] for u in users]
+    t0 = time.perf_counter()
     _timed_rank(ranker, reqs[0])  # warm-up (allocations, lazy imports, building the step)
+    warm_up_s = time.perf_counter() - t0
     step = getattr(ranker.backend, "_llama_step", None)
     step_weights = getattr(step, "weights", None)
+    _log(f"warm-up {warm_up_s:.1f}s, fast step: {step_weights}")
 
     # the default is one forward pass per elimination step; speculate=k guesses k labels per call
     modes_run = {"incremental": (ranker, "incremental")}
@@ -251,6 +254,9 @@ def run(args: argparse.Namespace) -> dict:
         "model_load_s": round(load_s, 1),
         # the fast one-token step's weights: "q4" (4-bit blocks), "float32", or None (no step)
         "fast_step": step_weights,
+        "fast_step_weight_bytes": getattr(step, "nbytes", None),
+        # wall seconds of the first ranking: prefill, steps, and building the fast step
+        "warm_up_s": round(warm_up_s, 1),
         "clock": args.clock,
     }
 

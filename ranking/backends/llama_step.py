@@ -90,6 +90,9 @@ class LlamaStep:
         # "q4" or "float32": the form the projections are read in (benchmarks report it)
         self.weights = "float32" if blocks is None else "q4"
         self.allow_q4 = allow_q4
+        # bytes of the step's own weight copies (what a step streams, besides the KV cache)
+        arrays = [a for la in self._layers for m in _matrices(la) for a in _arrays(m)]
+        self.nbytes = sum(a.nbytes for a in arrays)
         self._scratch = threading.local()  # per-thread buffer for many-row 4-bit products
 
     @classmethod

@@ -21,17 +21,12 @@ a time and run on the calling thread; they release the GIL.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 BLOCK = 32  # weights per (scale, offset) pair along the input dimension, as in GGUF Q4_0/Q4_1
-TILE = 256  # output columns computed together (the kernels' inner vector loop)
-# float rewrites the kernels may use: fused multiply-add, and reassociating the block sums
-# (no assumptions about NaN or infinity, unlike numba's fastmath=True)
-FASTMATH = {"contract", "reassoc"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +93,13 @@ def _pack(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> Q4Matri
     )
 
 
+def _kernels():
+    """The compiled kernels (ranking.backends.q4_kernels imports numba)."""
+    from ranking.backends import q4_kernels
+
+    return q4_kernels
+
+
 def available() -> bool:
     """True when numba (the kernels' compiler) imports."""
     try:
@@ -121,7 +123,7 @@ def q4_matmul(x: torch.Tensor, m: Q4Matrix, residual: torch.Tensor | None = None
     if x.shape[0] != 1:
         raise ValueError(f"q4_matmul takes one row, got {x.shape[0]}: use dequantize_into")
     out = torch.empty(1, m.codes.shape[1], dtype=torch.float32)
-    _kernels()(m.codes, m.scale, m.offset, x.detach().contiguous().numpy(), out.numpy())
+    _kernels().one_row(m.codes, m.scale, m.offset, x.detach().contiguous().numpy(), out.numpy())
     return out if residual is None else out.add_(residual)
 
 
@@ -130,96 +132,5 @@ def dequantize_into(m: Q4Matrix, out: torch.Tensor) -> torch.Tensor:
     as one MKL product with the expanded weight than through the one-row kernel each."""
     if out.shape != (m.shape[1], m.shape[0]) or out.dtype != torch.float32:
         raise ValueError(f"out must be float32 {(m.shape[1], m.shape[0])}, got {out.shape}")
-    _dequantizer()(m.codes, m.scale, m.offset, out.numpy())
+    _kernels().dequantize(m.codes, m.scale, m.offset, out.numpy())
     return out
-
-
-@functools.cache
-def _nibbles():
-    """The low and high 4 bits of a code byte, kept uint8: numba would widen `c & 15` to
-    int64, and int64-to-float conversion is a slow vector instruction (or none, on AVX2);
-    uint8 converts through int32 (~25% faster kernels on the AMD VM)."""
-    from numba import njit
-
-    @njit(inline="always")
-    def low(c):  # pragma: no cover - compiled
-        return np.uint8(c & np.uint8(15))
-
-    @njit(inline="always")
-    def high(c):  # pragma: no cover - compiled
-        return np.uint8(c >> np.uint8(4))
-
-    return low, high
-
-
-@functools.cache
-def _kernels():
-    """The one-row kernel, compiled on first use (~1 s; cached on disk).
-
-    Each computes output columns in tiles of TILE; a tile's width is a compile-time constant
-    for all but the last tile (inlined helpers), so the inner loops vectorise fully."""
-    from numba import njit
-
-    tile = TILE
-    _low, _high = _nibbles()
-
-    @njit(inline="always", fastmath=FASTMATH)
-    def one_row_tile(codes, scale, offset, xv, sums, out, n0, w, acc, blk):  # pragma: no cover
-        acc[:w] = 0
-        for b in range(scale.shape[0]):
-            blk[:w] = 0
-            for j in range(16):
-                lo_x = xv[b * 32 + j]
-                hi_x = xv[b * 32 + 16 + j]
-                for t in range(w):
-                    c = codes[b * 16 + j, n0 + t]
-                    blk[t] += lo_x * np.float32(_low(c)) + hi_x * np.float32(_high(c))
-            s = sums[b]
-            for t in range(w):
-                acc[t] += blk[t] * scale[b, n0 + t] + offset[b, n0 + t] * s
-        for t in range(w):
-            out[n0 + t] = acc[t]
-
-    @njit(inline="always", fastmath=FASTMATH)
-    def block_sums(xv, nb):  # pragma: no cover - compiled
-        sums = np.empty(nb, np.float32)
-        for b in range(nb):
-            s = np.float32(0)
-            for j in range(32):
-                s += xv[b * 32 + j]
-            sums[b] = s
-        return sums
-
-    @njit(nogil=True, fastmath=FASTMATH, cache=True)
-    def one_row(codes, scale, offset, x, out):  # pragma: no cover - compiled
-        n_out = codes.shape[1]
-        xv = x[0]
-        ov = out[0]
-        sums = block_sums(xv, scale.shape[0])
-        acc = np.empty(tile, np.float32)
-        blk = np.empty(tile, np.float32)
-        full = n_out // tile * tile
-        for n0 in range(0, full, tile):
-            one_row_tile(codes, scale, offset, xv, sums, ov, n0, tile, acc, blk)
-        if full < n_out:
-            one_row_tile(codes, scale, offset, xv, sums, ov, full, n_out - full, acc, blk)
-
-    return one_row
-
-
-@functools.cache
-def _dequantizer():
-    from numba import njit
-
-    _low, _high = _nibbles()
-
-    @njit(nogil=True, fastmath=FASTMATH, cache=True)
-    def dequantize(codes, scale, offset, out):  # pragma: no cover - compiled
-        for b in range(scale.shape[0]):
-            for j in range(16):
-                for t in range(codes.shape[1]):
-                    c = codes[b * 16 + j, t]
-                    out[b * 32 + j, t] = np.float32(_low(c)) * scale[b, t] + offset[b, t]
-                    out[b * 32 + 16 + j, t] = np.float32(_high(c)) * scale[b, t] + offset[b, t]
-
-    return dequantize
