@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
 def _command() -> str:
     threads = os.environ.get("RECSYS_TORCH_THREADS")
     env = f"RECSYS_TORCH_THREADS={threads} " if threads else ""
-    return f"{env}.venv/bin/python benchmarks/bench_ranking.py " + " ".join(sys.argv[1:])
+    return f"{env}.venv/bin/python benchmarks/bench_ranking.py " + shlex.join(sys.argv[1:])
 
 
 def markdown(res: dict) -> str:
