@@ -145,9 +145,7 @@ class LlamaStep:
             x = self._mm(F.silu(g[:, :inter]) * g[:, inter:], layer.down, residual=x)
         return F.rms_norm(x, (c,), dec.norm.weight, self.eps)[:, None]
 
-    def _mm(
-        self, x: torch.Tensor, w: Matrix, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, w: Matrix, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x @ w (+ residual). One row through the 4-bit kernel; several rows through MKL on
         the weight expanded into a scratch buffer (faster than both the kernel per row and a
         float32 copy: the expanded matrix is read from cache)."""
