@@ -144,3 +144,11 @@ def test_the_kernel_is_exact_on_integers():
     m = q4.find_q4(w)
     x = torch.randint(-4, 5, (1, 96)).float()
     assert np.array_equal(q4.q4_matmul(x, m).numpy(), (x @ w.t()).numpy())
+
+
+def test_building_the_step_is_logged(q4_backend, caplog):
+    ctx = _prompt(q4_backend, "operators want to know which step runs")
+    with caplog.at_level("INFO", logger="ranking.backends.transformers_backend"):
+        q4_backend.next_token_logprobs([ctx], [[330, 389]])
+        q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])
+    assert any("q4 weights" in r.getMessage() for r in caplog.records)

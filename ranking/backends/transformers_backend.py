@@ -23,6 +23,7 @@ the rankers use it to speculate several elimination steps per call.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 from ranking.backends.base import Generation, LMBackend
+
+log = logging.getLogger(__name__)
 
 # Reusing a cached prefix costs a gather of its keys/values; below this many tokens it is
 # cheaper to recompute.
@@ -407,8 +410,16 @@ class TransformersBackend(LMBackend):
                 return step
         from ranking.backends.llama_step import LlamaStep
 
-        self._llama_steps[key] = LlamaStep.build(self.model, allow_q4=key)
-        return self._llama_steps[key]
+        t0 = time.perf_counter()
+        step = self._llama_steps[key] = LlamaStep.build(self.model, allow_q4=key)
+        if step is not None:
+            log.info(
+                "fast one-token step built in %.1fs: %s weights, %.0f MB",
+                time.perf_counter() - t0,
+                step.weights,
+                step.nbytes / 1e6,
+            )
+        return step
 
     @property
     def _llama_step(self):
