@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import mmap
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -319,21 +319,23 @@ def _into_arena(layers: list[_Layer]) -> list[_Layer]:
         start += _aligned(a.nbytes)
         return dst
 
-    out = []
-    for layer in layers:
-        new = {}
-        for f in fields(_Layer):
-            m = getattr(layer, f.name)
-            if isinstance(m, Q4Matrix):
-                new[f.name] = Q4Matrix(*(moved(a) for a in _arrays(m)))
-            elif f.name not in ("attn_norm", "mlp_norm"):
-                new[f.name] = torch.from_numpy(moved(m.numpy()))
-        out.append(replace(layer, **new))
-    return out
+    def moved_matrix(m: Matrix) -> Matrix:
+        if isinstance(m, Q4Matrix):
+            return Q4Matrix(*(moved(a) for a in _arrays(m)))
+        return torch.from_numpy(moved(m.numpy()))
+
+    return [
+        replace(layer, **{name: moved_matrix(getattr(layer, name)) for name in _MATRIX_FIELDS})
+        for layer in layers
+    ]
+
+
+# the _Layer fields that hold projections (the rest are norm vectors, left where they are)
+_MATRIX_FIELDS = ("qkv", "o", "gate_up", "down")
 
 
 def _matrices(layer: _Layer) -> list[Matrix]:
-    return [layer.qkv, layer.o, layer.gate_up, layer.down]
+    return [getattr(layer, name) for name in _MATRIX_FIELDS]
 
 
 def _arrays(m: Matrix) -> list[np.ndarray]:

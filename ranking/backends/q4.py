@@ -33,8 +33,8 @@ BLOCK = 32  # weights per (scale, offset) pair along the input dimension, as in 
 class Q4Matrix:
     """A [out, in] weight as 4-bit codes. `codes[b * 16 + j, n]` holds the codes of inputs
     b*32+j (low nibble) and b*32+16+j (high nibble) of output n (GGUF's pairing inside a
-    block, stored input-major so the kernel reads 128 outputs per load); `scale[b, n]` and
-    `offset[b, n]` turn block b's codes of output n into weights."""
+    block), stored input-major so the kernel reads consecutive outputs as one vector;
+    `scale[b, n]` and `offset[b, n]` turn block b's codes of output n into weights."""
 
     codes: np.ndarray  # uint8 [in / 2, out]
     scale: np.ndarray  # float32 [in / 32, out]
