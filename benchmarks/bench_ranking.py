@@ -156,8 +156,12 @@ def run(args: argparse.Namespace) -> dict:
     compare = {}  # extra rows: the same ranking with another one-token step
     if step is not None and "plain" not in args.skip:
         compare[plain] = "transformers"
+    float32_bytes = step.nbytes if step_weights == "float32" else None
     if step_weights == "q4" and "float32" not in args.skip:
         _timed_rank(ranker, reqs[0], step="float32")  # warm-up: builds the float32 step
+        ranker.backend.q4_decode = False
+        float32_bytes = ranker.backend._llama_step.nbytes
+        ranker.backend.q4_decode = True
         compare[float32] = "float32"
     for name in compare:
         modes_run[name] = (ranker, "incremental")
@@ -256,6 +260,8 @@ def run(args: argparse.Namespace) -> dict:
         # the fast one-token step's weights: "q4" (4-bit blocks), "float32", or None (no step)
         "fast_step": step_weights,
         "fast_step_weight_bytes": getattr(step, "nbytes", None),
+        # the same step's weights in float32 (measured when that step was built)
+        "float32_step_weight_bytes": float32_bytes,
         # wall seconds of the first ranking: prefill, steps, and building the fast step
         "warm_up_s": round(warm_up_s, 1),
         "clock": args.clock,

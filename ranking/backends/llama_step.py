@@ -24,7 +24,7 @@ Llama to 1e-5, with padded and masked batches, and on the default model);
 benchmarks/bench_ranking.py times it against the transformers forward in the same run (its
 `incremental, transformers forward` row; `--skip plain` leaves that row out).
 
-The weights are copied once (the fused layout needs its own storage: +~0.43 GB for a
+The weights are copied once (the fused layout needs its own storage: +~0.42 GB for a
 135M-parameter model in float32, +~0.08 GB as 4-bit blocks). The copies are tied to the
 exact weight tensors and their in-place version counters: a model whose weights were
 replaced or edited (training, LoRA wrapping) is detected by :meth:`LlamaStep.is_current`
