@@ -20,7 +20,18 @@ def noisy(base: list[float], delta: float, seed: int) -> list[float]:
     return [min(1.0, max(0.0, b + delta + rng.uniform(-0.05, 0.05))) for b in base]
 
 
-BASE = [random.Random(0).choice([1.0, 0.5, 1 / 3, 0.25, 0.1]) for _ in range(60)]
+_RNG = random.Random(0)  # one generator for the whole list: the values vary
+BASE = [_RNG.choice([1.0, 0.5, 1 / 3, 0.25, 0.1]) for _ in range(60)]
+
+
+def mean_diff_points(candidate: list[float], reference: list[float]) -> str:
+    """The gate's ΔMRR (x100) of two per-user lists, as its reason prints it."""
+    diffs = [c - r for c, r in zip(candidate, reference, strict=True)]
+    return f"{100 * sum(diffs) / len(diffs):+.2f}"
+
+
+def test_base_values_vary():
+    assert len(set(BASE)) == 5 and BASE[:4] == [0.25, 0.25, 1.0, 1 / 3]
 
 
 def test_paired_bootstrap_hand_worked():
@@ -33,24 +44,49 @@ def test_paired_bootstrap_hand_worked():
 
 
 @pytest.mark.parametrize(
-    ("candidate", "reference", "allowed", "reason"),
+    ("candidate", "reference", "allowed", "rule"),
     [
-        (noisy(BASE, 0.10, 1), BASE, True, r"ΔMRR \+\d"),
-        (noisy(BASE, -0.10, 2), BASE, False, "below the margin"),
-        (BASE, BASE, False, "below the margin"),
-        # a tiny gain on few users: above a zero margin but not significant
-        (
-            [*BASE[:10]],
-            [b + random.Random(i).uniform(-0.3, 0.29) for i, b in enumerate(BASE[:10])],
-            False,
-            "below the margin|does not exclude zero",
-        ),
+        (noisy(BASE, 0.10, 1), BASE, True, None),
+        (noisy(BASE, -0.10, 2), BASE, False, "below the margin of 0.50 MRR points"),
+        (BASE, BASE, False, "below the margin of 0.50 MRR points"),
     ],
 )
-def test_decide_against_promoted(candidate, reference, allowed, reason):
+def test_decide_against_promoted(candidate, reference, allowed, rule):
     d = decide({"val_rr": rr(candidate)}, {"val_rr": rr(reference)}, "promoted v1", margin=0.5)
     assert d.allowed is allowed
-    assert re.search(reason, d.reason), d.reason
+    stats = rf"ΔMRR {re.escape(mean_diff_points(candidate, reference))} \[[-+]\d+\.\d\d, "
+    stats += r"[-+]\d+\.\d\d\] over 60 users vs promoted v1"
+    assert re.fullmatch(stats + (f": {rule}" if rule else ""), d.reason), d.reason
+
+
+# The two rules, each on data that passes the other one: a refusal names the rule that failed.
+CONSISTENT_SMALL_GAIN = ([b + 0.004 for b in BASE], BASE)  # +0.40 on every user
+NOISY_LARGER_GAIN = ([0.5] * 10, [0.3, 0.68] * 5)  # +20 / -18 points: mean +1.00
+
+
+def test_a_significant_gain_below_the_margin_is_refused_by_the_margin_rule():
+    cand, ref = CONSISTENT_SMALL_GAIN
+    d = decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=0.5)
+    assert not d.allowed
+    assert d.reason == (
+        "ΔMRR +0.40 [+0.40, +0.40] over 60 users vs promoted v1: "
+        "below the margin of 0.50 MRR points"
+    )
+    # the interval excludes zero, so a lower margin lets the same gain through
+    assert decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=0.3).allowed
+
+
+def test_a_gain_above_the_margin_whose_interval_holds_zero_is_refused_by_the_interval_rule():
+    cand, ref = NOISY_LARGER_GAIN
+    for margin in (0.5, 0.0):  # above the margin either way: only the interval refuses
+        d = decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=margin)
+        assert not d.allowed
+        assert re.fullmatch(
+            r"ΔMRR \+1\.00 \[-\d+\.\d\d, \+\d+\.\d\d\] over 10 users vs promoted v1: "
+            r"the 95% interval does not exclude zero",
+            d.reason,
+        ), d.reason
+        assert "margin" not in d.reason
 
 
 def test_decide_without_promoted_uses_base_model_and_retrieval():
