@@ -54,14 +54,75 @@ def config(tmp_path, model_dir, **kw) -> BatchConfig:
     return BatchConfig(**{**base, **kw})
 
 
-def test_every_user_gets_k_unseen_items_and_a_rerun_resumes(engine, tmp_path, tiny_model_dir):
+class WorkerKilled(Exception):
+    pass
+
+
+def rows_per_user(engine, run_id: str) -> dict[str, tuple[int, int, int]]:
+    """user -> (rows, distinct ranks, distinct items) of `run_id`."""
+    from recsys.db.models import User
+
+    rec, users = Recommendation.__table__, User.__table__
+    query = (
+        sa.select(
+            users.c.external_id,
+            sa.func.count(),
+            sa.func.count(sa.distinct(rec.c.rank)),
+            sa.func.count(sa.distinct(rec.c.item_id)),
+        )
+        .join(users, users.c.id == rec.c.user_id)
+        .where(rec.c.run_id == run_id)
+        .group_by(users.c.external_id)
+    )
+    with engine.connect() as conn:
+        return {u: (n, ranks, items) for u, n, ranks, items in conn.execute(query)}
+
+
+def test_a_run_killed_mid_write_resumes_and_writes_every_user_exactly_once(
+    engine, tmp_path, tiny_model_dir, monkeypatch
+):
+    """The worker dies inside the second chunk's write, after two of its users reached the
+    database; the retried job (same run id) writes only the users still missing."""
+    from recsys.db import repository
+
+    real_write = repository.write_recommendations
+    writes: list[list[str]] = []
+
+    def killed_in_second_chunk(run_id, lists, **kw):
+        writes.append(list(lists))
+        if len(writes) == 2:
+            real_write(run_id, dict(list(lists.items())[:2]), **kw)
+            raise WorkerKilled
+        return real_write(run_id, lists, **kw)
+
+    monkeypatch.setattr(repository, "write_recommendations", killed_in_second_chunk)
+    with pytest.raises(WorkerKilled):
+        run_batch(config(tmp_path, tiny_model_dir), engine=engine)
+    assert [len(w) for w in writes] == [5, 5]  # chunk_users=5: it died in the second chunk
+    before_crash = set(writes[0]) | set(writes[1][:2])
+    assert repository.users_in_run("nightly", engine=engine) == before_crash
+    lists_before = {u: recommendations_for(u, "nightly", engine=engine) for u in before_crash}
+
+    resumed: list[str] = []
+
+    def recording(run_id, lists, **kw):
+        resumed.extend(lists)
+        return real_write(run_id, lists, **kw)
+
+    monkeypatch.setattr(repository, "write_recommendations", recording)
     report = run_batch(config(tmp_path, tiny_model_dir), engine=engine)
-    assert report.users_written == N_USERS
+    assert (report.users_in_shard, report.users_written, report.users_skipped) == (N_USERS, 5, 7)
     assert report.model_version != f"retrieval:{report.retrieval_version}"  # re-ranked
+    # exactly once: the resume wrote each missing user once and no user written before it
+    assert sorted(resumed) == sorted(set(engine.seen) - before_crash)
+    assert {u: recommendations_for(u, "nightly", engine=engine) for u in before_crash} == (
+        lists_before
+    )
+    assert rows_per_user(engine, "nightly") == {u: (5, 5, 5) for u in engine.seen}
     for user, seen in engine.seen.items():
         items = [r.item_id for r in recommendations_for(user, "nightly", engine=engine)]
-        assert len(items) == 5 and len(set(items)) == 5
-        assert not set(items) & seen
+        assert len(items) == 5 and not set(items) & seen
+    # a finished run has nothing left to do
     again = run_batch(
         config(tmp_path, tiny_model_dir, index_version=report.retrieval_version), engine=engine
     )
@@ -71,15 +132,27 @@ def test_every_user_gets_k_unseen_items_and_a_rerun_resumes(engine, tmp_path, ti
 
 
 def test_shards_split_users_without_overlap(engine, tmp_path, tiny_model_dir):
-    written = [
+    """Each shard writes its own run, so a user in two shards would show up in two runs
+    (one run id would hide that: the second shard would skip the user)."""
+    from recsys.db.repository import users_in_run
+
+    reports = [
         run_batch(
-            config(tmp_path, tiny_model_dir, shard=s, shards=3, rerank=False), engine=engine
-        ).users_written
+            config(
+                tmp_path, tiny_model_dir, run_id=f"nightly-s{s}", shard=s, shards=3, rerank=False
+            ),
+            engine=engine,
+        )
         for s in range(3)
     ]
-    assert sum(written) == N_USERS
-    users = [f"u{u}" for u in range(N_USERS)]
-    assert [sum(in_shard(u, s, 3) for u in users) for s in range(3)] == written
+    written = [users_in_run(f"nightly-s{s}", engine=engine) for s in range(3)]
+    assert [r.users_skipped for r in reports] == [0, 0, 0]
+    assert [r.users_written for r in reports] == [len(w) for w in written]
+    assert all(written)  # 12 users hash into all three shards
+    assert sum(len(w) for w in written) == N_USERS
+    assert set().union(*written) == set(engine.seen)  # so the shards are disjoint
+    for s in range(3):
+        assert written[s] == {u for u in engine.seen if in_shard(u, s, 3)}
 
 
 def test_bad_shard_is_refused(engine, tmp_path, tiny_model_dir):
