@@ -6,8 +6,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = [
-    f"tests.fixtures.{name}"
-    for name in ("services", "models", "data")
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "fixtures", f"{name}.py"))
-]
+# listed, not discovered: a fixtures module that goes missing is an import error, not a
+# silently smaller set of fixtures
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.models", "tests.fixtures.data"]

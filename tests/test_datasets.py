@@ -11,8 +11,6 @@ import pytest
 from recsys import datasets
 from recsys.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,9 +145,8 @@ def test_not_a_folder(tmp_path: Path) -> None:
         datasets.read_recbole(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not (SHARED / "movielens-100k").is_dir(), reason="shared data not present")
-def test_shipped_movielens_100k() -> None:
-    data = datasets.read_movielens(SHARED / "movielens-100k")
+def test_shipped_movielens_100k(shared_movielens_100k: Path) -> None:
+    data = datasets.read_movielens(shared_movielens_100k)
     assert data.interactions.height == 100_000
     assert data.n_users == 943
     assert data.items.height == 1682

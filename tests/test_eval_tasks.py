@@ -11,8 +11,8 @@ import pytest
 from recsys.datasets import Dataset
 from recsys.errors import UserError
 from recsys.eval import tasks
+from tests.fixtures.data import SHARED_DATA, require_data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ITEMS = [str(i) for i in range(100)]
 
 
@@ -221,16 +221,14 @@ def test_unknown_task_and_missing_music_data() -> None:
 # ---------------------------------------------------------------- shipped data (cheap)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not present")
 def test_shipped_dl19_passage_tasks() -> None:
-    built = tasks.build_task("passage-9", SHARED / "trec-dl-passage", seed=7)
+    built = tasks.build_task("passage-9", require_data(SHARED_DATA / "trec-dl-passage"), seed=7)
     assert len(built.instances) == 36 * 5  # 36 usable DL19 queries (README), 5 draws each
     assert all(len(i.candidates) == 9 for i in built.instances)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not present")
-def test_shipped_movielens_rec_task_counts() -> None:
-    built = tasks.build_task("rec-movie", SHARED / "movielens-100k", seed=7)
+def test_shipped_movielens_rec_task_counts(shared_movielens_100k: Path) -> None:
+    built = tasks.build_task("rec-movie", shared_movielens_100k, seed=7)
     assert len(built.instances) == 911
     assert built.skipped == {"fewer than 21 interactions": 32}
 

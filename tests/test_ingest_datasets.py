@@ -15,6 +15,7 @@ from recsys.db.models import Interaction, Item, User
 from recsys.db.testing import migrated_engine
 from recsys.errors import UserError
 from recsys.ingest import ingest
+from tests.fixtures.data import require_data
 
 
 @pytest.fixture
@@ -84,9 +85,7 @@ def test_real_movielens_100k_loads_completely(sqlite_url: str) -> None:
     """The shipped ml-100k: every rating and item arrives (read from ../shared/data)."""
     from recsys.settings import get_settings
 
-    folder = get_settings().data_dir / "movielens-100k"
-    if not (folder / "u.data").exists():
-        pytest.skip(f"{folder} is not available")
+    folder = require_data(get_settings().data_dir / "movielens-100k" / "u.data").parent
     with migrated_engine(sqlite_url) as engine:
         report = ingest(folder, engine=engine, progress=False)
         assert (report.interactions_added, report.users_added, report.items_added) == (
