@@ -8,4 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # listed, not discovered: a fixtures module that goes missing is an import error, not a
 # silently smaller set of fixtures
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.models", "tests.fixtures.data"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.models",
+    "tests.fixtures.data",
+    "tests.fixtures.clock",
+]

@@ -14,7 +14,6 @@ import io
 import json
 import math
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -219,17 +218,19 @@ def test_scoreless_candidate_turns_fusion_off_visibly(tiny_backend):
 # ---------------------------------------------------------------- deadlines, reason mode
 
 
-def test_deadline_fallback_orders_the_rest_by_the_fused_step():
+def test_deadline_fallback_orders_the_rest_by_the_fused_step(fake_clock):
     def slow_logprobs(context, allowed):
-        time.sleep(0.1)
+        fake_clock.sleep(0.1)  # each model call takes exactly 100 ms of (fake) time
         return np.arange(len(allowed), dtype=float)  # the model: later labels go first
 
     cands = tuple(Candidate(c, f"item {c}", score=1.0 + k) for k, c in enumerate("pqrst"))
     req = RankRequest(task="rec-movie", candidates=cands, deadline_ms=250, fusion_alpha=50.0)
-    res = Ranker(ScriptedBackend(logprob_fn=slow_logprobs)).rank(req)
+    backend = ScriptedBackend(logprob_fn=slow_logprobs)
+    res = Ranker(backend).rank(req)
     assert res.fallback is True
     # two model steps (see test_ranking_modes' deadline test); fusion eliminates low scores
     assert [s.eliminated for s in res.steps] == ["p", "q"]
+    assert res.elapsed_ms == 200.0 and len(backend.calls) == 2
     # survivors by the last fused step's elimination probability, lowest first
     assert res.order == ["t", "s", "r", "q", "p"]
     assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))

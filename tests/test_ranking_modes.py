@@ -3,7 +3,6 @@ deadlines, many candidates."""
 
 import dataclasses
 import math
-import time
 
 import numpy as np
 import pytest
@@ -238,9 +237,9 @@ def test_deadline_zero_returns_retrieval_order_at_once(mode):
     assert backend.calls == []  # the model was never called
 
 
-def test_deadline_mid_ranking_orders_rest_by_last_step():
+def test_deadline_mid_ranking_orders_rest_by_last_step(fake_clock):
     def slow_logprobs(context, allowed):
-        time.sleep(0.1)
+        fake_clock.sleep(0.1)  # each model call takes exactly 100 ms of (fake) time
         return np.arange(len(allowed), dtype=float)  # later labels: more likely eliminated
 
     backend = ScriptedBackend(logprob_fn=slow_logprobs)
@@ -249,8 +248,9 @@ def test_deadline_mid_ranking_orders_rest_by_last_step():
     req = RankRequest(task="rec-movie", candidates=cands, deadline_ms=250)
     res = ranker.rank(req)
     assert res.fallback is True
-    # call 1 at ~0 ms, call 2 at ~100 ms (no step estimate yet), then 200 + 100 > 250: stop
+    # call 1 at 0 ms, call 2 at 100 ms (no step estimate yet), then 200 + 100 > 250: stop
     assert [s.eliminated for s in res.steps] == ["t", "s"]
+    assert res.elapsed_ms == 200.0 and len(backend.calls) == 2
     # survivors by last step's elimination probability, lowest first; then the eliminated
     assert res.order == ["p", "q", "r", "s", "t"]
     assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
