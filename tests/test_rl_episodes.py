@@ -182,6 +182,8 @@ def test_recsys_train_end_to_end_registers_candidate(tmp_path, tiny_model_dir, m
 def test_episodes_from_logged_impressions_train_off_policy(database_url, tiny_model_dir, tmp_path):
     """Logged impressions + the click that followed become episodes with the logged order
     and propensity, and the importance-weighted `logged` algorithm trains on them."""
+    import dataclasses
+    import math
     from datetime import UTC, datetime, timedelta
 
     import torch
@@ -213,13 +215,86 @@ def test_episodes_from_logged_impressions_train_off_policy(database_url, tiny_mo
     assert eps[0].logged_order == ("a", "b", "c", "d")
     assert eps[0].logged_log_propensity == -2.0
     assert eps[0].request.history == ("Film h",)
+    assert eps[0].request.ids == ["a", "b", "c", "d"]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    # The loss is w * R, w = min(pi(logged ranking) / mu(logged ranking), clip), no gradient
+    # through w. With the final norm zeroed every step is uniform: pi = 1/4 * 1/3 * 1/2 = 1/24.
+    # u1's logged order a b c d (clicked c) eliminates d, c, b: rewards 1, 0, 1, baseline 2/3,
+    # reward-to-go 2, 1, 1, so R = -(4/3 log 1/4 + 1/3 log 1/3 + 1/3 log 1/2) = log(1536) / 3.
+    uniform = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        uniform.model.norm.weight.zero_()
+
+    def first_step(log_propensity: float):
+        ep = dataclasses.replace(eps[0], logged_log_propensity=log_propensity)
+        cfg = TrainConfig(algo="logged", steps=1, batch_size=1, lr=0.0, grad_clip=1e9)
+        rec = Trainer(uniform, tok, [ep], [], cfg, tmp_path / str(log_propensity)).train_step(0)
+        return rec, uniform.model.norm.weight.grad.clone()
+
+    big_r = math.log(1536) / 3
+    logged, grad = first_step(-2.0)  # mu = e^-2: w = 24^-1 e^2
+    assert logged["loss"] == pytest.approx(math.exp(2) / 24 * big_r, rel=1e-5)
+    assert logged["reward"] == 2.0
+    assert grad.abs().sum() > 0
+    less_likely, grad_less_likely = first_step(-3.0)  # mu / e: w * e, loss and gradient too
+    assert less_likely["loss"] == pytest.approx(math.exp(3) / 24 * big_r, rel=1e-5)
+    assert torch.allclose(grad_less_likely, math.e * grad, rtol=1e-4, atol=1e-9)
+    assert less_likely["grad_norm"] == pytest.approx(math.e * logged["grad_norm"], rel=1e-4)
+    clipped, grad_clipped = first_step(-10.0)  # w = e^10 / 24 > is_clip: w = 10
+    assert clipped["loss"] == pytest.approx(10 * big_r, rel=1e-5)
+    assert torch.allclose(grad_clipped, 10 / (math.exp(2) / 24) * grad, rtol=1e-4, atol=1e-9)
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     before = model.lm_head.weight.detach().clone()
     cfg = TrainConfig(algo="logged", steps=2, batch_size=2, lr=1e-2)
-    trainer = Trainer(model, AutoTokenizer.from_pretrained(tiny_model_dir), eps, [], cfg, tmp_path)
+    trainer = Trainer(model, tok, eps, [], cfg, tmp_path / "trained")
     trainer.run()
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.state.history)
     assert not torch.equal(before, trainer.model.lm_head.weight.detach())
+
+
+def write_popularity_movielens(root):
+    """A MovieLens-100K-shaped folder where popularity ranks each user's target at a known
+    place. Users 1-4 watched items 1-20, then their target (40, 30, 25, 21): each has exactly
+    items 21-40 as candidates (the 19 unseen ones are all the negatives). Users 101-120 (fewer
+    than 21 interactions: no instance, training data only) make item i have i - 20 training
+    interactions, so the target of count c ranks 21 - c among counts 1..20."""
+    folder = root / "movielens-100k"
+    folder.mkdir(parents=True)
+    genres = "|".join(["0"] * 19)
+    (folder / "u.item").write_text(
+        "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{genres}\n" for i in range(1, 41)),
+        encoding="latin-1",
+    )
+    lines = []
+    for user, target in ((1, 40), (2, 30), (3, 25), (4, 21)):
+        lines += [f"{user}\t{item}\t4\t{item}\n" for item in [*range(1, 21), target]]
+    for b in range(1, 21):  # booster b watched items 41-b .. 40
+        lines += [f"{100 + b}\t{item}\t4\t{item}\n" for item in range(41 - b, 41)]
+    (folder / "u.data").write_text("".join(lines), encoding="latin-1")
+
+
+def test_baseline_rr_ranks_the_eval_instances_with_the_classical_recommender(tmp_path, monkeypatch):
+    """`train-report --baselines`' per-user reciprocal ranks, computed for real (not mocked)
+    on data where the popularity order puts each target at a known rank."""
+    from recsys import training
+    from recsys.settings import get_settings
+
+    write_popularity_movielens(tmp_path)
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    training._baseline_episode_rr.cache_clear()  # cached per (task, name), not per data dir
+    try:
+        expected = {"1": 1.0, "2": 1 / 11, "3": 1 / 16, "4": 1 / 20}
+        assert training._baseline_episode_rr("rec-movie", "popularity") == pytest.approx(expected)
+        users = {"2", "4", "101", "not-a-user"}  # only evaluated users come back
+        assert training.baseline_rr("rec-movie", "popularity", users) == pytest.approx(
+            {"2": 1 / 11, "4": 1 / 20}
+        )
+    finally:
+        get_settings.cache_clear()
+        training._baseline_episode_rr.cache_clear()
 
 
 def test_train_report_table_and_curves(tmp_path):
