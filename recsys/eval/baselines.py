@@ -14,12 +14,14 @@ order, so a tie is broken at random and never in favour of the target.
 | popularity | interactions in the training data | rec |
 | lightfm | LightFM WARP (64 factors, 30 epochs) user . item + item bias | rec |
 | transitions | sum over history items h of #(h followed by c within 10 steps) in training sequences | rec |
+| knn-router | mean task utility of the LLM over the 10 training queries nearest the question (TF-IDF cosine) | router |
 """  # noqa: E501
 
 from __future__ import annotations
 
 import re
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
@@ -247,6 +249,95 @@ class EnsembleBaseline(_RecBaseline):
         return sum(zscores(part.scores(instance), ddof=0) for part in self.parts)  # type: ignore[return-value]
 
 
+class KNNRouterBaseline(ScoringBaseline):
+    """kNN router, the k-nearest-neighbour baseline of RouterBench (Hu et al. 2024,
+    arXiv 2403.12031): a query is routed by how the LLMs did on the most
+    similar training queries. With N_k(q) the k training queries of highest cosine
+    similarity to q (TF-IDF vectors, scikit-learn, fitted on the training questions;
+    similarity ties: file order),
+
+        score(m | q) = 1/|N_k^m(q)| * sum over t in N_k^m(q) of u_t(m),
+        u_t(m) = w_perf * score_t(m) - w_cost * normalised price(m),
+
+    the task's truth utility (tasks.ROUTER_WEIGHTS, `router_utilities`) averaged over
+    the neighbours N_k^m(q) that scored m (an LLM none of them scored: its mean over all
+    training queries). Equal scores are broken at random (the stable sort over the
+    shuffled candidates), not by price.
+
+    Training queries are `taskset.train_queries` (`tasks.router_pool`). When they are a separate
+    split (`split` "train") every evaluated query uses all of them; when they are the
+    evaluated file itself ("evaluated": the shipped data has only train.json) they are
+    cross-fitted: fold = crc32(question) mod 5, and a query's neighbours (and the TF-IDF
+    vocabulary) come only from the other four folds, so no evaluated query, nor a copy
+    of its text, is ever its own neighbour."""
+
+    name = model = "knn-router"
+    tasks = ("router",)
+    folds = 5
+
+    def __init__(self, k: int = 10) -> None:
+        if k < 1:
+            raise UserError(f"knn-router: k must be >= 1, got {k}")
+        self.k = k
+
+    @staticmethod
+    def fold_of(question: str, folds: int) -> int:
+        return zlib.crc32(question.encode("utf-8")) % folds
+
+    def fit(self, taskset: TaskSet) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        pool = taskset.train_queries
+        need = {"id", "question", "llm", "utility", "split"}
+        if pool is None or not need <= set(pool.columns) or pool.is_empty():
+            raise UserError(f"{taskset.name}: no training queries to fit {self.name!r} on")
+        self.llms = {m: j for j, m in enumerate(sorted(pool["llm"].unique().to_list()))}
+        ids = pool["id"].unique(maintain_order=True).to_list()
+        row = {q: i for i, q in enumerate(ids)}
+        utility = np.full((len(ids), len(self.llms)), np.nan)
+        utility[[row[q] for q in pool["id"]], [self.llms[m] for m in pool["llm"]]] = pool["utility"]
+        questions = pool.unique("id", keep="first", maintain_order=True)["question"].to_list()
+        self.cross_fit = bool((pool["split"] == "evaluated").any())
+        fold = np.array([self.fold_of(q, self.folds) if self.cross_fit else 0 for q in questions])
+        self.fallback = np.nanmean(utility, axis=0)
+        self.index = {}
+        for f in range(self.folds) if self.cross_fit else (None,):
+            keep = fold != f if f is not None else np.ones(len(questions), dtype=bool)
+            if not keep.any():
+                raise UserError(
+                    f"{taskset.name}: too few training queries to cross-fit {self.name!r} in "
+                    f"{self.folds} folds (fold {f} holds all {len(questions)}); put a separate "
+                    "train.json beside the evaluated file"
+                )
+            vectorizer = TfidfVectorizer(sublinear_tf=True)
+            matrix = vectorizer.fit_transform(
+                [q for q, k in zip(questions, keep, strict=True) if k]
+            )
+            self.index[f] = (vectorizer, matrix, utility[keep], np.array(ids)[keep])
+
+    def _nearest(self, instance: Instance) -> tuple[np.ndarray, np.ndarray]:
+        """(utility rows, ids) of the k training queries nearest the instance's question."""
+        query = instance.query or ""
+        fold = self.fold_of(query, self.folds) if self.cross_fit else None
+        vectorizer, matrix, utility, ids = self.index[fold]
+        similarity = (matrix @ vectorizer.transform([query]).T).toarray().ravel()
+        top = np.argsort(-similarity, kind="stable")[: self.k]
+        return utility[top], ids[top]
+
+    def neighbours(self, instance: Instance) -> list[str]:
+        """The ids (`router_pool`) of the training queries the instance is scored from."""
+        return self._nearest(instance)[1].tolist()
+
+    def scores(self, instance: Instance) -> np.ndarray:
+        nearest = self._nearest(instance)[0]
+        seen = ~np.isnan(nearest)
+        counts = seen.sum(axis=0)
+        mean = np.where(counts > 0, np.where(seen, nearest, 0).sum(axis=0) / np.maximum(counts, 1),
+                        self.fallback)  # fmt: skip
+        return np.array([mean[self.llms[c.id]] if c.id in self.llms else -np.inf
+                         for c in instance.candidates])  # fmt: skip
+
+
 def scored_candidates(instance: Instance, scores: Sequence[float]) -> tuple[Candidate, ...]:
     """The instance's candidates carrying a classical recommender's scores as retrieval
     `score` (rounded to 4 places, as prompts show them) and `signals` = {cf_rank}: how
@@ -269,6 +360,7 @@ BASELINES = {
     "cf": LightFMBaseline,  # the issue's name for it
     "transitions": TransitionsBaseline,
     "ensemble": EnsembleBaseline,
+    "knn-router": KNNRouterBaseline,
 }
 
 

@@ -96,7 +96,8 @@ class Instance:
 class TaskSet:
     """The instances of one task, what was left out (reason -> count) and how it was built.
     `train` (rec tasks) is every interaction except the evaluated targets, time-ordered,
-    for the baselines that learn from data."""
+    for the baselines that learn from data; `train_queries` (router tasks) the training
+    queries' utilities (`router_pool`), for the router baselines."""
 
     name: str
     instances: list[Instance]
@@ -105,6 +106,7 @@ class TaskSet:
     train: pl.DataFrame | None = None
     metric: str = "mrr"  # the headline metric: "mrr" or "ndcg@10"
     catalogue: dict[str, str] | None = None  # rec tasks: item id -> title
+    train_queries: pl.DataFrame | None = None  # router tasks: id, question, llm, utility, split
 
     def limited(self, limit: int | None, seed: int) -> TaskSet:
         """A seeded random subset of `limit` instances (all when limit is None)."""
@@ -115,9 +117,7 @@ class TaskSet:
         pick = np.random.default_rng(seed).permutation(len(self.instances))[:limit]
         chosen = [self.instances[i] for i in sorted(pick)]
         info = {**self.info, "limit": limit, "of": len(self.instances)}
-        return TaskSet(
-            self.name, chosen, self.skipped, info, self.train, self.metric, self.catalogue
-        )
+        return dataclasses.replace(self, instances=chosen, info=info)
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:
@@ -468,15 +468,42 @@ def load_llm_candidates(path: str | Path) -> dict[str, LLM]:
     return llms
 
 
+ROUTER_FORMAT = "a JSON list of {question: str, scores: {llm: number}}"
+ROUTER_SPLITS = ("train", "test")  # the dcrouter split files (README); any name is read
+
+
 def load_router_queries(path: str | Path) -> list[dict[str, Any]]:
-    """dcrouter JSON list of {question, scores: {llm: float}}."""
+    """dcrouter JSON list of {question, scores: {llm: float}} (any split's file)."""
     path = Path(path)
     rows = _read_json(path)
-    if not isinstance(rows, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(
-            r.get("scores"), dict) for r in rows
-    ):  # fmt: skip
-        raise UserError(f"{path}: expected a JSON list of {{question, scores: {{llm: score}}}}")
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: expected {ROUTER_FORMAT} (a dcrouter split file); {what}")
+
+    if isinstance(rows, dict):
+        hint = (
+            " (an LLM table? pass the queries file)"
+            if all(isinstance(v, dict) and "input_price" in v for v in rows.values())
+            else ""
+        )
+        raise bad(f"got a JSON object{hint}")  # fmt: skip
+    if not isinstance(rows, list):
+        raise bad(f"got a JSON {type(rows).__name__}")
+    if not rows:
+        raise bad("got an empty list")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise bad(f"entry #{n} has no string 'question'")
+        scores = row.get("scores")
+        if not isinstance(scores, dict) or not scores:
+            raise bad(f"entry #{n} has no non-empty 'scores' object")
+        for llm, score in scores.items():
+            if (
+                isinstance(score, bool)
+                or not isinstance(score, int | float)
+                or not np.isfinite(score)
+            ):
+                raise bad(f"entry #{n}: score of {llm!r} is {score!r}, not a finite number")
     return rows
 
 
@@ -486,20 +513,61 @@ def router_target(
     """The best LLM by w_perf*score - w_cost*normalised price, normalised price =
     (price - min) / (max - min) over the candidates. Ties: the cheaper LLM, then the
     higher raw score, then the name (alphabetical). None when all utilities are equal."""
-    low, high = min(prices.values()), max(prices.values())
-    span = (high - low) or 1.0
-    utility = {
-        name: round(w_perf * s - w_cost * (prices[name] - low) / span, 9)
-        for name, s in scores.items()
-    }
+    utility = router_utilities(scores, prices, w_perf, w_cost)
     if len(set(utility.values())) == 1:
         return None
     return min(utility, key=lambda n: (-utility[n], prices[n], -scores[n], n))
 
 
+def router_utilities(
+    scores: dict[str, float], prices: dict[str, float], w_perf: float, w_cost: float
+) -> dict[str, float]:
+    """llm -> w_perf*score - w_cost*normalised price (rounded to 9 places): the utility
+    whose argmax is the router truth."""
+    low, high = min(prices.values()), max(prices.values())
+    span = (high - low) or 1.0
+    return {
+        name: round(w_perf * s - w_cost * (prices[name] - low) / span, 9)
+        for name, s in scores.items()
+    }
+
+
+def router_pool(
+    rows: Sequence[dict[str, Any]], llms: dict[str, LLM], task: str, *, evaluated: bool
+) -> pl.DataFrame:
+    """Training queries for the router baselines, one row per (query, LLM): `id` (the
+    instance id `task:n` when `evaluated`, i.e. the rows are the evaluated file itself,
+    else `train:n`), `question`, `llm`, `utility` (the task's weighting, as the truth),
+    `split` ("evaluated": a baseline must cross-fit and never use a query's own row;
+    "train": a separate split)."""
+    w_perf, w_cost = ROUTER_WEIGHTS[task]
+    prefix, split = (task, "evaluated") if evaluated else ("train", "train")
+    cols: dict[str, list[Any]] = {"id": [], "question": [], "llm": [], "utility": []}
+    for n, row in enumerate(rows):
+        scores = {name: float(s) for name, s in row["scores"].items()}
+        missing = sorted(set(scores) - set(llms))
+        if missing:
+            raise UserError(f"router query #{n}: LLM(s) {missing} have no price/description")
+        utility = router_utilities(scores, {m: llms[m].price for m in scores}, w_perf, w_cost)
+        for name in sorted(utility):
+            cols["id"].append(f"{prefix}:{n}")
+            cols["question"].append(row["question"])
+            cols["llm"].append(name)
+            cols["utility"].append(utility[name])
+    schema = {"id": pl.String, "question": pl.String, "llm": pl.String, "utility": pl.Float64}
+    return pl.DataFrame(cols, schema=schema).with_columns(split=pl.lit(split))
+
+
 def build_router_tasks(
-    rows: Sequence[dict[str, Any]], llms: dict[str, LLM], task: str, seed: int
+    rows: Sequence[dict[str, Any]],
+    llms: dict[str, LLM],
+    task: str,
+    seed: int,
+    *,
+    train_rows: Sequence[dict[str, Any]] | None = None,
 ) -> TaskSet:
+    """One instance per query of `rows`; `train_queries` = `router_pool` of `train_rows`
+    (a separate split) or, when None, of `rows` themselves (marked for cross-fitting)."""
     w_perf, w_cost = ROUTER_WEIGHTS[task]
     instances, skipped = [], {"all LLMs equal under the weighting": 0}
     price_only = 0
@@ -527,7 +595,9 @@ def build_router_tasks(
         )
     info = {"seed": seed, "weights": [w_perf, w_cost], "queries": len(rows),
             "decided_by_price_alone": price_only}  # fmt: skip
-    return TaskSet(task, instances, skipped, info)
+    pool = router_pool(rows if train_rows is None else train_rows, llms, task,
+                       evaluated=train_rows is None)  # fmt: skip
+    return TaskSet(task, instances, skipped, info, train_queries=pool)
 
 
 # ---------------------------------------------------------------- the task table
@@ -592,15 +662,59 @@ def _passage_task(task: str, data: Path, seed: int) -> TaskSet:
     return build_passage_k(queries, qrels, int(task.split("-")[1]), seed)
 
 
-def _router(task: str, data: Path, seed: int) -> TaskSet:
-    queries = sorted(data.glob("**/train.json"))
-    llms = sorted(data.glob("**/llm_candidates/*.json")) or sorted(data.glob("**/*llm*.json"))
-    if not queries or not llms:
-        raise UserError(
-            f"{data}: expected dcrouter_preprocessed/train.json and llm_candidates/*.json"
+def _is_llm_table(path: Path) -> bool:
+    return path.parent.name == "llm_candidates" or "llm" in path.name
+
+
+def router_files(data: Path) -> tuple[Path, Path, Path | None]:
+    """(queries file to evaluate, LLM table, separate training split or None) for a
+    folder laid out like router-llmrouter-dcrouter (dcrouter_preprocessed/<split>.json +
+    llm_candidates/*.json) or for one split's file of that format. A folder evaluates
+    its train.json (the shipped split), or its only queries file when it has no
+    train.json. A file named other than train.json trains the baselines on a train.json
+    beside it when there is one."""
+    layout = "dcrouter_preprocessed/<split>.json + llm_candidates/*.json"
+    if data.is_dir():
+        found = sorted(p for p in data.glob("**/*.json") if not _is_llm_table(p))
+        named = [p for p in found if p.name == "train.json"]
+        if not named and len(found) > 1:
+            raise UserError(
+                f"{data}: {len(found)} router query files and none named train.json "
+                f"({', '.join(str(p.relative_to(data)) for p in found)}); pass one with "
+                "--data TASK=FILE"
+            )
+        if not found:
+            raise UserError(
+                f"{data}: no router queries file ({ROUTER_FORMAT}); expected {layout} "
+                f"(splits: {', '.join(s + '.json' for s in ROUTER_SPLITS)}), or pass "
+                "--data TASK=FILE"
+            )
+        queries = (named or found)[0]
+        llms = sorted(data.glob("**/llm_candidates/*.json")) or sorted(
+            p for p in data.glob("**/*llm*.json") if p != queries
         )
-    return build_router_tasks(load_router_queries(queries[0]), load_llm_candidates(llms[0]),
-                              task, seed)  # fmt: skip
+        where = f"under {data}"
+    else:
+        queries, bases = data, (data.parent, data.parent.parent)
+        llms = [p for b in bases for p in sorted(b.glob("llm_candidates/*.json"))] or [
+            p for b in bases for p in sorted(b.glob("*llm*.json")) if p != queries
+        ]
+        where = "in " + " or ".join(dict.fromkeys(str(b / "llm_candidates") for b in bases))
+    if not llms:
+        raise UserError(
+            f"{data}: no LLM table ({{name: {{feature, input_price, output_price}}}}) "
+            f"{where}; expected {layout}"
+        )
+    train = queries.with_name("train.json")
+    return queries, llms[0], train if train != queries and train.is_file() else None
+
+
+def _router(task: str, data: Path, seed: int) -> TaskSet:
+    queries, llms, train = router_files(data)
+    return build_router_tasks(
+        load_router_queries(queries), load_llm_candidates(llms), task, seed,
+        train_rows=None if train is None else load_router_queries(train),
+    )  # fmt: skip
 
 
 _BUILDERS: dict[str, Callable[[str, Path, int], TaskSet]] = {
