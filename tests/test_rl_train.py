@@ -4,6 +4,8 @@ and an interrupted run resumes to exactly the weights of an uninterrupted one.""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,6 +50,14 @@ def test_sampling_is_seeded_and_valid(tiny):
     b = sample_trajectories(model, seq, 3, 1.0, torch.Generator().manual_seed(1))
     assert a == b
     assert all(len(o) == 4 and len(set(o)) == 4 for o in a)
+    assert sample_trajectories(model, seq, 3, 1.0, torch.Generator().manual_seed(2)) != a
+    # a huge fusion bias leaves no choice: the lowest scores go first, every draw
+    from ranking.fusion import fusion_bias
+
+    ep = rule_episodes(1, seed=4, k=5)[0]  # scores 5, 4, 3, 2, 1
+    bias = fusion_bias([c.score for c in ep.request.candidates], 1000.0)
+    forced = sample_trajectories(model, seq, 3, 1.0, torch.Generator().manual_seed(1), bias)
+    assert forced == [[4, 3, 2, 1]] * 3
     with pytest.raises(ValueError, match="temperature"):
         sample_trajectories(model, seq, 2, 0.0)
 
@@ -99,6 +109,50 @@ def test_training_the_fused_policy_changes_only_through_the_lm(tiny, tmp_path):
     trainer.run()
     assert any(not torch.equal(v, dict(model.named_parameters())[k]) for k, v in before.items())
     assert "val_mrr_fused" in trainer.state.history[-1]
+
+
+def uniform_policy(model_dir):
+    """The tiny model with its final norm zeroed: every label logit is 0, so every step is
+    uniform over the candidates in play (greedy ties eliminate the first label in play)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    return model
+
+
+def test_a_uniform_policy_has_known_losses_and_validation(tiny_model_dir, tmp_path):
+    """Every objective's value, worked by hand for a policy whose steps are uniform (the
+    rule episodes' ground truth is the first of their candidates, scores k, k-1, ..., 1)."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = uniform_policy(tiny_model_dir)
+    val = rule_episodes(3, 2)
+
+    runs = iter(range(100))
+
+    def first_step(algo, train, **kw):
+        cfg = TrainConfig(algo=algo, steps=1, batch_size=1, lr=0.0, seed=1, **kw)
+        trainer = Trainer(model, tok, train, val, cfg, tmp_path / f"run-{next(runs)}")
+        return trainer, trainer.train_step(0)
+
+    # expected: mean over the three teacher-forced steps of pi_t(gt) = (1/4 + 1/3 + 1/2) / 3
+    trainer, rec = first_step("expected", rule_episodes(1, 1))
+    assert rec["loss"] == pytest.approx(13 / 36, rel=1e-5)
+    assert rec["reward"] == pytest.approx(23 / 36, rel=1e-5)
+    # first-step reward 1 - 1/4; greedy ties eliminate the ground truth first: RR 1/4
+    assert trainer.validate() == pytest.approx({"val_mrr": 25.0, "val_reward": 0.75}, rel=1e-5)
+    # distill: cross-entropy toward the teacher's three steps = (log 4 + log 3 + log 2) / 3
+    _, rec = first_step("distill", rule_episodes(1, 1))
+    assert rec["loss"] == pytest.approx(math.log(24) / 3, rel=1e-5)
+    # the fused policy on two candidates (scores 2, 1: z = +-1/sqrt 2, bias -alpha z): the
+    # one step's pi(gt) = 1 / (1 + e^(2 alpha / sqrt 2)), against 1/2 unfused
+    trainer, rec = first_step(
+        "expected", rule_episodes(1, 1, k=2), fusion_alpha=2.0, train_fused=True
+    )
+    assert rec["loss"] == pytest.approx(1 / (1 + math.exp(2 * math.sqrt(2))), rel=1e-5)
+    # fused validation follows the scores, the ground truth's the highest: MRR 100
+    assert trainer.validate() == pytest.approx(
+        {"val_mrr": 25.0, "val_reward": 0.75, "val_mrr_fused": 100.0}, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,9 +245,18 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny, tmp_path):
     trainer.run()
     trainable = [k for k, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in k for k in trainable)
+    # the base weights stayed; the merged export is W + (lora_alpha / r) B A
+    q_proj = base["model.layers.0.self_attn.q_proj.weight"]
+    params = dict(trainer.model.named_parameters())
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    assert torch.equal(params[f"{prefix}.base_layer.weight"], q_proj)
+    lora_a = params[f"{prefix}.lora_A.default.weight"].detach()
+    lora_b = params[f"{prefix}.lora_B.default.weight"].detach()
+    assert lora_b.abs().sum() > 0  # B starts at zero: the steps trained it
     exported = AutoModelForCausalLM.from_pretrained(trainer.export(tmp_path / "model"))
     merged = exported.model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(merged, base["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.allclose(merged, q_proj + (16 / 4) * lora_b @ lora_a, atol=1e-6)
+    assert not torch.equal(merged, q_proj)
 
 
 @pytest.mark.parametrize(
