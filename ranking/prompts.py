@@ -18,8 +18,8 @@ need multi-token labels). See :func:`label_set`.
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ranking.errors import RequestError
@@ -93,6 +93,47 @@ def task_wording(task: str) -> TaskWording:
     raise RequestError(f"unknown task {task!r}")
 
 
+# ---------------------------------------------------------------- prompt styles
+
+
+TEMPLATES = ("paper", "short")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a prompt shows the request (a property of the model: `LMBackend.prompt_style`).
+
+    * `template`: "paper" (the IRanker paper's wording) or "short" (rec tasks: a one-line
+      instruction first, so consecutive requests share the longest prefix, then the
+      history on one line and one short line per candidate);
+    * `title_chars`: titles cut to this many characters (None: whole titles; 0: no title
+      for an item that has a soft token);
+    * `item_tokens`: catalogue id -> the text of the item's soft token (ranking.hybrid),
+      written before its title; items without one are shown by title only.
+    """
+
+    template: str = "paper"
+    title_chars: int | None = None
+    item_tokens: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise RequestError(f"unknown prompt template {self.template!r}; use {TEMPLATES}")
+        if self.title_chars is not None and self.title_chars < 0:
+            raise RequestError(f"title_chars must be >= 0 or None, got {self.title_chars}")
+
+    def item(self, item_id: str | None, title: str) -> str:
+        """One item as the prompt shows it: soft token (if any), then the (cut) title."""
+        token = self.item_tokens.get(item_id or "") if item_id is not None else None
+        text = " ".join(title.split())
+        if self.title_chars is not None:
+            text = "" if (self.title_chars == 0 and token) else text[: self.title_chars]
+        return f"{token}{' ' + text if text else ''}" if token else text
+
+
+PAPER_STYLE = PromptStyle()
+
+
 # ---------------------------------------------------------------- candidate lines and signals
 
 
@@ -121,8 +162,10 @@ def render_signals(candidate: Candidate, task: str) -> str:
     return ", ".join(parts)
 
 
-def candidate_line(candidate: Candidate, task: str, show_signals: bool) -> str:
-    text = " ".join(candidate.text.split())  # one line per candidate
+def candidate_line(
+    candidate: Candidate, task: str, show_signals: bool, style: PromptStyle = PAPER_STYLE
+) -> str:
+    text = style.item(candidate.id if task in _REC else None, candidate.text)
     if show_signals:
         facts = render_signals(candidate, task)
         if facts:
@@ -174,14 +217,16 @@ def labels_for(tokenizer: Any, n: int) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------- prompts
 
 
-def _context_block(request: RankRequest) -> str:
+def _context_block(request: RankRequest, style: PromptStyle = PAPER_STYLE) -> str:
     if request.task in _REC:
         wording = _REC[request.task]
         verb = _HISTORY_VERB[request.task]
         if not request.history:
             head = f"I have not {verb} any {wording.items} yet."
         else:
-            lines = "\n".join(f"{i}. {h}" for i, h in enumerate(request.history, 1))
+            ids = request.history_ids or (None,) * len(request.history)
+            shown = [style.item(i, h) for i, h in zip(ids, request.history, strict=True)]
+            lines = "\n".join(f"{i}. {h}" for i, h in enumerate(shown, 1))
             head = f"I've {verb} the following {wording.items} in the past, in order:\n{lines}"
         if request.query:
             head += f"\n\nWhat I am looking for: {request.query}"
@@ -192,7 +237,10 @@ def _context_block(request: RankRequest) -> str:
 
 
 def _candidate_block(
-    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str] | None
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str] | None,
+    style: PromptStyle = PAPER_STYLE,
 ) -> str:
     wording = task_wording(request.task)
     # no count in the header: consecutive `score` prompts then share everything up to the
@@ -205,7 +253,7 @@ def _candidate_block(
         head = "Here are the candidate LLMs, with their prices:"
     lines = [
         (f"[{lab}] " if labels is not None else "- ")
-        + candidate_line(c, request.task, request.show_signals)
+        + candidate_line(c, request.task, request.show_signals, style)
         for lab, c in zip(labels or [None] * len(candidates), candidates, strict=True)
     ]
     return head + "\n" + "\n".join(lines)
@@ -225,13 +273,38 @@ def _assemble(
     candidates: Sequence[Candidate],
     labels: Sequence[str] | None,
     instruction: str,
+    style: PromptStyle = PAPER_STYLE,
+    short_instruction: str | None = None,
 ) -> str:
-    """Context, candidate list, instruction: the shape every mode's prompt shares."""
-    block = _candidate_block(request, candidates, labels)
-    return f"{_context_block(request)}\n\n{block}\n\n{instruction}"
+    """Context, candidate list, instruction: the shape every mode's prompt shares (the
+    short template puts a short instruction first instead)."""
+    if style.template == "short" and request.task in _REC and short_instruction:
+        return _short(request, candidates, labels, short_instruction, style)
+    block = _candidate_block(request, candidates, labels, style)
+    return f"{_context_block(request, style)}\n\n{block}\n\n{instruction}"
 
 
-def reason_prompt(request: RankRequest, candidates: Sequence[Candidate]) -> str:
+def _short(
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str] | None,
+    instruction: str,
+    style: PromptStyle,
+) -> str:
+    ids = request.history_ids or (None,) * len(request.history)
+    seen = "; ".join(style.item(i, h) for i, h in zip(ids, request.history, strict=True))
+    lines = [
+        (f"[{lab}] " if lab is not None else "- ")
+        + candidate_line(c, request.task, request.show_signals, style)
+        for lab, c in zip(labels or [None] * len(candidates), candidates, strict=True)
+    ]
+    query = f"\nLooking for: {request.query}" if request.query else ""
+    return f"{instruction}\nSeen: {seen or 'nothing yet'}{query}\nCandidates:\n" + "\n".join(lines)
+
+
+def reason_prompt(
+    request: RankRequest, candidates: Sequence[Candidate], style: PromptStyle = PAPER_STYLE
+) -> str:
     """The paper's per-step prompt: remaining candidates by text, answer the title in tags."""
     w = task_wording(request.task)
     return _assemble(
@@ -240,20 +313,29 @@ def reason_prompt(request: RankRequest, candidates: Sequence[Candidate]) -> str:
         None,
         f"{_select_sentence(request)} Think step by step inside <think> </think>, then give "
         f"the {w.item} exactly as it appears in the list inside <answer> </answer>.",
+        style,
     )
 
 
 def label_prompt(
-    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    style: PromptStyle = PAPER_STYLE,
 ) -> str:
     """`score` mode: remaining candidates with labels, answer one label."""
+    w = task_wording(request.task)
     return _assemble(
-        request, candidates, labels, f"{_select_sentence(request)} Answer with its label only."
-    )
+        request, candidates, labels, f"{_select_sentence(request)} Answer with its label only.",
+        style, f"Name the {w.item} {w.least}; answer its label.",
+    )  # fmt: skip
 
 
 def elimination_prompt(
-    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    style: PromptStyle = PAPER_STYLE,
 ) -> str:
     """`incremental` mode: all candidates once; the answer lists labels in elimination order."""
     w = task_wording(request.task)
@@ -264,11 +346,16 @@ def elimination_prompt(
         f"Eliminate the {w.items} one at a time: first the one that is {w.least}, then the "
         f"{w.least} among those left, and so on until one {w.item} remains. Answer with the "
         "labels only, in elimination order, separated by spaces.",
+        style,
+        f"Eliminate the {w.items} {w.least} one at a time; answer labels.",
     )
 
 
 def ranking_prompt(
-    request: RankRequest, candidates: Sequence[Candidate], labels: Sequence[str]
+    request: RankRequest,
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    style: PromptStyle = PAPER_STYLE,
 ) -> str:
     """`direct` mode (DRanker): the whole order, best first, in one answer."""
     w = task_wording(request.task)
@@ -278,6 +365,8 @@ def ranking_prompt(
         labels,
         f"Rank all {len(candidates)} {w.items}, starting with the {w.most}. Answer with the "
         "labels only, best first, separated by spaces.",
+        style,
+        f"Rank the {w.items}, {w.most} first; answer labels.",
     )
 
 

@@ -57,6 +57,9 @@ class RankRequest:
     seed: int | None = None
     request_id: str | None = None
     fusion_alpha: float | None = None  # score fusion weight; None: the ranker's default
+    # catalogue ids of the history items (same order as `history`): hybrid prompts show an
+    # item's collaborative soft token by id (ranking.hybrid); empty when unknown
+    history_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_request(self)
@@ -81,7 +84,18 @@ class RankRequest:
         history = data.get("history") or ()
         if not isinstance(history, list | tuple) or not all(isinstance(h, str) for h in history):
             raise RequestError("'history' must be a list of strings (item titles)")
-        fields = {k: v for k, v in data.items() if k not in ("candidates", "history")}
+        history_ids = data.get("history_ids") or ()
+        if not isinstance(history_ids, list | tuple) or not all(
+            isinstance(h, str) for h in history_ids
+        ):
+            raise RequestError("'history_ids' must be a list of strings (catalogue item ids)")
+        if history_ids and len(history_ids) != len(history):
+            raise RequestError(
+                f"'history_ids' has {len(history_ids)} ids for {len(history)} history items; "
+                "give one id per history title, or none"
+            )
+        skip = ("candidates", "history", "history_ids")
+        fields = {k: v for k, v in data.items() if k not in skip}
         fields.setdefault("mode", "incremental")
         if fields.get("mode") is None:
             fields["mode"] = "incremental"
@@ -89,7 +103,12 @@ class RankRequest:
             fields["temperature"] = 0.0
         if "task" not in fields:
             raise RequestError(f"'task' is required; one of {list(TASKS)}")
-        return cls(candidates=candidates, history=tuple(history), **fields)
+        return cls(
+            candidates=candidates,
+            history=tuple(history),
+            history_ids=tuple(history_ids),
+            **fields,
+        )
 
 
 def _candidate_from_dict(index: int, raw: Any) -> Candidate:

@@ -31,6 +31,9 @@ class LMBackend(ABC):
 
     model_id: str
     tokenizer: object  # a Hugging Face PreTrainedTokenizerBase
+    # how prompts show requests to this model (ranking.prompts.PromptStyle); None: the
+    # paper's wording. A hybrid model (ranking.hybrid) sets its own.
+    prompt_style: object = None
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """The model's own chat template applied, ready for the assistant's answer."""

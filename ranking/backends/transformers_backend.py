@@ -146,6 +146,16 @@ class TransformersBackend(LMBackend):
         self.fast_decode = True
         self.q4_decode = True
         self._llama_steps: dict[bool, object] = {}  # by q4_decode; None: the model has none
+        # token ids from here up are soft tokens (ranking.hybrid): never a fast step's input
+        self.soft_token_floor: int | None = None
+        self.hybrid = None
+
+    def attach_hybrid(self, hybrid) -> None:  # type: ignore[no-untyped-def]
+        """Serve a hybrid model: its prompt style, and no fast step for an item token."""
+        self.hybrid = hybrid
+        self.prompt_style = hybrid.style
+        self.soft_token_floor = hybrid.base_vocab
+        self.clear_cache()
 
     # ------------------------------------------------------------------ public API
 
@@ -335,7 +345,8 @@ class TransformersBackend(LMBackend):
         pos = n_past + torch.arange(width, device=self.device)[None, :]
         cache = base.cache if base.cache is not None else new_kv_cache(self.model.config)
         ids = ids.to(self.device)
-        step = self._fast_step() if width == 1 else None
+        soft = self.soft_token_floor is not None and int(ids.max()) >= self.soft_token_floor
+        step = self._fast_step() if width == 1 and not soft else None
         if step is not None:
             hidden = step(ids, pos, mask, cache)
         else:

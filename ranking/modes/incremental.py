@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from ranking.backends.base import LMBackend
 from ranking.modes.base import Trace
 from ranking.modes.constrained import ConstrainedMode
-from ranking.prompts import ELIMINATION_ANSWER_PREFIX, elimination_prompt, labels_for
+from ranking.prompts import (
+    ELIMINATION_ANSWER_PREFIX,
+    PAPER_STYLE,
+    elimination_prompt,
+    labels_for,
+)
 from ranking.types import RankRequest
 
 
@@ -56,6 +61,7 @@ class _TokenizerOnly:
 
     chat_prompt = LMBackend.chat_prompt
     encode = LMBackend.encode
+    prompt_style = PAPER_STYLE
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -71,7 +77,9 @@ def label_sequence(request: RankRequest, backend, prompt_fn, answer_prefix: str)
     backend = _as_backend(backend)
     labelled = labels_for(backend.tokenizer, len(request.candidates))
     labels = tuple(lab for lab, _ in labelled)
-    text = backend.chat_prompt(prompt_fn(request, request.candidates, labels)) + answer_prefix
+    style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    text = backend.chat_prompt(prompt_fn(request, request.candidates, labels, style))
+    text += answer_prefix
     return LabelSequence(
         ids=tuple(request.ids),
         labels=labels,

@@ -121,6 +121,12 @@ def register(app: typer.Typer) -> None:
             help="with fusion, the baseline scoring candidates that have no score (rec tasks "
             "with random negatives), as `recsys train --signal`; none: require scores",
         ),
+        users: str = typer.Option(
+            "all",
+            "--users",
+            help="rec tasks: all | heldout (the users `recsys train-ranker` never trains on) "
+            "| train",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Measure a ranker on the evaluation tasks; print a table, write JSON."""
@@ -165,6 +171,8 @@ def register(app: typer.Typer) -> None:
             if write_tasks is not None:
                 write_tasks.mkdir(parents=True, exist_ok=True)
                 tasks.write_task_file(built, write_tasks / f"{name}.jsonl")
+            if users != "all":
+                built = tasks.for_users(built, users, seed)
             chosen = built.limited(limit, seed)
             if candidates == "retrieval":
                 chosen = tasks.with_retrieval_candidates(chosen)
@@ -179,7 +187,7 @@ def register(app: typer.Typer) -> None:
                 "config": {
                     "tasks": names, "ranker": ranker, "model": model, "model_path": model_path,
                     "model_id": evaluator.model, "data": {k: str(v) for k, v in paths.items()},
-                    "limit": limit, "seed": seed, "candidates": candidates,
+                    "limit": limit, "users": users, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -191,6 +199,26 @@ def register(app: typer.Typer) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
             typer.echo(f"wrote {out}")
+
+    @app.command("eval-diff")
+    def eval_diff(
+        a: Path = typer.Argument(..., help="results JSON of ranker A (recsys eval --out)"),
+        b: Path = typer.Argument(..., help="results JSON of ranker B, same tasks"),
+        metric: str = typer.Option("mrr", "--metric", help="mrr | ndcg@10 | hit@5 | ..."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="also write JSON here"),
+    ) -> None:
+        """Paired A - B per task on the shared instances, bootstrap 95% interval."""
+        import json
+        from dataclasses import asdict
+
+        from recsys.eval import compare, report
+
+        diffs = compare.paired_table(report.load_runs([a]), report.load_runs([b]), metric)
+        typer.echo(compare.HEADER)
+        for d in diffs:
+            typer.echo(d.row())
+        if out is not None:
+            out.write_text(json.dumps([asdict(d) for d in diffs], indent=2) + "\n", "utf-8")
 
     @app.command("eval-table")
     def eval_table(

@@ -361,10 +361,15 @@ BASELINES = {
     "transitions": TransitionsBaseline,
     "ensemble": EnsembleBaseline,
     "knn-router": KNNRouterBaseline,
+    "lambdamart": None,  # recsys.eval.ltr.LambdaMARTBaseline, built by make_baseline
 }
 
 
 def make_baseline(name: str, seed: int = 7) -> ScoringBaseline:
+    if name == "lambdamart":  # its own module: features, training protocol
+        from recsys.eval.ltr import LambdaMARTBaseline
+
+        return LambdaMARTBaseline(seed=seed)
     if name not in BASELINES:
         raise UserError(f"unknown baseline {name!r}; use one of {sorted(BASELINES)}")
     cls = BASELINES[name]

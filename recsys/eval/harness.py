@@ -23,6 +23,7 @@ from recsys.eval.baselines import BASELINES, EvalRanker, make_baseline, scored_c
 from recsys.eval.tasks import Instance, TaskSet
 
 BOOTSTRAP_SAMPLES = 1000
+COLD_START_MAX = 5  # a target with fewer training interactions is in the cold-start slice
 METRICS = ("mrr", "ndcg@1", "ndcg@5", "ndcg@10", "hit@1", "hit@5")
 
 
@@ -189,6 +190,9 @@ class TaskRun:
     wall_s: float
     cpu_s: float  # process CPU time while ranking (all threads): honest on a shared machine
     requests_per_s: float
+    # per instance: id, user, cold flag and every metric (for paired comparisons)
+    instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    slices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -226,6 +230,8 @@ def evaluate(
     trec = taskset.metric == "ndcg@10"  # TREC DL re-ranking: graded qrels
     min_grade = 2.0 if trec else 1e-9
     rows, bad = [], 0
+    counts = target_counts(taskset)
+    per_instance = []
     for inst, res in zip(instances, results, strict=True):
         if is_permutation(res, inst):
             rows.append(instance_metrics(inst, res.order, min_grade, linear_gain=trec))
@@ -234,11 +240,18 @@ def evaluate(
             rows.append(dict.fromkeys(METRICS, 0.0))
         if keep_results is not None:
             keep_results.append({"id": inst.id, "order": res.order, **rows[-1]})
-    metrics = {}
-    for name in METRICS:
-        values = np.array([r[name] for r in rows])
-        low, high = bootstrap_ci(values, seed=seed)
-        metrics[name] = {"mean": float(values.mean()), "low": low, "high": high}
+        cold = counts is not None and counts.get(inst.target, 0) < COLD_START_MAX
+        per_instance.append({"id": inst.id, "user": inst.user_id, "cold": cold,
+                             **{k: round(v, 6) for k, v in rows[-1].items()}})  # fmt: skip
+    metrics = summarise(rows, seed)
+    cold_rows = [r for r, p in zip(rows, per_instance, strict=True) if p["cold"]]
+    slices = {}
+    if counts is not None:
+        slices["cold-start"] = {
+            "n": len(cold_rows),
+            "definition": f"target has < {COLD_START_MAX} training interactions",
+            "metrics": summarise(cold_rows, seed) if cold_rows else {},
+        }
     return TaskRun(
         task=taskset.name,
         ranker=ranker.name,
@@ -255,7 +268,26 @@ def evaluate(
         wall_s=round(wall, 3),
         cpu_s=round(cpu, 3),
         requests_per_s=round(len(instances) / wall, 3) if wall > 0 else float("inf"),
+        instances=per_instance,
+        slices=slices,
     )
+
+
+def summarise(rows: Sequence[dict[str, float]], seed: int) -> dict[str, dict[str, float]]:
+    """Mean and bootstrap 95% interval of every metric over the rows."""
+    metrics = {}
+    for name in METRICS:
+        values = np.array([r[name] for r in rows])
+        low, high = bootstrap_ci(values, seed=seed)
+        metrics[name] = {"mean": float(values.mean()), "low": low, "high": high}
+    return metrics
+
+
+def target_counts(taskset: TaskSet) -> dict[str, int] | None:
+    """Rec tasks: item -> interactions in the training log (what "cold" is measured on)."""
+    if taskset.train is None:
+        return None
+    return dict(taskset.train.group_by("item_id").len().iter_rows())
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -19,6 +19,7 @@ counts of what was left out. The same data and seed give the same instances, and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,7 @@ class Instance:
             task=self.request_task,
             candidates=self.candidates,
             history=self.history,
+            history_ids=self.history_ids,
             query=self.query,
             mode=mode,  # type: ignore[arg-type]
             request_id=self.id,
@@ -106,6 +108,7 @@ class TaskSet:
     train: pl.DataFrame | None = None
     metric: str = "mrr"  # the headline metric: "mrr" or "ndcg@10"
     catalogue: dict[str, str] | None = None  # rec tasks: item id -> title
+    genres: dict[str, str] | None = None  # rec tasks with genres: item id -> "A|B"
     train_queries: pl.DataFrame | None = None  # router tasks: id, question, llm, utility, split
 
     def limited(self, limit: int | None, seed: int) -> TaskSet:
@@ -118,6 +121,37 @@ class TaskSet:
         chosen = [self.instances[i] for i in sorted(pick)]
         info = {**self.info, "limit": limit, "of": len(self.instances)}
         return dataclasses.replace(self, instances=chosen, info=info)
+
+
+HELDOUT_FRACTION = 0.35  # share of users kept out of every training run (>= 300 on rec-movie)
+USER_SPLITS = ("all", "heldout", "train")
+
+
+def user_fold(user: str, seed: int) -> float:
+    """A user's place in [0, 1), from a seeded hash: the same split as
+    `ranking.rl.episodes.split_by_user`, stable as users are added."""
+    digest = hashlib.sha256(f"{seed}:{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def is_heldout(user: str, seed: int, fraction: float = HELDOUT_FRACTION) -> bool:
+    return user_fold(user, seed) < fraction
+
+
+def for_users(taskset: TaskSet, which: str, seed: int) -> TaskSet:
+    """The instances of held-out users (never trained on by `recsys train-ranker` with the
+    same seed), of the training users, or all."""
+    if which not in USER_SPLITS:
+        raise UserError(f"--users must be one of {list(USER_SPLITS)}, got {which!r}")
+    if which == "all":
+        return taskset
+    if taskset.train is None:
+        raise UserError(f"--users {which} applies to rec tasks (users), not {taskset.name!r}")
+    keep = [
+        i for i in taskset.instances if is_heldout(str(i.user_id), seed) == (which == "heldout")
+    ]
+    info = {**taskset.info, "users": which, "heldout_fraction": HELDOUT_FRACTION}
+    return dataclasses.replace(taskset, instances=keep, info=info)
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:
@@ -219,7 +253,12 @@ def build_rec_tasks(
         "negatives": n_negatives,
         "tie_break": tie_break,
     }
-    return TaskSet(task, instances, skipped, info, train, catalogue=titles)
+    genres = (
+        dict(zip(data.items["item_id"], data.items["genres"].fill_null(""), strict=True))
+        if "genres" in data.items.columns
+        else None
+    )
+    return TaskSet(task, instances, skipped, info, train, catalogue=titles, genres=genres)
 
 
 def with_retrieval_candidates(taskset: TaskSet, k: int = 20) -> TaskSet:

@@ -1,0 +1,220 @@
+"""Hybrid prompts: catalogue items as collaborative soft tokens (LLaRA, CoLLM).
+
+Each catalogue item with a collaborative vector (LightFM factors and bias) gets its own
+token in the tokenizer, `<|item:ID|>`. A prompt writes that token where the item appears
+(history and candidates; `ranking.prompts.PromptStyle`), with or without its title. The
+model never sees a rank or a score written as text: it reads the CF vector itself.
+
+How the vector reaches the model (*late injection*): the layers below `inject_layer` see
+a fixed placeholder token at every item position (the word " item"), and the vector,
+mapped by a small trained projector (Linear-GELU-Linear, as LLaRA's), is added to the
+residual stream entering layer `inject_layer`. Two consequences:
+
+* training only back-propagates through the layers from `inject_layer` up (the layers
+  below hold no trainable weight and see no trainable input), so a step costs a forward
+  pass plus the backward of the top layers: what makes thousands of episodes per hour fit
+  a CPU (`ranking.rl.supervised`);
+* every item token has its own id, so the backends' KV-cache reuse (keyed by token ids)
+  stays exact, the decoding steps (label tokens) never meet an item token, and the
+  ranking's step probabilities — hence its propensity — are those of the model as served.
+
+The injection is two forward pre-hooks (on the input embedding and on the decoder layer),
+so it works for every mode on the transformers backend, including its fast one-token step
+(which only ever embeds label tokens). vLLM cannot run hooks: `load_backend(...,
+backend="vllm")` on a hybrid model raises a ModelLoadError saying so.
+
+A hybrid model is a folder (`save` / `load`): `hybrid.json` (base model, injection layer,
+prompt style, item ids), `vectors.npy` (the CF vectors it was trained with: the projector
+is versioned with them), `projector.pt`, and the LoRA adapter of the top layers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ranking.errors import ModelLoadError
+from ranking.prompts import PromptStyle
+
+TOKEN_FORMAT = "<|item:{}|>"
+PLACEHOLDER = " item"
+MANIFEST = "hybrid.json"
+
+
+class Projector(nn.Module):
+    """CF vector -> a vector in the LM's hidden space (Linear-GELU-Linear, LLaRA)."""
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        # start small: at step 0 the model sees (almost) only the placeholder
+        nn.init.normal_(self.net[2].weight, std=1e-3)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """What a hybrid model is, besides its weights."""
+
+    base: str  # the base model spec ("default" or a path)
+    inject_layer: int
+    vector_dim: int
+    title_chars: int | None = 0  # 0: soft token only; None: soft token + whole title
+    template: str = "short"
+    vector_kind: str = "lightfm"
+
+    def style(self, item_tokens: dict[str, str]) -> PromptStyle:
+        return PromptStyle(self.template, self.title_chars, item_tokens)
+
+
+class Hybrid:
+    """Item tokens, projector and injection hooks installed on one HF causal LM."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        item_ids: Sequence[str],
+        vectors: np.ndarray,
+        config: HybridConfig,
+        projector: Projector | None = None,
+    ) -> None:
+        layers = _decoder_layers(model)
+        if not 0 <= config.inject_layer < len(layers):
+            raise ModelLoadError(
+                f"inject_layer {config.inject_layer} out of range: the model has {len(layers)} "
+                "decoder layers"
+            )
+        if vectors.shape != (len(item_ids), config.vector_dim):
+            raise ModelLoadError(
+                f"vectors of shape {vectors.shape} for {len(item_ids)} items of dimension "
+                f"{config.vector_dim}"
+            )
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.item_ids = [str(i) for i in item_ids]
+        hidden = model.config.hidden_size
+        self.projector = projector or Projector(config.vector_dim, hidden)
+        device = next(model.parameters()).device
+        self.projector.to(device)
+        self.vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device)
+        self.item_tokens = self._add_tokens()
+        self.placeholder_id = _single_token(tokenizer, PLACEHOLDER)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._handles = [
+            model.get_input_embeddings().register_forward_pre_hook(self._on_embed),
+            layers[config.inject_layer].register_forward_pre_hook(self._on_layer, with_kwargs=True),
+        ]
+
+    # -- tokens ------------------------------------------------------------------
+
+    def _add_tokens(self) -> dict[str, str]:
+        texts = [TOKEN_FORMAT.format(i) for i in self.item_ids]
+        self.base_vocab = int(self.model.get_input_embeddings().num_embeddings)
+        self.tokenizer.add_tokens(texts, special_tokens=True)
+        ids = self.tokenizer.convert_tokens_to_ids(texts)
+        if min(ids) < self.base_vocab:
+            raise ModelLoadError("item tokens collide with the model's vocabulary")
+        lookup = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(ids)] = torch.arange(len(ids))
+        self.row_of_token = lookup.to(self.vectors.device)
+        return dict(zip(self.item_ids, texts, strict=True))
+
+    @property
+    def style(self) -> PromptStyle:
+        return self.config.style(self.item_tokens)
+
+    # -- hooks -------------------------------------------------------------------
+
+    def _on_embed(self, module: nn.Module, args: tuple) -> tuple:
+        ids = args[0]
+        soft = ids >= self.base_vocab
+        if not bool(soft.any()):
+            self._pending = None
+            return args
+        rows = self.row_of_token[torch.where(soft, ids, 0).clamp(max=len(self.row_of_token) - 1)]
+        self._pending = (soft, rows)
+        return (torch.where(soft, torch.full_like(ids, self.placeholder_id), ids), *args[1:])
+
+    def _on_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        if self._pending is None:
+            return None
+        soft, rows = self._pending
+        self._pending = None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        delta = torch.zeros_like(hidden)
+        delta[soft] = self.projector(self.vectors[rows[soft]]).to(hidden.dtype)
+        hidden = hidden + delta
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # -- persistence -------------------------------------------------------------
+
+    def save(self, folder: str | Path, adapter_model: nn.Module | None = None) -> Path:
+        """Manifest, vectors, projector (and the peft adapter of `adapter_model`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "vectors.npy", self.vectors.cpu().numpy().astype(np.float32))
+        torch.save(self.projector.state_dict(), folder / "projector.pt")
+        if adapter_model is not None and hasattr(adapter_model, "save_pretrained"):
+            adapter_model.save_pretrained(folder / "adapter")
+        manifest = {"config": asdict(self.config), "items": self.item_ids}
+        (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        return folder
+
+
+def is_hybrid_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(folder: str | Path) -> tuple[HybridConfig, list[str]]:
+    path = Path(folder) / MANIFEST
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        return HybridConfig(**doc["config"]), [str(i) for i in doc["items"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: not a hybrid model manifest ({exc})") from None
+
+
+def load_hybrid(folder: str | Path, model: nn.Module, tokenizer: Any) -> Hybrid:
+    """Install the saved hybrid parts of `folder` on the (already loaded) base model: the
+    LoRA adapter merged into its weights, then the item tokens and projector."""
+    folder = Path(folder)
+    config, items = read_manifest(folder)
+    adapter = folder / "adapter"
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    vectors = np.load(folder / "vectors.npy")
+    projector = Projector(config.vector_dim, model.config.hidden_size)
+    projector.load_state_dict(torch.load(folder / "projector.pt", weights_only=True))
+    return Hybrid(model, tokenizer, items, vectors, config, projector)
+
+
+def _decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
+    inner = getattr(model, "get_decoder", lambda: None)()
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ModelLoadError(f"{type(model).__name__}: no decoder layers to inject into")
+    return layers
+
+
+def _single_token(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return int(ids[0])

@@ -1,0 +1,299 @@
+"""Training a hybrid ranker (ranking.hybrid) at scale on a CPU: supervised, then RL.
+
+Stage 1, *supervised listwise*: each episode is teacher-forced along a teacher's
+elimination order (the ground truth last, the others in the reverse of a classical
+ranker's order, e.g. the LightFM + transitions ensemble); the loss is the cross-entropy
+of every step toward the teacher's choice, -mean_t log pi_t(teacher_t) (LlamaRec-style
+dense supervision of the exact served steps).
+
+Stage 2, *expected-step RL*: the IRanker step reward is +1 for eliminating a candidate
+that is not the ground truth and 0 for the ground truth, so E[r_t] = 1 - pi_t(gt); the
+loss mean_t pi_t(gt) along the teacher-forced trajectory is that expectation's exact
+negative (no sampling), plus `ce_weight` x the stage-1 loss to stay on the teacher path.
+
+Speed: the base model is frozen, LoRA adapters sit on the layers from `inject_layer` up
+and the projector feeds that layer, so a step is one forward pass of a batch of short
+prompts (soft tokens instead of titles) plus the backward of the top layers only. Every
+batch is a pure function of (seed, step) and checkpoints hold the optimizer, the
+scheduler and the step, so an interrupted run resumed from its last checkpoint follows the
+same path. Checkpoints are written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ranking.hybrid import Hybrid
+from ranking.modes.incremental import LabelSequence, label_sequence
+from ranking.prompts import ELIMINATION_ANSWER_PREFIX, elimination_prompt
+from ranking.rl.episodes import Episode
+from ranking.rl.sequence import TokenizerOnly
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class SupervisedConfig:
+    supervised_steps: int = 1000  # batches of stage 1
+    rl_steps: int = 250  # batches of stage 2
+    batch_size: int = 8
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    lora_r: int = 16
+    lora_alpha: int = 32
+    ce_weight: float = 0.5  # stage 2: weight of the stage-1 loss kept
+    eval_every: int = 200
+    checkpoint_every: int = 50
+    val_episodes: int = 200
+    seed: int = 7
+
+    @property
+    def total_steps(self) -> int:
+        return self.supervised_steps + self.rl_steps
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One episode laid out as tokens: the sequence, the teacher order and the truth."""
+
+    seq: LabelSequence
+    order: tuple[int, ...]  # candidate indices, first eliminated first (truth last)
+    gt: int
+
+
+class StyledTokenizer(TokenizerOnly):
+    """Prompt building for a model in training, in the hybrid model's own prompt style."""
+
+    def __init__(self, tokenizer: Any, style: Any) -> None:
+        super().__init__(tokenizer)
+        self.prompt_style = style
+
+
+def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
+    seq = label_sequence(ep.request, builder, elimination_prompt, ELIMINATION_ANSWER_PREFIX)
+    index = {cid: i for i, cid in enumerate(seq.ids)}
+    gt = index[ep.ground_truth]
+    if ep.teacher_order:
+        order = [index[c] for c in ep.teacher_order if c != ep.ground_truth]
+    else:
+        order = [i for i in range(len(seq.ids)) if i != gt]
+    return Prepared(seq, (*order, gt), gt)
+
+
+def batch_step_logprobs(model: torch.nn.Module, batch: Sequence[Prepared]) -> list[torch.Tensor]:
+    """Teacher-forced step log-probs of each episode ([n-1, n] each; -inf for candidates
+    already out), all episodes in one right-padded forward pass."""
+    device = next(model.parameters()).device
+    inputs = [p.seq.context(list(p.order[:-2])) for p in batch]  # the last step needs no input
+    width = max(len(x) for x in inputs)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for i, x in enumerate(inputs):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    hidden = model.get_decoder()(
+        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+    ).last_hidden_state
+    head = model.get_output_embeddings()
+    out = []
+    for i, p in enumerate(batch):
+        n_steps = len(p.order) - 1
+        start = len(p.seq.prompt_ids) - 1
+        pos = torch.arange(start, start + n_steps, device=device)
+        labels = torch.tensor(p.seq.label_ids, device=device)
+        logits = hidden[i, pos] @ head.weight[labels].T
+        out.append(_mask_out(logits.float(), p.order))
+    return out
+
+
+def _mask_out(logits: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    n_steps, _ = logits.shape
+    gone = torch.zeros_like(logits, dtype=torch.bool)
+    for t in range(1, n_steps):
+        gone[t:, order[t - 1]] = True
+    return torch.log_softmax(logits.masked_fill(gone, float("-inf")), dim=-1)
+
+
+def supervised_loss(step_lp: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """-mean_t log pi_t(teacher_t)."""
+    idx = torch.tensor(list(order[: step_lp.shape[0]]), device=step_lp.device)
+    return -step_lp.gather(1, idx[:, None]).mean()
+
+
+def expected_step_loss(step_lp: torch.Tensor, gt: int) -> torch.Tensor:
+    """mean_t pi_t(gt): the negated expected IRanker step reward, shifted by 1."""
+    return step_lp[:, gt].exp().mean()
+
+
+@torch.no_grad()
+def first_step_orders(model: torch.nn.Module, batch: Sequence[Prepared]) -> list[list[int]]:
+    """A cheap validation ranking: candidates by their first-step elimination probability,
+    least likely to be eliminated first (one forward pass, no decoding)."""
+    out = []
+    for lp, p in zip(batch_step_logprobs(model, batch), batch, strict=True):
+        out.append(sorted(range(len(p.seq.ids)), key=lambda c: float(lp[0, c])))
+    return out
+
+
+class SupervisedTrainer:
+    """Stage 1 then stage 2 (module doc) over prepared episodes, with exact resume."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        hybrid: Hybrid,
+        train: Sequence[Episode],
+        val: Sequence[Episode],
+        config: SupervisedConfig,
+        out_dir: Path,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        if not train:
+            raise ValueError("no training episodes")
+        self.hybrid, self.train, self.val, self.cfg = hybrid, list(train), list(val), config
+        self.builder = StyledTokenizer(hybrid.tokenizer, hybrid.style)
+        self._prepared: dict[int, Prepared] = {}  # episodes are laid out when first drawn
+        self.out_dir, self.progress = Path(out_dir), progress
+        for p in model.parameters():
+            p.requires_grad_(False)
+        n_layers = model.config.num_hidden_layers
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"],
+            layers_to_transform=list(range(hybrid.config.inject_layer, n_layers)),
+        )  # fmt: skip
+        self.model = get_peft_model(model, lora)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params += list(hybrid.projector.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+        self.scheduler = _schedule(self.optimizer, config)
+        self.step = 0
+
+    def _batch(self, step: int) -> list[Prepared]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        return [self._prepare(rng.randrange(len(self.train))) for _ in range(self.cfg.batch_size)]
+
+    def _prepare(self, i: int) -> Prepared:
+        if i not in self._prepared:
+            self._prepared[i] = prepare(self.train[i], self.builder)
+        return self._prepared[i]
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        self.model.train()
+        batch = self._batch(step)
+        rl = step >= self.cfg.supervised_steps
+        t0 = time.perf_counter()
+        lps = batch_step_logprobs(self.model, batch)
+        ce = torch.stack([supervised_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
+        exp = torch.stack([expected_step_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)])
+        loss = (exp.mean() + self.cfg.ce_weight * ce.mean()) if rl else ce.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        wall = time.perf_counter() - t0
+        return {"step": step, "stage": "rl" if rl else "supervised", "loss": float(loss),
+                "ce": float(ce.mean()), "p_gt": float(exp.mean()),
+                "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": len(batch) / wall}  # fmt: skip
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        val = [prepare(e, self.builder) for e in self.val[: self.cfg.val_episodes]]
+        rr = []
+        for lo in range(0, len(val), 16):
+            chunk = val[lo : lo + 16]
+            for order, p in zip(first_step_orders(self.model, chunk), chunk, strict=True):
+                rr.append(1.0 / (order.index(p.gt) + 1))
+        return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
+
+    def run(self, resume: bool = True) -> int:
+        if resume:
+            self.load_checkpoint()
+        log = (self.out_dir / "log.jsonl").open("a", encoding="utf-8")
+        while self.step < self.cfg.total_steps:
+            rec = self.train_step(self.step)
+            self.step += 1
+            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps:
+                rec.update(self.validate())
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if self.progress is not None:
+                self.progress(rec)
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        log.close()
+        self.save_checkpoint()
+        return self.step
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        final = self.out_dir / CHECKPOINT
+        tmp = self.out_dir / (CHECKPOINT + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = {
+            "step": self.step,
+            "trainable": {k: v for k, v in self.model.state_dict().items() if "lora_" in k},
+            "projector": self.hybrid.projector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": asdict(self.cfg),
+        }
+        torch.save(state, tmp / "state.pt")
+        old = self.out_dir / (CHECKPOINT + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)  # a crash before this line leaves the previous checkpoint
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        path = self.out_dir / CHECKPOINT / "state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        self.model.load_state_dict(state["trainable"], strict=False)
+        self.hybrid.projector.load_state_dict(state["projector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        return True
+
+    def export(self, folder: Path) -> Path:
+        """The hybrid model folder (manifest, vectors, projector, LoRA adapter)."""
+        return self.hybrid.save(folder, adapter_model=self.model)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, cfg: SupervisedConfig):
+    """Linear warm-up, then cosine decay to 10% (torch's schedulers, chained)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    warm = max(1, min(cfg.warmup_steps, cfg.total_steps - 1))
+    rest = max(1, cfg.total_steps - warm)
+    return SequentialLR(
+        optimizer,
+        [LinearLR(optimizer, start_factor=0.05, total_iters=warm),
+         CosineAnnealingLR(optimizer, T_max=rest, eta_min=cfg.lr * 0.1)],
+        milestones=[warm],
+    )  # fmt: skip
+
+
+def checkpoint_exists(out_dir: Path) -> bool:
+    return (Path(out_dir) / CHECKPOINT / "state.pt").exists()

@@ -1,0 +1,191 @@
+"""`recsys train-ranker`: train a hybrid ranker (CF soft tokens) on a rec task, on a CPU.
+
+Data, for task T (rec-movie, rec-game; `recsys eval --task T --seed S` builds the same):
+
+* the training log: every interaction except the evaluated targets (`TaskSet.train`);
+* item vectors: LightFM WARP factors and bias fitted on that log, standardised per column;
+* users: held-out users (`recsys eval --users heldout`, a seeded hash of the user id) are
+  never trained on; a further 5% of users are the validation set;
+* episodes: every prefix of each training user's sequence with at least `min_history`
+  items before it — the next item is the truth, the 20 items before it the history, 19
+  negatives the user never interacted with (4 hard ones from the CF top-100, the rest
+  uniform), shuffled; the teacher eliminates the negatives in the reverse order of the
+  z(LightFM) + z(transitions) ensemble, the truth last.
+
+The model folder (`ranking.hybrid`) holds the LoRA adapter, the projector, the item
+vectors and a card; `recsys eval --model FOLDER` and `RECSYS_MODEL=FOLDER` serve it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking.rl.episodes import Episode
+from ranking.types import Candidate, RankRequest
+from recsys.errors import UserError
+
+VAL_FRACTION = 0.05  # of the non-held-out users, by the same hash, above the held-out share
+
+
+@dataclass
+class HybridTrainOptions:
+    task: str = "rec-movie"
+    out: Path = Path("models/hybrid-rec-movie")
+    work_dir: Path | None = None  # checkpoints and logs (default: OUT.work)
+    base: str = "default"
+    inject_layer: int = 22
+    title_chars: int | None = 0
+    min_history: int = 5
+    hard_negatives: int = 4
+    supervised_steps: int = 1000
+    rl_steps: int = 250
+    batch_size: int = 8
+    lr: float = 5e-4
+    lora_r: int = 16
+    seed: int = 7
+    device: str = "cpu"
+    resume: bool = True
+
+
+@dataclass
+class EpisodeSet:
+    train: list[Episode]
+    val: list[Episode]
+    item_ids: list[str]
+    vectors: np.ndarray
+    info: dict[str, Any]
+
+
+def build_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
+    """Training and validation episodes and the item vectors (module doc)."""
+    from recsys.eval.ltr import fit_feature_models
+    from recsys.eval.tasks import HELDOUT_FRACTION, build_task, default_data, rng_for, user_fold
+
+    if not task.startswith("rec-"):
+        raise UserError(f"train-ranker trains on rec tasks; got {task!r}")
+    taskset = build_task(task, default_data(task, data_dir), opts.seed)
+    train, titles = taskset.train, taskset.catalogue
+    assert train is not None and titles is not None
+    models = fit_feature_models(train, taskset, opts.seed)
+    item_ids = sorted(models.items, key=lambda i: models.items[i])
+    raw = np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]])
+    vectors = ((raw - raw.mean(0)) / (raw.std(0) + 1e-6)).astype(np.float32)
+    catalogue = np.array(sorted(titles))
+    out_train, out_val, skipped = [], [], 0
+    for user, items in train.group_by("user_id", maintain_order=True).agg("item_id").iter_rows():
+        fold = user_fold(str(user), opts.seed)
+        if fold < HELDOUT_FRACTION:
+            continue  # held-out users: evaluation only
+        is_val = fold < HELDOUT_FRACTION + VAL_FRACTION
+        rng = rng_for(opts.seed, f"hybrid:{user}")
+        pool = catalogue[~np.isin(catalogue, items)]
+        uidx = models.users[user]
+        codes = np.array([models.items[i] for i in pool])
+        hard_pool = pool[np.argsort(-models.cf.scores(uidx, codes), kind="stable")[:100]]
+        positions = range(opts.min_history, len(items))
+        if is_val:
+            positions = range(len(items) - 1, len(items))  # their last training item only
+        for t in positions:
+            ep = _episode(task, str(user), items, t, pool, hard_pool, rng, models, titles, opts)
+            if ep is None:
+                skipped += 1
+                continue
+            (out_val if is_val else out_train).append(ep)
+    if not out_train:
+        raise UserError(f"{task}: no training episodes (users with > {opts.min_history} items?)")
+    info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
+            "skipped": skipped, "item_vectors": "lightfm-warp-64f+bias, standardised",
+            "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
+    return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+
+
+def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -> Episode | None:  # type: ignore[no-untyped-def]
+    from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES
+    from retrieval.features import zscore
+
+    target, history = items[t], items[max(0, t - HISTORY_LEN) : t]
+    if len(pool) < N_NEGATIVES:
+        return None
+    hard = rng.choice(hard_pool, size=min(opts.hard_negatives, len(hard_pool)), replace=False)
+    rest = pool[~np.isin(pool, hard)]
+    uniform = rng.choice(rest, size=N_NEGATIVES - len(hard), replace=False)
+    ids = [target, *hard.tolist(), *uniform.tolist()]
+    ids = [ids[i] for i in rng.permutation(len(ids))]
+    feats = models.features(user, history, ids)
+    ensemble = zscore(feats[:, 0]) + zscore(feats[:, 1])  # lightfm, transitions
+    teacher = [ids[i] for i in np.argsort(ensemble, kind="stable") if ids[i] != target]
+    request = RankRequest(
+        task=task,
+        candidates=tuple(Candidate(id=i, text=titles[i]) for i in ids),
+        history=tuple(titles.get(h, h) for h in history),
+        history_ids=tuple(history),
+        request_id=f"{task}:{user}:{t}",
+    )
+    return Episode(request=request, ground_truth=target, user=user,
+                   teacher_order=(*teacher, target))  # fmt: skip
+
+
+def train_hybrid(
+    opts: HybridTrainOptions, data_dir: Path, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Build episodes, train (resuming from the work folder's checkpoint), export."""
+    import torch
+
+    from ranking.hybrid import Hybrid, HybridConfig
+    from ranking.loading import _load_transformers, resolve_model
+    from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer
+
+    work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = build_episodes(opts.task, data_dir, opts)
+    echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
+         f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    base = _load_transformers(resolve_model(opts.base), opts.device)
+    config = HybridConfig(base=opts.base, inject_layer=opts.inject_layer,
+                          vector_dim=data.vectors.shape[1], title_chars=opts.title_chars)  # fmt: skip
+    torch.manual_seed(opts.seed)
+    hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
+    cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
+                           batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
+                           seed=opts.seed)  # fmt: skip
+    trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
+                                progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
+    trainer.run(resume=opts.resume)
+    folder = trainer.export(opts.out)
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
+    card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
+            "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
+            "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
+            "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    echo(f"wrote {folder}")
+    return card
+
+
+def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """A line every 25 steps: step, loss, episodes/s, ETA (and validation when measured)."""
+    start = time.perf_counter()
+    first: list[int] = []
+
+    def show(rec: dict[str, Any]) -> None:
+        step = rec["step"] + 1
+        if not first:
+            first.append(step - 1)
+        if step % 25 and "val_mrr_first_step" not in rec:
+            return
+        done = step - first[0]
+        rate = done / max(1e-9, time.perf_counter() - start)
+        eta = (total - step) / rate if rate else float("inf")
+        extra = f" val_mrr {rec['val_mrr_first_step']:.4f}" if "val_mrr_first_step" in rec else ""
+        echo(f"[{rec['stage']}] step {step}/{total} loss {rec['loss']:.4f} "
+             f"{rec['episodes_per_s']:.1f} ep/s  eta {eta / 60:.1f} min{extra}")  # fmt: skip
+
+    return show

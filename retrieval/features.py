@@ -1,0 +1,216 @@
+"""Per-candidate features for a learned-to-rank stage: collaborative, sequence, content.
+
+`FeatureModels.fit` learns, from one interaction log (users' items in time order), every
+model a feature needs: LightFM WARP factors, item popularity, windowed item-to-item
+transition counts, item co-occurrence (item kNN) and item metadata (genres, release year,
+platform, title words). `features(user, history, candidates)` then gives one row per
+candidate, `FEATURE_NAMES` in order. Which interactions the models see is the caller's
+business: a ranker trained on targets must get features from models fitted without them
+(see `recsys.eval.ltr` for the protocol that keeps evaluation free of leakage).
+
+| feature | value for candidate c, user u, history h_1..h_n (oldest first) |
+| --- | --- |
+| lightfm | LightFM WARP score u . c + b_c (b_c alone for an unknown user) |
+| transitions | sum_j T10[h_j, c]: how often c followed h_j within 10 steps |
+| trans_last1 | T1[h_n, c]: how often c came right after the last item |
+| trans_last5 | sum over the last 5 history items of T10[h, c] |
+| trans_ratio | transitions / (popularity(c) + 1): transitions beyond what popularity explains |
+| itemknn | sum_j cos(h_j, c) over user co-occurrence (binary, cosine) |
+| log_pop | log(1 + interactions of c) |
+| z_lightfm, z_transitions, ensemble | z-scores over the instance's candidates; their sum |
+| genre_overlap | share of history items sharing a genre with c (NaN: no genres known) |
+| year_gap | abs(year(c) - median history year) (NaN: unknown) |
+| platform_share | share of history items on c's platform (NaN: no platform in its title) |
+| title_overlap | Jaccard of c's title words with the history's title words |
+| user_activity | log(1 + the user's interactions in the fitted log) |
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from retrieval.cf import CFModel, interactions_matrix
+
+FEATURE_NAMES = (
+    "lightfm", "transitions", "trans_last1", "trans_last5", "trans_ratio", "itemknn",
+    "log_pop", "z_lightfm", "z_transitions", "ensemble", "genre_overlap", "year_gap",
+    "platform_share", "title_overlap", "user_activity",
+)  # fmt: skip
+
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+_WORD = re.compile(r"[a-z0-9]{3,}")
+_STOP = frozenset({"the", "and", "for", "with", "edition", "game", "games"})
+# Longest names first, so "PlayStation 4" wins over "PlayStation".
+_PLATFORMS = sorted(
+    [
+        "PlayStation 4", "PlayStation 3", "PlayStation 2", "PlayStation Vita", "PlayStation",
+        "PSP", "PS4", "PS3", "PS2", "Xbox One", "Xbox 360", "Xbox", "Nintendo Switch",
+        "Wii U", "Wii", "Nintendo 3DS", "3DS", "Nintendo DS", "Game Boy Advance", "GBA",
+        "Game Boy", "GameCube", "Nintendo 64", "N64", "Super Nintendo", "SNES", "NES",
+        "Sega Genesis", "Dreamcast", "Mac", "PC", "Windows", "Linux",
+    ],
+    key=len,
+    reverse=True,
+)  # fmt: skip
+_PLATFORM = re.compile(r"\b(" + "|".join(re.escape(p) for p in _PLATFORMS) + r")\b", re.I)
+_ALIASES = {"ps4": "playstation 4", "ps3": "playstation 3", "ps2": "playstation 2",
+            "gba": "game boy advance", "n64": "nintendo 64", "3ds": "nintendo 3ds",
+            "snes": "super nintendo", "windows": "pc"}  # fmt: skip
+
+
+def title_year(title: str) -> float:
+    """The release year a title ends with ("Heat (1995)" -> 1995), NaN when none."""
+    m = _YEAR.search(title)
+    return float(m.group(1)) if m else math.nan
+
+
+def title_platform(title: str) -> str | None:
+    """The gaming platform a title names ("... - Game Boy Advance"), lower case, or None."""
+    found = _PLATFORM.findall(title)
+    if not found:
+        return None
+    name = found[-1].lower()  # the platform suffix is last in Amazon titles
+    return _ALIASES.get(name, name)
+
+
+def title_words(title: str) -> frozenset[str]:
+    return frozenset(w for w in _WORD.findall(title.lower()) if w not in _STOP)
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """What the content features read about one item."""
+
+    genres: frozenset[str] = frozenset()
+    year: float = math.nan
+    platform: str | None = None
+    words: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_title(cls, title: str, genres: str | None = None) -> ItemMeta:
+        """From a title and an optional "A|B|C" genre string."""
+        gs = frozenset(g for g in (genres or "").split("|") if g and g != "unknown")
+        return cls(gs, title_year(title), title_platform(title), title_words(title))
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+@dataclass
+class FeatureModels:
+    """Every model the features need, fitted on one log. Build with `fit`."""
+
+    items: dict[str, int]
+    users: dict[str, int]
+    cf: CFModel
+    popularity: np.ndarray
+    trans10: sp.csr_matrix
+    trans1: sp.csr_matrix
+    cooc: sp.csr_matrix  # item x item cosine of binary user co-occurrence
+    activity: dict[str, int]
+    meta: Mapping[str, ItemMeta] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        users: Sequence[str],
+        items: Sequence[str],
+        catalogue: Sequence[str],
+        meta: Mapping[str, ItemMeta] | None = None,
+        *,
+        factors: int = 64,
+        epochs: int = 30,
+        seed: int = 7,
+        window: int = 10,
+    ) -> FeatureModels:
+        """`users`/`items`: the log, grouped by user and in time order within a user;
+        `catalogue`: every item a candidate may be (items without interactions get zeros)."""
+        index = {it: i for i, it in enumerate(sorted(set(catalogue) | set(items)))}
+        user_index = {u: i for i, u in enumerate(dict.fromkeys(users))}
+        codes = np.array([index[i] for i in items], dtype=np.int64)
+        ucodes = np.array([user_index[u] for u in users], dtype=np.int64)
+        n = len(index)
+        binary = interactions_matrix(ucodes, codes, len(user_index), n)
+        cf = CFModel.fit(binary, loss="warp", factors=factors, epochs=epochs, seed=seed)
+        norms = np.sqrt(np.asarray(binary.sum(axis=0)).ravel()) + 1e-9
+        normed = binary.multiply(1.0 / norms[None, :]).tocsc()
+        cooc = (normed.T @ normed).tocsr()
+        cooc.setdiag(0.0)
+        return cls(
+            items=index,
+            users=user_index,
+            cf=cf,
+            popularity=np.bincount(codes, minlength=n).astype(np.float64),
+            trans10=_transitions(ucodes, codes, n, window),
+            trans1=_transitions(ucodes, codes, n, 1),
+            cooc=cooc,
+            activity={
+                u: int(c) for u, c in zip(*np.unique(users, return_counts=True), strict=True)
+            },
+            meta=dict(meta or {}),
+        )
+
+    def features(
+        self, user: str | None, history: Sequence[str], candidates: Sequence[str]
+    ) -> np.ndarray:
+        """(len(candidates), len(FEATURE_NAMES)) float64; unknown items score zero."""
+        cand = np.array([self.items.get(c, -1) for c in candidates])
+        known = cand >= 0
+        safe = np.where(known, cand, 0)
+        hist = [self.items[h] for h in history if h in self.items]
+        lfm = self._lightfm(user, safe) * known
+        trans = _row_sum(self.trans10, hist, safe) * known
+        last1 = _row_sum(self.trans1, hist[-1:], safe) * known
+        last5 = _row_sum(self.trans10, hist[-5:], safe) * known
+        knn = _row_sum(self.cooc, hist, safe) * known
+        pop = self.popularity[safe] * known
+        z_l, z_t = zscore(lfm), zscore(trans)
+        content = np.array([self._content(history, c) for c in candidates]).reshape(-1, 4)
+        activity = math.log1p(self.activity.get(user or "", 0))
+        cols = [lfm, trans, last1, last5, trans / (pop + 1), knn, np.log1p(pop), z_l, z_t,
+                z_l + z_t, *content.T, np.full(len(candidates), activity)]  # fmt: skip
+        return np.column_stack(cols).astype(np.float64)
+
+    def _lightfm(self, user: str | None, items: np.ndarray) -> np.ndarray:
+        u = self.users.get(user or "")
+        if u is None:
+            return self.cf.item_biases[items].astype(np.float64)
+        return self.cf.scores(u, items).astype(np.float64)
+
+    def _content(self, history: Sequence[str], candidate: str) -> tuple[float, ...]:
+        c = self.meta.get(candidate)
+        hs = [self.meta[h] for h in history if h in self.meta]
+        if c is None or not hs:
+            return (math.nan, math.nan, math.nan, 0.0)
+        genre = (sum(bool(c.genres & h.genres) for h in hs) / len(hs)) if c.genres else math.nan
+        years = [h.year for h in hs if not math.isnan(h.year)]
+        gap = abs(c.year - float(np.median(years))) if years else math.nan
+        share = sum(h.platform == c.platform for h in hs) / len(hs) if c.platform else math.nan
+        words = frozenset().union(*(h.words for h in hs))
+        union = len(c.words | words)
+        return (genre, gap, share, len(c.words & words) / union if union else 0.0)
+
+
+def _transitions(users: np.ndarray, codes: np.ndarray, n: int, window: int) -> sp.csr_matrix:
+    """count[a, b] = how often b follows a within `window` steps of one user's sequence."""
+    rows, cols = [], []
+    for d in range(1, window + 1):
+        same = users[:-d] == users[d:]
+        rows.append(codes[:-d][same])
+        cols.append(codes[d:][same])
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.ones(len(row)), (row, col)), shape=(n, n))
+
+
+def _row_sum(matrix: sp.csr_matrix, rows: Sequence[int], cols: np.ndarray) -> np.ndarray:
+    if not rows:
+        return np.zeros(len(cols))
+    return np.asarray(matrix[list(rows)].sum(axis=0)).ravel()[cols].astype(np.float64)
