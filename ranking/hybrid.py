@@ -7,8 +7,9 @@ model never sees a rank or a score written as text: it reads the CF vector itsel
 
 How the vector reaches the model (*late injection*): the layers below `inject_layer` see
 a fixed placeholder token at every item position (the word " item"), and the vector,
-mapped by a small trained projector (Linear-GELU-Linear, as LLaRA's), is added to the
-residual stream entering layer `inject_layer`. Two consequences:
+mapped by a small trained projector (Linear-GELU-Linear, as LLaRA's) and scaled by the
+RMS of the stream at that position, is added to the residual stream entering layer
+`inject_layer`. Two consequences:
 
 * training only back-propagates through the layers from `inject_layer` up (the layers
   below hold no trainable weight and see no trainable input), so a step costs a forward
@@ -49,17 +50,25 @@ MANIFEST = "hybrid.json"
 
 
 class Projector(nn.Module):
-    """CF vector -> a vector in the LM's hidden space (Linear-GELU-Linear, LLaRA)."""
+    """CF vector -> the LM's hidden space, twice: `forward` gives the soft token injected
+    into the stream (Linear-GELU-Linear, LLaRA's), `output` the item token's row of the
+    output head (a linear map), so the logit of naming item c is h . W_out v_c."""
 
     def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        # start small: at step 0 the model sees (almost) only the placeholder
-        nn.init.normal_(self.net[2].weight, std=1e-3)
+        self.out = nn.Linear(in_dim, hidden)
+        # start small: at step 0 the model sees mostly the placeholder
+        nn.init.normal_(self.net[2].weight, std=0.01)
         nn.init.zeros_(self.net[2].bias)
+        nn.init.normal_(self.out.weight, std=0.002)  # near-uniform first steps
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x)
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,13 @@ class HybridConfig:
     title_chars: int | None = 0  # 0: soft token only; None: soft token + whole title
     template: str = "short"
     vector_kind: str = "lightfm"
+    chat: bool = False  # trained on bare prompts (no chat template)
+    item_labels: bool = True  # a candidate's label is its own item token
 
     def style(self, item_tokens: dict[str, str]) -> PromptStyle:
-        return PromptStyle(self.template, self.title_chars, item_tokens)
+        return PromptStyle(
+            self.template, self.title_chars, item_tokens, self.chat, self.item_labels
+        )
 
 
 class Hybrid:
@@ -133,6 +146,20 @@ class Hybrid:
     def style(self) -> PromptStyle:
         return self.config.style(self.item_tokens)
 
+    def label_logits(
+        self, head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the token ids `ids` ([..., len(ids)]): item tokens through the
+        projector's output rows, ordinary tokens through the LM head."""
+        soft = ids >= self.base_vocab
+        rows = torch.empty(len(ids), hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        if bool((~soft).any()):
+            rows[~soft] = head.weight[ids[~soft]].to(hidden.dtype)
+        if bool(soft.any()):
+            vec = self.vectors[self.row_of_token[ids[soft]]]
+            rows[soft] = self.projector.output(vec).to(hidden.dtype)
+        return hidden @ rows.T
+
     # -- hooks -------------------------------------------------------------------
 
     def _on_embed(self, module: nn.Module, args: tuple) -> tuple:
@@ -152,7 +179,10 @@ class Hybrid:
         self._pending = None
         hidden = args[0] if args else kwargs["hidden_states"]
         delta = torch.zeros_like(hidden)
-        delta[soft] = self.projector(self.vectors[rows[soft]]).to(hidden.dtype)
+        # in units of the stream's own size at that position (its RMS is ~10 by the upper
+        # layers of SmolLM2): a projector output of order 1 then matters from the start
+        scale = hidden[soft].detach().pow(2).mean(-1, keepdim=True).sqrt()
+        delta[soft] = (self.projector(self.vectors[rows[soft]]) * scale).to(hidden.dtype)
         hidden = hidden + delta
         if args:
             return (hidden, *args[1:]), kwargs

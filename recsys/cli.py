@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "serve",
     "batch",
     "train",
+    "train_ranker",
     "replay",
     "models",
     "convert",

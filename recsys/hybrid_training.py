@@ -108,7 +108,6 @@ def build_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> Episo
 
 def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -> Episode | None:  # type: ignore[no-untyped-def]
     from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES
-    from retrieval.features import zscore
 
     target, history = items[t], items[max(0, t - HISTORY_LEN) : t]
     if len(pool) < N_NEGATIVES:
@@ -118,8 +117,7 @@ def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -
     uniform = rng.choice(rest, size=N_NEGATIVES - len(hard), replace=False)
     ids = [target, *hard.tolist(), *uniform.tolist()]
     ids = [ids[i] for i in rng.permutation(len(ids))]
-    feats = models.features(user, history, ids)
-    ensemble = zscore(feats[:, 0]) + zscore(feats[:, 1])  # lightfm, transitions
+    ensemble = models.ensemble(user, history, ids)
     teacher = [ids[i] for i in np.argsort(ensemble, kind="stable") if ids[i] != target]
     request = RankRequest(
         task=task,

@@ -179,6 +179,16 @@ class FeatureModels:
                 z_l + z_t, *content.T, np.full(len(candidates), activity)]  # fmt: skip
         return np.column_stack(cols).astype(np.float64)
 
+    def ensemble(self, user: str | None, history: Sequence[str], candidates: Sequence[str]):  # type: ignore[no-untyped-def]
+        """z(lightfm) + z(transitions) alone: the classical ensemble, without the rest."""
+        cand = np.array([self.items.get(c, -1) for c in candidates])
+        known = cand >= 0
+        safe = np.where(known, cand, 0)
+        hist = [self.items[h] for h in history if h in self.items]
+        lfm = self._lightfm(user, safe) * known
+        trans = _row_sum(self.trans10, hist, safe) * known
+        return zscore(lfm) + zscore(trans)
+
     def _lightfm(self, user: str | None, items: np.ndarray) -> np.ndarray:
         u = self.users.get(user or "")
         if u is None:

@@ -36,7 +36,10 @@ class LMBackend(ABC):
     prompt_style: object = None
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
-        """The model's own chat template applied, ready for the assistant's answer."""
+        """The model's own chat template applied, ready for the assistant's answer (the bare
+        prompt and a newline when the model's prompt style has no chat template)."""
+        if not getattr(self.prompt_style, "chat", True):
+            return f"{system}\n{user}\n" if system else f"{user}\n"
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}
         ]

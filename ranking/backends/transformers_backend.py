@@ -440,6 +440,9 @@ class TransformersBackend(LMBackend):
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
         if vocab is None:
             return self.model.get_output_embeddings()(hidden)
+        if self.hybrid is not None and max(vocab) >= self.soft_token_floor:
+            index = torch.as_tensor(vocab, dtype=torch.long, device=hidden.device)
+            return self.hybrid.label_logits(self.model.get_output_embeddings(), hidden, index)
         return label_head(self.model, hidden, vocab)
 
 

@@ -26,6 +26,7 @@ from ranking.prompts import (
     ELIMINATION_ANSWER_PREFIX,
     PAPER_STYLE,
     elimination_prompt,
+    item_labels,
     labels_for,
 )
 from ranking.types import RankRequest
@@ -75,9 +76,11 @@ def _as_backend(backend_or_tokenizer):
 
 def label_sequence(request: RankRequest, backend, prompt_fn, answer_prefix: str):
     backend = _as_backend(backend)
-    labelled = labels_for(backend.tokenizer, len(request.candidates))
-    labels = tuple(lab for lab, _ in labelled)
     style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    labelled = item_labels(backend.tokenizer, style, request.candidates) or labels_for(
+        backend.tokenizer, len(request.candidates)
+    )
+    labels = tuple(lab for lab, _ in labelled)
     text = backend.chat_prompt(prompt_fn(request, request.candidates, labels, style))
     text += answer_prefix
     return LabelSequence(

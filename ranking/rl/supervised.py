@@ -89,7 +89,9 @@ def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
     return Prepared(seq, (*order, gt), gt)
 
 
-def batch_step_logprobs(model: torch.nn.Module, batch: Sequence[Prepared]) -> list[torch.Tensor]:
+def batch_step_logprobs(
+    model: torch.nn.Module, hybrid: Hybrid, batch: Sequence[Prepared]
+) -> list[torch.Tensor]:
     """Teacher-forced step log-probs of each episode ([n-1, n] each; -inf for candidates
     already out), all episodes in one right-padded forward pass."""
     device = next(model.parameters()).device
@@ -110,7 +112,7 @@ def batch_step_logprobs(model: torch.nn.Module, batch: Sequence[Prepared]) -> li
         start = len(p.seq.prompt_ids) - 1
         pos = torch.arange(start, start + n_steps, device=device)
         labels = torch.tensor(p.seq.label_ids, device=device)
-        logits = hidden[i, pos] @ head.weight[labels].T
+        logits = hybrid.label_logits(head, hidden[i, pos], labels)
         out.append(_mask_out(logits.float(), p.order))
     return out
 
@@ -135,11 +137,13 @@ def expected_step_loss(step_lp: torch.Tensor, gt: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def first_step_orders(model: torch.nn.Module, batch: Sequence[Prepared]) -> list[list[int]]:
+def first_step_orders(
+    model: torch.nn.Module, hybrid: Hybrid, batch: Sequence[Prepared]
+) -> list[list[int]]:
     """A cheap validation ranking: candidates by their first-step elimination probability,
     least likely to be eliminated first (one forward pass, no decoding)."""
     out = []
-    for lp, p in zip(batch_step_logprobs(model, batch), batch, strict=True):
+    for lp, p in zip(batch_step_logprobs(model, hybrid, batch), batch, strict=True):
         out.append(sorted(range(len(p.seq.ids)), key=lambda c: float(lp[0, c])))
     return out
 
@@ -197,7 +201,7 @@ class SupervisedTrainer:
         batch = self._batch(step)
         rl = step >= self.cfg.supervised_steps
         t0 = time.perf_counter()
-        lps = batch_step_logprobs(self.model, batch)
+        lps = batch_step_logprobs(self.model, self.hybrid, batch)
         ce = torch.stack([supervised_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
         exp = torch.stack([expected_step_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)])
         loss = (exp.mean() + self.cfg.ce_weight * ce.mean()) if rl else ce.mean()
@@ -217,11 +221,13 @@ class SupervisedTrainer:
         rr = []
         for lo in range(0, len(val), 16):
             chunk = val[lo : lo + 16]
-            for order, p in zip(first_step_orders(self.model, chunk), chunk, strict=True):
+            orders = first_step_orders(self.model, self.hybrid, chunk)
+            for order, p in zip(orders, chunk, strict=True):
                 rr.append(1.0 / (order.index(p.gt) + 1))
         return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
 
     def run(self, resume: bool = True) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
         log = (self.out_dir / "log.jsonl").open("a", encoding="utf-8")

@@ -89,6 +89,8 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
     models = fit_feature_models(inner, taskset, seed)
     seen = dict(train.group_by("user_id").agg("item_id").iter_rows())
     catalogue = np.array(sorted(taskset.catalogue))
+    # as many negatives as the evaluated instances have (19 in the paper's protocol)
+    n_neg = len(taskset.instances[0].candidates) - 1 if taskset.instances else N_NEGATIVES
     out = []
     for user in sorted(seqs):
         before, target = seqs[user]
@@ -96,9 +98,9 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
             continue
         rng = rng_for(seed, f"ltr:{user}")
         pool = catalogue[~np.isin(catalogue, seen[user])]
-        if len(pool) < N_NEGATIVES:
+        if len(pool) < n_neg:
             continue
-        negatives = _negatives(models, user, pool, rng, hard_negatives)
+        negatives = _negatives(models, user, pool, rng, hard_negatives, n_neg)
         ids = [target, *negatives]
         candidates = tuple(
             Candidate(id=ids[i], text=taskset.catalogue[ids[i]]) for i in rng.permutation(len(ids))
@@ -120,17 +122,22 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
 
 
 def _negatives(
-    models: FeatureModels, user: str, pool: np.ndarray, rng: np.random.Generator, hard: bool
+    models: FeatureModels,
+    user: str,
+    pool: np.ndarray,
+    rng: np.random.Generator,
+    hard: bool,
+    n: int = N_NEGATIVES,
 ) -> list[str]:
     if not hard:
-        return rng.choice(pool, size=N_NEGATIVES, replace=False).tolist()
+        return rng.choice(pool, size=n, replace=False).tolist()
     codes = np.array([models.items[i] for i in pool])
     uidx = models.users.get(user)
     scores = models.cf.scores(uidx, codes) if uidx is not None else models.popularity[codes]
     top = pool[np.argsort(-scores, kind="stable")[:50]]
-    hard_part = rng.choice(top, size=min(10, len(top)), replace=False).tolist()
+    hard_part = rng.choice(top, size=min(n // 2 + 1, len(top)), replace=False).tolist()
     rest = pool[~np.isin(pool, hard_part)]
-    return hard_part + rng.choice(rest, size=N_NEGATIVES - len(hard_part), replace=False).tolist()
+    return hard_part + rng.choice(rest, size=n - len(hard_part), replace=False).tolist()
 
 
 class LambdaMARTBaseline(_RecBaseline):

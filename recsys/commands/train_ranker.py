@@ -1,0 +1,51 @@
+"""`recsys train-ranker`: supervised-then-RL training of a hybrid (CF soft token) ranker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-ranker")
+    def train_ranker(
+        task: str = typer.Option("rec-movie", "--task", help="rec-movie | rec-game | rec-music"),
+        out: Path = typer.Option(
+            None, "--out", "-o", help="model folder to write (default models/hybrid-TASK)"
+        ),
+        supervised_steps: int = typer.Option(1000, "--supervised-steps", help="stage 1 batches"),
+        rl_steps: int = typer.Option(250, "--rl-steps", help="stage 2 (expected-step RL) batches"),
+        batch_size: int = typer.Option(8, "--batch-size", help="episodes per update"),
+        lr: float = typer.Option(5e-4, "--lr"),
+        inject_layer: int = typer.Option(
+            22, "--inject-layer", help="decoder layer the CF vectors enter (LoRA from it up)"
+        ),
+        title_chars: int = typer.Option(
+            0, "--title-chars", help="title characters shown beside each soft token (0: none)"
+        ),
+        base: str = typer.Option("default", "--base", help="base model spec"),
+        resume: bool = typer.Option(True, "--resume/--restart", help="continue a checkpoint"),
+        seed: int = typer.Option(7, "--seed", help="same seed as `recsys eval` (held-out users)"),
+    ) -> None:
+        """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
+        from recsys.hybrid_training import HybridTrainOptions, train_hybrid
+        from recsys.settings import get_settings
+
+        settings = get_settings()
+        device = settings.device if settings.device != "auto" else "cpu"
+        opts = HybridTrainOptions(
+            task=task,
+            out=out or Path("models") / f"hybrid-{task}",
+            base=base,
+            inject_layer=inject_layer,
+            title_chars=title_chars or 0,
+            supervised_steps=supervised_steps,
+            rl_steps=rl_steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            resume=resume,
+        )
+        train_hybrid(opts, settings.data_dir, echo=typer.echo)
