@@ -52,6 +52,7 @@ class HybridTrainOptions:
     seed: int = 7
     device: str = "cpu"
     resume: bool = True
+    export_only: bool = False  # write the model folder from the last checkpoint, no training
 
 
 @dataclass
@@ -147,8 +148,12 @@ def train_hybrid(
     echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
          f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     base = _load_transformers(resolve_model(opts.base), opts.device)
-    config = HybridConfig(base=opts.base, inject_layer=opts.inject_layer,
-                          vector_dim=data.vectors.shape[1], title_chars=opts.title_chars)  # fmt: skip
+    config = HybridConfig(
+        base=opts.base,
+        inject_layer=opts.inject_layer,
+        vector_dim=data.vectors.shape[1],
+        title_chars=opts.title_chars,
+    )
     torch.manual_seed(opts.seed)
     hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
@@ -156,10 +161,16 @@ def train_hybrid(
                            seed=opts.seed)  # fmt: skip
     trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
                                 progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
-    trainer.run(resume=opts.resume)
+    if opts.export_only:
+        if not trainer.load_checkpoint():
+            raise UserError(f"--export-only: no checkpoint under {work}; train first")
+        echo(f"exporting the checkpoint of step {trainer.step}/{cfg.total_steps}")
+    else:
+        trainer.run(resume=opts.resume)
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
+            "steps_done": trainer.step, "episodes_seen": trainer.step * cfg.batch_size,
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip

@@ -50,6 +50,9 @@ def test_paired_uses_only_shared_instances_and_the_cold_slice() -> None:
     assert [d.slice for d in table] == ["all", "cold-start"]
 
 
+OTHER = {"id": "other", "mrr": 1.0}
+
+
 @pytest.mark.parametrize(
     ("a", "b", "metric", "message"),
     [
@@ -60,7 +63,7 @@ def test_paired_uses_only_shared_instances_and_the_cold_slice() -> None:
             {"task": "x", "ranker": "B", "instances": [{"id": "other", "mrr": 1.0}]},
             "mrr",
             "share no instances",
-        ),  # fmt: skip
+        ),
         (run("x", "A", [1.0]), run("x", "B", [1.0]), "ndcg@99", "unknown metric"),
     ],
 )

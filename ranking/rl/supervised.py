@@ -211,9 +211,15 @@ class SupervisedTrainer:
         self.optimizer.step()
         self.scheduler.step()
         wall = time.perf_counter() - t0
-        return {"step": step, "stage": "rl" if rl else "supervised", "loss": float(loss),
-                "ce": float(ce.mean()), "p_gt": float(exp.mean()),
-                "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": len(batch) / wall}  # fmt: skip
+        return {
+            "step": step,
+            "stage": "rl" if rl else "supervised",
+            "loss": float(loss.detach()),
+            "ce": float(ce.detach().mean()),
+            "p_gt": float(exp.detach().mean()),
+            "lr": self.scheduler.get_last_lr()[0],
+            "episodes_per_s": len(batch) / wall,
+        }
 
     def validate(self) -> dict[str, float]:
         self.model.eval()

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         base: str = typer.Option("default", "--base", help="base model spec"),
         resume: bool = typer.Option(True, "--resume/--restart", help="continue a checkpoint"),
         seed: int = typer.Option(7, "--seed", help="same seed as `recsys eval` (held-out users)"),
+        export_only: bool = typer.Option(
+            False, "--export-only", help="write OUT from the last checkpoint (a stopped run)"
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.hybrid_training import HybridTrainOptions, train_hybrid
@@ -47,5 +50,6 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             device=device,
             resume=resume,
+            export_only=export_only,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
