@@ -53,6 +53,7 @@ class HybridTrainOptions:
     device: str = "cpu"
     resume: bool = True
     export_only: bool = False  # write the model folder from the last checkpoint, no training
+    fusion_alpha: float | None = None  # the measured serving weight, recorded in the card
 
 
 @dataclass
@@ -171,6 +172,7 @@ def train_hybrid(
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
             "steps_done": trainer.step, "episodes_seen": trainer.step * cfg.batch_size,
+            "fusion_alpha": opts.fusion_alpha,
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip

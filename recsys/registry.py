@@ -132,14 +132,38 @@ class ResolvedRanker:
     fusion_alpha: float | None = None
 
 
+# The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
+# with the retrieval scores at a weight that keeps the retrieval order except where scores
+# nearly tie: out of the box the re-ranking stage never makes the retrieval order worse.
+UNVALIDATED_FUSION_ALPHA = 10.0
+
+
+def _folder_alpha(path: Path) -> float | None:
+    """A hybrid model folder's measured serving weight (card.json `fusion_alpha`)."""
+    import json
+
+    card = path / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        alpha = json.loads(card.read_text("utf-8")).get("fusion_alpha")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if alpha is None else float(alpha)
+
+
 def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker:
     """Turn a ranker model spec into a loadable model and its registered fusion weight.
 
-    'default' and paths pass through; 'promoted' is the promoted ranker version's artifact;
-    any other string that is not an existing path is looked up as a registered version."""
+    'default' and paths pass through ('default' with UNVALIDATED_FUSION_ALPHA, a model
+    folder with its card's measured weight); 'promoted' is the promoted ranker version's
+    artifact; any other string that is not an existing path is looked up as a registered
+    version."""
     text = str(spec).strip()
-    if text == "default" or Path(text).expanduser().exists():
-        return ResolvedRanker(text)
+    if text == "default":
+        return ResolvedRanker(text, fusion_alpha=UNVALIDATED_FUSION_ALPHA)
+    if Path(text).expanduser().exists():
+        return ResolvedRanker(text, fusion_alpha=_folder_alpha(Path(text).expanduser()))
     if text == "promoted":
         info = repository.current_model("ranker", engine=engine)
         if info is None:

@@ -407,6 +407,10 @@ def test_registered_version_is_served_with_its_alpha(
     assert served("fused") == 3.0  # the version's own weight
     assert served("plain") == 0.0
     assert served(str(tiny_model_dir)) == 0.0  # a bare path has no registered weight
+    # the zero-shot default is served close to the retrieval order (never worse than it)
+    from recsys.registry import UNVALIDATED_FUSION_ALPHA
+
+    assert resolve_ranker("default").fusion_alpha == UNVALIDATED_FUSION_ALPHA
     assert served("fused", fusion_alpha=0.5) == 0.5  # an explicit setting wins
     fresh_settings.setenv("RECSYS_FUSION_ALPHA", "1.5")
     from recsys.settings import get_settings

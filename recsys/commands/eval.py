@@ -153,7 +153,10 @@ def register(app: typer.Typer) -> None:
             resolved = resolve_model(model, settings.resolved_database_url)
             model_path = resolved.model
             setting = settings.fusion_alpha if alpha is None else alpha
-            alpha = serving_fusion_alpha(setting, resolved.fusion_alpha)
+            # eval measures the model itself: the zero-shot default is not given the
+            # serving safety weight (registry.UNVALIDATED_FUSION_ALPHA) unless asked
+            measured = None if resolved.model == "default" else resolved.fusion_alpha
+            alpha = serving_fusion_alpha(setting, measured)
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,

@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
         export_only: bool = typer.Option(
             False, "--export-only", help="write OUT from the last checkpoint (a stopped run)"
         ),
+        fusion_alpha: float | None = typer.Option(
+            None,
+            "--fusion-alpha",
+            help="record the serving fusion weight chosen on validation users in the card",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.hybrid_training import HybridTrainOptions, train_hybrid
@@ -51,5 +56,6 @@ def register(app: typer.Typer) -> None:
             device=device,
             resume=resume,
             export_only=export_only,
+            fusion_alpha=fusion_alpha,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
