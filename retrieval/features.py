@@ -104,6 +104,15 @@ def zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
 
 
+@dataclass(frozen=True)
+class _Codes:
+    """Candidates and history as model indices (unknown candidates: index 0, known False)."""
+
+    safe: np.ndarray
+    known: np.ndarray
+    hist: list[int]
+
+
 @dataclass
 class FeatureModels:
     """Every model the features need, fitted on one log. Build with `fit`."""
@@ -162,32 +171,35 @@ class FeatureModels:
         self, user: str | None, history: Sequence[str], candidates: Sequence[str]
     ) -> np.ndarray:
         """(len(candidates), len(FEATURE_NAMES)) float64; unknown items score zero."""
-        cand = np.array([self.items.get(c, -1) for c in candidates])
-        known = cand >= 0
-        safe = np.where(known, cand, 0)
-        hist = [self.items[h] for h in history if h in self.items]
-        lfm = self._lightfm(user, safe) * known
-        trans = _row_sum(self.trans10, hist, safe) * known
-        last1 = _row_sum(self.trans1, hist[-1:], safe) * known
-        last5 = _row_sum(self.trans10, hist[-5:], safe) * known
-        knn = _row_sum(self.cooc, hist, safe) * known
-        pop = self.popularity[safe] * known
+        c = self._codes(history, candidates)
+        lfm, trans = self._cf_and_transitions(user, c)
+        last1 = _row_sum(self.trans1, c.hist[-1:], c.safe) * c.known
+        last5 = _row_sum(self.trans10, c.hist[-5:], c.safe) * c.known
+        knn = _row_sum(self.cooc, c.hist, c.safe) * c.known
+        pop = self.popularity[c.safe] * c.known
         z_l, z_t = zscore(lfm), zscore(trans)
-        content = np.array([self._content(history, c) for c in candidates]).reshape(-1, 4)
+        content = np.array([self._content(history, i) for i in candidates]).reshape(-1, 4)
         activity = math.log1p(self.activity.get(user or "", 0))
         cols = [lfm, trans, last1, last5, trans / (pop + 1), knn, np.log1p(pop), z_l, z_t,
                 z_l + z_t, *content.T, np.full(len(candidates), activity)]  # fmt: skip
         return np.column_stack(cols).astype(np.float64)
 
-    def ensemble(self, user: str | None, history: Sequence[str], candidates: Sequence[str]):  # type: ignore[no-untyped-def]
+    def ensemble(
+        self, user: str | None, history: Sequence[str], candidates: Sequence[str]
+    ) -> np.ndarray:
         """z(lightfm) + z(transitions) alone: the classical ensemble, without the rest."""
+        lfm, trans = self._cf_and_transitions(user, self._codes(history, candidates))
+        return zscore(lfm) + zscore(trans)
+
+    def _codes(self, history: Sequence[str], candidates: Sequence[str]) -> _Codes:
         cand = np.array([self.items.get(c, -1) for c in candidates])
         known = cand >= 0
-        safe = np.where(known, cand, 0)
         hist = [self.items[h] for h in history if h in self.items]
-        lfm = self._lightfm(user, safe) * known
-        trans = _row_sum(self.trans10, hist, safe) * known
-        return zscore(lfm) + zscore(trans)
+        return _Codes(np.where(known, cand, 0), known, hist)
+
+    def _cf_and_transitions(self, user: str | None, c: _Codes) -> tuple[np.ndarray, np.ndarray]:
+        lfm = self._lightfm(user, c.safe) * c.known
+        return lfm, _row_sum(self.trans10, c.hist, c.safe) * c.known
 
     def _lightfm(self, user: str | None, items: np.ndarray) -> np.ndarray:
         u = self.users.get(user or "")

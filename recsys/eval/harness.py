@@ -49,6 +49,7 @@ class EngineRanker:
         self.fusion_signal, self.signal_seed = fusion_signal, signal_seed
         self.request_fields = request_fields
         self.scorer: Any = None
+        self.prompt_tokens: list[int] = []  # per ranked request (reported in the run's info)
 
     @property
     def fusion_alpha(self) -> float:
@@ -95,7 +96,14 @@ class EngineRanker:
                 for i in instances
             ]
         requests = [i.to_request(self.mode, **self.request_fields) for i in instances]
+        self.prompt_tokens.extend(self._prompt_tokens(r) for r in requests)
         return self.ranker.rank_batch(requests)
+
+    def _prompt_tokens(self, request: Any) -> int:
+        """Tokens of the request's (first) prompt as this model is prompted."""
+        from ranking.modes.incremental import build_sequence
+
+        return len(build_sequence(request, self.ranker.backend).prompt_ids)
 
 
 def make_ranker(
@@ -260,7 +268,7 @@ def evaluate(
         metrics=metrics,
         random_mrr=float(np.mean([expected_random_mrr(len(i.candidates)) for i in instances])),
         skipped=dict(taskset.skipped),
-        info=dict(taskset.info),
+        info={**taskset.info, **_prompt_info(ranker)},
         invalid_answers=sum(r.invalid_answers for r in results),
         fallbacks=sum(bool(r.fallback) for r in results),
         bad_permutations=bad,
@@ -271,6 +279,15 @@ def evaluate(
         instances=per_instance,
         slices=slices,
     )
+
+
+def _prompt_info(ranker: EvalRanker) -> dict[str, float]:
+    tokens = getattr(ranker, "prompt_tokens", None)
+    if not tokens:
+        return {}
+    out = {"prompt_tokens_mean": round(float(np.mean(tokens)), 1), "prompt_tokens_max": max(tokens)}
+    tokens.clear()  # the next task's run starts counting afresh
+    return out
 
 
 def summarise(rows: Sequence[dict[str, float]], seed: int) -> dict[str, dict[str, float]]:
