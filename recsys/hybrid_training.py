@@ -200,3 +200,41 @@ def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[st
              f"{rec['episodes_per_s']:.1f} ep/s  eta {eta / 60:.1f} min{extra}")  # fmt: skip
 
     return show
+
+
+def plot_logs(work_dirs: list[Path], out: Path) -> Path:
+    """Training curves of train-ranker runs: step loss (moving average over 25 batches)
+    and the validation first-step MRR, against episodes seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    for work in work_dirs:
+        path = Path(work) / "log.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path}: no training log (is {work} a train-ranker work folder?)")
+        log = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+        eps = np.cumsum([r.get("batch", 8) for r in log])
+        ce = np.convolve([r["ce"] for r in log], np.ones(25) / 25, mode="valid")
+        name = Path(work).name.removesuffix(".work")
+        ax_loss.plot(eps[24:], ce, label=name)
+        val = [(e, r["val_mrr_first_step"]) for e, r in zip(eps, log, strict=True)
+               if "val_mrr_first_step" in r]  # fmt: skip
+        if val:
+            ax_val.plot(*zip(*val, strict=True), marker="o", label=name)
+        rl = next((e for e, r in zip(eps, log, strict=True) if r["stage"] == "rl"), None)
+        if rl is not None:
+            ax_loss.axvline(rl, ls=":", c="grey")
+    ax_loss.set(xlabel="episodes", ylabel="step cross-entropy (25-batch mean)",
+                title="supervised | RL (dotted line)")  # fmt: skip
+    ax_val.set(xlabel="episodes", ylabel="validation MRR (first step)", title="validation users")
+    for ax in (ax_loss, ax_val):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -219,6 +219,7 @@ class SupervisedTrainer:
             "p_gt": float(exp.detach().mean()),
             "lr": self.scheduler.get_last_lr()[0],
             "episodes_per_s": len(batch) / wall,
+            "batch": len(batch),
         }
 
     def validate(self) -> dict[str, float]:

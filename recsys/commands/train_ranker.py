@@ -59,3 +59,13 @@ def register(app: typer.Typer) -> None:
             fusion_alpha=fusion_alpha,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
+
+    @app.command("train-ranker-plot")
+    def train_ranker_plot(
+        work: list[Path] = typer.Argument(..., help="train-ranker work folders (OUT.work)"),
+        out: Path = typer.Option(Path("docs/hybrid_training.png"), "--out", "-o"),
+    ) -> None:
+        """Plot the training curves of train-ranker runs."""
+        from recsys.hybrid_training import plot_logs
+
+        typer.echo(f"wrote {plot_logs(list(work), out)}")
