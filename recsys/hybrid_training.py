@@ -173,12 +173,20 @@ def train_hybrid(
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
             "steps_done": trainer.step, "episodes_seen": trainer.step * cfg.batch_size,
             "fusion_alpha": opts.fusion_alpha,
+            "trained_with": asdict(trainer.cfg) if not opts.export_only else _saved_config(work),
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card
+
+
+def _saved_config(work: Path) -> dict[str, Any]:
+    """The SupervisedConfig the checkpoint in `work` was trained with."""
+    import torch
+
+    return dict(torch.load(work / "checkpoint" / "state.pt", weights_only=False)["config"])
 
 
 def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
