@@ -28,8 +28,8 @@ def main() -> None:
     from ranking.hybrid import TOKEN_FORMAT, read_manifest
     from ranking.loading import default_model_path
     from ranking.modes.incremental import build_sequence
-    from ranking.rl.supervised import StyledTokenizer
     from ranking.rl.sequence import TokenizerOnly
+    from ranking.rl.supervised import StyledTokenizer
     from recsys.eval.tasks import build_task, default_data, for_users
 
     gguf = default_model_path()
