@@ -65,8 +65,11 @@ class EpisodeSet:
     info: dict[str, Any]
 
 
-def build_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
-    """Training and validation episodes and the item vectors (module doc)."""
+def build_episodes(
+    task: str, data_dir: Path, opts: HybridTrainOptions, *, vectors_only: bool = False
+) -> EpisodeSet:
+    """Training and validation episodes and the item vectors (module doc); with
+    `vectors_only` (exporting a checkpoint) the vectors alone."""
     from recsys.eval.ltr import fit_feature_models
     from recsys.eval.tasks import HELDOUT_FRACTION, build_task, default_data, rng_for, user_fold
 
@@ -81,7 +84,8 @@ def build_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> Episo
     vectors = ((raw - raw.mean(0)) / (raw.std(0) + 1e-6)).astype(np.float32)
     catalogue = np.array(sorted(titles))
     out_train, out_val, skipped = [], [], 0
-    for user, items in train.group_by("user_id", maintain_order=True).agg("item_id").iter_rows():
+    users = train.group_by("user_id", maintain_order=True).agg("item_id")
+    for user, items in [] if vectors_only else users.iter_rows():
         fold = user_fold(str(user), opts.seed)
         if fold < HELDOUT_FRACTION:
             continue  # held-out users: evaluation only
@@ -100,7 +104,7 @@ def build_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> Episo
                 skipped += 1
                 continue
             (out_val if is_val else out_train).append(ep)
-    if not out_train:
+    if not out_train and not vectors_only:
         raise UserError(f"{task}: no training episodes (users with > {opts.min_history} items?)")
     info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
             "skipped": skipped, "item_vectors": "lightfm-warp-64f+bias, standardised",
@@ -145,7 +149,7 @@ def train_hybrid(
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = build_episodes(opts.task, data_dir, opts)
+    data = build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
     echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
          f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     base = _load_transformers(resolve_model(opts.base), opts.device)

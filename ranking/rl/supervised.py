@@ -163,8 +163,6 @@ class SupervisedTrainer:
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
-        if not train:
-            raise ValueError("no training episodes")
         self.hybrid, self.train, self.val, self.cfg = hybrid, list(train), list(val), config
         self.builder = StyledTokenizer(hybrid.tokenizer, hybrid.style)
         self._prepared: dict[int, Prepared] = {}  # episodes are laid out when first drawn
@@ -234,6 +232,8 @@ class SupervisedTrainer:
         return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
 
     def run(self, resume: bool = True) -> int:
+        if not self.train:
+            raise ValueError("no training episodes")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
