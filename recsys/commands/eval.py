@@ -78,7 +78,8 @@ def register(app: typer.Typer) -> None:
             "--ranker",
             "-r",
             help="engine mode (incremental|score|reason|direct) or baseline "
-            "(random|bm25|first-stage|popularity|lightfm|cf|transitions)",
+            "(random|bm25|first-stage|popularity|lightfm|cf|transitions|ensemble|lambdamart|"
+            "knn-router)",
         ),
         model: str = typer.Option(
             "default",
