@@ -12,14 +12,13 @@ from ranking.engine import Ranker
 from ranking.errors import ModelLoadError
 from ranking.hybrid import Hybrid, HybridConfig, is_hybrid_dir
 from ranking.rl.episodes import Episode
+from ranking.rl.losses import distill_loss, expected_reward_loss
 from ranking.rl.supervised import (
     StyledTokenizer,
     SupervisedConfig,
     SupervisedTrainer,
     batch_step_logprobs,
-    expected_step_loss,
     prepare,
-    supervised_loss,
 )
 from ranking.types import Candidate, RankRequest
 
@@ -143,10 +142,12 @@ def test_hybrid_bad_config(tiny_model_dir, config, n_vectors: int, message: str)
 
 
 def test_losses_known_answers() -> None:
+    """The two losses the trainer uses (ranking.rl.losses), on step log-probs shaped as
+    batch_step_logprobs gives them."""
     # uniform steps over 3, 2 candidates: pi_0(gt) = 1/3, pi_1(gt) = 1/2
     lp = torch.log(torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.0, 0.5, 0.5]]))
-    assert float(expected_step_loss(lp, gt=2)) == pytest.approx((1 / 3 + 1 / 2) / 2)
-    assert float(supervised_loss(lp, [0, 1, 2])) == pytest.approx((np.log(3) + np.log(2)) / 2)
+    assert float(expected_reward_loss(lp, 2)) == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert float(distill_loss(lp, [0, 1, 2])) == pytest.approx((np.log(3) + np.log(2)) / 2)
 
 
 def quality_episodes(n: int, seed: int) -> list[Episode]:

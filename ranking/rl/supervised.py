@@ -33,10 +33,11 @@ from typing import Any
 import torch
 
 from ranking.hybrid import Hybrid
-from ranking.modes.incremental import LabelSequence, label_sequence
-from ranking.prompts import ELIMINATION_ANSWER_PREFIX, elimination_prompt
+from ranking.modes.incremental import LabelSequence, build_sequence
 from ranking.rl.episodes import Episode
-from ranking.rl.sequence import TokenizerOnly
+from ranking.rl.losses import distill_loss, expected_reward_loss
+from ranking.rl.policy import mask_eliminated
+from ranking.rl.sequence import TokenizerOnly, step_positions
 
 CHECKPOINT = "checkpoint"
 
@@ -79,7 +80,7 @@ class StyledTokenizer(TokenizerOnly):
 
 
 def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
-    seq = label_sequence(ep.request, builder, elimination_prompt, ELIMINATION_ANSWER_PREFIX)
+    seq = build_sequence(ep.request, builder)
     index = {cid: i for i, cid in enumerate(seq.ids)}
     gt = index[ep.ground_truth]
     if ep.teacher_order:
@@ -108,32 +109,11 @@ def batch_step_logprobs(
     head = model.get_output_embeddings()
     out = []
     for i, p in enumerate(batch):
-        n_steps = len(p.order) - 1
-        start = len(p.seq.prompt_ids) - 1
-        pos = torch.arange(start, start + n_steps, device=device)
+        pos = torch.tensor(step_positions(p.seq, len(p.order) - 1), device=device)
         labels = torch.tensor(p.seq.label_ids, device=device)
         logits = hybrid.label_logits(head, hidden[i, pos], labels)
-        out.append(_mask_out(logits.float(), p.order))
+        out.append(mask_eliminated(logits.float(), p.order))
     return out
-
-
-def _mask_out(logits: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
-    n_steps, _ = logits.shape
-    gone = torch.zeros_like(logits, dtype=torch.bool)
-    for t in range(1, n_steps):
-        gone[t:, order[t - 1]] = True
-    return torch.log_softmax(logits.masked_fill(gone, float("-inf")), dim=-1)
-
-
-def supervised_loss(step_lp: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
-    """-mean_t log pi_t(teacher_t)."""
-    idx = torch.tensor(list(order[: step_lp.shape[0]]), device=step_lp.device)
-    return -step_lp.gather(1, idx[:, None]).mean()
-
-
-def expected_step_loss(step_lp: torch.Tensor, gt: int) -> torch.Tensor:
-    """mean_t pi_t(gt): the negated expected IRanker step reward, shifted by 1."""
-    return step_lp[:, gt].exp().mean()
 
 
 @torch.no_grad()
@@ -200,8 +180,10 @@ class SupervisedTrainer:
         rl = step >= self.cfg.supervised_steps
         t0 = time.perf_counter()
         lps = batch_step_logprobs(self.model, self.hybrid, batch)
-        ce = torch.stack([supervised_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
-        exp = torch.stack([expected_step_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)])
+        ce = torch.stack([distill_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
+        exp = torch.stack(
+            [expected_reward_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)]
+        )
         loss = (exp.mean() + self.cfg.ce_weight * ce.mean()) if rl else ce.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
