@@ -116,8 +116,9 @@ class PromptStyle:
       candidate has one (the answer is then a sequence of item tokens).
 
     With soft tokens and no titles the short template is compact: the history is the
-    tokens back to back, a candidate is its label token followed by its soft token
-    (" A<|item:50|>"), about 4 tokens per candidate instead of ~15.
+    tokens back to back, and so are the candidates when they are their own labels
+    (`item_labels`); with letter labels a candidate is its label token followed by its soft
+    token (" A<|item:50|>").
     """
 
     template: str = "paper"
@@ -142,6 +143,11 @@ class PromptStyle:
 
 
 PAPER_STYLE = PromptStyle()
+
+
+def style_of(backend: Any) -> PromptStyle:
+    """The prompt style of a backend (or tokenizer stand-in); the paper's when it has none."""
+    return getattr(backend, "prompt_style", None) or PAPER_STYLE
 
 
 # ---------------------------------------------------------------- candidate lines and signals
@@ -241,6 +247,20 @@ def labels_for(tokenizer: Any, n: int) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------- prompts
 
 
+def _history_shown(request: RankRequest, style: PromptStyle) -> list[str]:
+    """The history items as the style shows them (by id when the request has ids)."""
+    ids = request.history_ids or (None,) * len(request.history)
+    return [style.item(i, h) for i, h in zip(ids, request.history, strict=True)]
+
+
+def _listed(labels: Sequence[str | None], texts: Sequence[str]) -> list[str]:
+    """One candidate per line: "[A] text" with labels, "- text" without."""
+    return [
+        (f"[{lab}] " if lab is not None else "- ") + text
+        for lab, text in zip(labels, texts, strict=True)
+    ]
+
+
 def _context_block(request: RankRequest, style: PromptStyle = PAPER_STYLE) -> str:
     if request.task in _REC:
         wording = _REC[request.task]
@@ -248,8 +268,7 @@ def _context_block(request: RankRequest, style: PromptStyle = PAPER_STYLE) -> st
         if not request.history:
             head = f"I have not {verb} any {wording.items} yet."
         else:
-            ids = request.history_ids or (None,) * len(request.history)
-            shown = [style.item(i, h) for i, h in zip(ids, request.history, strict=True)]
+            shown = _history_shown(request, style)
             lines = "\n".join(f"{i}. {h}" for i, h in enumerate(shown, 1))
             head = f"I've {verb} the following {wording.items} in the past, in order:\n{lines}"
         if request.query:
@@ -275,12 +294,8 @@ def _candidate_block(
         head = "Here are the candidate passages:"
     else:
         head = "Here are the candidate LLMs, with their prices:"
-    lines = [
-        (f"[{lab}] " if labels is not None else "- ")
-        + candidate_line(c, request.task, request.show_signals, style)
-        for lab, c in zip(labels or [None] * len(candidates), candidates, strict=True)
-    ]
-    return head + "\n" + "\n".join(lines)
+    texts = [candidate_line(c, request.task, request.show_signals, style) for c in candidates]
+    return head + "\n" + "\n".join(_listed(labels or [None] * len(candidates), texts))
 
 
 def _select_sentence(request: RankRequest) -> str:
@@ -315,10 +330,8 @@ def _short(
     instruction: str,
     style: PromptStyle,
 ) -> str:
-    ids = request.history_ids or (None,) * len(request.history)
-    shown = [style.item(i, h) for i, h in zip(ids, request.history, strict=True)]
     compact = style.title_chars == 0 and bool(style.item_tokens)
-    seen = ("" if compact else "; ").join(shown)
+    seen = ("" if compact else "; ").join(_history_shown(request, style))
     cands = [candidate_line(c, request.task, request.show_signals, style) for c in candidates]
     labelled = labels or [None] * len(candidates)
     if compact and labels is not None and list(labels) == cands:  # items are their labels
@@ -326,10 +339,7 @@ def _short(
     elif compact:  # " A<|item:1|> B<|item:8|>": the label token, then the soft token
         lines = "".join(f" {lab or '-'}{text}" for lab, text in zip(labelled, cands, strict=True))
     else:
-        lines = "\n" + "\n".join(
-            (f"[{lab}] " if lab is not None else "- ") + text
-            for lab, text in zip(labelled, cands, strict=True)
-        )
+        lines = "\n" + "\n".join(_listed(labelled, cands))
     query = f"\nLooking for: {request.query}" if request.query else ""
     return f"{instruction}\nSeen: {seen or 'nothing yet'}{query}\nCandidates:{lines}"
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ranking.prompts import style_of
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -38,7 +40,7 @@ class LMBackend(ABC):
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """The model's own chat template applied, ready for the assistant's answer (the bare
         prompt and a newline when the model's prompt style has no chat template)."""
-        if not getattr(self.prompt_style, "chat", True):
+        if not style_of(self).chat:
             return f"{system}\n{user}\n" if system else f"{user}\n"
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}

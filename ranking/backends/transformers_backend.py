@@ -146,16 +146,20 @@ class TransformersBackend(LMBackend):
         self.fast_decode = True
         self.q4_decode = True
         self._llama_steps: dict[bool, object] = {}  # by q4_decode; None: the model has none
-        # token ids from here up are soft tokens (ranking.hybrid): never a fast step's input
-        self.soft_token_floor: int | None = None
-        self.hybrid = None
+        self.hybrid = None  # ranking.hybrid.Hybrid when serving a hybrid model
 
     def attach_hybrid(self, hybrid) -> None:  # type: ignore[no-untyped-def]
         """Serve a hybrid model: its prompt style, and no fast step for an item token."""
         self.hybrid = hybrid
         self.prompt_style = hybrid.style
-        self.soft_token_floor = hybrid.base_vocab
         self.clear_cache()
+
+    def _has_soft(self, ids: Sequence[int] | torch.Tensor) -> bool:
+        """Whether any id is a hybrid model's item token (ids from its base vocabulary up)."""
+        if self.hybrid is None:
+            return False
+        top = int(ids.max()) if isinstance(ids, torch.Tensor) else max(ids)
+        return top >= self.hybrid.base_vocab
 
     # ------------------------------------------------------------------ public API
 
@@ -345,8 +349,8 @@ class TransformersBackend(LMBackend):
         pos = n_past + torch.arange(width, device=self.device)[None, :]
         cache = base.cache if base.cache is not None else new_kv_cache(self.model.config)
         ids = ids.to(self.device)
-        soft = self.soft_token_floor is not None and int(ids.max()) >= self.soft_token_floor
-        step = self._fast_step() if width == 1 and not soft else None
+        # an item token is embedded by the hybrid's hooks, which the fast step bypasses
+        step = self._fast_step() if width == 1 and not self._has_soft(ids) else None
         if step is not None:
             hidden = step(ids, pos, mask, cache)
         else:
@@ -440,7 +444,7 @@ class TransformersBackend(LMBackend):
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
         if vocab is None:
             return self.model.get_output_embeddings()(hidden)
-        if self.hybrid is not None and max(vocab) >= self.soft_token_floor:
+        if self._has_soft(vocab):
             index = torch.as_tensor(vocab, dtype=torch.long, device=hidden.device)
             return self.hybrid.label_logits(self.model.get_output_embeddings(), hidden, index)
         return label_head(self.model, hidden, vocab)

@@ -28,6 +28,7 @@ from ranking.prompts import (
     elimination_prompt,
     item_labels,
     labels_for,
+    style_of,
 )
 from ranking.types import RankRequest
 
@@ -76,7 +77,7 @@ def _as_backend(backend_or_tokenizer):
 
 def label_sequence(request: RankRequest, backend, prompt_fn, answer_prefix: str):
     backend = _as_backend(backend)
-    style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    style = style_of(backend)
     labelled = item_labels(backend.tokenizer, style, request.candidates) or labels_for(
         backend.tokenizer, len(request.candidates)
     )

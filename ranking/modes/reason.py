@@ -17,13 +17,13 @@ from ranking.backends.base import LMBackend
 from ranking.fusion import plan_fusion
 from ranking.modes.base import Deadline, ModeContext, RankingMode, Trace
 from ranking.parsing import parse_choice
-from ranking.prompts import PAPER_STYLE, REASON_SYSTEM_PROMPT, reason_prompt
+from ranking.prompts import REASON_SYSTEM_PROMPT, reason_prompt, style_of
 from ranking.types import RankRequest, RankResult
 
 
 def step_prompt(request: RankRequest, remaining: list[int], backend: LMBackend) -> str:
     cands = [request.candidates[i] for i in remaining]
-    style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    style = style_of(backend)
     return backend.chat_prompt(reason_prompt(request, cands, style), system=REASON_SYSTEM_PROMPT)
 
 

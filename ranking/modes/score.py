@@ -11,7 +11,7 @@ from __future__ import annotations
 from ranking.backends.base import LMBackend
 from ranking.modes.base import Trace
 from ranking.modes.constrained import ConstrainedMode
-from ranking.prompts import PAPER_STYLE, SCORE_ANSWER_PREFIX, label_prompt, labels_for
+from ranking.prompts import SCORE_ANSWER_PREFIX, label_prompt, labels_for, style_of
 from ranking.types import RankRequest
 
 
@@ -19,7 +19,7 @@ def step_prompt(request: RankRequest, remaining: list[int], backend: LMBackend) 
     """The chat-formatted prompt of one step, ending with the answer prefix."""
     labels = [lab for lab, _ in labels_for(backend.tokenizer, len(remaining))]
     cands = [request.candidates[i] for i in remaining]
-    style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    style = style_of(backend)
     return backend.chat_prompt(label_prompt(request, cands, labels, style)) + SCORE_ANSWER_PREFIX
 
 
