@@ -70,7 +70,7 @@ def build_episodes(
 ) -> EpisodeSet:
     """Training and validation episodes and the item vectors (module doc); with
     `vectors_only` (exporting a checkpoint) the vectors alone."""
-    from recsys.eval.ltr import fit_feature_models
+    from recsys.eval.ltr import cf_ranked, fit_feature_models
     from recsys.eval.tasks import HELDOUT_FRACTION, build_task, default_data, rng_for, user_fold
 
     if not task.startswith("rec-"):
@@ -92,9 +92,7 @@ def build_episodes(
         is_val = fold < HELDOUT_FRACTION + VAL_FRACTION
         rng = rng_for(opts.seed, f"hybrid:{user}")
         pool = catalogue[~np.isin(catalogue, items)]
-        uidx = models.users[user]
-        codes = np.array([models.items[i] for i in pool])
-        hard_pool = pool[np.argsort(-models.cf.scores(uidx, codes), kind="stable")[:100]]
+        hard_pool = cf_ranked(models, str(user), pool, 100)
         positions = range(opts.min_history, len(items))
         if is_val:
             positions = range(len(items) - 1, len(items))  # their last training item only
@@ -113,15 +111,13 @@ def build_episodes(
 
 
 def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -> Episode | None:  # type: ignore[no-untyped-def]
+    from recsys.eval.ltr import mixed_negatives
     from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES
 
     target, history = items[t], items[max(0, t - HISTORY_LEN) : t]
     if len(pool) < N_NEGATIVES:
         return None
-    hard = rng.choice(hard_pool, size=min(opts.hard_negatives, len(hard_pool)), replace=False)
-    rest = pool[~np.isin(pool, hard)]
-    uniform = rng.choice(rest, size=N_NEGATIVES - len(hard), replace=False)
-    ids = [target, *hard.tolist(), *uniform.tolist()]
+    ids = [target, *mixed_negatives(hard_pool, pool, N_NEGATIVES, opts.hard_negatives, rng)]
     ids = [ids[i] for i in rng.permutation(len(ids))]
     ensemble = models.ensemble(user, history, ids)
     teacher = [ids[i] for i in np.argsort(ensemble, kind="stable") if ids[i] != target]

@@ -121,23 +121,36 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
     return TrainingGroups(out, models)
 
 
+def cf_ranked(models: FeatureModels, user: str, pool: np.ndarray, k: int) -> np.ndarray:
+    """The k items of `pool` the user's CF score ranks highest (popularity for a user the
+    CF model does not know): where hard negatives are drawn from."""
+    codes = np.array([models.items[i] for i in pool])
+    uidx = models.users.get(user)
+    scores = models.cf.scores(uidx, codes) if uidx is not None else models.popularity[codes]
+    return pool[np.argsort(-scores, kind="stable")[:k]]
+
+
+def mixed_negatives(
+    ranked: np.ndarray, pool: np.ndarray, n: int, n_hard: int, rng: np.random.Generator
+) -> list[str]:
+    """n negatives: min(n_hard, len(ranked)) drawn from `ranked`, the rest uniform from the
+    remainder of `pool` (both without replacement)."""
+    hard = rng.choice(ranked, size=min(n_hard, len(ranked)), replace=False).tolist()
+    rest = pool[~np.isin(pool, hard)]
+    return hard + rng.choice(rest, size=n - len(hard), replace=False).tolist()
+
+
 def _negatives(
     models: FeatureModels,
     user: str,
     pool: np.ndarray,
     rng: np.random.Generator,
     hard: bool,
-    n: int = N_NEGATIVES,
+    n: int,
 ) -> list[str]:
     if not hard:
         return rng.choice(pool, size=n, replace=False).tolist()
-    codes = np.array([models.items[i] for i in pool])
-    uidx = models.users.get(user)
-    scores = models.cf.scores(uidx, codes) if uidx is not None else models.popularity[codes]
-    top = pool[np.argsort(-scores, kind="stable")[:50]]
-    hard_part = rng.choice(top, size=min(n // 2 + 1, len(top)), replace=False).tolist()
-    rest = pool[~np.isin(pool, hard_part)]
-    return hard_part + rng.choice(rest, size=n - len(hard_part), replace=False).tolist()
+    return mixed_negatives(cf_ranked(models, user, pool, 50), pool, n, n // 2 + 1, rng)
 
 
 class LambdaMARTBaseline(_RecBaseline):
@@ -163,7 +176,6 @@ class LambdaMARTBaseline(_RecBaseline):
         ]
         self.ranker = LambdaMART.fit(labelled, FEATURE_NAMES + self.extra_names, seed=self.seed)
         self.models = fit_feature_models(self.train_of(taskset), taskset, self.seed)
-        self.n_train_groups = len(labelled)
 
     def _features(self, models: FeatureModels, instances: Sequence[Instance]) -> list[np.ndarray]:
         xs = [models.features(i.user_id, i.history_ids, i.ids) for i in instances]
@@ -172,14 +184,5 @@ class LambdaMARTBaseline(_RecBaseline):
         extra = self.extra_columns(instances)
         return [np.column_stack([x, e]) for x, e in zip(xs, extra, strict=True)]
 
-    def rank_instances(self, instances):  # type: ignore[no-untyped-def]
-        self._batch = dict(zip([i.id for i in instances], self._features(self.models, instances),
-                               strict=True))  # fmt: skip
-        return super().rank_instances(instances)
-
     def scores(self, instance: Instance) -> np.ndarray:
-        batch = getattr(self, "_batch", {})
-        x = batch.get(instance.id)
-        if x is None:
-            x = self._features(self.models, [instance])[0]
-        return self.ranker.scores(x)
+        return self.ranker.scores(self._features(self.models, [instance])[0])
