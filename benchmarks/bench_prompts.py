@@ -8,10 +8,10 @@ come from the tokenizer and the prompt builders the engine uses).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from one_row import write_one_row  # benchmarks/ is on sys.path when a script runs
 
 
 def main() -> None:
@@ -53,16 +53,13 @@ def main() -> None:
         "hybrid_mean": float(np.mean(counts["hybrid"])), "hybrid_max": max(counts["hybrid"]),
     }  # fmt: skip
     result["ratio"] = round(result["paper_mean"] / result["hybrid_mean"], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    table = (
-        f"| task | n | paper prompt (mean / max) | hybrid prompt (mean / max) | ratio |\n"
-        f"| --- | --- | --- | --- | --- |\n| {args.task} | {result['n']} | "
-        f"{result['paper_mean']:.1f} / {result['paper_max']} | {result['hybrid_mean']:.1f} / "
-        f"{result['hybrid_max']} | {result['ratio']}x |\n"
-    )
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_one_row(
+        args.out,
+        result,
+        ["task", "n", "paper prompt (mean / max)", "hybrid prompt (mean / max)", "ratio"],
+        [args.task, str(result["n"]), f"{result['paper_mean']:.1f} / {result['paper_max']}",
+         f"{result['hybrid_mean']:.1f} / {result['hybrid_max']}", f"{result['ratio']}x"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ cost does not depend on the data). Writes JSON + a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from one_row import write_one_row  # benchmarks/ is on sys.path when a script runs
 
 
 def main() -> None:
@@ -59,17 +59,14 @@ def main() -> None:
               "steps": args.steps, "episodes_per_s_median": float(np.median(rates)),
               "episodes_per_s_min": float(min(rates)), "episodes_per_s_max": float(max(rates)),
               "step_wall_s_median": float(np.median(walls))}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    table = (
-        "| device | threads | batch | episodes/s (median, min-max) | step wall s |\n"
-        "| --- | --- | --- | --- | --- |\n"
-        f"| {args.device} | {args.threads} | {args.batch_size} | "
-        f"{result['episodes_per_s_median']:.2f} ({result['episodes_per_s_min']:.2f}-"
-        f"{result['episodes_per_s_max']:.2f}) | {result['step_wall_s_median']:.2f} |\n"
-    )
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    write_one_row(
+        args.out,
+        result,
+        ["device", "threads", "batch", "episodes/s (median, min-max)", "step wall s"],
+        [args.device, str(args.threads), str(args.batch_size),
+         f"{result['episodes_per_s_median']:.2f} ({result['episodes_per_s_min']:.2f}-"
+         f"{result['episodes_per_s_max']:.2f})", f"{result['step_wall_s_median']:.2f}"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
