@@ -583,10 +583,7 @@ def router_pool(
     prefix, split = (task, "evaluated") if evaluated else ("train", "train")
     cols: dict[str, list[Any]] = {"id": [], "question": [], "llm": [], "utility": []}
     for n, row in enumerate(rows):
-        scores = {name: float(s) for name, s in row["scores"].items()}
-        missing = sorted(set(scores) - set(llms))
-        if missing:
-            raise UserError(f"router query #{n}: LLM(s) {missing} have no price/description")
+        scores = _priced_scores(row, n, llms)
         utility = router_utilities(scores, {m: llms[m].price for m in scores}, w_perf, w_cost)
         for name in sorted(utility):
             cols["id"].append(f"{prefix}:{n}")
@@ -595,6 +592,15 @@ def router_pool(
             cols["utility"].append(utility[name])
     schema = {"id": pl.String, "question": pl.String, "llm": pl.String, "utility": pl.Float64}
     return pl.DataFrame(cols, schema=schema).with_columns(split=pl.lit(split))
+
+
+def _priced_scores(row: dict[str, Any], n: int, llms: dict[str, LLM]) -> dict[str, float]:
+    """Query #n's scores per LLM; every LLM must have a price (the LLM table)."""
+    scores = {name: float(s) for name, s in row["scores"].items()}
+    missing = sorted(set(scores) - set(llms))
+    if missing:
+        raise UserError(f"router query #{n}: LLM(s) {missing} have no price/description")
+    return scores
 
 
 def build_router_tasks(
@@ -611,10 +617,7 @@ def build_router_tasks(
     instances, skipped = [], {"all LLMs equal under the weighting": 0}
     price_only = 0
     for n, row in enumerate(rows):
-        scores = {name: float(s) for name, s in row["scores"].items()}
-        missing = sorted(set(scores) - set(llms))
-        if missing:
-            raise UserError(f"router query #{n}: LLM(s) {missing} have no price/description")
+        scores = _priced_scores(row, n, llms)
         target = router_target(scores, {m: llms[m].price for m in scores}, w_perf, w_cost)
         if target is None:
             skipped["all LLMs equal under the weighting"] += 1
