@@ -134,7 +134,7 @@ class ResolvedRanker:
 
 # The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
 # with the retrieval scores at a weight that keeps the retrieval order except where scores
-# nearly tie: out of the box the re-ranking stage never makes the retrieval order worse.
+# nearly tie: out of the box the re-ranking stage stays close to the retrieval order.
 UNVALIDATED_FUSION_ALPHA = 10.0
 
 
