@@ -26,7 +26,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from ranking.hybrid import TOKEN_FORMAT, read_manifest
-    from ranking.loading import default_model_path
+    from ranking.model_spec import default_model_path
     from ranking.modes.incremental import build_sequence
     from ranking.rl.sequence import TokenizerOnly
     from ranking.rl.supervised import StyledTokenizer

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ranking.loading import default_model_path
+from ranking.model_spec import default_model_path
 from ranking.rl.synthetic import rule_episodes
 from ranking.rl.trainer import TrainConfig, Trainer
 

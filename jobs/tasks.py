@@ -52,17 +52,10 @@ def ingest_file(report, path: str, fmt: str = "auto", skip_bad: bool = False) ->
 @tracked("rank")
 def rank_requests(report, in_path: str, out_path: str, model: str = "") -> dict[str, Any]:
     """Rank a JSONL file of requests into a JSONL file of results (written atomically)."""
+    from recsys import runtime
     from recsys.rank_file import rank_file
-    from recsys.registry import load_registered_ranker
-    from recsys.settings import get_settings
 
-    settings = get_settings()
-    ranker = load_registered_ranker(
-        model or settings.model,
-        device=settings.device,
-        backend=settings.backend,
-        batch_size=settings.batch_size,
-    )
+    ranker = runtime.load_ranker(model=model or None)
     n = rank_file(in_path, out_path, ranker, on_progress=report)
     return {"ranked": n, "out_path": out_path}
 
@@ -76,9 +69,8 @@ def batch_recommendations(report, **options: Any) -> dict[str, Any]:
     from recsys.batch import BatchConfig, run_batch
     from recsys.settings import get_settings
 
-    settings = get_settings()
-    options.setdefault("model", settings.model)
-    options.setdefault("artifact_dir", settings.resolved_artifact_dir)
+    # ranking options left out come from the settings (recsys.runtime), as on the CLI
+    options.setdefault("artifact_dir", get_settings().resolved_artifact_dir)
     result = run_batch(BatchConfig(**options), on_progress=report)
     return asdict(result)
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ranking.errors import ModelLoadError
-from ranking.loading import resolve_model
+from ranking.model_spec import resolve_model
 
 DTYPES = ("float32", "bfloat16", "float16")
 # written last: its presence says the directory is a finished conversion of `source`

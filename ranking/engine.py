@@ -19,11 +19,10 @@ from collections.abc import Sequence
 
 from ranking.backends.base import LMBackend
 from ranking.errors import RequestError
-from ranking.fusion import is_valid_alpha
 from ranking.loading import load_backend
 from ranking.modes import MODES, Deadline, RankingMode, RankOptions
 from ranking.modes.base import CostModel, ModeContext
-from ranking.types import RankRequest, RankResult
+from ranking.types import RankRequest, RankResult, is_valid_alpha
 
 # A backend holds mutable state (its KV cache), so calls into one backend are serialised,
 # whichever Ranker (or thread, e.g. an API worker) makes them.

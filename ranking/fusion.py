@@ -20,22 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # ranking.types validates alphas with this module: no runtime cycle
-    from ranking.types import RankRequest
+from ranking.types import RankRequest
 
 NOTE_NO_SCORE = "not applied: a candidate has no retrieval score"
 NOTE_REASON_MODE = "not applied: reason mode generates free text, with no step distribution"
-
-
-def is_valid_alpha(value: object) -> bool:
-    """A fusion weight is a finite number >= 0 (a bool is not a number here)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and value >= 0
 
 
 def zscores(scores: Sequence[float], ddof: int = 1) -> np.ndarray:

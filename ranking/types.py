@@ -7,11 +7,19 @@ serialised and audited later.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ranking.errors import RequestError
-from ranking.fusion import is_valid_alpha
+
+
+def is_valid_alpha(value: object) -> bool:
+    """A fusion weight is a finite number >= 0 (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0
+
 
 TASKS = (
     "rec-movie",

@@ -50,10 +50,11 @@ class HybridTrainOptions:
     lr: float = 5e-4
     lora_r: int = 16
     seed: int = 7
-    device: str = "cpu"
+    device: str | None = None  # None: the settings' (recsys.runtime)
     resume: bool = True
     export_only: bool = False  # write the model folder from the last checkpoint, no training
     fusion_alpha: float | None = None  # the measured serving weight, recorded in the card
+    init: Path | None = None  # start a new run from an exported model folder's weights
 
 
 @dataclass
@@ -139,8 +140,8 @@ def train_hybrid(
     import torch
 
     from ranking.hybrid import Hybrid, HybridConfig
-    from ranking.loading import _load_transformers, resolve_model
     from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer
+    from recsys import runtime
 
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,9 @@ def train_hybrid(
     data = build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
     echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
          f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
-    base = _load_transformers(resolve_model(opts.base), opts.device)
+    base = runtime.load_backend(
+        model=opts.base, device=opts.device, backend="transformers", cache=False
+    )
     config = HybridConfig(
         base=opts.base,
         inject_layer=opts.inject_layer,
@@ -167,6 +170,9 @@ def train_hybrid(
             raise UserError(f"--export-only: no checkpoint under {work}; train first")
         echo(f"exporting the checkpoint of step {trainer.step}/{cfg.total_steps}")
     else:
+        if opts.init is not None and not (opts.resume and trainer.load_checkpoint()):
+            trainer.init_from(opts.init)  # a fresh run only; a checkpoint is further along
+            echo(f"initialised from {opts.init}")
         trainer.run(resume=opts.resume)
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]

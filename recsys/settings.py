@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto | cpu | cuda")
     backend: str = Field("transformers", description="transformers | vllm")
+    dtype: str = Field("auto", description="weights: auto | float32 | bfloat16 | float16")
     mode: str = "incremental"
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads; torch's default")
     batch_size: int = 8
     reason_max_new_tokens: int = Field(1024, description="reason mode: new tokens per step")
     fusion_alpha: float | None = Field(
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="score fusion weight (docs/ranking.md); unset: the registered version's, or 0",
     )
-    # vLLM engine (backend=vllm); ranking.backends.vllm_backend.load reads the same variables
+    # vLLM engine (backend=vllm); recsys.runtime passes them to VLLMBackend
     vllm_tensor_parallel_size: int = Field(1, description="GPUs per model (tensor parallel)")
     vllm_max_model_len: int | None = Field(None, description="prompt + answer tokens; model's")
     vllm_gpu_memory_utilization: float = Field(0.85, description="share of GPU memory vLLM takes")

@@ -57,7 +57,6 @@ class SentenceTransformerEncoder:
                 f"{path} is not a sentence-transformers model directory "
                 "(no modules.json/config.json)"
             )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)

@@ -10,7 +10,7 @@ import pytest
 from ranking.metrics import expected_random_mrr, reciprocal_rank
 from ranking.types import Candidate
 from recsys.errors import UserError
-from recsys.eval import baselines
+from recsys.eval import baselines, rankers
 from recsys.eval.tasks import Instance, TaskSet
 
 
@@ -121,7 +121,7 @@ def test_ensemble_is_the_sum_of_its_parts_zscores() -> None:
     train = [(f"u{u}", str(i)) for u in range(15) for i in rng.choice(20, 6, replace=False)]
     inst = rec_instance("u0", ["1", "2"], items[5:12], "5")
     ts = rec_taskset([inst], train)
-    ens = baselines.make_baseline("ensemble", seed=3)
+    ens = rankers.make_baseline("ensemble", seed=3)
     ens.prepare(ts)
     parts = [baselines.LightFMBaseline(seed=3), baselines.TransitionsBaseline()]
     expected = np.zeros(len(inst.candidates))
@@ -146,8 +146,8 @@ def test_contract_permutation_and_determinism(name: str) -> None:
              for u in range(6)]  # fmt: skip
     insts = [Instance(**{**i.__dict__, "relevance": {i.candidates[0].id: 1.0}}) for i in insts]
     ts = rec_taskset(insts, train)
-    first = order_of(baselines.make_baseline(name, seed=3), ts)
-    again = order_of(baselines.make_baseline(name, seed=3), ts)
+    first = order_of(rankers.make_baseline(name, seed=3), ts)
+    again = order_of(rankers.make_baseline(name, seed=3), ts)
     assert first == again
     for order, inst in zip(first, insts, strict=True):
         assert sorted(order) == sorted(inst.ids)
@@ -158,4 +158,4 @@ def test_rec_baseline_refuses_other_tasks() -> None:
     with pytest.raises(UserError, match="'popularity' does not apply to 'passage-5'"):
         baselines.PopularityBaseline().prepare(ts)
     with pytest.raises(UserError, match="unknown baseline 'magic'"):
-        baselines.make_baseline("magic")
+        rankers.make_baseline("magic")

@@ -383,7 +383,7 @@ def registry_engine(sqlite_url):
     [(None, None, 0.0), (None, 3.0, 3.0), (1.5, 3.0, 1.5), (0.0, 3.0, 0.0), (2.0, None, 2.0)],
 )
 def test_serving_alpha_precedence(setting, registered, served):
-    from recsys.registry import serving_fusion_alpha
+    from recsys.resolver import serving_fusion_alpha
 
     assert serving_fusion_alpha(setting, registered) == served
 
@@ -392,7 +392,8 @@ def test_registered_version_is_served_with_its_alpha(
     fresh_settings, registry_engine, tiny_model_dir
 ):
     from recsys.db import repository
-    from recsys.registry import load_registered_ranker, resolve_ranker
+    from recsys.resolver import resolve_ranker
+    from recsys.runtime import load_ranker
 
     model, eng = str(tiny_model_dir), registry_engine
     repository.register_model("ranker", "fused", model, metrics={"fusion_alpha": 3.0}, engine=eng)
@@ -401,14 +402,14 @@ def test_registered_version_is_served_with_its_alpha(
     assert resolve_ranker("plain", engine=registry_engine).fusion_alpha is None
 
     def served(spec, **kw):
-        ranker = load_registered_ranker(spec, engine=registry_engine, device="cpu", **kw)
+        ranker = load_ranker(engine=registry_engine, model=spec, device="cpu", **kw)
         return ranker.fusion_alpha
 
     assert served("fused") == 3.0  # the version's own weight
     assert served("plain") == 0.0
     assert served(str(tiny_model_dir)) == 0.0  # a bare path has no registered weight
     # the zero-shot default is served close to the retrieval order (never worse than it)
-    from recsys.registry import UNVALIDATED_FUSION_ALPHA
+    from recsys.resolver import UNVALIDATED_FUSION_ALPHA
 
     assert resolve_ranker("default").fusion_alpha == UNVALIDATED_FUSION_ALPHA
     assert served("fused", fusion_alpha=0.5) == 0.5  # an explicit setting wins
@@ -418,7 +419,7 @@ def test_registered_version_is_served_with_its_alpha(
     get_settings.cache_clear()
     assert served("fused") == 1.5  # RECSYS_FUSION_ALPHA wins over the version
     # and a request's own weight wins over the ranker's default
-    ranker = load_registered_ranker("fused", engine=registry_engine, device="cpu")
+    ranker = load_ranker(engine=registry_engine, model="fused", device="cpu")
     res = ranker.rank(scored_request(5, fusion_alpha=0.0))
     assert res.fusion_alpha == 0.0
 
@@ -426,12 +427,12 @@ def test_registered_version_is_served_with_its_alpha(
 def test_bad_registered_alpha_is_a_clear_error(registry_engine, tiny_model_dir):
     from recsys.db import repository
     from recsys.errors import UserError
-    from recsys.registry import resolve_ranker
+    from recsys.resolver import resolve_ranker
 
     repository.register_model(
         "ranker", "odd", str(tiny_model_dir), metrics={"fusion_alpha": "x"}, engine=registry_engine
     )
-    with pytest.raises(UserError, match="has fusion_alpha 'x' in its metrics"):
+    with pytest.raises(UserError, match="ranker 'odd' has fusion_alpha 'x', which is not a finite number"):
         resolve_ranker("odd", engine=registry_engine)
 
 
@@ -451,7 +452,7 @@ def test_eval_fuses_rec_tasks_with_the_training_signal(tiny_backend, rec_task):
     """Random-negative rec candidates carry no score: the harness scores them with the
     baseline `recsys train` uses (transitions), and a large alpha then follows it."""
     from recsys.eval import harness
-    from recsys.eval.baselines import make_baseline
+    from recsys.eval.rankers import make_baseline
 
     assert all(c.score is None for i in rec_task.instances for c in i.candidates)
     evaluator = harness.EngineRanker(Ranker(tiny_backend, fusion_alpha=1e4), "incremental")

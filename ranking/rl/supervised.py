@@ -271,6 +271,20 @@ class SupervisedTrainer:
         self.step = int(state["step"])
         return True
 
+    def init_from(self, folder: Path) -> None:
+        """Start from an exported model folder's adapter and projector (a new run whose
+        schedule starts at step 0, e.g. the RL stage on top of a supervised model)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        adapter = folder / "adapter" / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise FileNotFoundError(f"{adapter}: not an exported hybrid model folder")
+        set_peft_model_state_dict(self.model, load_file(str(adapter)))
+        projector = torch.load(folder / "projector.pt", weights_only=True)
+        self.hybrid.projector.load_state_dict(projector)
+
     def export(self, folder: Path) -> Path:
         """The hybrid model folder (manifest, vectors, projector, LoRA adapter)."""
         return self.hybrid.save(folder, adapter_model=self.model)

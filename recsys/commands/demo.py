@@ -24,8 +24,10 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None, "--model", help="ranker: default | promoted | version | HF dir | .gguf"
         ),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
-        dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
+        device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto (settings)"),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="auto | float32 | bfloat16 | float16 (settings)"
+        ),
         rerank: bool = typer.Option(True, "--rerank/--no-rerank", help="run the IRanker stage"),
         embeddings: str = typer.Option(
             "minilm", "--embeddings", help="item text embeddings: minilm | hashing | off"
@@ -54,10 +56,9 @@ def register(app: typer.Typer) -> None:
             users=users,
             k=k,
             seed=seed,
-            model=model or settings.model,
+            model=model,
             device=device,
             dtype=dtype,
-            batch_size=settings.batch_size,
             rerank=rerank,
             embeddings=embeddings,
             cf_epochs=cf_epochs,

@@ -4,12 +4,8 @@ one rankers x tasks table from several results files. See docs/eval.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
-
-if TYPE_CHECKING:  # the registry pulls in the database layer: imported when needed
-    from recsys.registry import ResolvedRanker
 
 
 def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
@@ -30,28 +26,9 @@ def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
     return out
 
 
-def resolve_model(spec: str, database_url: str) -> ResolvedRanker:
-    """'default' / a path pass through; 'promoted' or a version come from the model
-    registry (with the version's fusion weight), with a clear error when its database is
-    missing or not migrated."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from recsys.errors import UserError
-    from recsys.registry import resolve_ranker
-
-    try:
-        return resolve_ranker(spec)
-    except SQLAlchemyError as exc:
-        raise UserError(
-            f"--model {spec!r} needs the model registry, but its database ({database_url}) "
-            f"is not usable ({type(exc.orig or exc).__name__}); run `recsys db upgrade` and "
-            "register a model, or use --model default or a model path"
-        ) from None
-
-
 def _check_fusion_alpha(alpha: float | None, ranker: str) -> float | None:
     """An explicit --fusion-alpha must be a weight an engine mode can fuse with."""
-    from ranking.fusion import is_valid_alpha
+    from ranking.types import is_valid_alpha
     from recsys.errors import UserError
 
     if alpha is None:
@@ -135,9 +112,10 @@ def register(app: typer.Typer) -> None:
         import platform
         import time
 
+        from recsys import runtime
         from recsys.errors import UserError
         from recsys.eval import harness, report, tasks
-        from recsys.registry import serving_fusion_alpha
+        from recsys.resolver import serving_fusion_alpha
         from recsys.settings import get_settings
 
         settings = get_settings()
@@ -151,17 +129,17 @@ def register(app: typer.Typer) -> None:
             skipped_tasks["rec-music"] = "no data shipped; pass --data rec-music=PATH (RecBole)"
         model_path, alpha = model, _check_fusion_alpha(fusion_alpha, ranker)
         if ranker not in harness.BASELINES:
-            resolved = resolve_model(model, settings.resolved_database_url)
+            resolved = runtime.resolve(settings, model)
             model_path = resolved.model
             setting = settings.fusion_alpha if alpha is None else alpha
             # eval measures the model itself: the zero-shot default is not given the
-            # serving safety weight (registry.UNVALIDATED_FUSION_ALPHA) unless asked
+            # serving safety weight (resolver.UNVALIDATED_FUSION_ALPHA) unless asked
             measured = None if resolved.model == "default" else resolved.fusion_alpha
             alpha = serving_fusion_alpha(setting, measured)
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,
-            device=settings.device if settings.device != "auto" else "cpu",
+            device=settings.device,
             batch_size=batch_size or settings.batch_size,
             seed=seed,
             reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,

@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
-
-if TYPE_CHECKING:  # the registry pulls in the database layer: imported when needed
-    from recsys.registry import ResolvedRanker
 
 
 def read_request(source: str):  # type: ignore[no-untyped-def]
@@ -34,21 +30,6 @@ def read_request(source: str):  # type: ignore[no-untyped-def]
     return RankRequest.from_dict(data)
 
 
-def _resolve_model(spec: str) -> ResolvedRanker:
-    """'promoted' and registered versions go through the model registry (a ResolvedRanker
-    with the version's fusion weight); 'default' and anything that looks like a path go
-    straight to ranking.loading (clear path errors)."""
-    from recsys.registry import ResolvedRanker, resolve_ranker
-
-    text = str(spec).strip()
-    if text == "default" or "/" in text or text.endswith(".gguf") or Path(text).exists():
-        return ResolvedRanker(text)
-    from recsys.db.migrate import ensure_schema
-
-    ensure_schema()  # the embedded default database needs no set-up step
-    return resolve_ranker(text)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("rank")
     def rank(
@@ -61,7 +42,9 @@ def register(app: typer.Typer) -> None:
         ),
         device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
         backend: str | None = typer.Option(None, "--backend", help="transformers | vllm"),
-        dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="auto | float32 | bfloat16 | float16 (RECSYS_DTYPE)"
+        ),
         max_new_tokens: int | None = typer.Option(
             None,
             "--max-new-tokens",
@@ -72,24 +55,13 @@ def register(app: typer.Typer) -> None:
         """Rank one request and print the result (order, steps, log_propensity, ...) as JSON."""
         import dataclasses
 
-        from ranking.engine import load_ranker
-        from recsys.registry import serving_fusion_alpha
-        from recsys.settings import get_settings
+        from recsys import runtime
 
         req = read_request(request)
         if mode is not None:
             req = dataclasses.replace(req, mode=mode)  # re-validated in __post_init__
-        settings = get_settings()
-        resolved = _resolve_model(model or settings.model)
-        ranker = load_ranker(
-            resolved.model,
-            fusion_alpha=serving_fusion_alpha(settings.fusion_alpha, resolved.fusion_alpha),
-            device=device or settings.device,
-            backend=backend or settings.backend,
-            dtype=dtype,
-            batch_size=settings.batch_size,
-            reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
-        )
+        ranker = runtime.load_ranker(model=model, device=device, backend=backend, dtype=dtype,
+                                     reason_max_new_tokens=max_new_tokens)  # fmt: skip
         result = ranker.rank(req).to_dict()
         if not audit:
             result["prompt"] = None

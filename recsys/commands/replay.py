@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
             True, help="IPS/SNIPS of B sampling at T=1 (needs logged propensities)"
         ),
         out: Path = typer.Option(Path("var/replay"), help="folder for report.md/json/png"),
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        device: str | None = typer.Option(None, help="auto | cpu | cuda (RECSYS_DEVICE)"),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Replay logged requests (impressions + the interaction that followed) through

@@ -54,21 +54,22 @@ def register(app: typer.Typer) -> None:
         eval_every: int = typer.Option(
             25, "--eval-every", help="in-loop validation every N steps (0 = none)"
         ),
-        checkpoint_every: int = typer.Option(10, "--checkpoint-every", min=1),
+        checkpoint_every: int | None = typer.Option(
+            None, "--checkpoint-every", min=1, help="steps between checkpoints (TrainConfig's)"
+        ),
         val_limit: int = typer.Option(0, "--val-limit", help="in-loop validation episodes (0=all)"),
         lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft) only"),
         train_layers: int = typer.Option(
             0, "--train-layers", help="fine-tune only the top N decoder layers (0 = all)"
         ),
         model: str = typer.Option("default", "--model"),
-        device: str = typer.Option("auto", "--device"),
+        device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (settings)"),
         seed: int = typer.Option(7, "--seed"),
         name: str | None = typer.Option(None, "--name", help="run name = registered version"),
         resume: bool = typer.Option(True, "--resume/--restart"),
         do_register: bool = typer.Option(True, "--register/--no-register"),
     ) -> None:
         """Fine-tune the ranker on episodes, validate on held-out users, register the result."""
-        from ranking.loading import resolve_device
         from recsys.errors import UserError
         from recsys.training import TrainingOptions, run_training
 
@@ -98,7 +99,7 @@ def register(app: typer.Typer) -> None:
             checkpoint_every=checkpoint_every,
             lora=lora,
             model=model,
-            device=resolve_device(device),
+            device=device,
             seed=seed,
             run_name=name,
             resume=resume,

@@ -35,13 +35,15 @@ def register(app: typer.Typer) -> None:
             "--fusion-alpha",
             help="record the serving fusion weight chosen on validation users in the card",
         ),
+        init: Path = typer.Option(
+            None, "--init", help="start from this exported model folder (e.g. RL after supervised)"
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.hybrid_training import HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
 
         settings = get_settings()
-        device = settings.device if settings.device != "auto" else "cpu"
         opts = HybridTrainOptions(
             task=task,
             out=out or Path("models") / f"hybrid-{task}",
@@ -53,10 +55,11 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             lr=lr,
             seed=seed,
-            device=device,
+            device=None,  # the settings' (RECSYS_DEVICE)
             resume=resume,
             export_only=export_only,
             fusion_alpha=fusion_alpha,
+            init=init,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
 

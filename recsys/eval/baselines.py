@@ -349,28 +349,3 @@ def scored_candidates(instance: Instance, scores: Sequence[float]) -> tuple[Cand
         Candidate(id=c.id, text=c.text, score=round(v, 4), signals={"cf_rank": r})
         for c, v, r in zip(instance.candidates, values, rank, strict=True)
     )
-
-
-BASELINES = {
-    "random": RandomBaseline,
-    "bm25": BM25Baseline,
-    "first-stage": FirstStageBaseline,
-    "popularity": PopularityBaseline,
-    "lightfm": LightFMBaseline,
-    "cf": LightFMBaseline,  # the name for it
-    "transitions": TransitionsBaseline,
-    "ensemble": EnsembleBaseline,
-    "knn-router": KNNRouterBaseline,
-    "lambdamart": None,  # recsys.eval.ltr.LambdaMARTBaseline, built by make_baseline
-}
-
-
-def make_baseline(name: str, seed: int = 7) -> ScoringBaseline:
-    if name == "lambdamart":  # its own module: features, training protocol
-        from recsys.eval.ltr import LambdaMARTBaseline
-
-        return LambdaMARTBaseline(seed=seed)
-    if name not in BASELINES:
-        raise UserError(f"unknown baseline {name!r}; use one of {sorted(BASELINES)}")
-    cls = BASELINES[name]
-    return cls(seed=seed) if cls in (RandomBaseline, LightFMBaseline, EnsembleBaseline) else cls()

@@ -19,7 +19,8 @@ import numpy as np
 from ranking.metrics import expected_random_mrr, ndcg_at_k
 from ranking.types import MODES, RankResult
 from recsys.errors import UserError
-from recsys.eval.baselines import BASELINES, EvalRanker, make_baseline, scored_candidates
+from recsys.eval.baselines import EvalRanker, scored_candidates
+from recsys.eval.rankers import BASELINES, make_baseline
 from recsys.eval.tasks import Instance, TaskSet
 
 BOOTSTRAP_SAMPLES = 1000
@@ -110,16 +111,17 @@ def make_ranker(
     name: str,
     *,
     model: str = "default",
-    device: str = "cpu",
-    batch_size: int = 8,
+    device: str | None = None,
+    batch_size: int | None = None,
     seed: int = 7,
-    reason_max_new_tokens: int = 1024,
+    reason_max_new_tokens: int | None = None,
     fusion_alpha: float = 0.0,
     fusion_signal: str = "transitions",
 ) -> EvalRanker:
     """A baseline by name, or an engine mode loading `model` (already resolved to
     'default' or a path by the caller) with the default score-fusion weight
-    `fusion_alpha` (see EngineRanker for where candidate scores come from)."""
+    `fusion_alpha` (see EngineRanker for where candidate scores come from); options left
+    None are the settings' (recsys.runtime)."""
     if name in BASELINES:
         if fusion_alpha:
             raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
@@ -127,10 +129,10 @@ def make_ranker(
     if name not in MODES:
         raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)} "
                         f"or a baseline {sorted(BASELINES)}")  # fmt: skip
-    from ranking.engine import load_ranker
+    from recsys import runtime
 
-    engine = load_ranker(
-        model,
+    engine = runtime.load_ranker(
+        model=model,
         device=device,
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,

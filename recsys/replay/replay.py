@@ -184,7 +184,11 @@ def incremental_log_propensity(backend: Any) -> Callable[[LoggedRequest], float]
 
 
 def rank_function(
-    spec: str, logged: Sequence[LoggedRequest], *, device: str = "auto", mode: str = "incremental"
+    spec: str,
+    logged: Sequence[LoggedRequest],
+    *,
+    device: str | None = None,
+    mode: str = "incremental",
 ) -> tuple[Callable[[list[RankRequest]], list[Sequence[str]]], Any]:
     """A policy by name: 'logged' (what was shown), 'retrieval' (by candidate score), or a
     ranker model spec (default | promoted | version | path). Returns (rank_fn, backend)."""
@@ -193,9 +197,9 @@ def rank_function(
         return (lambda requests: [shown[id(r)] for r in requests]), None
     if spec == "retrieval":
         return (lambda requests: [_by_score(r) for r in requests]), None
-    from recsys.registry import load_registered_ranker
+    from recsys import runtime
 
-    ranker = load_registered_ranker(spec, device=device)
+    ranker = runtime.load_ranker(model=spec, device=device)
 
     def rank(requests: list[RankRequest]) -> list[Sequence[str]]:
         requests = [dataclasses.replace(r, mode=mode, temperature=0.0) for r in requests]

