@@ -116,11 +116,26 @@ def resolve(
     s = settings or get_settings()
     spec = str(model or s.model).strip()
     if engine is None and spec != "default" and not is_path_spec(spec):
-        from recsys.db.migrate import ensure_schema
-
-        ensure_schema(s.resolved_database_url)  # the embedded default needs no set-up step
-        engine = database_engine(s)
+        engine = _registry_engine(s, spec)
     return resolve_ranker(spec, engine=engine)
+
+
+def _registry_engine(settings: Settings, spec: str) -> Engine:
+    """The settings' database, migrated (the embedded default needs no set-up step)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.db.migrate import ensure_schema
+    from recsys.errors import UserError
+
+    try:
+        ensure_schema(settings.resolved_database_url)
+    except SQLAlchemyError as exc:
+        raise UserError(
+            f"model {spec!r} needs the model registry, but its database is not usable "
+            f"({type(exc.orig or exc).__name__}: {exc.orig or exc}); check RECSYS_DATABASE_URL "
+            "and run `recsys db upgrade`, or use --model default or a model path"
+        ) from None
+    return database_engine(settings)
 
 
 def load_ranker(

@@ -55,14 +55,6 @@ def test_metrics_graded_rerank() -> None:
     assert linear["ndcg@10"] == pytest.approx(dcg / idcg)
 
 
-def test_bootstrap_interval() -> None:
-    assert harness.bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25)
-    values = np.random.default_rng(0).random(400)
-    low, high = harness.bootstrap_ci(values)
-    assert low < values.mean() < high
-    assert 0.04 < high - low < 0.08  # about 4 standard errors (0.29 / 20 each)
-
-
 class Scripted:
     """A ranker that returns fixed orders and flags (to test the bookkeeping)."""
 
@@ -192,8 +184,7 @@ def test_cli_eval_bad_input_exits_2(monkeypatch, capsys, args, message) -> None:
 def test_cli_eval_registry_model_without_database(monkeypatch, capsys, tmp_path: Path) -> None:
     from recsys.settings import get_settings
 
-    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.delenv("RECSYS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RECSYS_DATABASE_URL", f"sqlite:///{tmp_path}")  # a folder: unusable
     get_settings.cache_clear()
     try:
         args = ["eval", "--task", "passage-5", "--ranker", "incremental", "--model", "promoted"]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from recsys.gate import decide, paired_bootstrap
+from recsys.gate import decide
 
 
 def rr(values: list[float]) -> dict[str, float]:
@@ -32,15 +32,6 @@ def mean_diff_points(candidate: list[float], reference: list[float]) -> str:
 
 def test_base_values_vary():
     assert len(set(BASE)) == 5 and BASE[:4] == [0.25, 0.25, 1.0, 1 / 3]
-
-
-def test_paired_bootstrap_hand_worked():
-    mean, low, high = paired_bootstrap([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
-    assert (mean, low, high) == (1.0, 1.0, 1.0)
-    mean, low, high = paired_bootstrap([1.0, 0.0], [0.0, 1.0], n_boot=500)
-    assert mean == 0.0 and low < 0 < high
-    with pytest.raises(ValueError, match="same length"):
-        paired_bootstrap([1.0], [])
 
 
 @pytest.mark.parametrize(

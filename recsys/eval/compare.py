@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import UserError
-from recsys.eval.harness import bootstrap_ci
+from recsys.eval.harness import BOOTSTRAP_SAMPLES
+from recsys.stats import paired_difference
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def paired(
         raise UserError(f"unknown metric {metric!r}; the rows have {sorted(rows_a[shared[0]])}")
     a = np.array([rows_a[i][metric] for i in shared], dtype=float)
     b = np.array([rows_b[i][metric] for i in shared], dtype=float)
-    low, high = bootstrap_ci(a - b, seed=seed)
+    ci = paired_difference(a, b, n_boot=BOOTSTRAP_SAMPLES, seed=seed)
+    low, high = ci.low, ci.high
     return PairedDifference(
         task=run_a["task"], a=run_a["ranker"], b=run_b["ranker"], metric=metric, n=len(shared),
         mean_a=float(a.mean()), mean_b=float(b.mean()), diff=float((a - b).mean()),

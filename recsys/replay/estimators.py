@@ -72,11 +72,10 @@ class Estimator(ABC):
         self, data: LoggedData, *, alpha: float = 0.05, n_boot: int = 1000, seed: int = 7
     ) -> tuple[float, float]:
         """Percentile bootstrap (1 - alpha) interval, resampling logged rounds."""
-        rng = np.random.default_rng(seed)
-        n = len(data.rewards)
-        values = [self.estimate(data.subset(rng.integers(0, n, n))) for _ in range(n_boot)]
-        low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-        return float(low), float(high)
+        from recsys.stats import bootstrap_statistic
+
+        return bootstrap_statistic(len(data.rewards), lambda idx: self.estimate(data.subset(idx)),
+                                   n_boot=n_boot, confidence=1 - alpha, seed=seed)  # fmt: skip
 
 
 class IPS(Estimator):
