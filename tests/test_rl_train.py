@@ -291,3 +291,20 @@ def test_greedy_order_of_a_lora_model_equals_the_merged_model(tiny, tiny_model_d
         merged = greedy_order(lora.merge_and_unload(), seq)
     assert with_adapters == merged
     assert sorted(with_adapters) == sorted(seq.ids)
+
+
+def test_linear_warmup_is_step_plus_one_over_steps_then_flat():
+    import torch
+
+    from ranking.rl.trainer import linear_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = linear_warmup(opt, 4)
+    seen = []
+    for _ in range(6):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    flat = linear_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4), 0)
+    assert flat.get_last_lr() == [0.4]

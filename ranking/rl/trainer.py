@@ -106,6 +106,18 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def linear_warmup(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr x (step + 1) / steps for the first `steps` updates, then lr (torch's LinearLR;
+    steps 0: lr from the start)."""
+    from torch.optim.lr_scheduler import LinearLR
+
+    if steps <= 1:
+        return LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
+    return LinearLR(optimizer, start_factor=1 / steps, end_factor=1.0, total_iters=steps - 1)
+
+
 def apply_lora(model: torch.nn.Module, r: int, alpha: int) -> torch.nn.Module:
     """Wrap a causal LM with LoRA adapters on the attention and MLP projections (peft)."""
     from peft import LoraConfig, get_peft_model
@@ -158,6 +170,7 @@ class Trainer:
         self.model = apply_lora(model, config.lora_r, config.lora_alpha) if config.lora else model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = linear_warmup(self.optimizer, config.warmup_steps)
         self.state = TrainState()
         self._seqs: dict[int, EliminationSequence] = {}
 
@@ -282,17 +295,11 @@ class Trainer:
         return {"loss": loss, "reward": float(rewards.sum())}
 
     # -- the loop -----------------------------------------------------------------------
-    def _lr_at(self, step: int) -> float:
-        if self.config.warmup_steps and step < self.config.warmup_steps:
-            return self.config.lr * (step + 1) / self.config.warmup_steps
-        return self.config.lr
-
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:step:{step}")
         gen = torch.Generator().manual_seed(hash((cfg.seed, step)) % 2**31)
-        for g in self.optimizer.param_groups:
-            g["lr"] = self._lr_at(step)
+        lr = self.scheduler.get_last_lr()[0]
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         rewards, losses, kls = [], [], []
@@ -307,12 +314,13 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         self.optimizer.step()
+        self.scheduler.step()
         rec: dict[str, Any] = {
             "step": step + 1,
             "loss": sum(losses) / len(losses),
             "reward": sum(rewards) / len(rewards),
             "grad_norm": grad_norm,
-            "lr": self._lr_at(step),
+            "lr": lr,
         }
         if kls:
             rec["kl"] = sum(kls) / len(kls)
@@ -388,6 +396,7 @@ class Trainer:
         }
         torch.save(trainable, tmp / "weights.pt")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(
             json.dumps(
                 {
@@ -415,6 +424,7 @@ class Trainer:
                 f"checkpoint {path} does not fit this model: {missing.unexpected_keys[:3]}"
             )
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         saved = json.loads((path / "state.json").read_text())
         self.state = TrainState(step=saved["step"], history=saved["history"])
 
