@@ -84,6 +84,30 @@ class Ranker:
         with _lock_for(self.backend):
             return self._rank_batch(requests, deadlines, progress)
 
+    def rank_each(self, requests: Sequence[RankRequest]) -> list[RankResult | Exception]:
+        """Like `rank_batch`, but each request succeeds or fails on its own: a request a
+        mode refuses, or one whose ranking raises, gets its exception in its slot while the
+        others are ranked (together; a failing batch is retried one request at a time to
+        find the culprit)."""
+        out: list[RankResult | Exception | None] = [None] * len(requests)
+        good: list[int] = []
+        for i, r in enumerate(requests):
+            try:
+                self.modes[r.mode].check(r, self.backend)
+                good.append(i)
+            except Exception as exc:  # refused before any model work
+                out[i] = exc
+        try:
+            for i, res in zip(good, self.rank_batch([requests[i] for i in good]), strict=True):
+                out[i] = res
+        except Exception:
+            for i in good:
+                try:
+                    out[i] = self.rank(requests[i])
+                except Exception as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]
+
     def _rank_batch(
         self, requests: Sequence[RankRequest], deadlines: list[Deadline], progress: bool
     ) -> list[RankResult]:

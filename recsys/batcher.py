@@ -3,7 +3,10 @@
 A single worker thread owns the ranker (its KV cache is not thread-safe). Callers put a
 request on a queue and wait on a Future; the worker takes the first waiting request, keeps
 collecting for at most `max_wait_ms` (or until `max_batch` are waiting) and ranks them with
-one `rank_batch` call. Time spent queued counts against each request's deadline.
+one `Ranker.rank_each` call. Time spent queued counts against each request's deadline.
+Each request succeeds or fails on its own: a refused or failing request never fails its
+batch-mates. A request submitted after `close` fails at once; `close` first finishes
+every request already queued (graceful shutdown drains in-flight work).
 """
 
 from __future__ import annotations
@@ -39,17 +42,32 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._closed = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rank-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, request: RankRequest) -> Future[RankResult]:
         future: Future[RankResult] = Future()
-        self._queue.put(_Job(request, future, time.perf_counter()))
+        with self._lock:
+            if self._closed:
+                future.set_exception(RuntimeError("the ranking worker is shut down"))
+                return future
+            self._queue.put(_Job(request, future, time.perf_counter()))
         return future
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting requests, rank the ones already queued, stop the worker."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)  # after every job already queued
+        self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
         while True:
@@ -84,16 +102,17 @@ class MicroBatcher:
         now = time.perf_counter()
         requests = [_charge_queue_time(j.request, (now - j.queued_at) * 1000.0) for j in jobs]
         try:
-            results = self.ranker.rank_batch(requests)
-        except Exception as exc:  # hand the error to every caller; the worker keeps serving
-            for job in jobs:
-                job.future.set_exception(exc)
-            return
+            results = self.ranker.rank_each(requests)
+        except Exception as exc:  # a bug outside any one request: every caller hears it
+            results = [exc] * len(jobs)
         self.stats.batches += 1
         self.stats.requests += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(result)
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
 
 
 def _charge_queue_time(request: RankRequest, waited_ms: float) -> RankRequest:
