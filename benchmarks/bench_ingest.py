@@ -84,23 +84,15 @@ def child(spec: dict) -> dict:
 
 
 def fresh_postgres_schema() -> tuple[str, str]:
-    import sqlalchemy as sa
+    from recsys.db.testing import create_postgres_schema
 
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", schema
+    return create_postgres_schema(POSTGRES_URL, "bench")
 
 
 def drop_postgres_schema(schema: str) -> None:
-    import sqlalchemy as sa
+    from recsys.db.testing import drop_postgres_schema as drop
 
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    drop(POSTGRES_URL, schema)
 
 
 def movielens_spec(workdir: Path) -> dict:

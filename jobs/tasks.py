@@ -22,16 +22,20 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(fn)
         def run(self, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+            from recsys.db.engine import get_engine
             from recsys.db.migrate import ensure_schema
 
             ensure_schema()
-            job_id = job_runs.start_job(kind, params, task_id=self.request.id)
+            engine = get_engine()
+            job_id = job_runs.start_job(kind, params, task_id=self.request.id, engine=engine)
             try:
-                result = fn(report=lambda p: job_runs.set_progress(job_id, p), **params)
+                result = fn(
+                    report=lambda p: job_runs.set_progress(job_id, p, engine=engine), **params
+                )
             except Exception as exc:
-                job_runs.fail_job(job_id, f"{type(exc).__name__}: {exc}")
+                job_runs.fail_job(job_id, f"{type(exc).__name__}: {exc}", engine=engine)
                 raise
-            job_runs.finish_job(job_id, result)
+            job_runs.finish_job(job_id, result, engine=engine)
             return {"job_id": job_id, **result}
 
         return run

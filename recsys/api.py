@@ -67,9 +67,10 @@ def create_app(
         if not settings.require_api_key:
             return
         from recsys.auth import key_has_scope
+        from recsys.db.engine import get_engine
 
         key = (authorization or "").removeprefix("Bearer ").strip()
-        if not key or not key_has_scope(key, "rank", engine=engine):
+        if not key or not key_has_scope(key, "rank", engine=engine or get_engine()):
             raise HTTPException(401, "missing or invalid API key: send `Authorization: Bearer KEY`")
 
     @app.get("/healthz")
@@ -122,10 +123,11 @@ def log_ranked_list(
     state: ServingState, request_id: str, user_id: str, req: RankRequest, result: RankResult
 ) -> None:
     """Store one impression per position with the ranking's propensity, for replay and RL."""
-    from recsys.db.repository import ImpressionRecord, log_impressions
+    from recsys.db.engine import get_engine
+    from recsys.db.events import ImpressionRecord, log_impressions
 
     propensity = None if result.log_propensity is None else math.exp(result.log_propensity)
-    # the context carries what off-policy training and replay read back (training_impressions)
+    # the context carries what off-policy training and replay read back (logged_requests)
     context = {
         "task": req.task,
         "mode": result.mode,
@@ -147,7 +149,7 @@ def log_ranked_list(
         )
         for position, item_id in enumerate(result.order)
     ]
-    log_impressions(records, engine=state.engine)
+    log_impressions(records, engine=state.engine or get_engine())
 
 
 def _load_ranker(settings: Settings) -> Ranker:

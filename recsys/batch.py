@@ -76,7 +76,7 @@ def run_batch(
     engine: Engine | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> BatchReport:
-    from recsys.db import repository
+    from recsys.db import runs
     from recsys.db.engine import get_engine
     from recsys.pipeline import rank_requests, retrieve, training_data
 
@@ -88,7 +88,7 @@ def run_batch(
     gen, version = _generator(config, data, engine)
     users = [u for u in gen.user_ids if in_shard(u, config.shard, config.shards)]
     users = users[: config.limit_users] if config.limit_users else users
-    done = repository.users_in_run(run_id, engine=engine)
+    done = runs.users_in_run(run_id, engine=engine)
     todo = [u for u in users if u not in done]
     ranker = _ranker(config, engine) if config.rerank and todo else None
     model_version = ranker.model_id if ranker else f"retrieval:{version}"
@@ -110,7 +110,7 @@ def run_batch(
             ):
                 score = dict(lists[user])
                 lists[user] = [(item, score[item]) for item in result.order]
-        repository.write_recommendations(run_id, lists, model_version=model_version, engine=engine)
+        runs.write_recommendations(run_id, lists, model_version=model_version, engine=engine)
         written += len(lists)
         if on_progress is not None:
             on_progress((start + len(chunk)) / len(todo))
@@ -127,7 +127,7 @@ def run_batch(
 
 def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[no-untyped-def]
     """Load the requested index version, or build one on all interactions and register it."""
-    from recsys.db import repository
+    from recsys.db.registry import register_model
     from recsys.pipeline import make_embedder
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
@@ -149,7 +149,7 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
     )
     version = new_version()
     artifact = gen.save(store, version, meta={"job": "batch"})
-    repository.register_model(
+    register_model(
         "index",
         version,
         str(artifact.path.resolve()),

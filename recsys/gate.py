@@ -2,7 +2,8 @@
 
 A ranker version registered by `recsys train` carries, in its metrics, the reciprocal rank
 of every held-out validation user (`val_rr`), the same for the model it was tuned from
-(`val_rr_baseline`) and for the retrieval order alone (`val_rr_retrieval`). The gate
+(`val_rr_baseline`) and for the retrieval order alone (`val_rr_retrieval`): the
+`ValidationResults` training writes and the gate reads. The gate
 compares the candidate with the promoted version on their common validation users (or,
 when nothing is promoted or the promoted version has no per-user results, with the model
 the candidate was tuned from):
@@ -18,12 +19,48 @@ Otherwise the promotion is refused and the reason says which rule failed, with t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from recsys.registry import GateDecision
 
 MIN_COMMON_USERS = 10
+
+
+@dataclass(frozen=True)
+class ValidationResults:
+    """The training -> gate contract: per-user reciprocal ranks on the held-out validation
+    users of the policy as served (`rr`), of the model it was tuned from, served the same
+    way (`baseline`), and of the retrieval order it re-ranks (`retrieval`). Stored in a
+    ranker version's metrics as `val_rr`, `val_rr_baseline` and `val_rr_retrieval`."""
+
+    rr: dict[str, float]
+    baseline: dict[str, float] | None = None
+    retrieval: dict[str, float] | None = None
+
+    def to_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"val_rr": dict(self.rr)}
+        if self.baseline is not None:
+            out["val_rr_baseline"] = dict(self.baseline)
+        if self.retrieval is not None:
+            out["val_rr_retrieval"] = dict(self.retrieval)
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any] | None) -> ValidationResults | None:
+        """The results stored in a version's metrics; None when it has no `val_rr`."""
+        if metrics is None or not isinstance(metrics.get("val_rr"), Mapping):
+            return None
+
+        def per_user(key: str) -> dict[str, float] | None:
+            value = metrics.get(key)
+            return dict(value) if isinstance(value, Mapping) else None
+
+        return cls(
+            dict(metrics["val_rr"]), per_user("val_rr_baseline"), per_user("val_rr_retrieval")
+        )
 
 
 def paired_bootstrap(
@@ -54,24 +91,26 @@ def compare(
 
 
 def decide(
-    cand_metrics: Mapping,
-    ref_metrics: Mapping | None,
+    candidate: ValidationResults | None,
+    reference: ValidationResults | None,
     ref_name: str,
     margin: float,
     require_beat_retrieval: bool = True,
     n_boot: int = 2000,
 ) -> GateDecision:
-    cand_rr = cand_metrics.get("val_rr")
-    if not isinstance(cand_rr, Mapping) or not cand_rr:
+    """Whether `candidate` may replace the version `reference` (named `ref_name`) belongs to;
+    without a reference, it is compared with the model it was tuned from."""
+    if candidate is None or not candidate.rr:
         return GateDecision(
             False,
             "the candidate has no per-user validation results (val_rr); "
             "register rankers through `recsys train`, or pass --force",
         )
-    if ref_metrics is not None and isinstance(ref_metrics.get("val_rr"), Mapping):
-        ref_rr, against = ref_metrics["val_rr"], ref_name
-    elif isinstance(cand_metrics.get("val_rr_baseline"), Mapping):
-        ref_rr, against = cand_metrics["val_rr_baseline"], "the model it was tuned from"
+    cand_rr = candidate.rr
+    if reference is not None:
+        ref_rr, against = reference.rr, ref_name
+    elif candidate.baseline is not None:
+        ref_rr, against = candidate.baseline, "the model it was tuned from"
     else:
         return GateDecision(
             False,
@@ -90,8 +129,8 @@ def decide(
         return GateDecision(False, f"{stats}: below the margin of {margin:.2f} MRR points")
     if low <= 0:
         return GateDecision(False, f"{stats}: the 95% interval does not exclude zero")
-    retrieval = cand_metrics.get("val_rr_retrieval")
-    if require_beat_retrieval and isinstance(retrieval, Mapping) and retrieval:
+    retrieval = candidate.retrieval
+    if require_beat_retrieval and retrieval:
         n_r, d_r, lo_r, hi_r = compare(cand_rr, retrieval, n_boot)
         if n_r and d_r < 0:
             return GateDecision(
@@ -109,6 +148,7 @@ def evaluation_gate(candidate, current) -> GateDecision:  # type: ignore[no-unty
     from recsys.settings import get_settings
 
     s = get_settings()
-    ref = current.metrics if current is not None else None
+    ref = ValidationResults.from_metrics(current.metrics) if current is not None else None
     name = f"promoted {current.version}" if current is not None else "promoted"
-    return decide(candidate.metrics or {}, ref, name, s.gate_margin, s.gate_beat_retrieval)
+    cand = ValidationResults.from_metrics(candidate.metrics)
+    return decide(cand, ref, name, s.gate_margin, s.gate_beat_retrieval)

@@ -28,9 +28,10 @@ from typing import Any
 import polars as pl
 from sqlalchemy.engine import Engine
 
-from recsys.db import repository
+from recsys.db.bulk import StagedLoad
+from recsys.db.catalogue import ItemRecord
 from recsys.db.engine import get_engine
-from recsys.db.staging import StagedLoad
+from recsys.db.events import event_id
 from recsys.errors import UserError
 
 FORMATS = ("auto", "csv", "parquet", "movielens", "recbole", "amazon-seq")
@@ -417,7 +418,7 @@ def normalise(batch: pl.DataFrame, columns: ColumnMap, *, line_offset: int) -> p
 
 
 class _Loader:
-    """Stages validated chunks (see recsys.db.staging); nothing reaches the real tables
+    """Stages validated chunks (see recsys.db.bulk); nothing reaches the real tables
     before the merge."""
 
     def __init__(self, stage: StagedLoad, source_name: str) -> None:
@@ -427,9 +428,7 @@ class _Loader:
 
     def load_catalogue(self, items: pl.DataFrame) -> None:
         records = [
-            repository.ItemRecord(
-                row["item_id"], row["title"], row["text"], _attributes(row["attributes"])
-            )
+            ItemRecord(row["item_id"], row["title"], row["text"], _attributes(row["attributes"]))
             for row in items.iter_rows(named=True)
             if row["item_id"]
         ]
@@ -444,7 +443,7 @@ class _Loader:
         )
         if firsts.height:
             records = [
-                repository.ItemRecord(i, t, x)
+                ItemRecord(i, t, x)
                 for i, t, x in firsts.select("item", "title", "text").iter_rows()
             ]
             self.stage.add_items(records, catalogue=False)
@@ -459,7 +458,7 @@ class _Loader:
         )
         micros, values = good["ts_us"].to_list(), good["value"].to_list()
         stamps = good["ts_us"].cast(pl.Datetime("us", "UTC")).to_list()
-        source, event_id = self.source_name, repository.event_id
+        source = self.source_name
         return [
             (event_id(source, u, i, us, e), u, i, e, v, ts, source)
             for u, i, e, us, v, ts in zip(users, items, events, micros, values, stamps, strict=True)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
@@ -108,34 +107,23 @@ def ingest_dataset(path: Path, engine: Engine, *, progress: bool) -> str:
 def training_data(engine: Engine, source: str | None) -> Interactions:
     """All interactions (of one source, or every source when None), in time order, with item
     titles and embedding texts."""
-    from recsys.db.models import Interaction, Item, User
+    from recsys.db.catalogue import all_items
+    from recsys.db.events import interaction_log
 
-    i, u, it = Interaction.__table__, User.__table__, Item.__table__
-    query = (
-        sa.select(u.c.external_id, it.c.external_id, i.c.timestamp)
-        .join(u, u.c.id == i.c.user_id)
-        .join(it, it.c.id == i.c.item_id)
-        .order_by(i.c.timestamp, i.c.id)
-    )
-    if source is not None:
-        query = query.where(i.c.source == source)
-    items_query = sa.select(it.c.external_id, it.c.title, it.c.text, it.c.attributes)
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-        catalogue = conn.execute(items_query).all()
-    if not rows:
+    events = interaction_log(engine=engine, source=source)
+    if not events.users:
         where = f" from source {source!r}" if source is not None else ""
         raise UserError(f"no interactions{where} in the database; load some with `recsys ingest`")
-    seen_items = {r[1] for r in rows}
+    seen_items = set(events.items)
     titles, texts = {}, {}
-    for ext, title, text, attrs in catalogue:
-        if ext in seen_items:
-            titles[ext] = title or ext
-            texts[ext] = item_text(title or ext, text, attrs or {})
+    for item in all_items(engine=engine):
+        if item.item_id in seen_items:
+            titles[item.item_id] = item.title or item.item_id
+            texts[item.item_id] = item_text(item.title or item.item_id, item.text, item.attributes)
     return Interactions(
-        users=[r[0] for r in rows],
-        items=[r[1] for r in rows],
-        timestamps=np.array([r[2].timestamp() for r in rows], dtype=np.float64),
+        users=events.users,
+        items=events.items,
+        timestamps=np.array(events.seconds, dtype=np.float64),
         titles=titles,
         texts=texts,
     )
@@ -279,8 +267,9 @@ def make_embedder(kind: str, cache_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoReport:
-    from recsys.db import repository
     from recsys.db.engine import get_engine
+    from recsys.db.registry import register_model
+    from recsys.db.runs import write_recommendations
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
 
@@ -336,7 +325,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         "save retrieval artifact",
         lambda: gen.save(store, version, meta={"source": source, **all_users_metrics}),
     )
-    repository.register_model(
+    register_model(
         "index",
         version,
         str(artifact.path.resolve()),
@@ -370,7 +359,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     stored = stages.run(
         "store",
         f"store recommendations (run {run_id})",
-        lambda: repository.write_recommendations(
+        lambda: write_recommendations(
             run_id,
             {u: [(i, score_of[u][i]) for i in order] for u, order in final_orders.items()},
             model_version=model_version or f"retrieval:{version}",

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,12 @@ from ranking.rl.episodes import (
 )
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
+from recsys.gate import ValidationResults
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from recsys.db.events import LoggedRequest
 
 # ----------------------------------------------------------------------------- eval tasks
 
@@ -82,38 +88,33 @@ def task_episodes(
 # ----------------------------------------------------------------------------- database
 
 
-def episodes_from_database(engine: Any = None, show_signals: bool = False) -> list[Episode]:
-    """Episodes from logged impressions: the shown candidates (with their retrieval scores),
-    the item the user then interacted with as ground truth, the logged order and its
-    propensity when the ranker logged them. Impressions with no interaction among the
-    shown items carry no reward signal and are skipped."""
-    from recsys.db import repository
+def episode_from_logged(logged: LoggedRequest, *, show_signals: bool = False) -> Episode:
+    """Logged traffic (a `recsys.db.events.LoggedRequest`) as a ranking Episode: the shown
+    candidates (with their retrieval scores), the item the user then chose as ground truth,
+    the logged order and its propensity. The one conversion; training and replay use it."""
+    candidates = tuple(Candidate(c.item_id, c.text, score=c.score) for c in logged.candidates)
+    request = RankRequest(
+        task=logged.task,
+        candidates=candidates,
+        history=logged.history,
+        show_signals=show_signals,
+    )
+    return Episode(
+        request=request,
+        ground_truth=logged.ground_truth,
+        user=logged.user_id,
+        logged_order=logged.shown or None,
+        logged_log_propensity=logged.log_propensity,
+    )
 
-    fetch = getattr(repository, "training_impressions", None)
-    if fetch is None:
-        raise UserError("this database layer has no logged impressions to train from yet")
-    out = []
-    for row in fetch(engine=engine):
-        cands = tuple(
-            Candidate(id=str(c["id"]), text=str(c["text"]), score=c.get("score"))
-            for c in row["candidates"]
-        )
-        request = RankRequest(
-            task=row.get("task", "rec-movie"),
-            candidates=cands,
-            history=tuple(row.get("history", ())),
-            show_signals=show_signals,
-        )
-        out.append(
-            Episode(
-                request=request,
-                ground_truth=str(row["ground_truth"]),
-                user=str(row["user"]),
-                logged_order=tuple(row["order"]) if row.get("order") else None,
-                logged_log_propensity=row.get("log_propensity"),
-            )
-        )
-    return out
+
+def episodes_from_database(engine: Engine, show_signals: bool = False) -> list[Episode]:
+    """Episodes from logged impressions (`recsys.db.events.logged_requests`). Impressions with
+    no interaction among the shown items carry no reward signal and are skipped."""
+    from recsys.db.events import logged_requests
+
+    logged = logged_requests(engine=engine)
+    return [episode_from_logged(r, show_signals=show_signals) for r in logged]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -161,7 +162,9 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
             history_len=opts.history_len,
         )
     elif opts.source == "db":
-        eps = episodes_from_database(show_signals=opts.show_signals)
+        from recsys.db.engine import get_engine
+
+        eps = episodes_from_database(get_engine(), show_signals=opts.show_signals)
     else:
         path = Path(opts.source)
         if not path.exists():
@@ -296,6 +299,11 @@ def run_training(
     def mrr(rr: dict[str, float]) -> float:
         return 100 * sum(rr.values()) / len(rr)
 
+    # what the gate reads (recsys.gate). A version with a fusion_alpha is SERVED fused
+    # (recsys.registry), so its per-user results are the fused ones, against the zero-shot
+    # model fused the same way.
+    served = f"rr_fused@{opts.fusion_alpha}" if opts.fusion_alpha else "rr"
+    validation = ValidationResults(rr=tuned[served], baseline=base[served], retrieval=retrieval)
     metrics: dict[str, Any] = {
         "task": opts.source,
         "signal": opts.signal,
@@ -308,9 +316,7 @@ def run_training(
         "val_mrr": mrr(tuned["rr"]),
         "val_mrr_zero_shot": mrr(base["rr"]),
         "val_mrr_retrieval": mrr(retrieval),
-        "val_rr": tuned["rr"],
-        "val_rr_baseline": base["rr"],
-        "val_rr_retrieval": retrieval,
+        **validation.to_metrics(),
     }
     if opts.fusion_alpha:
         metrics.update(
@@ -323,12 +329,8 @@ def run_training(
         for a in alphas[1:]:
             metrics[f"val_mrr_fused@{a}"] = mrr(tuned[f"rr_fused@{a}"])
             metrics[f"val_mrr_zero_shot_fused@{a}"] = mrr(base[f"rr_fused@{a}"])
-        # a version with a fusion_alpha is SERVED fused (recsys.registry), so the gate's
-        # per-user results are the fused ones, against the zero-shot model fused the same way
         metrics["val_rr_ranker_alone"] = tuned["rr"]
-        metrics["val_rr"] = tuned[f"rr_fused@{opts.fusion_alpha}"]
-        metrics["val_rr_baseline"] = base[f"rr_fused@{opts.fusion_alpha}"]
-    metrics["val_mrr_served"] = mrr(metrics["val_rr"])
+    metrics["val_mrr_served"] = mrr(validation.rr)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model_dir = trainer.export(out_dir / "model")
     metrics["artifact"] = str(model_dir)
@@ -340,13 +342,13 @@ def run_training(
 
 def _register(version: str, model_dir: Path, metrics: dict[str, Any]) -> None:
     from recsys import registry
-    from recsys.db import repository
     from recsys.db.engine import get_engine
     from recsys.db.migrate import ensure_schema
+    from recsys.db.registry import register_model
 
     ensure_schema(None)
     stored = {k: v for k, v in metrics.items() if k not in ("artifact", "version")}
-    repository.register_model(
+    register_model(
         "ranker",
         version,
         str(model_dir),

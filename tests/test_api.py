@@ -101,22 +101,23 @@ def test_user_id_logs_one_impression_per_position(tiny_ranker, engine):
     # what RL training reads back: the logged order, its propensity, the retrieval scores
     from datetime import timedelta
 
+    from recsys.db.events import InteractionRecord, log_interactions, logged_requests
     from recsys.db.models import utcnow
-    from recsys.db.repository import InteractionRecord, log_interactions, training_impressions
 
     clicked = answer["order"][2]
     log_interactions(
         [InteractionRecord("u1", clicked, "click", utcnow() + timedelta(seconds=1))], engine=engine
     )
-    (episode,) = training_impressions(engine=engine)
-    assert episode["order"] == answer["order"]
-    assert episode["ground_truth"] == clicked
-    assert episode["log_propensity"] == pytest.approx(answer["log_propensity"])
-    assert {c["id"]: c["score"] for c in episode["candidates"]}["50"] == 0.9
+    (logged,) = logged_requests(engine=engine)
+    assert list(logged.shown) == answer["order"]
+    assert logged.ground_truth == clicked
+    assert logged.log_propensity == pytest.approx(answer["log_propensity"])
+    assert {c.item_id: c.score for c in logged.candidates}["50"] == 0.9
 
 
 def test_api_keys_guard_rank_when_required(tiny_ranker, engine):
-    from recsys.auth import create_api_key, revoke_api_key
+    from recsys.auth import create_api_key
+    from recsys.db.apikeys import revoke_api_key
 
     key = create_api_key("feed", engine=engine)
     with make_client(tiny_ranker, engine, require_api_key=True) as client:

@@ -11,7 +11,7 @@ from recsys.batch import BatchConfig, in_shard, run_batch
 from recsys.db.engine import make_engine
 from recsys.db.migrate import ensure_schema
 from recsys.db.models import Recommendation
-from recsys.db.repository import recommendations_for
+from recsys.db.runs import recommendations_for
 from recsys.errors import UserError
 from recsys.ingest import ColumnMap, ingest
 
@@ -83,9 +83,9 @@ def test_a_run_killed_mid_write_resumes_and_writes_every_user_exactly_once(
 ):
     """The worker dies inside the second chunk's write, after two of its users reached the
     database; the retried job (same run id) writes only the users still missing."""
-    from recsys.db import repository
+    from recsys.db import runs
 
-    real_write = repository.write_recommendations
+    real_write = runs.write_recommendations
     writes: list[list[str]] = []
 
     def killed_in_second_chunk(run_id, lists, **kw):
@@ -95,12 +95,12 @@ def test_a_run_killed_mid_write_resumes_and_writes_every_user_exactly_once(
             raise WorkerKilled
         return real_write(run_id, lists, **kw)
 
-    monkeypatch.setattr(repository, "write_recommendations", killed_in_second_chunk)
+    monkeypatch.setattr(runs, "write_recommendations", killed_in_second_chunk)
     with pytest.raises(WorkerKilled):
         run_batch(config(tmp_path, tiny_model_dir), engine=engine)
     assert [len(w) for w in writes] == [5, 5]  # chunk_users=5: it died in the second chunk
     before_crash = set(writes[0]) | set(writes[1][:2])
-    assert repository.users_in_run("nightly", engine=engine) == before_crash
+    assert runs.users_in_run("nightly", engine=engine) == before_crash
     lists_before = {u: recommendations_for(u, "nightly", engine=engine) for u in before_crash}
 
     resumed: list[str] = []
@@ -109,7 +109,7 @@ def test_a_run_killed_mid_write_resumes_and_writes_every_user_exactly_once(
         resumed.extend(lists)
         return real_write(run_id, lists, **kw)
 
-    monkeypatch.setattr(repository, "write_recommendations", recording)
+    monkeypatch.setattr(runs, "write_recommendations", recording)
     report = run_batch(config(tmp_path, tiny_model_dir), engine=engine)
     assert (report.users_in_shard, report.users_written, report.users_skipped) == (N_USERS, 5, 7)
     assert report.model_version != f"retrieval:{report.retrieval_version}"  # re-ranked
@@ -134,7 +134,7 @@ def test_a_run_killed_mid_write_resumes_and_writes_every_user_exactly_once(
 def test_shards_split_users_without_overlap(engine, tmp_path, tiny_model_dir):
     """Each shard writes its own run, so a user in two shards would show up in two runs
     (one run id would hide that: the second shard would skip the user)."""
-    from recsys.db.repository import users_in_run
+    from recsys.db.runs import users_in_run
 
     reports = [
         run_batch(
@@ -162,7 +162,7 @@ def test_bad_shard_is_refused(engine, tmp_path, tiny_model_dir):
 
 def test_batch_task_runs_eagerly_and_is_recorded(engine, tmp_path, monkeypatch):
     from jobs.tasks import batch_recommendations
-    from recsys import job_runs
+    from recsys.db.runs import job_run
     from recsys.settings import get_settings
 
     monkeypatch.setenv("RECSYS_DATABASE_URL", engine.url.render_as_string(hide_password=False))
@@ -180,6 +180,6 @@ def test_batch_task_runs_eagerly_and_is_recorded(engine, tmp_path, monkeypatch):
             )
         ).get()
         assert result["users_written"] == N_USERS
-        assert job_runs.get_job(result["job_id"])["status"] == "succeeded"
+        assert job_run(result["job_id"], engine=engine).status == "succeeded"
     finally:
         get_settings.cache_clear()

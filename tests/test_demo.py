@@ -57,9 +57,12 @@ def demo_env(tmp_path, monkeypatch, database_url):
 
 def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_dir, database_url):
     """On SQLite and PostgreSQL (a fresh schema each)."""
-    from recsys.db import repository
     from recsys.db.engine import get_engine
+    from recsys.db.events import user_history
     from recsys.db.models import Interaction
+    from recsys.db.registry import get_model
+    from recsys.db.runs import recommendations_for
+    from recsys.db.testing import count_rows
     from retrieval.artifacts import ArtifactStore
     from retrieval.generator import CandidateGenerator
 
@@ -81,10 +84,10 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     # the stored lists: K items each, unseen by the user, ranked by the tiny model
     stored = {}
     for user, target in targets.items():
-        rows = repository.recommendations_for(user, report["run_id"], engine=engine)
+        rows = recommendations_for(user, report["run_id"], engine=engine)
         assert [r.rank for r in rows] == list(range(1, K + 1))
         assert {r.model_version for r in rows} == {report["model_version"]}
-        history = {h.item_id for h in repository.user_history(user, 100, engine=engine)}
+        history = {h.item_id for h in user_history(user, 100, engine=engine)}
         assert not {r.item_id for r in rows} & (history - {target}), "seen items excluded"
         stored[user] = [r.item_id for r in rows]
     # the printed IRanker metrics are those of the stored lists
@@ -102,7 +105,7 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     assert report["metrics"][f"retrieval, all {N_USERS} users"][f"recall@{K}"] >= 0.5
 
     # the retrieval artifact is registered and loadable by its version
-    info = repository.get_model("index", report["retrieval_version"], engine=engine)
+    info = get_model("index", report["retrieval_version"], engine=engine)
     gen = CandidateGenerator.load(
         ArtifactStore(demo_env / "var" / "artifacts"), report["retrieval_version"]
     )
@@ -113,11 +116,11 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     assert len(gen.user_ids) == N_USERS
 
     # a second run re-uses the ingested data (idempotent) and writes a new run
-    count = repository.count_rows(Interaction, engine=engine)
+    count = count_rows(Interaction, engine=engine)
     again = CliRunner().invoke(app, [*args[:-2], "--no-rerank"])
     assert again.exit_code == 0, again.output
     assert "ranker: none (--no-rerank)" in again.output
-    assert repository.count_rows(Interaction, engine=engine) == count
+    assert count_rows(Interaction, engine=engine) == count
 
 
 @pytest.mark.parametrize(

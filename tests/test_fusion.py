@@ -391,13 +391,13 @@ def test_serving_alpha_precedence(setting, registered, served):
 def test_registered_version_is_served_with_its_alpha(
     fresh_settings, registry_engine, tiny_model_dir
 ):
-    from recsys.db import repository
+    from recsys.db.registry import register_model
     from recsys.resolver import resolve_ranker
     from recsys.runtime import load_ranker
 
     model, eng = str(tiny_model_dir), registry_engine
-    repository.register_model("ranker", "fused", model, metrics={"fusion_alpha": 3.0}, engine=eng)
-    repository.register_model("ranker", "plain", model, engine=eng)
+    register_model("ranker", "fused", model, metrics={"fusion_alpha": 3.0}, engine=eng)
+    register_model("ranker", "plain", model, engine=eng)
     assert resolve_ranker("fused", engine=registry_engine).fusion_alpha == 3.0
     assert resolve_ranker("plain", engine=registry_engine).fusion_alpha is None
 
@@ -425,14 +425,14 @@ def test_registered_version_is_served_with_its_alpha(
 
 
 def test_bad_registered_alpha_is_a_clear_error(registry_engine, tiny_model_dir):
-    from recsys.db import repository
+    from recsys.db.registry import register_model
     from recsys.errors import UserError
     from recsys.resolver import resolve_ranker
 
-    repository.register_model(
+    register_model(
         "ranker", "odd", str(tiny_model_dir), metrics={"fusion_alpha": "x"}, engine=registry_engine
     )
-    with pytest.raises(UserError, match="ranker 'odd' has fusion_alpha 'x', which is not a finite number"):
+    with pytest.raises(UserError, match="ranker 'odd' has fusion_alpha 'x', which is not a finite"):
         resolve_ranker("odd", engine=registry_engine)
 
 

@@ -8,11 +8,22 @@ import re
 
 import pytest
 
-from recsys.gate import decide
+from recsys.gate import ValidationResults, decide
 
 
 def rr(values: list[float]) -> dict[str, float]:
     return {f"u{i}": v for i, v in enumerate(values)}
+
+
+def results(
+    values: list[float], baseline: list[float] | None = None, retrieval: list[float] | None = None
+) -> ValidationResults:
+    """What training stores for validation users with these reciprocal ranks."""
+    return ValidationResults(
+        rr(values),
+        None if baseline is None else rr(baseline),
+        None if retrieval is None else rr(retrieval),
+    )
 
 
 def noisy(base: list[float], delta: float, seed: int) -> list[float]:
@@ -43,7 +54,7 @@ def test_base_values_vary():
     ],
 )
 def test_decide_against_promoted(candidate, reference, allowed, rule):
-    d = decide({"val_rr": rr(candidate)}, {"val_rr": rr(reference)}, "promoted v1", margin=0.5)
+    d = decide(results(candidate), results(reference), "promoted v1", margin=0.5)
     assert d.allowed is allowed
     stats = rf"ΔMRR {re.escape(mean_diff_points(candidate, reference))} \[[-+]\d+\.\d\d, "
     stats += r"[-+]\d+\.\d\d\] over 60 users vs promoted v1"
@@ -57,20 +68,20 @@ NOISY_LARGER_GAIN = ([0.5] * 10, [0.3, 0.68] * 5)  # +20 / -18 points: mean +1.0
 
 def test_a_significant_gain_below_the_margin_is_refused_by_the_margin_rule():
     cand, ref = CONSISTENT_SMALL_GAIN
-    d = decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=0.5)
+    d = decide(results(cand), results(ref), "promoted v1", margin=0.5)
     assert not d.allowed
     assert d.reason == (
         "ΔMRR +0.40 [+0.40, +0.40] over 60 users vs promoted v1: "
         "below the margin of 0.50 MRR points"
     )
     # the interval excludes zero, so a lower margin lets the same gain through
-    assert decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=0.3).allowed
+    assert decide(results(cand), results(ref), "promoted v1", margin=0.3).allowed
 
 
 def test_a_gain_above_the_margin_whose_interval_holds_zero_is_refused_by_the_interval_rule():
     cand, ref = NOISY_LARGER_GAIN
     for margin in (0.5, 0.0):  # above the margin either way: only the interval refuses
-        d = decide({"val_rr": rr(cand)}, {"val_rr": rr(ref)}, "promoted v1", margin=margin)
+        d = decide(results(cand), results(ref), "promoted v1", margin=margin)
         assert not d.allowed
         assert re.fullmatch(
             r"ΔMRR \+1\.00 \[-\d+\.\d\d, \+\d+\.\d\d\] over 10 users vs promoted v1: "
@@ -82,40 +93,37 @@ def test_a_gain_above_the_margin_whose_interval_holds_zero_is_refused_by_the_int
 
 def test_decide_without_promoted_uses_base_model_and_retrieval():
     better = noisy(BASE, 0.10, 3)
-    ok = decide({"val_rr": rr(better), "val_rr_baseline": rr(BASE)}, None, "promoted", 0.5)
+    ok = decide(results(better, baseline=BASE), None, "promoted", 0.5)
     assert ok.allowed and "the model it was tuned from" in ok.reason
-    worse_than_retrieval = decide(
-        {
-            "val_rr": rr(better),
-            "val_rr_baseline": rr(BASE),
-            "val_rr_retrieval": rr(noisy(BASE, 0.3, 4)),
-        },
-        None,
-        "promoted",
-        0.5,
-    )
+    better_retrieval = results(better, BASE, retrieval=noisy(BASE, 0.3, 4))
+    worse_than_retrieval = decide(better_retrieval, None, "promoted", 0.5)
     assert not worse_than_retrieval.allowed
     assert "worse than the retrieval order" in worse_than_retrieval.reason
-    lenient = decide(
-        {
-            "val_rr": rr(better),
-            "val_rr_baseline": rr(BASE),
-            "val_rr_retrieval": rr(noisy(BASE, 0.3, 4)),
-        },
-        None,
-        "promoted",
-        0.5,
-        require_beat_retrieval=False,
-    )
+    lenient = decide(better_retrieval, None, "promoted", 0.5, require_beat_retrieval=False)
     assert lenient.allowed
+
+
+def test_validation_results_round_trip_through_stored_metrics():
+    """Training stores them in a version's metrics (JSON in the registry); the gate reads
+    them back from there."""
+    import json
+
+    written = results(BASE, baseline=BASE[::-1], retrieval=BASE[1:])
+    stored = json.loads(json.dumps({"mrr": 0.3, **written.to_metrics()}))
+    assert set(stored) == {"mrr", "val_rr", "val_rr_baseline", "val_rr_retrieval"}
+    assert ValidationResults.from_metrics(stored) == written
+    assert ValidationResults.from_metrics({"val_rr": rr(BASE)}) == ValidationResults(rr(BASE))
+    assert ValidationResults.from_metrics({"mrr": 0.3}) is None
+    assert ValidationResults.from_metrics({"val_rr": [0.5]}) is None  # not per user
 
 
 @pytest.mark.parametrize(
     ("cand", "ref", "reason"),
     [
-        ({}, None, "no per-user validation results"),
-        ({"val_rr": rr(BASE)}, None, "nothing to compare"),
-        ({"val_rr": rr(BASE)}, {"val_rr": {"other": 1.0}}, "only 0 validation users in common"),
+        (None, None, "no per-user validation results"),
+        (ValidationResults({}), None, "no per-user validation results"),
+        (results(BASE), None, "nothing to compare"),
+        (results(BASE), ValidationResults({"other": 1.0}), "only 0 validation users in common"),
     ],
 )
 def test_decide_refuses_without_evidence(cand, ref, reason):

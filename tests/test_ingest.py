@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from recsys.db import repository as repo
+from recsys.db.catalogue import items_by_ids
+from recsys.db.events import InteractionRecord, log_interactions, user_history
 from recsys.db.models import Interaction, Item, User
-from recsys.db.testing import migrated_engine
+from recsys.db.testing import count_rows, migrated_engine
 from recsys.errors import UserError
 from recsys.ingest import ColumnMap, ingest
 
@@ -51,7 +52,7 @@ def _synthetic_csv(path: Path, rows: int, users: int = 20, items: int = 30) -> P
 
 
 def _counts(engine: Engine) -> tuple[int, int, int]:
-    return tuple(repo.count_rows(m, engine=engine) for m in (Interaction, User, Item))  # type: ignore[return-value]
+    return tuple(count_rows(m, engine=engine) for m in (Interaction, User, Item))  # type: ignore[return-value]
 
 
 def test_ingest_loads_and_reingesting_adds_nothing(engine: Engine, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_ingest_loads_and_reingesting_adds_nothing(engine: Engine, tmp_path: Pat
     assert (again.rows_loaded, again.interactions_added, again.users_added) == (250, 0, 0)
     assert _counts(engine) == (250, 20, 30)
 
-    history = repo.user_history("u0", 3, engine=engine)
+    history = user_history("u0", 3, engine=engine)
     assert [h.timestamp for h in history] == sorted(h.timestamp for h in history)
     assert history[-1].timestamp == datetime.fromtimestamp(1_600_000_000 + 240, UTC)
     assert history[-1].event == "rating" and history[-1].value == 1.0
@@ -195,7 +196,7 @@ def test_skip_bad_loads_good_rows_and_counts_reasons(engine: Engine, tmp_path: P
         'mixed.csv:3: timestamp "soon" is not a number of seconds since 1970 or an ISO-8601 date'
     )
     assert _counts(engine) == (2, 2, 2)
-    assert [h.value for h in repo.user_history("u3", engine=engine)] == [None]
+    assert [h.value for h in user_history("u3", engine=engine)] == [None]
 
 
 def test_parquet_with_typed_columns_and_custom_names(engine: Engine, tmp_path: Path) -> None:
@@ -219,16 +220,14 @@ def test_parquet_with_typed_columns_and_custom_names(engine: Engine, tmp_path: P
         tmp_path / "events.parquet", columns=columns, skip_bad=True, engine=engine, progress=False
     )
     assert (report.format, report.rows_loaded, report.rows_skipped) == ("parquet", 2, 1)
-    history = repo.user_history("2", engine=engine)
+    history = user_history("2", engine=engine)
     assert [(h.item_id, h.title, h.event, h.value) for h in history] == [
         ("11", "Eleven", "buy", 2.5)
     ]
     assert history[0].timestamp == datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
-def test_item_catalogue_file_sets_titles_and_attributes(
-    engine: Engine, tmp_path: Path, monkeypatch
-) -> None:
+def test_item_catalogue_file_sets_titles_and_attributes(engine: Engine, tmp_path: Path) -> None:
     events = _synthetic_csv(tmp_path / "events.csv", 10, users=2, items=3)
     catalogue = _write(
         tmp_path / "items.csv",
@@ -242,21 +241,19 @@ def test_item_catalogue_file_sets_titles_and_attributes(
     )
     report = ingest(events, columns=RATINGS, items_path=catalogue, engine=engine, progress=False)
     assert (report.items_in_file, report.items_added) == (4, 4)
-    items = repo.items_by_ids(["i0", "i2", "i9"], engine=engine)
+    items = items_by_ids(["i0", "i2", "i9"], engine=engine)
     assert items["i0"].title == "Zero" and items["i0"].attributes == {"genre": "drama"}
     assert items["i2"].attributes == {}
     assert items["i9"].title == "Nine (never rated)"
 
     # the catalogue changes: new genre and title are applied, an unchanged item is not touched
-    # (this time through PostgreSQL's COPY staging path, the first load used plain statements)
-    monkeypatch.setattr(repo, "COPY_THRESHOLD", 1)
     _write(catalogue, "item_id,title,genre\ni0,Zero,thriller\ni1,One!,comedy\n")
     with engine.connect() as conn:
         stamp = sa.select(Item.updated_at).where(Item.external_id == "i2")
         before = conn.execute(stamp).scalar_one()
     again = ingest(events, columns=RATINGS, items_path=catalogue, engine=engine, progress=False)
     assert (again.interactions_added, again.items_added) == (0, 0)
-    items = repo.items_by_ids(["i0", "i1", "i2"], engine=engine)
+    items = items_by_ids(["i0", "i1", "i2"], engine=engine)
     assert items["i0"].attributes == {"genre": "thriller"}
     assert items["i1"].title == "One!"
     with engine.connect() as conn:
@@ -267,7 +264,7 @@ def test_item_catalogue_file_sets_titles_and_attributes(
 # after users, items and interactions were all inserted but before the commit
 CRASH_POINTS = {
     "staging": ("recsys.ingest", "_Loader", "load", 2),
-    "merge": ("recsys.db.staging", "StagedLoad", "_merge_events", 1),
+    "merge": ("recsys.db.bulk", "StagedLoad", "_merge_events", 1),
 }
 
 
@@ -359,17 +356,21 @@ def test_cli_ingest_reports_and_refuses(sqlite_url: str, tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_bulk_and_small_batch_paths_store_the_same(engine, tmp_path, monkeypatch) -> None:
-    """PostgreSQL stages big batches with COPY and sends small ones as statements: loading
-    through one path and re-loading through the other adds nothing."""
+def test_logged_and_ingested_events_are_the_same_events(engine, tmp_path) -> None:
+    """`log_interactions` (events from code) and a file ingest both load through the bulk
+    path and key events alike: events logged first are not added again by the file."""
     path = _synthetic_csv(tmp_path / "events.csv", 120, users=15, items=9)
-    monkeypatch.setattr(repo, "COPY_THRESHOLD", 1)
-    first = ingest(path, columns=RATINGS, engine=engine, progress=False)
-    assert (first.interactions_added, first.users_added, first.items_added) == (120, 15, 9)
-    monkeypatch.setattr(repo, "COPY_THRESHOLD", 10_000)
-    again = ingest(path, columns=RATINGS, engine=engine, progress=False)
-    assert (again.interactions_added, again.users_added, again.items_added) == (0, 0, 0)
-    assert [h.value for h in repo.user_history("u3", 2, engine=engine)] == [4.0, 4.0]
+    frame = pl.read_csv(path).head(50)
+    logged = [
+        InteractionRecord(u, i, "rating", datetime.fromtimestamp(t, UTC), r, source="events.csv")
+        for u, i, r, t in frame.select("user_id", "item_id", "rating", "timestamp").iter_rows()
+    ]
+    assert log_interactions(logged, engine=engine) == 50
+    assert log_interactions(logged[:10], engine=engine) == 0
+    report = ingest(path, columns=RATINGS, engine=engine, progress=False)
+    assert (report.interactions_added, report.rows_loaded) == (70, 120)
+    assert _counts(engine) == (120, 15, 9)
+    assert [h.value for h in user_history("u3", 2, engine=engine)] == [4.0, 4.0]
 
 
 def test_sqlite_writers_are_not_blocked_while_a_load_is_staging(
@@ -405,18 +406,18 @@ def test_sqlite_writers_are_not_blocked_while_a_load_is_staging(
 def test_merge_in_small_ranges_stores_the_same(engine, tmp_path, monkeypatch) -> None:
     """The merge goes through the staged events in ranges (for progress): ranges that split
     the file anywhere store every row once."""
-    import recsys.db.staging as staging
+    import recsys.db.bulk as bulk
 
-    monkeypatch.setattr(staging, "MERGE_BATCH", 7)
+    monkeypatch.setattr(bulk, "MERGE_BATCH", 7)
     path = _synthetic_csv(tmp_path / "events.csv", 100, users=9, items=13)
     steps: list[int] = []
-    original = staging.StagedLoad.merge
+    original = bulk.StagedLoad.merge
 
     def merge_and_count(self, **kwargs):
         kwargs["progress"] = steps.append
         return original(self, **kwargs)
 
-    monkeypatch.setattr(staging.StagedLoad, "merge", merge_and_count)
+    monkeypatch.setattr(bulk.StagedLoad, "merge", merge_and_count)
     report = ingest(path, columns=RATINGS, engine=engine, progress=False)
     assert (report.interactions_added, report.users_added, report.items_added) == (100, 9, 13)
     assert steps == [7] * 14 + [2]

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from recsys.db import repository as repo
+from recsys.db.catalogue import items_by_ids
+from recsys.db.events import user_history
 from recsys.db.models import Interaction, Item, User
-from recsys.db.testing import migrated_engine
+from recsys.db.testing import count_rows, migrated_engine
 from recsys.errors import UserError
 from recsys.ingest import ingest
 from tests.fixtures.data import require_data
@@ -38,7 +39,7 @@ def _ml100k(folder: Path, ratings: list[str]) -> Path:
 
 
 def _counts(engine: Engine) -> tuple[int, ...]:
-    return tuple(repo.count_rows(m, engine=engine) for m in (Interaction, User, Item))
+    return tuple(count_rows(m, engine=engine) for m in (Interaction, User, Item))
 
 
 def test_movielens_folder_loads_with_titles_and_is_idempotent(engine, tmp_path) -> None:
@@ -48,7 +49,7 @@ def test_movielens_folder_loads_with_titles_and_is_idempotent(engine, tmp_path) 
     report = ingest(folder, engine=engine, progress=False)
     assert (report.format, report.rows_loaded, report.items_in_file) == ("movielens", 3, 3)
     assert _counts(engine) == (3, 2, 3)
-    history = repo.user_history("10", engine=engine)
+    history = user_history("10", engine=engine)
     assert [(h.item_id, h.title, h.event, h.value) for h in history] == [
         ("1", "Toy Story (1995)", "rating", 5.0),
         ("3", "Café Society (1995)", "rating", 4.0),
@@ -67,7 +68,7 @@ def test_recbole_folder_without_ratings_loads_interaction_events(engine, tmp_pat
     (folder / "music.item").write_text("item_id:token\ttitle:token_seq\ncd1\tBlue\ncd2\tKind\n")
     report = ingest(folder, engine=engine, progress=False)
     assert report.format == "recbole"
-    history = repo.user_history("u1", engine=engine)
+    history = user_history("u1", engine=engine)
     assert [(h.title, h.event, h.value) for h in history] == [
         ("Blue", "interaction", None),
         ("Kind", "interaction", None),
@@ -93,4 +94,4 @@ def test_real_movielens_100k_loads_completely(sqlite_url: str) -> None:
             943,
             1_682,
         )
-        assert repo.items_by_ids(["1"], engine=engine)["1"].title == "Toy Story (1995)"
+        assert items_by_ids(["1"], engine=engine)["1"].title == "Toy Story (1995)"

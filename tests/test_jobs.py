@@ -8,6 +8,8 @@ import uuid
 import pytest
 
 from recsys import job_runs
+from recsys.db.engine import get_engine
+from recsys.db.runs import job_run, recent_job_runs
 from recsys.errors import UserError
 from recsys.settings import get_settings
 
@@ -45,8 +47,8 @@ def test_ingest_job_runs_on_a_worker_and_is_recorded(worker_app, tmp_path):
     path.write_text(CSV)
     result = ingest_file.delay(path=str(path), fmt="csv").get(timeout=60)
     assert result["interactions_added"] == 3
-    run = job_runs.get_job(result["job_id"])
-    assert (run["kind"], run["status"], run["progress"]) == ("ingest", "succeeded", 1.0)
+    run = job_run(result["job_id"], engine=get_engine())
+    assert (run.kind, run.status, run.progress) == ("ingest", "succeeded", 1.0)
     again = ingest_file.delay(path=str(path), fmt="csv").get(timeout=60)
     assert again["interactions_added"] == 0  # a retried job adds nothing twice
 
@@ -57,10 +59,10 @@ def test_failed_job_keeps_its_error_and_parameters(worker_app, tmp_path):
     bad.write_text("user_id,item_id\nu1,i1\n")  # no timestamp column
     with pytest.raises(Exception, match="timestamp"):
         ingest_file.delay(path=str(bad), fmt="csv").get(timeout=60)
-    run = job_runs.recent_jobs(1)[0]
-    assert run["status"] == "failed"
-    assert "timestamp" in run["error"]
-    assert run["parameters"]["path"] == str(bad)
+    run = recent_job_runs(1, engine=get_engine())[0]
+    assert run.status == "failed"
+    assert "timestamp" in run.error
+    assert run.parameters["path"] == str(bad)
 
 
 def test_rank_file_writes_a_permutation_per_request(tiny_ranker, tmp_path):

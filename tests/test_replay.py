@@ -7,31 +7,35 @@ import math
 
 import pytest
 
+from ranking.rl.episodes import Episode
 from ranking.types import Candidate, RankRequest
+from recsys.db.events import LoggedCandidate, LoggedRequest
 from recsys.errors import UserError
-from recsys.replay.replay import (
-    LoggedRequest,
-    incremental_log_propensity,
-    logged_requests_from_episodes,
-    replay,
-)
+from recsys.replay.replay import incremental_log_propensity, replay
+from recsys.training import episode_from_logged
 
 
-def episodes(n: int = 12, k: int = 6) -> list[dict]:
+def logged_requests(n: int = 12, k: int = 6) -> list[LoggedRequest]:
+    """Logged traffic as the database returns it (recsys.db.events.logged_requests)."""
     return [
-        {
-            "task": "rec-movie",
-            "history": ["Heat (1995)", "Fargo (1996)"],
-            "candidates": [
-                {"id": f"{u}-{j}", "text": f"Movie {j} ({1980 + j})", "score": float(k - j)}
+        LoggedRequest(
+            request_id=f"r{u}",
+            user_id=f"u{u}",
+            task="rec-movie",
+            candidates=tuple(
+                LoggedCandidate(f"{u}-{j}", f"Movie {j} ({1980 + j})", float(k - j))
                 for j in range(k)
-            ],
-            "order": [f"{u}-{j}" for j in range(k)],
-            "ground_truth": f"{u}-{u % k}",
-            "log_propensity": None,
-        }
+            ),
+            shown=tuple(f"{u}-{j}" for j in range(k)),
+            ground_truth=f"{u}-{u % k}",
+            history=("Heat (1995)", "Fargo (1996)"),
+        )
         for u in range(n)
     ]
+
+
+def episodes(n: int = 12, k: int = 6) -> list[Episode]:
+    return [episode_from_logged(r) for r in logged_requests(n, k)]
 
 
 def oracle(logged):
@@ -48,7 +52,9 @@ def oracle(logged):
 
 
 def test_oracle_against_worst_order_has_a_known_difference():
-    logged = logged_requests_from_episodes(episodes())
+    logged = episodes()
+    assert logged[0].request.history == ("Heat (1995)", "Fargo (1996)")
+    assert list(logged[0].logged_order) == logged[0].request.ids == [f"0-{j}" for j in range(6)]
     best = oracle(logged)
 
     def worst(requests):
@@ -78,8 +84,8 @@ def test_logged_propensity_equals_the_engines_sampling_propensity(tiny_ranker):
         seed=3,
     )
     result = tiny_ranker.rank(request)
-    entry = LoggedRequest(
-        dataclasses.replace(request, temperature=0.0), tuple(result.order), "3", None
+    entry = Episode(
+        dataclasses.replace(request, temperature=0.0), "3", logged_order=tuple(result.order)
     )
     teacher_forced = incremental_log_propensity(tiny_ranker.backend)(entry)
     assert teacher_forced == pytest.approx(result.log_propensity, abs=1e-4)
@@ -90,11 +96,13 @@ def test_off_policy_estimates_of_the_logging_policy_itself(tiny_ranker):
     """Target = logging policy: every weight is 1, so IPS = SNIPS = the logged mean."""
     logged = []
     for u in range(5):
-        ep = episodes(1, 5)[0]
-        request = logged_requests_from_episodes([ep])[0].request
+        record = logged_requests(1, 5)[0]
+        request = episode_from_logged(record).request
         sampled = tiny_ranker.rank(dataclasses.replace(request, temperature=1.0, seed=u))
-        ep.update(order=sampled.order, log_propensity=sampled.log_propensity)
-        logged.append(logged_requests_from_episodes([ep])[0])
+        shown = dataclasses.replace(
+            record, shown=tuple(sampled.order), log_propensity=sampled.log_propensity
+        )
+        logged.append(episode_from_logged(shown))
     by_order = oracle(logged)
     report = replay(
         logged,
@@ -117,14 +125,14 @@ def test_replay_command_on_logged_traffic(database_url, tmp_path):
 
     from recsys.cli import app
     from recsys.db.engine import make_engine
-    from recsys.db.migrate import ensure_schema
-    from recsys.db.models import utcnow
-    from recsys.db.repository import (
+    from recsys.db.events import (
         ImpressionRecord,
         InteractionRecord,
         log_impressions,
         log_interactions,
     )
+    from recsys.db.migrate import ensure_schema
+    from recsys.db.models import utcnow
 
     ensure_schema(database_url)
     engine = make_engine(database_url)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.db import repository
 from recsys.db.engine import make_engine
 from recsys.db.migrate import ensure_schema
+from recsys.db.registry import promote_model, register_model
 from recsys.errors import UserError
 from recsys.resolver import resolve_ranker
 
@@ -31,11 +31,11 @@ def test_default_and_existing_paths_pass_through(engine, tmp_path):
 def test_promoted_and_named_versions_resolve_to_their_artifact(engine, tmp_path):
     model_dir = tmp_path / "ranker-v1"
     model_dir.mkdir()
-    repository.register_model("ranker", "v1", str(model_dir), engine=engine)
+    register_model("ranker", "v1", str(model_dir), engine=engine)
     assert resolve_ranker_model("v1", engine=engine) == str(model_dir)
     with pytest.raises(UserError, match="no ranker version is promoted"):
         resolve_ranker_model("promoted", engine=engine)
-    repository.promote_model("ranker", "v1", engine=engine)
+    promote_model("ranker", "v1", engine=engine)
     assert resolve_ranker_model("promoted", engine=engine) == str(model_dir)
 
 
@@ -44,6 +44,6 @@ def test_promoted_and_named_versions_resolve_to_their_artifact(engine, tmp_path)
     [("v404", "no ranker model version 'v404'"), ("gone", "not a local path that exists")],
 )
 def test_unknown_or_missing_versions_fail_clearly(engine, tmp_path, spec, message):
-    repository.register_model("ranker", "gone", str(tmp_path / "deleted"), engine=engine)
+    register_model("ranker", "gone", str(tmp_path / "deleted"), engine=engine)
     with pytest.raises(UserError, match=message):
         resolve_ranker_model(spec, engine=engine)

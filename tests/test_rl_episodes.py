@@ -190,25 +190,32 @@ def test_episodes_from_logged_impressions_train_off_policy(database_url, tiny_mo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ranking.rl.trainer import TrainConfig, Trainer
-    from recsys.db import repository as repo
+    from recsys.db.catalogue import ItemRecord, ensure_items
+    from recsys.db.engine import write_connection
+    from recsys.db.events import (
+        ImpressionRecord,
+        InteractionRecord,
+        log_impressions,
+        log_interactions,
+    )
     from recsys.db.testing import migrated_engine
     from recsys.training import episodes_from_database
 
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with migrated_engine(database_url) as engine:
-        with repo.write_connection(engine) as conn:
-            repo.ensure_items(conn, [repo.ItemRecord(i, title=f"Film {i}") for i in "abcdh"])
+        with write_connection(engine) as conn:
+            ensure_items(conn, [ItemRecord(i, title=f"Film {i}") for i in "abcdh"])
         shown = [
-            repo.ImpressionRecord(f"r-{user}", user, item, pos, "iranker-incremental", None,
-                                  "v1", {"log_propensity": -2.0, "score": 1.0 - 0.1 * pos},
-                                  t0 + timedelta(hours=1))
+            ImpressionRecord(f"r-{user}", user, item, pos, "iranker-incremental", None,
+                             "v1", {"log_propensity": -2.0, "score": 1.0 - 0.1 * pos},
+                             t0 + timedelta(hours=1))
             for user in ("u1", "u2") for pos, item in enumerate("abcd")
         ]  # fmt: skip
-        repo.log_impressions(shown, engine=engine)
-        repo.log_interactions([
-            repo.InteractionRecord("u1", "h", "click", t0),
-            repo.InteractionRecord("u1", "c", "click", t0 + timedelta(hours=2)),
-            repo.InteractionRecord("u2", "a", "click", t0 + timedelta(hours=2)),
+        log_impressions(shown, engine=engine)
+        log_interactions([
+            InteractionRecord("u1", "h", "click", t0),
+            InteractionRecord("u1", "c", "click", t0 + timedelta(hours=2)),
+            InteractionRecord("u2", "a", "click", t0 + timedelta(hours=2)),
         ], engine=engine)  # fmt: skip
         eps = episodes_from_database(engine)
     assert [(e.user, e.ground_truth) for e in eps] == [("u1", "c"), ("u2", "a")]

@@ -15,27 +15,31 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a key and print it once (only its hash is stored)."""
         from recsys.auth import create_api_key
+        from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
 
         ensure_schema()
-        typer.echo(create_api_key(name, scope))
+        typer.echo(create_api_key(name, scope, engine=get_engine()))
 
     @keys.command("revoke")
     def revoke(name: str) -> None:
-        from recsys.auth import revoke_api_key
+        from recsys.db.apikeys import revoke_api_key
+        from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
 
         ensure_schema()
-        revoke_api_key(name)
+        revoke_api_key(name, engine=get_engine())
         typer.echo(f"revoked {name}")
 
     @keys.command("list")
     def list_() -> None:
-        from recsys.auth import list_api_keys
+        from recsys.db.apikeys import api_keys
+        from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
 
         ensure_schema()
-        for name, scopes, revoked in list_api_keys():
-            typer.echo(f"{name:<24} {','.join(scopes):<16} {'revoked' if revoked else 'active'}")
+        for k in api_keys(engine=get_engine()):
+            state = "revoked" if k.revoked else "active"
+            typer.echo(f"{k.name:<24} {','.join(k.scopes):<16} {state}")
 
     app.add_typer(keys, name="apikey")

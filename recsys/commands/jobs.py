@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
-        from recsys.job_runs import recent_jobs
+        from recsys.db.runs import recent_job_runs
 
         ensure_schema(url)
-        for run in recent_jobs(limit, engine=get_engine(url)):
-            started = f"{run['started_at']:%Y-%m-%d %H:%M}" if run["started_at"] else "-"
+        for run in recent_job_runs(limit, engine=get_engine(url)):
+            started = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "-"
             typer.echo(
-                f"{run['id']:>6} {run['kind']:<8} {run['status']:<10} "
-                f"{run['progress'] * 100:5.1f}% {started}  {run['error'] or ''}".rstrip()
+                f"{run.id:>6} {run.kind:<8} {run.status:<10} "
+                f"{run.progress * 100:5.1f}% {started}  {run.error or ''}".rstrip()
             )
 
     @jobs.command("show")
@@ -33,11 +33,14 @@ def register(app: typer.Typer) -> None:
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Print one run as JSON: parameters (to re-run it), result or error."""
+        from dataclasses import asdict
+
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
-        from recsys.job_runs import get_job
+        from recsys.db.runs import job_run
 
         ensure_schema(url)
-        typer.echo(json.dumps(get_job(job_id, engine=get_engine(url)), indent=2, default=str))
+        run = asdict(job_run(job_id, engine=get_engine(url)))
+        typer.echo(json.dumps(run, indent=2, default=str))
 
     app.add_typer(jobs, name="jobs")

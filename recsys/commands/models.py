@@ -41,9 +41,9 @@ def register(app: typer.Typer) -> None:
         """List registered versions, newest first."""
         from dataclasses import asdict
 
-        from recsys.db import repository
+        from recsys.db.registry import list_models
 
-        versions = repository.list_models(kind, engine=_engine(url))
+        versions = list_models(kind, engine=_engine(url))
         if as_json:
             typer.echo(json.dumps([asdict(v) for v in versions], default=str, indent=2))
             return
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Register a new candidate version."""
         from recsys import registry
-        from recsys.db import repository
+        from recsys.db.registry import register_model
         from recsys.errors import UserError
 
         try:
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         if path is not None and not path.exists():
             raise UserError(f"artifact {path} does not exist")
         sha = registry.sha256_of(path) if checksum and path is not None else None
-        info = repository.register_model(
+        info = register_model(
             kind, version, artifact, sha256=sha, metrics=parsed, engine=_engine(url)
         )
         typer.echo(_line(info))
@@ -103,9 +103,9 @@ def register(app: typer.Typer) -> None:
         kind: str = typer.Argument(..., help=KIND_HELP), url: str | None = URL_OPTION
     ) -> None:
         """Retire the promoted version and promote the one before it."""
-        from recsys.db import repository
+        from recsys.db.registry import rollback_model
 
-        info = repository.rollback_model(kind, engine=_engine(url))
+        info = rollback_model(kind, engine=_engine(url))
         typer.echo(f"promoted: {_line(info)}")
 
     @models_app.command("retire")
@@ -115,9 +115,9 @@ def register(app: typer.Typer) -> None:
         url: str | None = URL_OPTION,
     ) -> None:
         """Take a (non-promoted) version out of use for good."""
-        from recsys.db import repository
+        from recsys.db.registry import retire_model
 
-        info = repository.retire_model(kind, version, engine=_engine(url))
+        info = retire_model(kind, version, engine=_engine(url))
         typer.echo(f"retired: {_line(info)}")
 
     app.add_typer(models_app, name="models")

@@ -28,21 +28,21 @@ def register(app: typer.Typer) -> None:
         from datetime import timedelta
 
         from recsys.db.engine import get_engine
+        from recsys.db.events import logged_requests
         from recsys.db.migrate import ensure_schema
-        from recsys.db.repository import training_impressions
         from recsys.replay.replay import (
             incremental_log_propensity,
-            logged_requests_from_episodes,
             plot_report,
             rank_function,
             replay,
         )
+        from recsys.training import episode_from_logged
 
         ensure_schema(url)
-        episodes = training_impressions(
+        records = logged_requests(
             window=timedelta(days=window_days), limit=limit, engine=get_engine(url)
         )
-        logged = logged_requests_from_episodes(episodes)
+        logged = [episode_from_logged(r) for r in records]
         rank_a, _ = rank_function(a, logged, device=device, mode=mode)
         rank_b, backend_b = rank_function(b, logged, device=device, mode=mode)
         target = None

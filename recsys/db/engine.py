@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -136,10 +137,19 @@ def copy_rows(
             copy.write_row(row)
 
 
+def upsert(conn: Connection, table: sa.Table) -> Any:
+    """`INSERT` that supports `.on_conflict_do_nothing/update` on the connection's backend."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise UserError(f"unsupported database {name!r}: use SQLite or PostgreSQL")
+
+
 @contextmanager
-def session_scope(engine: Engine | None = None, *, write: bool = False) -> Iterator[Session]:
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """An ORM session in one transaction: commit on success, roll back on any error."""
-    engine = engine or get_engine()
     if write:
         with write_connection(engine) as conn, Session(bind=conn, expire_on_commit=False) as s:
             yield s

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
-from ranking.types import Candidate, RankRequest
+from ranking.rl.episodes import Episode
+from ranking.types import RankRequest
 from recsys.replay.estimators import (
     IPS,
     SNIPS,
@@ -37,14 +38,6 @@ METRICS: dict[str, Callable[[Sequence[str], str], float]] = {
     "hit@1": lambda order, truth: hit_at_k(order, truth, 1),
     "hit@5": lambda order, truth: hit_at_k(order, truth, 5),
 }
-
-
-@dataclass(frozen=True)
-class LoggedRequest:
-    request: RankRequest
-    logged_order: tuple[str, ...]
-    ground_truth: str
-    log_propensity: float | None
 
 
 @dataclass
@@ -74,32 +67,6 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-def logged_requests_from_episodes(
-    episodes: Sequence[dict[str, Any]], *, show_signals: bool = False
-) -> list[LoggedRequest]:
-    """Turn `repository.training_impressions()` dicts into replayable requests."""
-    out = []
-    for ep in episodes:
-        request = RankRequest(
-            task=ep.get("task") or "rec-movie",
-            history=tuple(ep.get("history") or ()),
-            candidates=tuple(
-                Candidate(id=str(c["id"]), text=str(c["text"]), score=c.get("score"))
-                for c in ep["candidates"]
-            ),
-            show_signals=show_signals,
-        )
-        out.append(
-            LoggedRequest(
-                request,
-                tuple(str(i) for i in ep["order"]),
-                str(ep["ground_truth"]),
-                ep.get("log_propensity"),
-            )
-        )
-    return out
-
-
 def paired_bootstrap(diffs: np.ndarray, *, n_boot: int = 2000, seed: int = 7) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     n = len(diffs)
@@ -109,14 +76,16 @@ def paired_bootstrap(diffs: np.ndarray, *, n_boot: int = 2000, seed: int = 7) ->
 
 
 def replay(
-    logged: Sequence[LoggedRequest],
+    logged: Sequence[Episode],
     rank_a: Callable[[list[RankRequest]], list[Sequence[str]]],
     rank_b: Callable[[list[RankRequest]], list[Sequence[str]]],
     *,
-    target_log_propensity: Callable[[LoggedRequest], float] | None = None,
+    target_log_propensity: Callable[[Episode], float] | None = None,
     seed: int = 7,
 ) -> ReplayReport:
-    """Compare two rank functions (requests -> orders) on logged requests."""
+    """Compare two rank functions (requests -> orders) on logged requests: episodes with the
+    logged order and propensity (`recsys.training.episode_from_logged` of the database's
+    `recsys.db.events.logged_requests`)."""
     if not logged:
         from recsys.errors import UserError
 
@@ -144,15 +113,15 @@ def replay(
 
 
 def off_policy_estimates(
-    logged: Sequence[LoggedRequest], target_log_propensity: Callable[[LoggedRequest], float]
+    logged: Sequence[Episode], target_log_propensity: Callable[[Episode], float]
 ) -> dict[str, Any]:
     """IPS / clipped IPS / SNIPS of the logged-RR reward under the target policy."""
-    usable = [e for e in logged if e.log_propensity is not None]
+    usable = [e for e in logged if e.logged_order and e.logged_log_propensity is not None]
     if not usable:
         return {"note": "the logs carry no propensities: off-policy estimates need them"}
     data = LoggedData(
         rewards=np.array([reciprocal_rank(e.logged_order, e.ground_truth) for e in usable]),
-        logging_propensity=np.exp([e.log_propensity for e in usable]),
+        logging_propensity=np.exp([e.logged_log_propensity for e in usable]),
         target_propensity=np.exp([target_log_propensity(e) for e in usable]),
     )
     out: dict[str, Any] = {"rounds": len(usable), "ess": round(effective_sample_size(data), 2)}
@@ -163,7 +132,7 @@ def off_policy_estimates(
     return out
 
 
-def incremental_log_propensity(backend: Any) -> Callable[[LoggedRequest], float]:
+def incremental_log_propensity(backend: Any) -> Callable[[Episode], float]:
     """log π(logged ranking) under `backend`'s incremental elimination policy at T=1: the
     logged order read backwards is the elimination trajectory, teacher-forced in one pass.
     Needs a backend that exposes its torch model (the transformers backend)."""
@@ -172,7 +141,7 @@ def incremental_log_propensity(backend: Any) -> Callable[[LoggedRequest], float]
     from ranking.rl.policy import step_logprobs, taken_logprobs
     from ranking.rl.sequence import build_sequence
 
-    def log_propensity(entry: LoggedRequest) -> float:
+    def log_propensity(entry: Episode) -> float:
         seq = build_sequence(entry.request, backend.tokenizer)
         index = {cid: i for i, cid in enumerate(seq.ids)}
         eliminated = [index[cid] for cid in reversed(entry.logged_order)][:-1]
@@ -185,7 +154,7 @@ def incremental_log_propensity(backend: Any) -> Callable[[LoggedRequest], float]
 
 def rank_function(
     spec: str,
-    logged: Sequence[LoggedRequest],
+    logged: Sequence[Episode],
     *,
     device: str | None = None,
     mode: str = "incremental",

@@ -1,7 +1,8 @@
-"""Bulk loads through staging tables.
+"""The one bulk-load path: staging tables, then one set-based merge.
 
-A load first writes its rows into temporary tables of its own connection: that takes no lock
-on the real tables and is invisible to everyone else, however long the file is. When every
+File ingestion (recsys.ingest) and `events.log_interactions` both load through it. A load
+first writes its rows into temporary tables of its own connection: that takes no lock on
+the real tables and is invisible to everyone else, however long the file is. When every
 row is in, one write transaction merges them with set-based `INSERT ... SELECT ... ON
 CONFLICT` statements (users, items, then the interactions in ranges of staged rows). So a
 load is all-or-nothing, a crash at any point leaves the database as it was (temporary tables
@@ -18,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recsys.db.engine import copy_rows, write_transaction
+from recsys.db.catalogue import ItemRecord, update_items_on_conflict
+from recsys.db.engine import copy_rows, upsert, write_transaction
 from recsys.db.models import Interaction, Item, User, utcnow
-from recsys.db.repository import ItemRecord, update_items_on_conflict, upsert
 
 EVENTS = "recsys_load_events"
 ITEMS = "recsys_load_items"
@@ -61,7 +62,9 @@ class StagedLoad:
         conn.commit()
         self.events = sa.table(EVENTS, sa.column("seq"), *(sa.column(c) for c in EVENT_COLUMNS))
         self.items = sa.table(ITEMS, *(sa.column(c) for c in ITEM_COLUMNS))
-        time_type = Interaction.__table__.c.timestamp.type
+        # the dialect's own DateTime processor: SQLite stores the text every other write path
+        # stores ("YYYY-MM-DD HH:MM:SS.ffffff"), so stored times compare right with bound ones
+        time_type = Interaction.__table__.c.timestamp.type.dialect_impl(conn.dialect)
         self._bind_time = time_type.bind_processor(conn.dialect) or (lambda value: value)
 
     def __enter__(self) -> StagedLoad:
