@@ -89,7 +89,7 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ranking.backends.transformers_backend import TransformersBackend
+    from ranking.backends.fast_cpu import backend_for_model
 
     if is_hybrid_dir(spec.path):
         return _load_hybrid(spec, device, dtype)
@@ -105,18 +105,18 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(where)!r}: {exc}") from exc
     model.to(device)
-    return TransformersBackend(model, tokenizer, model_id=spec.model_id, device=device)
+    return backend_for_model(model, tokenizer, model_id=spec.model_id, device=device)
 
 
 def _load_hybrid(spec: ModelSpec, device: str, dtype: str) -> LMBackend:
     """A hybrid model folder (ranking.hybrid): its base model, then the trained parts."""
-    from ranking.backends.transformers_backend import TransformersBackend
+    from ranking.backends.fast_cpu import backend_for_model
     from ranking.hybrid import load_hybrid, read_manifest
 
     config, _ = read_manifest(spec.path)
     base = _load_transformers(resolve_model(config.base), device, dtype)
     hybrid = load_hybrid(spec.path, base.model, base.tokenizer)
-    backend = TransformersBackend(
+    backend = backend_for_model(
         hybrid.model, base.tokenizer, model_id=spec.model_id, device=device
     )
     backend.attach_hybrid(hybrid)

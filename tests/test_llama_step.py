@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from ranking.backends.fast_cpu import FastCpuBackend
 from ranking.backends.llama_step import LlamaStep, _huge_page_buffer, supports
+from ranking.backends.transformers_backend import TransformersBackend
 from ranking.loading import load_backend
 from tests.fixtures.models import TINY_CONFIG
 from tests.test_ranking_backend import brute_force
@@ -40,6 +42,7 @@ def _steps_match_brute_force(backend, contexts, allowed, extensions) -> None:
 
 def test_the_tiny_llama_gets_a_fast_step(backend):
     assert supports(backend.model)
+    assert isinstance(backend, FastCpuBackend)
     assert isinstance(backend._fast_step(), LlamaStep)
     backend.fast_decode = False
     assert backend._fast_step() is None
@@ -108,6 +111,7 @@ def test_models_the_step_does_not_cover(tiny_model_dir):
 
     half = load_backend(tiny_model_dir, device="cpu", dtype="bfloat16", cache=False)
     assert LlamaStep.build(half.model) is None
+    assert type(half) is TransformersBackend  # load_backend picks the plain backend
     other = MistralForCausalLM(MistralConfig(vocab_size=64, **TINY_CONFIG))  # same shapes
     assert not supports(other)
 

@@ -148,7 +148,7 @@ def test_the_kernel_is_exact_on_integers():
 
 def test_building_the_step_is_logged(q4_backend, caplog):
     ctx = _prompt(q4_backend, "operators want to know which step runs")
-    with caplog.at_level("INFO", logger="ranking.backends.transformers_backend"):
+    with caplog.at_level("INFO", logger="ranking.backends.fast_cpu"):
         q4_backend.next_token_logprobs([ctx], [[330, 389]])
         q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])
     assert any("q4 weights" in r.getMessage() for r in caplog.records)

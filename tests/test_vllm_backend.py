@@ -234,42 +234,15 @@ def test_cli_convert_model(tiny_gguf, tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def vllm_tiny_dir(request, tmp_path_factory) -> Path:
-    """A 2-layer random Llama with the real SmolLM2 tokenizer and head_dim 64 (vLLM's CPU
-    attention has no kernel for the shared tiny model's head_dim 16)."""
+def vllm_tiny_dir(request) -> Path:
+    """The head-64 tiny Llama (tests.fixtures.models) that the shared vLLM engine runs."""
     pytest.importorskip("vllm")  # before building anything: the skip costs nothing
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tests.fixtures.models import TINY_CONFIG
-
-    tok = AutoTokenizer.from_pretrained(request.getfixturevalue("smollm2_tokenizer_dir"))
-    torch.manual_seed(0)
-    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **{**TINY_CONFIG, **shape},
-    )
-    out = tmp_path_factory.mktemp("vllm-tiny")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return request.getfixturevalue("tiny_head64_model_dir")
 
 
 @pytest.fixture(scope="module")
-def vllm_backend(vllm_tiny_dir):
-    from ranking.backends.vllm_backend import VLLMBackend
-    from recsys.runtime import prepare_vllm_environment
-    from recsys.settings import Settings
-
-    # a small engine: the tiny model needs little KV cache
-    prepare_vllm_environment(Settings(vllm_cpu_kvcache_gib=1))
-    backend = VLLMBackend(vllm_tiny_dir, max_model_len=1024)
-    yield backend
-    backend.close()
+def vllm_backend(vllm_tiny_backend):
+    return vllm_tiny_backend
 
 
 @pytest.fixture(scope="module")

@@ -5,111 +5,38 @@ that extends, or shares a long prefix with, one of those rows reuses its cached 
 values and only the new tokens go through the model. That is what makes `incremental` mode
 cost about one prefill (each step appends one label token to the previous context), lets
 `score` mode compute the shared prompt prefix once, and lets consecutive requests share the
-chat template's system prompt.
-
-Layout of the cached batch: every row is [left padding | kept prefix | appended tokens,
-right padded]; an explicit attention mask hides the padding and explicit position ids count
-only real tokens, so padding in the middle of a row is harmless. A context that continues its
-own row after dropping a few tokens (rejected speculative labels) keeps the cache and masks
-the dropped slots; other reuse gathers the kept prefixes into a new, compact cache. Only the
-positions asked for go through the LM head (a vocabulary-sized logit row per position, not
-per token).
+chat template's system prompt. The cache layout and the reuse rules are in
+:mod:`ranking.backends.kv_cache`. Only the positions asked for go through the LM head (a
+vocabulary-sized logit row per position, not per token).
 
 `continuation_logprobs` scores several appended tokens in one forward pass: a decoding step
 on CPU is bound by reading the weights, so scoring 7 positions costs about as much as 1;
 the rankers use it to speculate several elimination steps per call.
+
+Every token goes through the model's own decoder here. :mod:`ranking.backends.fast_cpu`
+is the same backend with its one-token steps computed by a faster path on CPU.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ranking.backends.base import Generation, LMBackend
+from ranking.backends.kv_cache import (
+    CachedBatch,
+    is_plain_dynamic,
+    mask_truncate,
+    new_kv_cache,
+    plan_reuse,
+    truncation,
+)
 
-log = logging.getLogger(__name__)
-
-# Reusing a cached prefix costs a gather of its keys/values; below this many tokens it is
-# cheaper to recompute.
-MIN_REUSE_TOKENS = 4
-# A row that continues its own previous row after dropping at most this many tokens (rejected
-# speculative labels) keeps its cache and masks the dropped slots instead of copying the cache.
-MAX_DEAD_TOKENS = 32
 # On CPU, a batch of rows this long or longer, with nothing cached, is prefilled row by row.
 MIN_SEPARATE_PREFILL = 64
-
-
-@functools.cache
-def _growable_layer_class() -> type:
-    """A DynamicLayer that appends into a buffer with spare capacity instead of
-    `torch.cat`-ing the whole cache on every step. A decoding step on CPU is bound by memory
-    traffic, and re-copying every layer's keys and values per token cost ~7% of a step."""
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowableLayer(DynamicLayer):
-        _kbuf: torch.Tensor | None = None
-        _vbuf: torch.Tensor | None = None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n = self.keys.shape[-2] if self.keys.numel() else 0
-            add = key_states.shape[-2]
-            if not self._owns_current(key_states, n + add):
-                self._regrow(key_states, value_states, n, n + add)
-            self._kbuf[..., n : n + add, :] = key_states
-            self._vbuf[..., n : n + add, :] = value_states
-            self.keys = self._kbuf[..., : n + add, :]
-            self.values = self._vbuf[..., : n + add, :]
-            return self.keys, self.values
-
-        def _owns_current(self, new: torch.Tensor, total: int) -> bool:
-            # keys may have been replaced by a base-class method (crop, reorder, ...)
-            kb = self._kbuf
-            return (
-                kb is not None
-                and kb.shape[:2] == new.shape[:2]
-                and total <= kb.shape[-2]
-                and self.keys.data_ptr() == kb.data_ptr()
-            )
-
-        def _regrow(self, key_states, value_states, n: int, total: int) -> None:
-            cap = total + max(64, total // 4)
-            shape = (*key_states.shape[:2], cap, key_states.shape[-1])
-            kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)
-            if n:
-                kb[..., :n, :] = self.keys
-                vb[..., :n, :] = self.values
-            self._kbuf, self._vbuf = kb, vb
-
-    return GrowableLayer
-
-
-def new_kv_cache(config: object) -> object:
-    """An empty DynamicCache whose full-attention layers grow in place."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=config)
-    layer_cls = _growable_layer_class()
-    cache.layers = [
-        layer_cls() if type(layer) is DynamicLayer else layer
-        for layer in cache.layers  # type: ignore[attr-defined]
-    ]
-    return cache
-
-
-@dataclass
-class _CachedBatch:
-    cache: object  # transformers DynamicCache
-    mask: torch.Tensor  # [B, T] 1 for real tokens
-    tokens: list[tuple[int, ...]]  # the real tokens of each row
 
 
 class TransformersBackend(LMBackend):
@@ -120,7 +47,7 @@ class TransformersBackend(LMBackend):
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = torch.device(device)
-        self._state: _CachedBatch | None = None
+        self._state: CachedBatch | None = None
         self._stops: dict[tuple[str, ...], object] = {}
         self.reuse_cache = True
         # counters, for benchmarks and tests: tokens that went through the model
@@ -131,7 +58,7 @@ class TransformersBackend(LMBackend):
             tokenizer.pad_token = tokenizer.eos_token
         self._pad_id = int(tokenizer.pad_token_id)
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        # sliding-window layers drop old keys, so the row layout above would not hold
+        # sliding-window layers drop old keys, so the cached row layout (kv_cache) would not hold
         cfg = model.config
         layer_types = getattr(cfg, "layer_types", None)
         if layer_types:
@@ -141,15 +68,10 @@ class TransformersBackend(LMBackend):
                 getattr(cfg, "use_sliding_window", True)
             )
         self.reuse_cache = not sliding
-        # one-token steps through ranking.backends.llama_step where the model allows it,
-        # reading 4-bit projections (a Q4_1 GGUF file) as 4-bit blocks unless q4_decode is off
-        self.fast_decode = True
-        self.q4_decode = True
-        self._llama_steps: dict[bool, object] = {}  # by q4_decode; None: the model has none
         self.hybrid = None  # ranking.hybrid.Hybrid when serving a hybrid model
 
     def attach_hybrid(self, hybrid) -> None:  # type: ignore[no-untyped-def]
-        """Serve a hybrid model: its prompt style, and no fast step for an item token."""
+        """Serve a hybrid model: its prompt style, and its item tokens' label logits."""
         self.hybrid = hybrid
         self.prompt_style = hybrid.style
         self.clear_cache()
@@ -267,20 +189,18 @@ class TransformersBackend(LMBackend):
         if any(n > len(c) or n < 1 for c, n in zip(contexts, need, strict=True)):
             raise ValueError("every context needs at least one token per requested position")
         state = self._state if self.reuse_cache else None
-        if state is not None and _is_plain_dynamic(state.cache):
-            keeps = _truncation(state.tokens, contexts, need)
+        if state is not None and is_plain_dynamic(state.cache):
+            keeps = truncation(state.tokens, contexts, need)
             if keeps is not None:
-                return self._extend(_mask_truncate(state, keeps), contexts, need, vocab)
-            plan = _plan_reuse(state.tokens, contexts, need)
+                return self._extend(mask_truncate(state, keeps), contexts, need, vocab)
+            plan = plan_reuse(state.tokens, contexts, need)
             base = self._gather(state, plan)
             if base is not None:
                 return self._extend(base, contexts, need, vocab)
         empty = torch.zeros(len(contexts), 0, dtype=torch.long, device=self.device)
-        return self._extend(
-            _CachedBatch(None, empty, [() for _ in contexts]), contexts, need, vocab
-        )
+        return self._extend(CachedBatch(None, empty, [() for _ in contexts]), contexts, need, vocab)
 
-    def _gather(self, state: _CachedBatch, plan: list[tuple[int, int]]) -> _CachedBatch | None:
+    def _gather(self, state: CachedBatch, plan: list[tuple[int, int]]) -> CachedBatch | None:
         """A new cached batch whose row i holds the first keep_i tokens of old row src_i."""
         kmax = max(keep for _, keep in plan)
         if kmax == 0:
@@ -304,11 +224,11 @@ class TransformersBackend(LMBackend):
             k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
             idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
             cache.update(k.gather(2, idx), v.gather(2, idx), li)
-        return _CachedBatch(cache, new_mask, tokens)
+        return CachedBatch(cache, new_mask, tokens)
 
     def _extend(
         self,
-        base: _CachedBatch,
+        base: CachedBatch,
         contexts: list[tuple[int, ...]],
         need: list[int],
         vocab: list[int] | None = None,
@@ -327,11 +247,11 @@ class TransformersBackend(LMBackend):
         self.last_forward_s = time.perf_counter() - t0
         self.forward_calls += 1
         self.tokens_computed += sum(len(s) for s in suffixes)
-        self._state = _CachedBatch(cache, mask, list(contexts))
+        self._state = CachedBatch(cache, mask, list(contexts))
         return list(torch.split(logits, need))
 
     def _forward_batch(
-        self, base: _CachedBatch, suffixes: list[tuple[int, ...]], need: list[int]
+        self, base: CachedBatch, suffixes: list[tuple[int, ...]], need: list[int]
     ) -> tuple[object, torch.Tensor, torch.Tensor]:
         """All rows in one forward pass: (cache, mask, hidden states of the needed
         positions, row after row)."""
@@ -348,19 +268,7 @@ class TransformersBackend(LMBackend):
         n_past = past_mask.sum(dim=1, keepdim=True)
         pos = n_past + torch.arange(width, device=self.device)[None, :]
         cache = base.cache if base.cache is not None else new_kv_cache(self.model.config)
-        ids = ids.to(self.device)
-        # an item token is embedded by the hybrid's hooks, which the fast step bypasses
-        step = self._fast_step() if width == 1 and not self._has_soft(ids) else None
-        if step is not None:
-            hidden = step(ids, pos, mask, cache)
-        else:
-            hidden = self.model.get_decoder()(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
+        hidden = self._decode(ids.to(self.device), pos, mask, cache)
         # only the positions asked for go through the (vocabulary-sized) LM head
         rows = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(need)])
         cols = torch.cat(
@@ -370,6 +278,19 @@ class TransformersBackend(LMBackend):
             ]
         )
         return cache, mask, hidden[rows.to(self.device), cols.to(self.device)]
+
+    def _decode(
+        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: object
+    ) -> torch.Tensor:
+        """Last hidden states [B, T, C] of `ids` after the cached keys, appended to `cache`
+        (the model's own decoder; the fast CPU backend replaces its one-token steps)."""
+        return self.model.get_decoder()(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
 
     def _prefill_rows_apart(self, suffixes: list[tuple[int, ...]]) -> bool:
         """On CPU a long prompt is compute-bound on its own: batching several only adds
@@ -414,33 +335,6 @@ class TransformersBackend(LMBackend):
             merged.update(keys, values, li)
         return merged, mask, torch.cat(picked)
 
-    def _fast_step(self):
-        """The fast one-token step (ranking.backends.llama_step) when the model has one."""
-        if not self.fast_decode:
-            return None
-        key = self.q4_decode
-        if key in self._llama_steps:
-            step = self._llama_steps[key]
-            if step is None or step.is_current():
-                return step
-        from ranking.backends.llama_step import LlamaStep
-
-        t0 = time.perf_counter()
-        step = self._llama_steps[key] = LlamaStep.build(self.model, allow_q4=key)
-        if step is not None:
-            log.info(
-                "fast one-token step built in %.1fs: %s weights, %.0f MB",
-                time.perf_counter() - t0,
-                step.weights,
-                step.nbytes / 1e6,
-            )
-        return step
-
-    @property
-    def _llama_step(self):
-        """The step built for the current `q4_decode` setting (None: none yet, or none fits)."""
-        return self._llama_steps.get(self.q4_decode)
-
     def _head(self, hidden: torch.Tensor, vocab: list[int] | None) -> torch.Tensor:
         if vocab is None:
             return self.model.get_output_embeddings()(hidden)
@@ -472,75 +366,6 @@ def _label_vocab(allowed: Sequence[Sequence[int]]) -> tuple[list[int], dict[int,
 def _restrict(row: torch.Tensor, ids: Sequence[int]) -> np.ndarray:
     sel = row[torch.as_tensor(list(ids), dtype=torch.long, device=row.device)]
     return torch.log_softmax(sel.float(), dim=-1).cpu().numpy().astype(np.float64)
-
-
-def _truncation(
-    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]], need: list[int]
-) -> list[int] | None:
-    """Tokens to keep per row when each context continues its own row (same batch, same
-    order) after dropping at most MAX_DEAD_TOKENS of it; else None."""
-    if len(rows) != len(contexts):
-        return None
-    keeps = []
-    for r, c, k in zip(rows, contexts, need, strict=True):
-        keep = min(_common_prefix(r, c), len(c) - k)
-        if keep < 1 or len(r) - keep > MAX_DEAD_TOKENS:
-            return None
-        keeps.append(keep)
-    return keeps
-
-
-def _mask_truncate(state: _CachedBatch, keeps: list[int]) -> _CachedBatch:
-    """Drop the tail of each row by masking it out: no copy of the cache (the masked slots
-    stay, unseen, until the next compaction by `_gather`)."""
-    mask = state.mask.clone()
-    tokens = []
-    for i, keep in enumerate(keeps):
-        if keep < len(state.tokens[i]):
-            real = torch.nonzero(mask[i], as_tuple=False).squeeze(1)
-            mask[i, real[keep:]] = 0
-        tokens.append(state.tokens[i][:keep])
-    return _CachedBatch(state.cache, mask, tokens)
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    # compare in chunks first: contexts are long and usually share most of their tokens
-    step = 64
-    while i + step <= n and a[i : i + step] == b[i : i + step]:
-        i += step
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _plan_reuse(
-    rows: list[tuple[int, ...]], contexts: list[tuple[int, ...]], need: list[int]
-) -> list[tuple[int, int]]:
-    """For each context, (source row, tokens to keep) maximising the shared prefix.
-
-    The positions whose logits are asked for are always recomputed."""
-    plan = []
-    for c, k in zip(contexts, need, strict=True):
-        best_src, best_keep = -1, 0
-        for j, r in enumerate(rows):
-            keep = min(_common_prefix(r, c), len(c) - k)
-            if keep > best_keep:
-                best_src, best_keep = j, keep
-        plan.append((best_src, best_keep) if best_keep >= MIN_REUSE_TOKENS else (-1, 0))
-    return plan
-
-
-def _is_plain_dynamic(cache: object) -> bool:
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    layers = getattr(cache, "layers", None)
-    plain = (DynamicLayer, _growable_layer_class())
-    return bool(layers) and all(
-        type(layer) in plain and not isinstance(layer, DynamicSlidingWindowLayer)
-        for layer in layers  # type: ignore[union-attr]
-    )
 
 
 def _as_list(x) -> list[int]:

@@ -139,7 +139,8 @@ def _decode(
 def _label_step(model: torch.nn.Module, ids: torch.Tensor, past, label_ids: torch.Tensor):
     """(logits of the label tokens after the last input token [B, n], the KV cache): only
     the label rows of the LM head are applied, as the serving backend does."""
-    from ranking.backends.transformers_backend import label_head, new_kv_cache
+    from ranking.backends.kv_cache import new_kv_cache
+    from ranking.backends.transformers_backend import label_head
 
     if past is None:
         past = new_kv_cache(model.config)
