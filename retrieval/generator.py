@@ -6,10 +6,9 @@
     gen.add_item("new-1", "A new film about ...")
     gen.save(ArtifactStore(root), version); CandidateGenerator.load(ArtifactStore(root), version)
 
-Sources (each an inner-product search, results fused by retrieval.fusion):
-- `cf`: LightFM user vector against the item-vector index (retrieval.cf, retrieval.index);
-- `text`: the mean MiniLM embedding of the user's recent items against the item-text index;
-- `popular`: interaction counts in the training data.
+The generator composes a list of sources (retrieval.sources: `cf`, `text`, `popular`, each
+behind the RetrievalSource interface) and fuses their answers (retrieval.fusion); it owns
+what the sources share: the id maps, the users' seen and recent items, persistence.
 """
 
 from __future__ import annotations
@@ -24,16 +23,27 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval import coldstart
 from retrieval.artifacts import Artifact, ArtifactStore
 from retrieval.cf import CFModel, interactions_matrix
 from retrieval.embeddings import TextEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.fusion import FusedCandidate, fuse
 from retrieval.index import VectorIndex, choose_params
+from retrieval.sources import (
+    CFSource,
+    PopularitySource,
+    RetrievalSource,
+    Scored,
+    SourceQuery,
+    TextSource,
+    source_lists,
+)
 
 ARTIFACT_NAME = "retrieval"
 DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
+# cold start: a stated interest (a text query) outweighs the crowd
+QUERY_WEIGHTS = {"text": 1.0, "popular": 0.2}
+POPULAR_WEIGHTS = {"popular": 1.0}
 
 
 @dataclass
@@ -68,10 +78,33 @@ class CandidateGenerator:
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_pos = {u: i for i, u in enumerate(user_ids)}
         self.item_pos = {it: i for i, it in enumerate(item_ids)}
-        self.seen, self.recent, self.popularity = seen, recent, popularity
-        self.cf, self.cf_index = cf, cf_index
-        self.text_vectors, self.text_index = text_vectors, text_index
+        self.seen, self.recent = seen, recent
         self.config, self.embedder = config, embedder
+        self.cf_source = CFSource(cf, cf_index) if cf is not None and cf_index is not None else None
+        self.text_source = None
+        if text_vectors is not None and text_index is not None:
+            self.text_source = TextSource(
+                text_vectors, text_index, embedder, profile_items=config.profile_items
+            )
+        self.popular_source = PopularitySource(popularity)
+
+    @property
+    def sources(self) -> list[RetrievalSource]:
+        """The sources this generator fuses, in fusion order (those it was built with)."""
+        found = (self.cf_source, self.text_source, self.popular_source)
+        return [s for s in found if s is not None]
+
+    @property
+    def popularity(self) -> np.ndarray:
+        return self.popular_source.counts
+
+    @property
+    def cf(self) -> CFModel | None:
+        return self.cf_source.cf if self.cf_source else None
+
+    @property
+    def text_vectors(self) -> np.ndarray | None:
+        return self.text_source.vectors if self.text_source else None
 
     # -- build ----------------------------------------------------------------------------------
 
@@ -146,19 +179,10 @@ class CandidateGenerator:
 
     # -- retrieve --------------------------------------------------------------------------------
 
-    def source_lists(self, user_id: str, depth: int) -> dict[str, list[tuple[int, float]]]:
+    def source_lists(self, user_id: str, depth: int) -> dict[str, Scored]:
         """Each source's ranked (item position, score) list for a known user."""
         u = self._user(user_id)
-        out: dict[str, list[tuple[int, float]]] = {}
-        if self.cf is not None and self.cf_index is not None:
-            out["cf"] = coldstart.nearest_items(self.cf_index, self.cf.user_vector(u), depth)
-        recent = self.recent[u][-self.config.profile_items :]
-        if self.text_index is not None and self.text_vectors is not None:
-            profile = coldstart.profile_vector(self.text_vectors, recent)
-            if profile is not None:
-                out["text"] = coldstart.nearest_items(self.text_index, profile, depth)
-        out["popular"] = coldstart.popular_items(self.popularity, depth)
-        return out
+        return source_lists(self.sources, SourceQuery(user=u, recent=self.recent[u]), depth)
 
     def candidates(
         self, user_id: str, k: int = 20, *, exclude_seen: bool = True
@@ -182,29 +206,20 @@ class CandidateGenerator:
         """Candidates for a user without history: popular items, fused with items near `query`."""
         skip = {self.item_pos[i] for i in exclude if i in self.item_pos}
         depth = min(len(self.item_ids), k + len(skip))
-        sources: dict[str, list[tuple[int, float]]] = {}
         if query is not None:
-            embedder, index = self._text_parts()
-            sources["text"] = coldstart.items_near_text(embedder, index, query, depth)
-            # a stated interest outweighs the crowd
-            weights = {"text": 1.0, "popular": 0.2}
-        else:
-            weights = {"popular": 1.0}
-        sources["popular"] = coldstart.popular_items(self.popularity, depth)
-        return self._to_ids(fuse(sources, k, weights=weights, exclude=skip))
+            self._text_parts()  # a query needs the text source and its embedder
+        lists = source_lists(self.sources, SourceQuery(text=query), depth)
+        weights = QUERY_WEIGHTS if query is not None else POPULAR_WEIGHTS
+        return self._to_ids(fuse(lists, k, weights=weights, exclude=skip))
 
     def add_item(self, item_id: str, text: str) -> int:
         """Make a new item retrievable by its text embedding; returns its position."""
         if item_id in self.item_pos:
             raise RetrievalError(f"item {item_id!r} already exists")
-        embedder, index = self._text_parts()
-        vector = embedder.embed([text])
-        index.add(vector)
-        assert self.text_vectors is not None
-        self.text_vectors = np.vstack([self.text_vectors, vector])
+        self._text_parts().add([text])
         self.item_pos[item_id] = len(self.item_ids)
         self.item_ids.append(item_id)
-        self.popularity = np.append(self.popularity, np.float32(0))
+        self.popular_source.add()
         self.seen.resize((self.seen.shape[0], len(self.item_ids)))
         return self.item_pos[item_id]
 
@@ -233,10 +248,10 @@ class CandidateGenerator:
             if self.text_vectors is not None:
                 arrays["text_vectors"] = self.text_vectors
             np.savez(folder / "arrays.npz", **arrays)
-            if self.cf_index is not None:
-                self.cf_index.save(folder / "cf.faiss")
-            if self.text_index is not None:
-                self.text_index.save(folder / "text.faiss")
+            if self.cf_source is not None:
+                self.cf_source.index.save(folder / "cf.faiss")
+            if self.text_source is not None:
+                self.text_source.index.save(folder / "text.faiss")
 
         meta = {"users": len(self.user_ids), "items": len(self.item_ids), **(meta or {})}
         return store.save(ARTIFACT_NAME, version, write, meta=meta)
@@ -289,13 +304,15 @@ class CandidateGenerator:
                 f"({len(self.user_ids)} users); use cold_start() for new users or rebuild"
             ) from None
 
-    def _text_parts(self) -> tuple[TextEmbedder, VectorIndex]:
-        if self.embedder is None or self.text_index is None:
+    def _text_parts(self) -> TextSource:
+        """The text source, when it can embed new text (a query, a new item's text)."""
+        if self.text_source is None:
             raise RetrievalError(
                 "text retrieval needs a text embedder and a text index: build or load the "
                 "generator with embedder=TextEmbedder()"
             )
-        return self.embedder, self.text_index
+        self.text_source.require_embedder()
+        return self.text_source
 
     def _to_ids(self, fused: list[FusedCandidate]) -> list[FusedCandidate]:
         for c in fused:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval import coldstart
 from retrieval.artifacts import ArtifactStore
 from retrieval.coldstart import popular_items
 from retrieval.embeddings import HashingEncoder, TextEmbedder
 from retrieval.errors import RetrievalError
+from retrieval.fusion import fuse
 from retrieval.generator import CandidateGenerator, GeneratorConfig
 
 GENRES = ["space", "romance", "horror", "western"]
@@ -133,3 +135,57 @@ def test_text_features_needed_for_query():
     )
     with pytest.raises(RetrievalError, match="needs a text embedder"):
         gen.cold_start(k=3, query="space")
+
+
+def old_source_lists(gen: CandidateGenerator, user: str, depth: int) -> dict:
+    """The generator's per-source branches as they were before retrieval.sources (the
+    expectation the composed sources must reproduce)."""
+    u = gen.user_pos[user]
+    cf = gen.cf_source
+    out = {"cf": coldstart.nearest_items(cf.index, cf.cf.user_vector(u), depth)}
+    recent = gen.recent[u][-gen.config.profile_items :]
+    profile = coldstart.profile_vector(gen.text_vectors, recent)
+    if profile is not None:
+        out["text"] = coldstart.nearest_items(gen.text_source.index, profile, depth)
+    out["popular"] = coldstart.popular_items(gen.popularity, depth)
+    return out
+
+
+def old_cold_start(gen: CandidateGenerator, k: int, query: str | None, exclude=()) -> list:
+    skip = {gen.item_pos[i] for i in exclude if i in gen.item_pos}
+    depth = min(len(gen.item_ids), k + len(skip))
+    sources, weights = {}, {"popular": 1.0}
+    if query is not None:
+        text = gen.text_source
+        sources["text"] = coldstart.items_near_text(text.embedder, text.index, query, depth)
+        weights = {"text": 1.0, "popular": 0.2}
+    sources["popular"] = coldstart.popular_items(gen.popularity, depth)
+    return fuse(sources, k, weights=weights, exclude=skip)
+
+
+def as_rows(cands) -> list[tuple]:
+    return [(str(c.item), c.score, c.ranks, c.scores) for c in cands]
+
+
+@pytest.mark.parametrize("method", ["rrf", "score"])
+def test_composed_sources_return_what_the_branches_did(method):
+    users, items, ts, catalogue = synthetic(n_users=24)
+    config = GeneratorConfig(cf_factors=8, cf_epochs=5, fusion=method)
+    gen = CandidateGenerator.build(
+        users, items, ts, catalogue, embedder=TextEmbedder(HashingEncoder(64)), config=config
+    )
+    for user in gen.user_ids:
+        for k in (1, 5, 20):
+            seen = set(gen.seen[gen.user_pos[user]].indices.tolist())
+            depth = min(len(gen.item_ids), k + len(seen))
+            lists = old_source_lists(gen, user, depth)
+            assert gen.source_lists(user, depth) == lists
+            want = fuse(lists, k, weights=config.weights, method=method, exclude=seen)
+            for c in want:
+                c.item = gen.item_ids[c.item]
+            assert as_rows(gen.candidates(user, k=k)) == as_rows(want)
+    for query in (None, "horror", "space film"):
+        want = old_cold_start(gen, 7, query, exclude=["space-1"])
+        for c in want:
+            c.item = gen.item_ids[c.item]
+        assert as_rows(gen.cold_start(k=7, query=query, exclude=["space-1"])) == as_rows(want)
