@@ -15,10 +15,15 @@ import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from ranking.engine import Ranker
 from ranking.types import RankRequest, RankResult
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was shut down (e.g. replaced by a hot reload) before this request."""
 
 
 @dataclasses.dataclass
@@ -36,8 +41,16 @@ class BatchStats:
 
 
 class MicroBatcher:
-    def __init__(self, ranker: Ranker, *, max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        ranker: Ranker,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.ranker = ranker
+        self.on_batch = on_batch  # called with each micro-batch's size (metrics)
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats = BatchStats()
@@ -51,7 +64,7 @@ class MicroBatcher:
         future: Future[RankResult] = Future()
         with self._lock:
             if self._closed:
-                future.set_exception(RuntimeError("the ranking worker is shut down"))
+                future.set_exception(BatcherClosed("the ranking worker is shut down"))
                 return future
             self._queue.put(_Job(request, future, time.perf_counter()))
         return future
@@ -108,6 +121,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.requests += len(jobs)
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, Exception):
                 job.future.set_exception(result)

@@ -62,13 +62,40 @@ class Settings(BaseSettings):
     default_deadline_ms: float | None = None
     batch_wait_ms: float = Field(5.0, description="how long the API collects concurrent requests")
     log_impressions: bool = Field(True, description="log ranked lists that carry a user_id")
-    require_api_key: bool = Field(False, description="ask for `Authorization: Bearer KEY`")
+    require_api_key: bool | None = Field(
+        None,
+        description="ask for `Authorization: Bearer KEY`; unset: required whenever the server "
+        "binds a non-loopback address",
+    )
+    task: str = Field("rec-movie", description="the task /v1/recommend ranks for (prompt wording)")
+    embeddings: str = Field("minilm", description="item text embeddings: minilm | hashing | off")
+    reload_poll_s: float = Field(
+        10.0, ge=0, description="how often servers look for a newly promoted ranker (0: never)"
+    )
+    impression_buffer: int = Field(
+        10_000, ge=1, description="impressions held while the database is away, then dropped"
+    )
+    # request limits: refused with 413/422 before the model sees the request
+    limit_body_bytes: int = Field(1_000_000, ge=1, description="request body size")
+    limit_candidates: int = Field(100, ge=1, le=500, description="candidates per request")
+    limit_history: int = Field(100, ge=1, description="history items per request")
+    limit_text_chars: int = Field(1000, ge=1, description="characters per item text")
+    limit_prompt_tokens: int = Field(32_768, ge=1, description="prompt tokens per request")
+    limit_deadline_ms: float = Field(60_000, gt=0, description="longest deadline a client may ask")
+    limit_k: int = Field(100, ge=1, description="items per /v1/recommend answer")
+    limit_events: int = Field(1000, ge=1, description="events per /v1/events call")
 
     # RL training / evaluation gate (recsys.gate)
     gate_margin: float = Field(0.5, description="MRR x100 points a ranker must gain to promote")
     gate_beat_retrieval: bool = Field(True, description="refuse rankers worse than retrieval")
 
     log_level: str = "INFO"
+
+    def api_keys_required(self, host: str | None = None) -> bool:
+        """The explicit setting, else: keys whenever the bind address is not loopback."""
+        if self.require_api_key is not None:
+            return self.require_api_key
+        return not _is_loopback(host or self.host)
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,6 +106,17 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_dir(self) -> Path:
         return self.artifact_dir or self.var_dir / "artifacts"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
 
 
 @lru_cache

@@ -53,21 +53,38 @@ def test_rank_returns_a_permutation_with_propensity(tiny_ranker):
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "status", "message"),
     [
-        ({"candidates": []}, "no candidates"),
-        ({"task": "rec-books"}, "unknown task"),
-        ({"mode": "fastest"}, "unknown mode"),
-        ({"candidates": [{"id": "1", "text": "a"}, {"id": "1", "text": "b"}]}, "duplicate"),
-        ({"candidates": [{"id": "1", "text": " "}]}, "empty text"),
-        ({"colour": "red"}, "unknown request field"),
+        ({"candidates": []}, 422, "candidates: List should have at least 1 item"),
+        ({"task": "rec-books"}, 422, "task: Input should be 'rec-movie'"),
+        ({"mode": "fastest"}, 422, "mode: Input should be 'incremental'"),
+        ({"candidates": [{"id": "1", "text": "a"}, {"id": "1", "text": "b"}]}, 409, "duplicate"),
+        ({"candidates": [{"id": "1", "text": " "}]}, 422, "candidates.0.text: String should match"),
+        ({"colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+        ({"candidates": [{"id": "404", "score": 1.0}]}, 404, "unknown catalogue item(s) ['404']"),
+        ({"deadline_ms": 10**9}, 422, "deadline_ms: Input should be less than or equal to 60000"),
+        ({"candidates": [{"id": str(i), "text": "x"} for i in range(101)]}, 422, "at most 100"),
+        ({"candidates": [{"id": "1", "text": "x" * 1001}]}, 422, "at most 1000 characters"),
+        ({"history": ["h"] * 101}, 422, "history: List should have at most 100 items"),
+        ({"task": "passage"}, 409, "task 'passage' needs a non-empty 'query'"),
+        ({"mode": "reason", "fusion_alpha": 1.0}, 409, "reason mode generates free text"),
     ],
 )
-def test_bad_requests_get_422_with_the_reason(tiny_ranker, change, message):
-    with make_client(tiny_ranker) as client:
+def test_bad_requests_are_refused_with_the_reason(tiny_ranker, engine, change, status, message):
+    with make_client(tiny_ranker, engine) as client:
         response = client.post("/v1/rank", json={**REQUEST, **change})
-    assert response.status_code == 422
+    assert response.status_code == status
     assert message in response.json()["error"]
+
+
+def test_oversized_bodies_and_prompts_get_413(tiny_ranker, engine):
+    big = {**REQUEST, "history": ["word " * 190] * 50}
+    with make_client(tiny_ranker, engine, limit_body_bytes=20_000) as client:
+        response = client.post("/v1/rank", json=big)
+        assert response.status_code == 413 and "RECSYS_LIMIT_BODY_BYTES" in response.json()["error"]
+    with make_client(tiny_ranker, engine, limit_prompt_tokens=50) as client:
+        response = client.post("/v1/rank", json=big)
+        assert response.status_code == 413 and "RECSYS_LIMIT_PROMPT_TOKENS" in response.json()["error"]
 
 
 def test_deadline_zero_answers_with_the_retrieval_order(tiny_ranker):

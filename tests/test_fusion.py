@@ -361,7 +361,7 @@ def test_api_rank_takes_and_reports_fusion_alpha(tiny_ranker):
     assert answer.json()["order"] == by_score(req)
     assert answer.json()["fusion_alpha"] == 1e4
     assert bad.status_code == 422
-    assert "fusion_alpha must be a finite number >= 0" in bad.json()["error"]
+    assert "fusion_alpha: Input should be greater than or equal to 0" in bad.json()["error"]
 
 
 # ---------------------------------------------------------------- registry precedence

@@ -57,9 +57,12 @@ def recorded(monkeypatch, tmp_path):
 
 
 def _api(tmp_path):
-    from recsys.api import _load_ranker
+    from fastapi.testclient import TestClient
 
-    _load_ranker(get_settings())
+    from recsys.api import create_app
+
+    with TestClient(create_app(settings=get_settings())) as client:
+        assert client.get("/readyz").status_code == 200
 
 
 def _batch(tmp_path):

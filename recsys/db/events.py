@@ -34,6 +34,7 @@ class InteractionRecord:
     timestamp: datetime
     value: float | None = None
     source: str = "api"
+    key: str | None = None  # the idempotency key; None: a hash of (source, user, item, time, event)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def log_interactions(records: Sequence[InteractionRecord], *, engine: Engine) ->
     rows = []
     for r in records:
         micros = (_utc(r.timestamp) - _EPOCH) // timedelta(microseconds=1)
-        key = event_id(r.source, r.user_id, r.item_id, micros, r.event)
+        key = r.key or event_id(r.source, r.user_id, r.item_id, micros, r.event)
         rows.append((key, r.user_id, r.item_id, r.event, r.value, _utc(r.timestamp), r.source))
     items = [ItemRecord(i) for i in dict.fromkeys(r.item_id for r in records)]
     with engine.connect() as conn, StagedLoad(conn) as stage:

@@ -1,0 +1,190 @@
+"""The real-time API (FastAPI). `recsys serve` runs it with uvicorn; docs/serving.md.
+
+    POST /v1/recommend   a user's feed: history from the database, candidates from the
+                         registered retrieval index, IRanker within the deadline
+    POST /v1/rank        rank a list the client has (texts, or catalogue ids)
+    POST /v1/events      interactions, idempotent by event id
+    POST /v1/admin/reload  serve the newly promoted ranker now (admin key)
+    GET  /v1/model  /healthz  /readyz  /metrics
+
+Every body is a typed model (recsys.api.schemas), so `/openapi.json` is the contract.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+
+from ranking.engine import Ranker
+from ranking.errors import RequestError
+from recsys.api import routes
+from recsys.api.impressions import ImpressionLogger
+from recsys.api.metrics import ApiMetrics
+from recsys.api.recommend import IndexHolder
+from recsys.api.schemas import ErrorBody, build
+from recsys.api.serving import RankerHolder, RankerLoader, VersionProbe
+from recsys.batcher import MicroBatcher
+from recsys.settings import Settings, get_settings
+
+ERRORS = {s: {"model": ErrorBody} for s in (401, 404, 409, 413, 422, 503)}
+
+
+class Service:
+    """What the routes share: settings, database, ranker holder, index, logger, metrics."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: ApiMetrics) -> None:
+        self.settings, self.engine, self.metrics = settings, engine, metrics
+        self.ranker: RankerHolder
+        self.index = IndexHolder(engine, settings.embeddings)
+        self.impressions: ImpressionLogger
+
+    def batcher_for(self, ranker: Ranker) -> MicroBatcher:
+        s = self.settings
+        return MicroBatcher(ranker, max_batch=s.batch_size, max_wait_ms=s.batch_wait_ms,
+                            on_batch=self.metrics.batch_size.observe)  # fmt: skip
+
+
+def create_app(
+    *,
+    ranker: Ranker | None = None,
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    version: str | None = None,
+    probe: VersionProbe | None = None,
+    loader: RankerLoader | None = None,
+) -> FastAPI:
+    """Build the app. Without `ranker`, the settings' model is loaded at start-up and a
+    newly promoted version replaces it (hot reload); tests inject `ranker`, `probe` and
+    `loader`."""
+    from recsys import runtime
+
+    settings = settings or get_settings()
+    engine = engine or runtime.database_engine(settings)
+    metrics = ApiMetrics()
+    service = Service(settings, engine, metrics)
+    if ranker is None:
+        resolved = runtime.resolve(settings)
+        version = resolved.version
+        probe = probe or (lambda: runtime.resolve(settings).version)
+        loader = loader or (lambda: runtime.load_ranker(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        from recsys.db.events import log_impressions
+
+        first = ranker or runtime.load_ranker(settings)
+        service.ranker = RankerHolder(
+            first, version, make_batcher=service.batcher_for, probe=probe, loader=loader,
+            on_swap=lambda slot: (metrics.serving(slot.ranker.model_id, slot.version),
+                                  metrics.reloads.inc()),
+        )  # fmt: skip
+        service.ranker.start_polling(settings.reload_poll_s)
+        service.impressions = ImpressionLogger(
+            lambda records: log_impressions(records, engine=engine),
+            capacity=settings.impression_buffer,
+            on_drop=metrics.impressions_dropped.inc, on_pending=metrics.impressions_pending.set,
+        )  # fmt: skip
+        app.state.service = service
+        yield
+        service.ranker.close()  # drains in-flight requests
+        service.impressions.close()
+
+    app = FastAPI(title="recsys IRanker API", version="2", lifespan=lifespan)
+    _add_error_handlers(app)
+    _add_middleware(app, settings, metrics)
+    scopes = _key_checks(settings, engine)
+    schemas = build(settings)
+    routes.add_probes(app, service)
+    routes.add_ranking(app, service, schemas, scopes["rank"], ERRORS)
+    routes.add_events(app, service, schemas, scopes["rank"], ERRORS)
+    routes.add_admin(app, service, scopes["admin"], ERRORS)
+    return app
+
+
+def _key_checks(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """A dependency per scope: `Authorization: Bearer KEY` with that scope (recsys.auth)."""
+    from recsys.auth import hash_key
+    from recsys.db.apikeys import active_key_scopes
+
+    bearer = HTTPBearer(auto_error=False, description="an API key (`recsys apikey create`)")
+    required = settings.api_keys_required()
+
+    def needs(scope: str):  # type: ignore[no-untyped-def]
+        def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+            if not required:
+                return
+            key = cred.credentials.strip() if cred else ""
+            digest = hash_key(key)
+            scopes = active_key_scopes(digest, engine=engine) if key else None
+            # the lookup is by hash; the comparison below is constant-time all the same
+            ok = scopes is not None and hmac.compare_digest(digest, hash_key(key))
+            if not ok or scope not in (scopes or []):
+                raise HTTPException(
+                    401, f"missing or invalid API key (scope {scope!r}): send "
+                    "`Authorization: Bearer KEY` (`recsys apikey create`)",
+                )  # fmt: skip
+
+        return check
+
+    return {"rank": needs("rank"), "admin": needs("admin")}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        text = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+            for e in errors[:10]
+        )
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg"))} for e in errors[:50]]
+        return JSONResponse(status_code=422, content={"error": text, "detail": detail})
+
+    @app.exception_handler(RequestError)
+    async def contradictory(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"error": str(exc), "detail": None})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code,
+                            content={"error": str(exc.detail), "detail": None},
+                            headers=getattr(exc, "headers", None))  # fmt: skip
+
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
+    limit = settings.limit_body_bytes
+
+    @app.middleware("http")
+    async def measure_and_limit(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        path = request.scope.get("path", "")
+        route = path if path in known(app) else "other"  # bounded label values
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            response = _too_large(limit)
+        else:
+            body = await request.body()  # also bounds a body sent without a length
+            response = _too_large(limit) if len(body) > limit else await call_next(request)
+        metrics.requests.labels(endpoint=route, status=str(response.status_code)).inc()
+        metrics.latency.labels(endpoint=route).observe(time.perf_counter() - start)
+        return response
+
+
+def known(app: FastAPI) -> set[str]:
+    return {getattr(r, "path", "") for r in app.routes}
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        status_code=413,
+        content={"error": f"request body over {limit} bytes (RECSYS_LIMIT_BODY_BYTES); "
+                          "send fewer or shorter items", "detail": None},
+    )  # fmt: skip
