@@ -273,3 +273,87 @@ def test_build_sequence_from_a_bare_tokenizer_equals_the_backend_one(tiny_backen
     via_tokenizer = build_sequence(req, tiny_backend.tokenizer)
     assert via_tokenizer == via_backend
     assert len(via_backend.label_ids) == 7 and via_backend.sep_ids == ()
+
+
+# ---------------------------------------------------------------- the mode contract
+#
+# Every mode of the registry (ranking.modes.MODES) against one scripted model whose answer
+# is known: it always prefers the LAST candidate still in play (label modes: raw log-probs
+# 0, 1, ..., n-1 over the options; reason: an answer naming that candidate). Eliminating
+# modes therefore eliminate from the end and return the input order; `direct` places from
+# the end and returns it reversed.
+
+N_CONTRACT = 6
+KNOWN_ORDER = {
+    "incremental": [f"m{i}" for i in range(N_CONTRACT)],
+    "score": [f"m{i}" for i in range(N_CONTRACT)],
+    "reason": [f"m{i}" for i in range(N_CONTRACT)],
+    "direct": [f"m{i}" for i in reversed(range(N_CONTRACT))],
+}
+
+
+def prefers_last(context, allowed):
+    return np.arange(len(allowed), dtype=float)
+
+
+def last_named_texts(n: int) -> list[str]:
+    """Reason mode's answers, step by step: the last candidate still in play."""
+    return [f"<answer>Movie number {i} ({1980 + i})</answer>" for i in range(n - 1, 0, -1)]
+
+
+def contract_backend() -> ScriptedBackend:
+    return ScriptedBackend(last_named_texts(N_CONTRACT), logprob_fn=prefers_last)
+
+
+def softmax_at(n: int, temperature: float, index: int) -> float:
+    z = np.arange(n, dtype=float) / temperature
+    return float(np.exp(z[index] - z.max()) / np.exp(z - z.max()).sum())
+
+
+def test_the_registry_holds_every_mode_a_request_may_name():
+    from ranking.modes import MODES as REGISTRY
+    from ranking.types import MODES as REQUEST_MODES
+
+    assert sorted(REGISTRY) == sorted(REQUEST_MODES) == sorted(KNOWN_ORDER)
+    assert all(cls.name == name for name, cls in REGISTRY.items())
+
+
+@pytest.mark.parametrize("mode", sorted(KNOWN_ORDER))
+def test_every_mode_gives_the_known_ranking_with_its_steps(mode):
+    backend = contract_backend()
+    req = make_request(N_CONTRACT, mode=mode)
+    res = Ranker(backend).rank(req)
+    assert res.order == KNOWN_ORDER[mode]
+    assert (res.mode, res.model, res.fallback, res.invalid_answers) == (mode, "scripted", False, 0)
+    assert [s.remaining for s in res.steps] == list(range(N_CONTRACT, 1, -1))  # n - 1 steps
+    chosen = [s.eliminated for s in res.steps]
+    assert chosen == [f"m{i}" for i in range(N_CONTRACT - 1, 0, -1)]  # the last in play
+    if mode == "reason":  # free text: no step probability, no propensity
+        assert all(s.prob is None and s.matched == "exact" for s in res.steps)
+        assert res.log_propensity is None
+        return
+    want = [softmax_at(s.remaining, 1.0, s.remaining - 1) for s in res.steps]
+    np.testing.assert_allclose([s.prob for s in res.steps], want, rtol=1e-12)
+    assert res.log_propensity == pytest.approx(sum(math.log(p) for p in want))
+    assert all(s.matched == "constrained" for s in res.steps)
+
+
+@pytest.mark.parametrize("mode", sorted(KNOWN_ORDER))
+def test_every_mode_samples_reproducibly_with_the_reported_probability(mode):
+    reqs = [make_request(N_CONTRACT, mode=mode, temperature=2.0, seed=s) for s in range(4)]
+    first = Ranker(contract_backend()).rank_batch(reqs)
+    again = Ranker(contract_backend()).rank_batch(reqs)
+    assert [r.order for r in first] == [r.order for r in again]
+    for req, res in zip(reqs, first, strict=True):
+        assert is_permutation(res, req) and res.mode == mode
+        if mode == "reason":  # free text: sampled or not, no propensity
+            assert res.log_propensity is None and all(s.prob is None for s in res.steps)
+            continue
+        remaining = list(req.ids)
+        for step in res.steps:  # the probability under the distribution drawn from (T = 2)
+            pos = remaining.index(step.eliminated)
+            assert step.prob == pytest.approx(softmax_at(len(remaining), 2.0, pos), rel=1e-12)
+            remaining.pop(pos)
+        assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
+    if mode != "reason":  # T = 2 over 6 options explores: not every seed gives one order
+        assert len({tuple(r.order) for r in first}) > 1
