@@ -375,3 +375,29 @@ def test_api_keys_store_hashes_by_name(engine: Engine) -> None:
     ]
     with pytest.raises(UserError, match="no API key named 'gone'"):
         apikeys.revoke_api_key("gone", engine=engine)
+
+
+def test_apikey_command_creates_lists_and_revokes(database_url: str, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.auth import key_has_scope
+    from recsys.cli import app
+    from recsys.db.engine import dispose_engines, get_engine
+    from recsys.settings import get_settings
+
+    monkeypatch.setenv("RECSYS_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        created = runner.invoke(app, ["apikey", "create", "feed"])
+        assert created.exit_code == 0, created.output
+        key = created.output.strip()
+        assert key.startswith("rk_") and key_has_scope(key, "rank", engine=get_engine())
+        assert runner.invoke(app, ["apikey", "list"]).output.split() == ["feed", "rank", "active"]
+        assert runner.invoke(app, ["apikey", "revoke", "feed"]).exit_code == 0
+        listed = runner.invoke(app, ["apikey", "list"]).output.split()
+        assert listed == ["feed", "rank", "revoked"]
+        assert not key_has_scope(key, "rank", engine=get_engine())
+    finally:
+        get_settings.cache_clear()
+        dispose_engines()
