@@ -35,9 +35,9 @@ class BatchConfig:
     k: int = 20
     history: int = 20
     rerank: bool = True
-    model: str = "default"
-    device: str = "auto"
-    batch_size: int = 8
+    model: str | None = None  # None: the settings' (recsys.runtime)
+    device: str | None = None
+    batch_size: int | None = None
     chunk_users: int = 64
     shard: int = 0
     shards: int = 1
@@ -161,11 +161,8 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
 
 
 def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def]
-    from recsys.registry import load_registered_ranker
+    from recsys import runtime
 
-    return load_registered_ranker(
-        config.model,
-        engine=engine,
-        device=config.device,
-        batch_size=config.batch_size,
+    return runtime.load_ranker(
+        engine=engine, model=config.model, device=config.device, batch_size=config.batch_size
     )

@@ -18,13 +18,12 @@ Otherwise the promotion is refused and the reason says which rule failed, with t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from recsys.registry import GateDecision
+from recsys.stats import paired_difference
 
 MIN_COMMON_USERS = 10
 
@@ -63,20 +62,6 @@ class ValidationResults:
         )
 
 
-def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of a - b and the percentile bootstrap 95% interval of that mean, resampling
-    the pairs (Efron & Tibshirani 1993, ch. 13). Returns (mean, low, high)."""
-    if len(a) != len(b) or not len(a):
-        raise ValueError("paired_bootstrap needs two non-empty sequences of the same length")
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(d.mean()), float(low), float(high)
-
-
 def compare(
     candidate: Mapping[str, float], reference: Mapping[str, float], n_boot: int = 2000
 ) -> tuple[int, float, float, float]:
@@ -84,10 +69,9 @@ def compare(
     users = sorted(set(candidate) & set(reference))
     if not users:
         return 0, 0.0, 0.0, 0.0
-    mean, low, high = paired_bootstrap(
-        [candidate[u] for u in users], [reference[u] for u in users], n_boot
-    )
-    return len(users), 100 * mean, 100 * low, 100 * high
+    ci = paired_difference([candidate[u] for u in users], [reference[u] for u in users],
+                           n_boot=n_boot, seed=0)  # fmt: skip
+    return len(users), 100 * ci.mean, 100 * ci.low, 100 * ci.high
 
 
 def decide(

@@ -47,10 +47,10 @@ class DemoConfig:
     k: int = 20
     history: int = 20  # history titles shown to the ranker
     seed: int = 7
-    model: str = "default"
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 8
+    model: str | None = None  # None: the settings' (recsys.runtime)
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
     rerank: bool = True
     embeddings: str = "minilm"
     cf_factors: int = 64
@@ -342,7 +342,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         requests = rank_requests(gen, sample_candidates, data.titles, history=config.history)
         ranker = stages.run(
             "load_ranker",
-            f"load ranker {config.model!r} on {config.device}",
+            f"load ranker {config.model or 'from settings'!r}",
             lambda: _load_ranker(config, engine),
         )
         model_version = ranker.model_id
@@ -417,15 +417,10 @@ def _check(config: DemoConfig) -> None:
 
 
 def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
-    from recsys.registry import load_registered_ranker
+    from recsys import runtime
 
-    return load_registered_ranker(
-        config.model,
-        engine=engine,
-        device=config.device,
-        dtype=config.dtype,
-        batch_size=config.batch_size,
-    )
+    return runtime.load_ranker(engine=engine, model=config.model, device=config.device,
+                               dtype=config.dtype, batch_size=config.batch_size)  # fmt: skip
 
 
 def _sample(users: list[str], n: int, seed: int) -> list[str]:

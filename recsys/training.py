@@ -62,7 +62,8 @@ def task_episodes(
     candidate scored by a classical recommender fitted on the task's training interactions
     (every interaction except the evaluated targets): `score` is that recommender's score,
     `signals` = {cf_rank}. `history_len` keeps only the most recent history items."""
-    from recsys.eval.baselines import make_baseline, scored_candidates
+    from recsys.eval.baselines import scored_candidates
+    from recsys.eval.rankers import make_baseline
     from recsys.eval.tasks import build_task, default_data
 
     if not task.startswith("rec-"):
@@ -140,10 +141,10 @@ class TrainingOptions:
     train_fused: bool = False  # train the fused policy (needs fusion_alpha)
     extra_alphas: tuple[float, ...] = ()  # more fusion weights measured (val_mrr_fused@a)
     eval_every: int = 25
-    checkpoint_every: int = 25
+    checkpoint_every: int | None = None  # None: TrainConfig's
     lora: bool = False
     model: str = "default"
-    device: str = "cpu"
+    device: str | None = None  # None: the settings' (recsys.runtime)
     seed: int = 7
     run_name: str | None = None
     resume: bool = True
@@ -211,9 +212,9 @@ def run_training(
     import torch
 
     from ranking.convert import ensure_hf_dir
-    from ranking.loading import load_backend
     from ranking.rl.policy import greedy_orders
     from ranking.rl.trainer import TrainConfig, Trainer
+    from recsys import runtime
     from recsys.settings import get_settings
 
     settings = get_settings()
@@ -226,7 +227,7 @@ def run_training(
             group_size=opts.group_size,
             expected_weight=opts.expected_weight,
             eval_every=opts.eval_every,
-            checkpoint_every=opts.checkpoint_every,
+            **({"checkpoint_every": opts.checkpoint_every} if opts.checkpoint_every else {}),
             seed=opts.seed,
             fusion_alpha=opts.fusion_alpha,
             train_fused=opts.train_fused,
@@ -244,7 +245,9 @@ def run_training(
     out_dir.mkdir(parents=True, exist_ok=True)
     # a GGUF model cannot be saved after training: train a de-quantised HF copy (made once)
     base_dir = ensure_hf_dir(opts.model, settings.resolved_artifact_dir / "base")
-    backend = load_backend(base_dir, device=opts.device, cache=False)
+    backend = runtime.load_backend(
+        settings, model=str(base_dir), device=opts.device, backend="transformers", cache=False
+    )
     model = backend.model
     for p in model.parameters():  # fp32 master weights (GPU loads bf16; autocast does the rest)
         p.data = p.data.float()

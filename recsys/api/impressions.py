@@ -34,6 +34,7 @@ class ImpressionLogger:
         self._buffer: deque[ImpressionRecord] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._give_up_at = float("inf")
         self.dropped = self.written = 0
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
@@ -59,8 +60,9 @@ class ImpressionLogger:
     def close(self, timeout_s: float = 10.0) -> None:
         with self._cond:
             self._closing = True
+            self._give_up_at = time.monotonic() + timeout_s
             self._cond.notify()
-        self._thread.join(timeout_s)
+        self._thread.join(timeout_s + self.max_backoff_s)
 
     def _run(self) -> None:
         backoff = 0.05
@@ -75,8 +77,9 @@ class ImpressionLogger:
                 self._write(batch)
             except Exception as exc:  # the database is away: keep them, try again later
                 log.warning("impressions not written yet (%s); retrying", exc)
-                if self._closing and backoff >= self.max_backoff_s:
-                    return  # shutting down and still failing: the rest stays unwritten
+                if self._closing and time.monotonic() > self._give_up_at:
+                    log.error("shutting down: %d impressions not written", len(self._buffer))
+                    return
                 time.sleep(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue

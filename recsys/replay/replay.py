@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from recsys.replay.estimators import (
     LoggedData,
     effective_sample_size,
 )
+from recsys.stats import bootstrap_mean
 
 METRICS: dict[str, Callable[[Sequence[str], str], float]] = {
     "mrr": reciprocal_rank,
@@ -67,14 +68,6 @@ class ReplayReport:
         return "\n".join(lines)
 
 
-def paired_bootstrap(diffs: np.ndarray, *, n_boot: int = 2000, seed: int = 7) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    n = len(diffs)
-    means = diffs[rng.integers(0, n, (n_boot, n))].mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return {"mean": float(diffs.mean()), "low": float(low), "high": float(high)}
-
-
 def replay(
     logged: Sequence[Episode],
     rank_a: Callable[[list[RankRequest]], list[Sequence[str]]],
@@ -103,7 +96,7 @@ def replay(
         n=len(logged),
         policies={p: {m: float(v.mean()) for m, v in s.items()} for p, s in scores.items()},
         difference={
-            m: paired_bootstrap(scores["B"][m] - scores["A"][m], seed=seed) for m in METRICS
+            m: asdict(bootstrap_mean(scores["B"][m] - scores["A"][m], seed=seed)) for m in METRICS
         },
         per_request={p: scores[p]["mrr"].tolist() for p in scores},
     )
