@@ -1,4 +1,5 @@
-"""Shared fixtures live in tests/fixtures/*.py, one module per concern."""
+"""Shared fixtures live in tests/fixtures/*.py, one module per concern; helpers without
+fixtures (tests.fixtures.cli, tests.fixtures.requests) are imported where used."""
 
 import os
 
@@ -10,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # silently smaller set of fixtures
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.db",
     "tests.fixtures.models",
     "tests.fixtures.data",
     "tests.fixtures.clock",

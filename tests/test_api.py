@@ -10,8 +10,6 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from recsys.api import create_app
-from recsys.db.engine import make_engine
-from recsys.db.migrate import ensure_schema
 from recsys.db.models import Impression
 from recsys.settings import Settings
 
@@ -25,14 +23,6 @@ REQUEST = {
         {"id": "7", "text": "Twelve Monkeys (1995)", "score": 0.5},
     ],
 }
-
-
-@pytest.fixture
-def engine(database_url):
-    ensure_schema(database_url)
-    eng = make_engine(database_url)
-    yield eng
-    eng.dispose()
 
 
 def make_client(ranker, engine=None, **overrides) -> TestClient:

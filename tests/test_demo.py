@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from ranking.metrics import hit_at_k, reciprocal_rank
 from recsys.cli import app, main
 from recsys.datasets import ML100K_GENRES
+from tests.fixtures.data import write_ml100k
 
 N_USERS, PER_GENRE, PER_USER, K = 12, 8, 6, 5
 GENRES = ["Action", "Comedy", "Horror"]
@@ -20,24 +21,21 @@ GENRES = ["Action", "Comedy", "Horror"]
 def write_movielens(folder):
     """Users of genre g watch films of genre g, one per day; returns each user's last item."""
     rng = np.random.default_rng(0)
-    folder.mkdir()
-    items = []
+    titles, genres = {}, {}
     for g, genre in enumerate(GENRES):
         for j in range(PER_GENRE):
             item = g * PER_GENRE + j + 1
-            flags = ["1" if name == genre else "0" for name in ML100K_GENRES]
-            fields = [str(item), f"{genre} Film {j} (1995)", "01-Jan-1995", "", "", *flags]
-            items.append("|".join(fields))
-    (folder / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+            titles[item] = f"{genre} Film {j} (1995)"
+            genres[item] = ML100K_GENRES.index(genre)
     rows, last = [], {}
     for user in range(1, N_USERS + 1):
         g = user % len(GENRES)
         picks = rng.choice(PER_GENRE, PER_USER, replace=False)
         for day, j in enumerate(picks):
             item = g * PER_GENRE + int(j) + 1
-            rows.append(f"{user}\t{item}\t4\t{880000000 + 86400 * day}")
+            rows.append((user, item, 4, 880000000 + 86400 * day))
             last[str(user)] = str(item)
-    (folder / "u.data").write_text("\n".join(rows) + "\n")
+    write_ml100k(folder, rows, titles, genres=genres)
     return last
 
 

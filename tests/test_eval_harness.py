@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ranking.types import Candidate, RankResult
-from recsys.cli import main
 from recsys.eval import harness, report
 from recsys.eval.tasks import Instance, TaskSet
+from tests.fixtures.cli import run_cli
+from tests.fixtures.data import tiny_ml100k
 
 
 def instance(n: int = 5, target: str = "c2", uid: str = "u") -> Instance:
@@ -97,34 +96,8 @@ def test_engine_ranker_with_tiny_model(tiny_ranker) -> None:
     assert run.requests_per_s > 0
 
 
-def write_ml100k(folder: Path, users: int = 25) -> Path:
-    """A tiny MovieLens 100K folder: 60 movies, each user rates 22 of them."""
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    lines = []
-    for u in range(1, users + 1):
-        for t, item in enumerate(rng.choice(60, 22, replace=False)):
-            lines.append(f"{u}\t{item + 1}\t4\t{1000 + t}")
-    (folder / "u.data").write_text("\n".join(lines) + "\n")
-    zeros = "|".join(["0"] * 19)
-    items = [f"{i}|Movie {i} (1990)|01-Jan-1990||http://x|{zeros}" for i in range(1, 61)]
-    (folder / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
-    return folder
-
-
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["recsys", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_eval_writes_json_and_table(monkeypatch, capsys, tmp_path: Path) -> None:
-    data = write_ml100k(tmp_path / "ml")
+    data = tiny_ml100k(tmp_path / "ml")
     out = tmp_path / "results.json"
     args = [
         "eval",

@@ -40,3 +40,22 @@ def test_shared_data_is_where_the_settings_look():
     from recsys.settings import Settings
 
     assert Settings.model_fields["data_dir"].default == SHARED_DATA
+
+
+def test_conftest_loads_every_fixtures_module_and_only_existing_ones():
+    """A fixtures module missing from tests/conftest.py would leave its fixtures unknown; a
+    listed module that does not exist would break every run."""
+    import importlib
+    from pathlib import Path
+
+    from tests import conftest
+
+    folder = Path(__file__).parent / "fixtures"
+    for name in conftest.pytest_plugins:
+        importlib.import_module(name)  # exists
+    with_fixtures = {
+        f"tests.fixtures.{p.stem}"
+        for p in folder.glob("*.py")
+        if "@pytest.fixture" in p.read_text(encoding="utf-8")
+    }
+    assert with_fixtures <= set(conftest.pytest_plugins)

@@ -10,10 +10,8 @@ was fused; request, CLI, API, registry precedence and the eval harness.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -35,6 +33,8 @@ from ranking.modes.incremental import build_sequence
 from ranking.modes.score import step_prompt
 from ranking.prompts import labels_for
 from ranking.types import Candidate, RankRequest
+from tests.fixtures.cli import run_cli
+from tests.fixtures.requests import make_request
 
 LABEL_MODES = ["incremental", "score", "direct"]
 
@@ -43,12 +43,7 @@ def scored_request(n: int = 6, mode: str = "incremental", shuffle: int = 0, **kw
     """Distinct retrieval scores in a seeded order, so the retrieval order is not the list's;
     `kw` are request fields (`seed` is the sampling seed)."""
     scores = np.random.default_rng(shuffle).permutation(n) * 0.37 + 0.1
-    cands = tuple(
-        Candidate(id=f"m{i}", text=f"Movie number {i} ({1980 + i})", score=float(scores[i]))
-        for i in range(n)
-    )
-    history = ("Toy Story (1995)", "Heat (1995)", "Casino (1995)")
-    return RankRequest(task="rec-movie", candidates=cands, history=history, mode=mode, **kw)
+    return make_request(n, mode, scores=[float(s) for s in scores], **kw)
 
 
 def by_score(req: RankRequest) -> list[str]:
@@ -277,20 +272,6 @@ def test_bad_ranker_default_is_a_clear_error(alpha):
 # ---------------------------------------------------------------- CLI and API
 
 
-def run_cli(monkeypatch, capsys, args, stdin=""):
-    from recsys.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["recsys", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def request_json(req: RankRequest, **extra) -> str:
     cands = [{"id": c.id, "text": c.text, "score": c.score} for c in req.candidates]
     body = {"task": req.task, "history": list(req.history), "candidates": cands}
@@ -367,17 +348,6 @@ def test_api_rank_takes_and_reports_fusion_alpha(tiny_ranker):
 # ---------------------------------------------------------------- registry precedence
 
 
-@pytest.fixture
-def registry_engine(sqlite_url):
-    from recsys.db.engine import make_engine
-    from recsys.db.migrate import ensure_schema
-
-    ensure_schema(sqlite_url)
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
-
-
 @pytest.mark.parametrize(
     ("setting", "registered", "served"),
     [(None, None, 0.0), (None, 3.0, 3.0), (1.5, 3.0, 1.5), (0.0, 3.0, 0.0), (2.0, None, 2.0)],
@@ -388,21 +358,19 @@ def test_serving_alpha_precedence(setting, registered, served):
     assert serving_fusion_alpha(setting, registered) == served
 
 
-def test_registered_version_is_served_with_its_alpha(
-    fresh_settings, registry_engine, tiny_model_dir
-):
+def test_registered_version_is_served_with_its_alpha(fresh_settings, sqlite_engine, tiny_model_dir):
     from recsys.db.registry import register_model
     from recsys.resolver import resolve_ranker
     from recsys.runtime import load_ranker
 
-    model, eng = str(tiny_model_dir), registry_engine
+    model, eng = str(tiny_model_dir), sqlite_engine
     register_model("ranker", "fused", model, metrics={"fusion_alpha": 3.0}, engine=eng)
     register_model("ranker", "plain", model, engine=eng)
-    assert resolve_ranker("fused", engine=registry_engine).fusion_alpha == 3.0
-    assert resolve_ranker("plain", engine=registry_engine).fusion_alpha is None
+    assert resolve_ranker("fused", engine=sqlite_engine).fusion_alpha == 3.0
+    assert resolve_ranker("plain", engine=sqlite_engine).fusion_alpha is None
 
     def served(spec, **kw):
-        ranker = load_ranker(engine=registry_engine, model=spec, device="cpu", **kw)
+        ranker = load_ranker(engine=sqlite_engine, model=spec, device="cpu", **kw)
         return ranker.fusion_alpha
 
     assert served("fused") == 3.0  # the version's own weight
@@ -419,21 +387,21 @@ def test_registered_version_is_served_with_its_alpha(
     get_settings.cache_clear()
     assert served("fused") == 1.5  # RECSYS_FUSION_ALPHA wins over the version
     # and a request's own weight wins over the ranker's default
-    ranker = load_ranker(engine=registry_engine, model="fused", device="cpu")
+    ranker = load_ranker(engine=sqlite_engine, model="fused", device="cpu")
     res = ranker.rank(scored_request(5, fusion_alpha=0.0))
     assert res.fusion_alpha == 0.0
 
 
-def test_bad_registered_alpha_is_a_clear_error(registry_engine, tiny_model_dir):
+def test_bad_registered_alpha_is_a_clear_error(sqlite_engine, tiny_model_dir):
     from recsys.db.registry import register_model
     from recsys.errors import UserError
     from recsys.resolver import resolve_ranker
 
     register_model(
-        "ranker", "odd", str(tiny_model_dir), metrics={"fusion_alpha": "x"}, engine=registry_engine
+        "ranker", "odd", str(tiny_model_dir), metrics={"fusion_alpha": "x"}, engine=sqlite_engine
     )
     with pytest.raises(UserError, match="ranker 'odd' has fusion_alpha 'x', which is not a finite"):
-        resolve_ranker("odd", engine=registry_engine)
+        resolve_ranker("odd", engine=sqlite_engine)
 
 
 # ---------------------------------------------------------------- the eval harness
@@ -442,9 +410,9 @@ def test_bad_registered_alpha_is_a_clear_error(registry_engine, tiny_model_dir):
 @pytest.fixture(scope="module")
 def rec_task(tmp_path_factory):
     from recsys.eval.tasks import build_task
-    from tests.test_eval_harness import write_ml100k
+    from tests.fixtures.data import tiny_ml100k
 
-    data = write_ml100k(tmp_path_factory.mktemp("fusion") / "ml", users=6)
+    data = tiny_ml100k(tmp_path_factory.mktemp("fusion") / "ml", users=6)
     return build_task("rec-movie", data, 7)
 
 
@@ -522,9 +490,9 @@ def test_cli_eval_bad_fusion_exits_2(fresh_settings, capsys, args, message):
 
 
 def test_cli_eval_fusion_alpha_end_to_end(fresh_settings, capsys, tmp_path, tiny_model_dir):
-    from tests.test_eval_harness import write_ml100k
+    from tests.fixtures.data import tiny_ml100k
 
-    data = write_ml100k(tmp_path / "ml", users=4)
+    data = tiny_ml100k(tmp_path / "ml", users=4)
     out = tmp_path / "results.json"
     args = ["eval", "--task", "rec-movie", "--data", str(data), "--model", str(tiny_model_dir),
             "--fusion-alpha", "2", "--limit", "2", "--out", str(out), "--no-progress"]  # fmt: skip

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,12 +24,6 @@ from recsys.errors import UserError
 from recsys.ingest import ColumnMap, ingest
 
 RATINGS = ColumnMap(rating="rating")
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    with migrated_engine(database_url) as engine:
-        yield engine
 
 
 def _write(path: Path, text: str) -> Path:

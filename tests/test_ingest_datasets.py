@@ -3,7 +3,6 @@ same idempotent, all-or-nothing machinery (small synthetic folders, both backend
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,26 +15,13 @@ from recsys.db.models import Interaction, Item, User
 from recsys.db.testing import count_rows, migrated_engine
 from recsys.errors import UserError
 from recsys.ingest import ingest
-from tests.fixtures.data import require_data
+from tests.fixtures.data import require_data, write_ml100k
 
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    with migrated_engine(database_url) as engine:
-        yield engine
+TITLES = {1: "Toy Story (1995)", 2: "GoldenEye (1995)", 3: "Café Society (1995)"}
 
 
 def _ml100k(folder: Path, ratings: list[str]) -> Path:
-    folder.mkdir()
-    (folder / "u.data").write_text("".join(f"{line}\n" for line in ratings), encoding="latin-1")
-    genres = "|".join(["0"] * 19)
-    items = [
-        f"1|Toy Story (1995)|01-Jan-1995||http://x|{genres}",
-        f"2|GoldenEye (1995)|01-Jan-1995||http://x|{genres}",
-        f"3|Café Society (1995)|01-Jan-1995||http://x|{genres}",
-    ]
-    (folder / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
-    return folder
+    return write_ml100k(folder, ratings, TITLES)
 
 
 def _counts(engine: Engine) -> tuple[int, ...]:

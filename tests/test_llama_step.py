@@ -13,31 +13,13 @@ from ranking.backends.fast_cpu import FastCpuBackend
 from ranking.backends.llama_step import LlamaStep, _huge_page_buffer, supports
 from ranking.backends.transformers_backend import TransformersBackend
 from ranking.loading import load_backend
-from tests.fixtures.models import TINY_CONFIG
-from tests.test_ranking_backend import brute_force
+from tests.fixtures.models import TINY_CONFIG, brute_force, prompt_ids, steps_match_brute_force
 
 
 @pytest.fixture
 def backend(tiny_model_dir):
     """A private backend over the tiny Llama: these tests edit its weights."""
     return load_backend(tiny_model_dir, device="cpu", cache=False)
-
-
-def _prompt(backend, text: str) -> list[int]:
-    return backend.encode(backend.chat_prompt(text))
-
-
-def _steps_match_brute_force(backend, contexts, allowed, extensions) -> None:
-    """Rank-like use: a (batched) prefill, then one-token extensions, each checked against a
-    full forward pass without any cache."""
-    out = backend.next_token_logprobs(contexts, allowed)
-    for c, a, lp in zip(contexts, allowed, out, strict=True):
-        np.testing.assert_allclose(lp, brute_force(backend, c, a), atol=1e-5)
-    for tokens in extensions:
-        contexts = [[*c, t] for c, t in zip(contexts, tokens, strict=True)]
-        out = backend.next_token_logprobs(contexts, allowed)
-        for c, a, lp in zip(contexts, allowed, out, strict=True):
-            np.testing.assert_allclose(lp, brute_force(backend, c, a), atol=1e-5)
 
 
 def test_the_tiny_llama_gets_a_fast_step(backend):
@@ -49,35 +31,35 @@ def test_the_tiny_llama_gets_a_fast_step(backend):
 
 
 def test_one_row_steps_match_the_full_forward(backend):
-    ctx = _prompt(backend, "a user's history of movies")
-    _steps_match_brute_force(backend, [ctx], [[330, 389, 253]], [[330], [389], [253], [1777]])
+    ctx = prompt_ids(backend, "a user's history of movies")
+    steps_match_brute_force(backend, [ctx], [[330, 389, 253]], [[330], [389], [253], [1777]])
     assert backend._llama_step is not None  # the steps above went through it
 
 
 def test_padded_batch_steps_match_the_full_forward(backend):
     ctxs = [
-        _prompt(backend, "short"),
-        _prompt(backend, "a much longer prompt " * 6),
-        _prompt(backend, "medium length prompt"),
+        prompt_ids(backend, "short"),
+        prompt_ids(backend, "a much longer prompt " * 6),
+        prompt_ids(backend, "medium length prompt"),
     ]
     allowed = [[330, 389], [330, 1777, 253], [389, 253]]
-    _steps_match_brute_force(backend, ctxs, allowed, [[330, 389, 253], [1777, 330, 389]])
+    steps_match_brute_force(backend, ctxs, allowed, [[330, 389, 253], [1777, 330, 389]])
 
 
 def test_masked_dead_slots_are_not_attended(backend):
     """Rejected speculative labels stay in the cache, masked: the step must skip them."""
-    ctx = _prompt(backend, "speculation leaves dead slots")
+    ctx = prompt_ids(backend, "speculation leaves dead slots")
     allowed = [330, 389, 253, 1777]
     backend.continuation_logprobs([ctx], [[330, 389, 253]], [[allowed] * 4])
     # keep only the first guess, then append a different token: two dead slots in the row
     nxt = [*ctx, 330, 1777]
     (lp,) = backend.next_token_logprobs([nxt], [allowed])
     assert int((backend._state.mask == 0).sum()) == 2
-    np.testing.assert_allclose(lp, brute_force(backend, nxt, allowed), atol=1e-5)
+    np.testing.assert_allclose(lp, brute_force(backend.model, nxt, allowed), atol=1e-5)
 
 
 def test_an_in_place_weight_edit_rebuilds_the_step(backend):
-    ctx = _prompt(backend, "weights change under training")
+    ctx = prompt_ids(backend, "weights change under training")
     allowed = [[330, 389, 253]]
     backend.next_token_logprobs([ctx], allowed)
     backend.next_token_logprobs([[*ctx, 330]], allowed)
@@ -85,7 +67,7 @@ def test_an_in_place_weight_edit_rebuilds_the_step(backend):
     with torch.no_grad():
         backend.model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
     backend.clear_cache()
-    _steps_match_brute_force(backend, [ctx], allowed, [[330], [389]])
+    steps_match_brute_force(backend, [ctx], allowed, [[330], [389]])
     assert backend._llama_step is not None and backend._llama_step is not first
 
 
@@ -94,7 +76,7 @@ def test_a_wrapped_projection_falls_back_to_the_transformers_forward(backend):
         def forward(self, x):
             return super().forward(x) * 1.5
 
-    ctx = _prompt(backend, "an adapter was added")
+    ctx = prompt_ids(backend, "an adapter was added")
     allowed = [[330, 389, 253]]
     backend.next_token_logprobs([[*ctx, 330]], allowed)
     attn = backend.model.model.layers[0].self_attn
@@ -102,7 +84,7 @@ def test_a_wrapped_projection_falls_back_to_the_transformers_forward(backend):
     attn.q_proj = Adapter(old.in_features, old.out_features, bias=False)
     attn.q_proj.weight = old.weight
     backend.clear_cache()
-    _steps_match_brute_force(backend, [ctx], allowed, [[330], [389]])
+    steps_match_brute_force(backend, [ctx], allowed, [[330], [389]])
     assert backend._llama_step is None
 
 
@@ -118,14 +100,14 @@ def test_models_the_step_does_not_cover(tiny_model_dir):
 
 def test_long_rows_prefilled_apart_match_the_full_forward(backend):
     ctxs = [
-        _prompt(backend, "first user history " * 20),
-        _prompt(backend, "second user, a longer history " * 9),
-        _prompt(backend, "third user " * 40),
+        prompt_ids(backend, "first user history " * 20),
+        prompt_ids(backend, "second user, a longer history " * 9),
+        prompt_ids(backend, "third user " * 40),
     ]
     assert backend._prefill_rows_apart([tuple(c) for c in ctxs])
     allowed = [[330, 389, 253]] * 3
     before = backend.tokens_computed
-    _steps_match_brute_force(backend, ctxs, allowed, [[330, 389, 253]])
+    steps_match_brute_force(backend, ctxs, allowed, [[330, 389, 253]])
     assert backend.tokens_computed - before == sum(len(c) for c in ctxs) + 3
     # left padded, one row per context, every real token (prompt + 1 step) marked
     assert backend._state.mask.sum(dim=1).tolist() == [len(c) + 1 for c in ctxs]

@@ -10,7 +10,7 @@ import torch
 from ranking.backends import q4
 from ranking.backends.llama_step import _projections
 from ranking.loading import load_backend
-from tests.test_llama_step import _prompt, _steps_match_brute_force
+from tests.fixtures.models import prompt_ids, steps_match_brute_force
 
 
 def ggml_q4_1(w: torch.Tensor) -> torch.Tensor:
@@ -101,20 +101,20 @@ def q4_backend(tiny_model_dir):
 
 
 def test_a_q4_llama_steps_through_4_bit_blocks(q4_backend):
-    ctx = _prompt(q4_backend, "a user's history of movies")
-    _steps_match_brute_force(q4_backend, [ctx], [[330, 389, 253]], [[330], [389], [253]])
+    ctx = prompt_ids(q4_backend, "a user's history of movies")
+    steps_match_brute_force(q4_backend, [ctx], [[330, 389, 253]], [[330], [389], [253]])
     assert q4_backend._llama_step.weights == "q4"
 
 
 def test_a_q4_llama_batch_steps_match_the_full_forward(q4_backend):
-    ctxs = [_prompt(q4_backend, "short"), _prompt(q4_backend, "a much longer prompt " * 6)]
+    ctxs = [prompt_ids(q4_backend, "short"), prompt_ids(q4_backend, "a much longer prompt " * 6)]
     allowed = [[330, 389], [330, 1777, 253]]
-    _steps_match_brute_force(q4_backend, ctxs, allowed, [[330, 389], [1777, 330]])
+    steps_match_brute_force(q4_backend, ctxs, allowed, [[330, 389], [1777, 330]])
     assert q4_backend._llama_step.weights == "q4"
 
 
 def test_training_away_from_the_blocks_falls_back_to_float32(q4_backend):
-    ctx = _prompt(q4_backend, "weights change under training")
+    ctx = prompt_ids(q4_backend, "weights change under training")
     q4_backend.next_token_logprobs([ctx], [[330, 389]])
     q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])  # a one-token step
     assert q4_backend._llama_step.weights == "q4"
@@ -123,14 +123,14 @@ def test_training_away_from_the_blocks_falls_back_to_float32(q4_backend):
             torch.randn_like(q4_backend.model.model.layers[0].mlp.up_proj.weight) * 1e-3
         )
     q4_backend.clear_cache()
-    _steps_match_brute_force(q4_backend, [ctx], [[330, 389]], [[389]])
+    steps_match_brute_force(q4_backend, [ctx], [[330, 389]], [[389]])
     assert q4_backend._llama_step.weights == "float32"
 
 
 def test_without_numba_the_step_stays_float32(q4_backend, monkeypatch):
     monkeypatch.setattr(q4, "available", lambda: False)
-    ctx = _prompt(q4_backend, "no compiler for the kernels")
-    _steps_match_brute_force(q4_backend, [ctx], [[330, 389]], [[330]])
+    ctx = prompt_ids(q4_backend, "no compiler for the kernels")
+    steps_match_brute_force(q4_backend, [ctx], [[330, 389]], [[330]])
     assert q4_backend._llama_step.weights == "float32"
 
 
@@ -147,7 +147,7 @@ def test_the_kernel_is_exact_on_integers():
 
 
 def test_building_the_step_is_logged(q4_backend, caplog):
-    ctx = _prompt(q4_backend, "operators want to know which step runs")
+    ctx = prompt_ids(q4_backend, "operators want to know which step runs")
     with caplog.at_level("INFO", logger="ranking.backends.fast_cpu"):
         q4_backend.next_token_logprobs([ctx], [[330, 389]])
         q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])

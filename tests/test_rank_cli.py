@@ -1,12 +1,10 @@
 """`recsys rank`: JSON in, RankResult JSON out; bad requests exit 2 with one clear line."""
 
-import io
 import json
-import sys
 
 import pytest
 
-from recsys.cli import main
+from tests.fixtures.cli import run_cli
 
 GOOD = {
     "task": "rec-movie",
@@ -17,18 +15,6 @@ GOOD = {
         {"id": "7", "text": "Twelve Monkeys (1995)"},
     ],
 }
-
-
-def run_cli(monkeypatch, capsys, args, stdin=""):
-    monkeypatch.setattr(sys, "argv", ["recsys", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("mode", ["incremental", "score", "direct", "reason"])

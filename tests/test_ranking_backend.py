@@ -2,37 +2,32 @@
 
 import numpy as np
 import pytest
-import torch
 
 from ranking.errors import ModelLoadError
 from ranking.loading import load_backend
 from ranking.model_spec import resolve_model
-
-
-def brute_force(backend, context, allowed):
-    """Reference: one full forward pass over the whole context, no cache."""
-    with torch.inference_mode():
-        logits = backend.model(torch.tensor([list(context)])).logits[0, -1]
-    return torch.log_softmax(logits[list(allowed)].float(), -1).numpy()
-
-
-def _ids(backend, text):
-    return backend.encode(backend.chat_prompt(text))
+from tests.fixtures.models import brute_force, prompt_ids
 
 
 def test_fresh_batch_with_padding_matches_single_forward(tiny_backend):
     tiny_backend.clear_cache()
-    ctxs = [_ids(tiny_backend, "short"), _ids(tiny_backend, "a rather longer prompt " * 5)]
+    ctxs = [
+        prompt_ids(tiny_backend, "short"),
+        prompt_ids(tiny_backend, "a rather longer prompt " * 5),
+    ]
     allowed = [[330, 389, 253], [330, 1777]]
     out = tiny_backend.next_token_logprobs(ctxs, allowed)
     for c, a, lp in zip(ctxs, allowed, out, strict=True):
-        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+        np.testing.assert_allclose(lp, brute_force(tiny_backend.model, c, a), atol=1e-4)
         assert np.isclose(np.exp(lp).sum(), 1.0)
 
 
 def test_extension_reuses_cache_and_matches(tiny_backend):
     tiny_backend.clear_cache()
-    base = [_ids(tiny_backend, "history one"), _ids(tiny_backend, "history two is longer")]
+    base = [
+        prompt_ids(tiny_backend, "history one"),
+        prompt_ids(tiny_backend, "history two is longer"),
+    ]
     allowed = [[330, 389], [330, 389]]
     tiny_backend.next_token_logprobs(base, allowed)
     before = tiny_backend.tokens_computed
@@ -41,12 +36,12 @@ def test_extension_reuses_cache_and_matches(tiny_backend):
     out = tiny_backend.next_token_logprobs(ext, allowed)
     assert tiny_backend.tokens_computed - before == 4
     for c, a, lp in zip(ext, allowed, out, strict=True):
-        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+        np.testing.assert_allclose(lp, brute_force(tiny_backend.model, c, a), atol=1e-4)
 
 
 def test_shared_prefix_reorder_and_fan_out_match(tiny_backend):
     tiny_backend.clear_cache()
-    p = _ids(tiny_backend, "a shared prefix for all of these contexts")
+    p = prompt_ids(tiny_backend, "a shared prefix for all of these contexts")
     tiny_backend.next_token_logprobs([[*p, 330, 389], [*p, 253]], [[330], [330]])
     before = tiny_backend.tokens_computed
     # new contexts diverge inside the old rows, come in another order and fan out 1 -> 3
@@ -55,7 +50,7 @@ def test_shared_prefix_reorder_and_fan_out_match(tiny_backend):
     out = tiny_backend.next_token_logprobs(new, allowed)
     assert tiny_backend.tokens_computed - before < sum(len(c) for c in new) // 4
     for c, a, lp in zip(new, allowed, out, strict=True):
-        np.testing.assert_allclose(lp, brute_force(tiny_backend, c, a), atol=1e-4)
+        np.testing.assert_allclose(lp, brute_force(tiny_backend.model, c, a), atol=1e-4)
 
 
 def test_generate_is_greedy_deterministic_and_seeded(tiny_backend):
@@ -106,7 +101,10 @@ def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):
     from ranking.backends.base import LMBackend
 
     tiny_backend.clear_cache()
-    ctxs = [_ids(tiny_backend, "one context"), _ids(tiny_backend, "another, longer context")]
+    ctxs = [
+        prompt_ids(tiny_backend, "one context"),
+        prompt_ids(tiny_backend, "another, longer context"),
+    ]
     conts = [[330, 389, 253], []]
     allowed = [[[330, 389, 253, 1777], [389, 253, 1777], [253, 1777], [1777, 330]], [[330, 389]]]
     fast = tiny_backend.continuation_logprobs(ctxs, conts, allowed)
@@ -122,5 +120,5 @@ def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):
         assert len(f_row) == len(s_row)
         for f, s in zip(f_row, s_row, strict=True):
             np.testing.assert_allclose(f, s, atol=1e-4)
-    ref = brute_force(tiny_backend, ctxs[0] + [330, 1777], [330, 389])
+    ref = brute_force(tiny_backend.model, ctxs[0] + [330, 1777], [330, 389])
     np.testing.assert_allclose(again[0][0], ref, atol=1e-4)

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from ranking.backends.fake import ScriptedBackend, WordTokenizer
 from ranking.engine import Ranker
@@ -14,6 +13,8 @@ from ranking.errors import RequestError
 from ranking.modes.incremental import build_sequence
 from ranking.modes.score import step_prompt
 from ranking.types import Candidate, RankRequest
+from tests.fixtures.models import brute_force
+from tests.fixtures.requests import make_request
 
 
 class Recording:
@@ -36,22 +37,6 @@ class Recording:
         out = self.inner.next_token_logprobs(contexts, allowed)
         self.calls.append(([list(c) for c in contexts], [list(a) for a in allowed], out))
         return out
-
-
-def brute_force(model, context, allowed):
-    with torch.inference_mode():
-        logits = model(torch.tensor([list(context)])).logits[0, -1]
-    return torch.log_softmax(logits[list(allowed)].float(), -1).numpy()
-
-
-def make_request(n=6, mode="incremental", task="rec-movie", **kw):
-    cands = tuple(
-        Candidate(id=f"m{i}", text=f"Movie number {i} ({1980 + i})", score=float(n - i))
-        for i in range(n)
-    )
-    history = ("Toy Story (1995)", "Heat (1995)", "Casino (1995)")
-    query = "what is a good thing" if task in ("passage", "router-perf") else None
-    return RankRequest(task=task, candidates=cands, history=history, query=query, mode=mode, **kw)
 
 
 def is_permutation(result, request):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.db.engine import make_engine
-from recsys.db.migrate import ensure_schema
 from recsys.db.registry import promote_model, register_model
 from recsys.errors import UserError
 from recsys.resolver import resolve_ranker
@@ -16,11 +14,9 @@ def resolve_ranker_model(spec, engine):
 
 
 @pytest.fixture
-def engine(sqlite_url):
-    ensure_schema(sqlite_url)
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+def engine(sqlite_engine):
+    """A registry to resolve against; any database will do: SQLite only."""
+    return sqlite_engine
 
 
 def test_default_and_existing_paths_pass_through(engine, tmp_path):

@@ -18,6 +18,7 @@ from ranking.rl.episodes import (
     write_episodes,
 )
 from ranking.types import Candidate, RankRequest
+from tests.fixtures.data import write_ml100k
 
 
 def request(scores=(0.1, 0.9, 0.5)) -> RankRequest:
@@ -84,20 +85,13 @@ def test_jsonl_round_trip_and_errors_name_the_line(tmp_path):
 
 def write_fake_movielens(root, n_users=12, n_items=60, per_user=24):
     """A small MovieLens-100K-shaped folder (u.data, 24-field u.item)."""
-    folder = root / "movielens-100k"
-    folder.mkdir(parents=True)
-    genres = "|".join(["0"] * 19)
-    (folder / "u.item").write_text(
-        "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{genres}\n"
-                for i in range(1, n_items + 1)),
-        encoding="latin-1",
-    )  # fmt: skip
-    lines = []
-    for u in range(1, n_users + 1):
-        for k in range(per_user):
-            item = (u * 7 + k * 3) % n_items + 1
-            lines.append(f"{u}\t{item}\t4\t{1000 + k}\n")
-    (folder / "u.data").write_text("".join(lines), encoding="latin-1")
+    ratings = [
+        (u, (u * 7 + k * 3) % n_items + 1, 4, 1000 + k)
+        for u in range(1, n_users + 1)
+        for k in range(per_user)
+    ]
+    titles = {i: f"Movie {i} (1995)" for i in range(1, n_items + 1)}
+    write_ml100k(root / "movielens-100k", ratings, titles)
 
 
 def test_task_episodes_are_the_eval_instances_with_signals(tmp_path):
@@ -267,19 +261,13 @@ def write_popularity_movielens(root):
     items 21-40 as candidates (the 19 unseen ones are all the negatives). Users 101-120 (fewer
     than 21 interactions: no instance, training data only) make item i have i - 20 training
     interactions, so the target of count c ranks 21 - c among counts 1..20."""
-    folder = root / "movielens-100k"
-    folder.mkdir(parents=True)
-    genres = "|".join(["0"] * 19)
-    (folder / "u.item").write_text(
-        "".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{genres}\n" for i in range(1, 41)),
-        encoding="latin-1",
-    )
-    lines = []
+    ratings = []
     for user, target in ((1, 40), (2, 30), (3, 25), (4, 21)):
-        lines += [f"{user}\t{item}\t4\t{item}\n" for item in [*range(1, 21), target]]
+        ratings += [(user, item, 4, item) for item in [*range(1, 21), target]]
     for b in range(1, 21):  # booster b watched items 41-b .. 40
-        lines += [f"{100 + b}\t{item}\t4\t{item}\n" for item in range(41 - b, 41)]
-    (folder / "u.data").write_text("".join(lines), encoding="latin-1")
+        ratings += [(100 + b, item, 4, item) for item in range(41 - b, 41)]
+    titles = {i: f"Movie {i} (1995)" for i in range(1, 41)}
+    write_ml100k(root / "movielens-100k", ratings, titles)
 
 
 def test_baseline_rr_ranks_the_eval_instances_with_the_classical_recommender(tmp_path, monkeypatch):

@@ -37,7 +37,8 @@ from ranking.backends.fast_cpu import FastCpuBackend
 from ranking.backends.transformers_backend import TransformersBackend
 from ranking.engine import Ranker
 from ranking.modes.incremental import build_sequence
-from ranking.types import Candidate, RankRequest
+from tests.fixtures.models import prompt_ids
+from tests.fixtures.requests import make_request
 
 BACKENDS = ["transformers", "fast_cpu", "fake", "vllm"]
 # vLLM computes in its own kernels (and chunks large allowed sets): agreement to 1e-3, as
@@ -128,10 +129,6 @@ def case(request, reference) -> Case:
     return Case(name, backend, EXACT_ATOL)
 
 
-def prompt_ids(backend: LMBackend, text: str) -> list[int]:
-    return backend.encode(backend.chat_prompt(text))
-
-
 def assert_reference(
     case: Case, reference: Reference, contexts, allowed, got: Sequence[np.ndarray]
 ) -> None:
@@ -215,15 +212,6 @@ def test_a_seeded_sample_repeats(case, reference):
 
 
 # ---------------------------------------------------------------- rankings
-
-
-def make_request(n: int, mode: str = "incremental", **kw) -> RankRequest:
-    cands = tuple(
-        Candidate(id=f"m{i}", text=f"Movie number {i} ({1980 + i})", score=float(n - i))
-        for i in range(n)
-    )
-    history = ("Toy Story (1995)", "Heat (1995)", "Casino (1995)")
-    return RankRequest(task="rec-movie", candidates=cands, history=history, mode=mode, **kw)
 
 
 def recorded(monkeypatch, backend: LMBackend) -> list[tuple[list[int], list[int], np.ndarray]]:
