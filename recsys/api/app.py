@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ranking.engine import Ranker
 from ranking.errors import RequestError
@@ -34,7 +35,7 @@ from recsys.api.serving import RankerHolder, RankerLoader, VersionProbe
 from recsys.batcher import MicroBatcher
 from recsys.settings import Settings, get_settings
 
-ERRORS = {s: {"model": ErrorBody} for s in (401, 404, 409, 413, 422, 503)}
+ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 404, 409, 413, 422, 503)}
 
 
 class Service:
@@ -152,8 +153,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def contradictory(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"error": str(exc), "detail": None})
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and Starlette's own (400, 405)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code,
                             content={"error": str(exc.detail), "detail": None},
                             headers=getattr(exc, "headers", None))  # fmt: skip

@@ -57,7 +57,7 @@ def add_ranking(
     RankBody, RecommendBody = schemas.RankBody, schemas.RecommendBody
 
     @app.post("/v1/rank", response_model=RankAnswer, dependencies=[Depends(key)],
-              responses=_pick(errors, 401, 404, 409, 413, 422))  # fmt: skip
+              responses=_pick(errors, 400, 401, 404, 409, 413, 422))  # fmt: skip
     async def rank(body: RankBody) -> dict[str, Any]:  # type: ignore[valid-type]
         req = _rank_request(service, body)
         result = await _ranked(service, req, "/v1/rank")
@@ -72,7 +72,7 @@ def add_ranking(
         return {"request_id": request_id, **answer}
 
     @app.post("/v1/recommend", response_model=RecommendAnswer, dependencies=[Depends(key)],
-              responses=_pick(errors, 401, 409, 413, 422, 503))  # fmt: skip
+              responses=_pick(errors, 400, 401, 409, 413, 422, 503))  # fmt: skip
     async def recommend(body: RecommendBody) -> RecommendAnswer:  # type: ignore[valid-type]
         return await _recommend(service, body)
 
@@ -83,7 +83,7 @@ def add_events(
     EventsBody = schemas.EventsBody
 
     @app.post("/v1/events", response_model=EventsAnswer, dependencies=[Depends(key)],
-              responses=_pick(errors, 401, 413, 422))  # fmt: skip
+              responses=_pick(errors, 400, 401, 413, 422))  # fmt: skip
     async def events(body: EventsBody) -> EventsAnswer:  # type: ignore[valid-type]
         return await asyncio.to_thread(_store_events, service, body.events)
 
