@@ -12,10 +12,17 @@ def write_one_row(
     out: Path, result: dict[str, Any], header: Sequence[str], row: Sequence[str]
 ) -> str:
     """Save `result` as JSON and the markdown table (`header`, one `row`) beside it."""
+    return write_rows(out, result, header, [row])
+
+
+def write_rows(
+    out: Path, result: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[str]]
+) -> str:
+    """Save `result` as JSON and the markdown table (`header`, `rows`) beside it."""
     table = (
         "| " + " | ".join(header) + " |\n"
         + "|" + " --- |" * len(header) + "\n"
-        + "| " + " | ".join(row) + " |\n"
+        + "".join("| " + " | ".join(row) + " |\n" for row in rows)
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
         port: int | None = typer.Option(None, help="port (default RECSYS_PORT)"),
         model: str | None = typer.Option(None, help="default | promoted | version | path"),
     ) -> None:
-        """Serve POST /v1/rank; the model loads once at start-up."""
+        """Serve the real-time API (docs/serving.md); the model loads once at start-up and a
+        newly promoted version is picked up without a restart."""
         import uvicorn
 
         from recsys.api import create_app
@@ -20,12 +21,15 @@ def register(app: typer.Typer) -> None:
         from recsys.settings import get_settings
 
         settings = get_settings()
-        if model:
-            settings = settings.model_copy(update={"model": model})
-        ensure_schema()
+        update = {"host": host or settings.host, "port": port or settings.port}
+        settings = settings.model_copy(update={**update, **({"model": model} if model else {})})
+        ensure_schema(settings.resolved_database_url)
+        if not settings.api_keys_required():
+            typer.echo(f"API keys are off (bind {settings.host}; RECSYS_REQUIRE_API_KEY)", err=True)
         uvicorn.run(
             create_app(settings=settings),
-            host=host or settings.host,
-            port=port or settings.port,
+            host=settings.host,
+            port=settings.port,
             log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=30,  # in-flight requests finish; the batcher drains
         )
