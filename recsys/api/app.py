@@ -175,7 +175,9 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> No
             body = await request.body()  # also bounds a body sent without a length
             response = _too_large(limit) if len(body) > limit else await call_next(request)
         metrics.requests.labels(endpoint=route, status=str(response.status_code)).inc()
-        metrics.latency.labels(endpoint=route).observe(time.perf_counter() - start)
+        metrics.latency.labels(endpoint=route, status=str(response.status_code)).observe(
+            time.perf_counter() - start
+        )
         return response
 
 

@@ -13,8 +13,9 @@ class ApiMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("recsys_http_requests", "HTTP requests", ["endpoint", "status"],
                                 registry=r)  # fmt: skip
-        self.latency = Histogram("recsys_http_request_seconds", "HTTP latency", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.latency = Histogram("recsys_http_request_seconds", "HTTP latency",
+                                 ["endpoint", "status"], buckets=LATENCY_BUCKETS,
+                                 registry=r)  # fmt: skip
         self.ranking = Histogram("recsys_ranking_seconds", "model time per ranked request",
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.batch_size = Histogram("recsys_microbatch_size", "requests per micro-batch",

@@ -17,7 +17,9 @@ from recsys.settings import Settings
 
 Task = Literal[TASKS]  # type: ignore[valid-type]
 Mode = Literal[MODES]  # type: ignore[valid-type]
-NON_BLANK = r"\S"  # at least one character that is not white space
+# at least one character that is not ASCII white space (JSON Schema's regex dialect and
+# Python's disagree on Unicode white space; the engine refuses blank text with a 409)
+NON_BLANK = r"[^ \t\n\r\f\v]"
 Id = Annotated[str, Field(min_length=1, max_length=255, pattern=NON_BLANK)]
 
 
@@ -105,7 +107,9 @@ def build(settings: Settings) -> SimpleNamespace:
         id: Id
         text: Text | None = Field(None, description="omit to use the catalogue title of `id`")
         score: float | None = Field(None, allow_inf_nan=False)
-        signals: dict[Id, float | str] = Field(default_factory=dict, max_length=16)
+        signals: dict[str, float] = Field(
+            default_factory=dict, max_length=16, description="facts a prompt may show"
+        )
 
     class RankBody(Strict):
         task: Task
