@@ -21,8 +21,8 @@ RMS of the stream at that position, is added to the residual stream entering lay
 
 The injection is two forward pre-hooks (on the input embedding and on the decoder layer),
 so it works for every mode on the transformers backend and on the fast CPU backend (whose
-one-token step only ever embeds label tokens; a step that meets an item token goes through
-the transformers forward, hooks included). vLLM cannot run hooks: `load_backend(...,
+fast one-token step runs only where no item token is embedded: a step that appends one goes
+through the transformers forward, hooks included). vLLM cannot run hooks: `load_backend(...,
 backend="vllm")` on a hybrid model raises a ModelLoadError saying so.
 
 A hybrid model is a folder (`save` / `load`): `hybrid.json` (base model, injection layer,

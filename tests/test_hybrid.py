@@ -21,6 +21,7 @@ from ranking.rl.supervised import (
     prepare,
 )
 from ranking.types import Candidate, RankRequest
+from tests.fixtures.models import prompt_ids
 
 ITEMS = [str(i) for i in range(1, 61)]
 
@@ -105,6 +106,35 @@ def test_served_steps_equal_the_trained_steps(tiny_model_dir) -> None:
     trained = [float(lp[t, ep.order[t]]) for t in range(len(served))]
     np.testing.assert_allclose(served, trained, atol=1e-4)
     assert res.log_propensity == pytest.approx(sum(served), abs=1e-4)
+
+
+def test_item_token_steps_bypass_the_fast_step(tiny_model_dir) -> None:
+    """On the fast CPU backend a one-token step that appends an item token goes through the
+    transformers forward (the hooks inject its soft token) and one that appends an ordinary
+    token through the fast step; both equal a full forward pass with the hooks."""
+    from ranking.backends.fast_cpu import FastCpuBackend
+
+    backend, hybrid = fresh_hybrid(tiny_model_dir)
+    assert isinstance(backend, FastCpuBackend)
+    item = backend.tokenizer.convert_tokens_to_ids(hybrid.item_tokens["1"])
+    allowed = [backend.encode(" A")[0], item]
+    head = backend.model.get_output_embeddings()
+
+    def reference(context: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            out = backend.model.get_decoder()(input_ids=torch.tensor([context]))
+            logits = hybrid.label_logits(head, out.last_hidden_state[0, -1], torch.tensor(allowed))
+        return torch.log_softmax(logits.float(), -1).numpy()
+
+    ctx = prompt_ids(backend, "a hybrid prompt")
+    backend.next_token_logprobs([ctx], [allowed])
+    for token in (item, allowed[0]):
+        ctx = [*ctx, token]
+        (lp,) = backend.next_token_logprobs([ctx], [allowed])
+        np.testing.assert_allclose(lp, reference(ctx), atol=1e-5)
+        if token == item:
+            assert backend._llama_step is None  # never built: the item step bypassed it
+    assert backend._llama_step is not None  # the ordinary token went through it
 
 
 def test_folder_round_trip_and_vllm_refusal(tiny_model_dir, tmp_path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ MIN_SEPARATE_PREFILL = 64
 class TransformersBackend(LMBackend):
     """A causal LM from transformers. Build it with :func:`ranking.loading.load_backend`."""
 
-    def __init__(self, model, tokenizer, model_id: str, device: str = "cpu") -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, model_id: str, device: str = "cpu"
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
