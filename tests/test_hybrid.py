@@ -217,3 +217,25 @@ def test_trainer_learns_from_the_vectors_and_resumes_exactly(tiny_model_dir, tmp
     resumed.run(resume=True)  # loads step 20's checkpoint, runs 20..45
     for a, b in zip(full.params, resumed.params, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_new_run_starts_from_an_exported_model(tiny_model_dir, tmp_path) -> None:
+    """`train-ranker --init FOLDER`: a fresh trainer takes the folder's adapter and projector
+    (e.g. the RL stage on top of a supervised model) and ranks as the exported model did."""
+
+    def trainer(out):
+        backend, hybrid = fresh_hybrid(tiny_model_dir, seed=3)
+        cfg = SupervisedConfig(supervised_steps=15, rl_steps=0, batch_size=8, lr=3e-2,
+                               warmup_steps=2, eval_every=10_000, checkpoint_every=100)  # fmt: skip
+        return SupervisedTrainer(backend.model, hybrid, quality_episodes(100, 1),
+                                 quality_episodes(40, 2), cfg, out)  # fmt: skip
+
+    trained = trainer(tmp_path / "a")
+    trained.run(resume=False)
+    folder = trained.export(tmp_path / "model")
+    fresh = trainer(tmp_path / "b")
+    assert fresh.validate() != trained.validate()
+    fresh.init_from(folder)
+    assert fresh.validate() == pytest.approx(trained.validate())
+    with pytest.raises(FileNotFoundError, match="not an exported hybrid model folder"):
+        fresh.init_from(tmp_path)
