@@ -105,6 +105,36 @@ def load(port: int, users: list[str], clients: int, per_client: int, deadline: f
     }  # fmt: skip
 
 
+def session(port: int, user: str, out: Path) -> None:
+    """recommend -> events -> recommend for one user, written as a curl transcript."""
+    import json
+
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    lines = []
+
+    def call(path: str, body: dict) -> dict:
+        answer = httpx.post(base + path, json=body, timeout=120).json()
+        shown = dict(answer)
+        if "items" in shown:
+            shown["items"] = shown["items"][:3] + ([f"... {len(answer['items']) - 3} more"]
+                                                   if len(answer["items"]) > 3 else [])
+        lines.append(f"$ curl -s localhost:8000{path} -H 'content-type: application/json' "
+                     f"-d '{json.dumps(body)}'")  # fmt: skip
+        lines.append(json.dumps(shown, indent=1))
+        return answer
+
+    first = call("/v1/recommend", {"user_id": user, "k": 5, "deadline_ms": 3000})
+    clicked = first["items"][0]["id"]
+    call("/v1/events", {"events": [{"event_id": f"demo-{user}-1", "user_id": user,
+                                    "item_id": clicked, "kind": "click",
+                                    "timestamp": time.time()}]})  # fmt: skip
+    second = call("/v1/recommend", {"user_id": user, "k": 5, "deadline_ms": 3000})
+    assert clicked not in {i["id"] for i in second["items"]}
+    out.write_text("```\n" + "\n".join(lines) + "\n```\n")
+
+
 def row_of(r: dict) -> list[str]:
     return [str(r["clients"]), f"{r['deadline_ms']:.0f}", f"{r['requests']} ({r['errors']})",
             f"{r['p50_s']:.2f}", f"{r['p99_s']:.2f}", f"{100 * r['fallback_share']:.0f}%",
@@ -143,6 +173,7 @@ def main() -> None:
               "req/s", "CPU s/request"]  # fmt: skip
     table = [row_of(r) for r in rows]
     write_rows(args.out, result, header, table)
+    session(port, users[0], args.out.with_name(args.out.name + "-session.md"))
 
 
 if __name__ == "__main__":
