@@ -49,7 +49,7 @@ def test_rank_returns_a_permutation_with_propensity(tiny_ranker):
         ({"task": "rec-books"}, 422, "task: Input should be 'rec-movie'"),
         ({"mode": "fastest"}, 422, "mode: Input should be 'incremental'"),
         ({"candidates": [{"id": "1", "text": "a"}, {"id": "1", "text": "b"}]}, 409, "duplicate"),
-        ({"candidates": [{"id": "1", "text": " "}]}, 422, "candidates.0.text: String should match pattern"),
+        ({"candidates": [{"id": "1", "text": " "}]}, 422, "candidates.0.text: String should match"),
         ({"colour": "red"}, 422, "colour: Extra inputs are not permitted"),
         ({"candidates": [{"id": "404", "score": 1.0}]}, 404, "unknown catalogue item(s) ['404']"),
         ({"deadline_ms": 10**9}, 422, "deadline_ms: Input should be less than or equal to 60000"),

@@ -95,3 +95,20 @@ def test_submit_after_close_fails_at_once_and_close_drains_the_queue(ranker):
     with pytest.raises(RuntimeError, match="shut down"):
         late.result(1)
     batcher.close()  # twice is harmless
+
+
+def test_a_one_off_slow_call_does_not_keep_every_later_request_on_the_fallback(ranker):
+    """A cold start recorded a huge cost: requests fall back while the estimate is over
+    their deadline, each skip shrinks it, and the model is soon measured (and used) again."""
+    ranker.costs.values["incremental:first"] = 1e4  # ms per prompt token: a stuck estimate
+    results = [ranker.rank(dataclasses_replace(request(4, f"r{i}"), deadline_ms=2000))
+               for i in range(40)]  # fmt: skip
+    assert results[0].fallback is True
+    assert not results[-1].fallback
+    assert ranker.costs.values["incremental:first"] < 10  # measured again, not just decayed
+
+
+def dataclasses_replace(req, **changes):
+    import dataclasses
+
+    return dataclasses.replace(req, **changes)

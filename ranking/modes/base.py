@@ -81,6 +81,13 @@ class CostModel:
     def estimate(self, kind: str, units: float = 1.0) -> float:
         return self.values.get(kind, 0.0) * units
 
+    def skipped(self, kind: str, factor: float = 0.7) -> None:
+        """A call was skipped because its estimate passed a deadline: shrink the estimate,
+        so that a one-off slow call (a cold start, a busy machine) cannot keep every later
+        request on the fallback path without the model ever being measured again."""
+        if kind in self.values:
+            self.values[kind] *= factor
+
 
 @dataclass
 class ModeContext:

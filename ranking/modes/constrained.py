@@ -93,7 +93,12 @@ class ConstrainedMode(RankingMode):
             n_tokens = sum(len(c) for c, _, _ in inputs.values())
             kind = f"{self.name}:first" if first else f"{self.name}:step"
             estimate = ctx.costs.estimate(kind, n_tokens if first else 1.0)
-            live = [i for i in live if i in inputs and not traces[i].stop_if_late(estimate)]
+            ready = [i for i in live if i in inputs]
+            # stopped by the estimate alone (they still had time for a free call)
+            by_estimate = [i for i in ready if not traces[i].deadline.would_pass(0.0)]
+            live = [i for i in ready if not traces[i].stop_if_late(estimate)]
+            if set(by_estimate) - set(live):
+                ctx.costs.skipped(kind)
             for i, t in enumerate(traces):
                 if prepared[i] is None:
                     t.stop_if_late(0.0)  # deadline passed before the request even started

@@ -47,7 +47,10 @@ class ReasonMode(RankingMode):
         max_new = ctx.options.reason_max_new_tokens
         while True:
             estimate = ctx.costs.estimate("reason:step")
+            open_ = [t for t in traces if not t.done and not t.deadline.would_pass(0.0)]
             live = [t for t in traces if not t.done and not t.stop_if_late(estimate)]
+            if len(live) < len(open_):
+                ctx.costs.skipped("reason:step")
             if not live:
                 break
             prompts = [step_prompt(t.request, t.remaining, backend) for t in live]

@@ -12,6 +12,7 @@ Every body is a typed model (recsys.api.schemas), so `/openapi.json` is the cont
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 from contextlib import asynccontextmanager
@@ -75,13 +76,15 @@ def create_app(
         resolved = runtime.resolve(settings)
         version = resolved.version
         probe = probe or (lambda: runtime.resolve(settings).version)
-        loader = loader or (lambda: runtime.load_ranker(settings))
+        loader = loader or (lambda: warm_up(runtime.load_ranker(settings), settings.task))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         from recsys.db.events import log_impressions
 
         first = ranker or runtime.load_ranker(settings)
+        if ranker is None:
+            first = warm_up(first, settings.task)
         service.ranker = RankerHolder(
             first, version, make_batcher=service.batcher_for, probe=probe, loader=loader,
             on_swap=lambda slot: (metrics.serving(slot.ranker.model_id, slot.version),
@@ -108,6 +111,20 @@ def create_app(
     routes.add_events(app, service, schemas, scopes["rank"], ERRORS)
     routes.add_admin(app, service, scopes["admin"], ERRORS)
     return app
+
+
+def warm_up(ranker: Ranker, task: str) -> Ranker:
+    """One small ranking before the first client: kernels compile and caches fill now,
+    and the cost estimates that steer deadlines start from steady-state calls."""
+    from ranking.modes.base import CostModel
+    from ranking.types import Candidate, RankRequest
+
+    cands = tuple(Candidate(id=str(i), text=f"item {i}") for i in range(3))
+    # a model that cannot rank says so on the first real request
+    with contextlib.suppress(Exception):
+        ranker.rank(RankRequest(task=task, candidates=cands, history=("item 9",)))
+    ranker.costs = CostModel()
+    return ranker
 
 
 def _key_checks(settings: Settings, engine: Engine) -> dict[str, Any]:

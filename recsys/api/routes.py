@@ -1,6 +1,7 @@
 """The endpoints (recsys.api.app builds the app and passes what they share)."""
 
 import asyncio
+import logging
 import math
 import time
 import uuid
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from recsys.api.app import Service
 
+log = logging.getLogger(__name__)
 HISTORY_SHOWN = 20  # history items a /v1/recommend prompt shows (the training protocol's)
 
 
@@ -222,6 +224,7 @@ async def _recommend(service: "Service", body: Any) -> RecommendAnswer:
             log_propensity = result.log_propensity
             _log(service, request_id, body.user_id, req, result)
         except Exception:  # the ranker failed: the retrieval order, flagged
+            log.exception("ranking failed for /v1/recommend; answering in the retrieval order")
             service.metrics.fallbacks.labels(endpoint="/v1/recommend", reason="error").inc()
             fallback = True
     return RecommendAnswer(
