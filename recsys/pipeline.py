@@ -342,7 +342,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         requests = rank_requests(gen, sample_candidates, data.titles, history=config.history)
         ranker = stages.run(
             "load_ranker",
-            f"load ranker {config.model or 'from settings'!r}",
+            f"load ranker {config.model!r}" if config.model else "load ranker (RECSYS_MODEL)",
             lambda: _load_ranker(config, engine),
         )
         model_version = ranker.model_id
