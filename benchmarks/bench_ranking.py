@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from ranking.engine import Ranker, load_ranker
+    from recsys.settings import get_settings
 
     t0 = time.perf_counter()
     ranker = load_ranker(
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         device=args.device,
         dtype=args.dtype,
         reason_max_new_tokens=args.reason_max_new_tokens,
+        threads=get_settings().torch_threads,  # RECSYS_TORCH_THREADS, as in the command
     )
     load_s = time.perf_counter() - t0
     _log(f"loaded {ranker.model_id} in {load_s:.1f}s, torch threads {torch.get_num_threads()}")

@@ -153,11 +153,13 @@ def load_ranker(
     reason_max_new_tokens: int = 1024,
     speculate: int = 0,
     fusion_alpha: float = 0.0,
+    threads: int | None = None,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker;
-    `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none)."""
+    `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none); `threads`
+    torch's CPU threads (None: torch's default)."""
     return Ranker(
-        load_backend(model, device=device, backend=backend, dtype=dtype),
+        load_backend(model, device=device, backend=backend, dtype=dtype, threads=threads),
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,
         speculate=speculate,
