@@ -41,11 +41,10 @@ def set_up(var: Path, data: Path) -> list[str]:
     """ml-100k in a scratch database with a registered index; returns the user ids."""
     from recsys.pipeline import DemoConfig, run_demo
 
-    report = run_demo(DemoConfig(data=data, rerank=False, progress=False,
+    run_demo(DemoConfig(data=data, rerank=False, progress=False,
                                  database_url=f"sqlite:///{var / 'recsys.db'}",
                                  artifact_dir=var / "artifacts"),
                       echo=lambda line: None)  # fmt: skip
-    del report
     from recsys.db.engine import get_engine
     from recsys.db.events import interaction_log
 

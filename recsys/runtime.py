@@ -90,10 +90,13 @@ def load_backend(
     settings: Settings | None = None, *, cache: bool = True, **overrides: Any
 ) -> LMBackend:
     """The LM backend of a model spec that is already a path or 'default' (training, eval)."""
+    s = settings or get_settings()
+    return _backend(s, RankerConfig.from_settings(s, **overrides), cache)
+
+
+def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
     from ranking.loading import load_backend as load
 
-    s = settings or get_settings()
-    config = RankerConfig.from_settings(s, **overrides)
     if config.backend == "vllm":
         prepare_vllm_environment(s)
     return load(
@@ -149,7 +152,7 @@ def load_ranker(
     s = settings or get_settings()
     config = RankerConfig.from_settings(s, **overrides)
     resolved = resolve(s, config.model, engine)
-    backend = load_backend(s, **{**config.__dict__, "model": resolved.model})
+    backend = _backend(s, replace(config, model=resolved.model), cache=True)
     return Ranker(
         backend,
         batch_size=config.batch_size,

@@ -4,6 +4,7 @@ load, metrics, API keys by bind address, impressions that survive a database out
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,8 +102,7 @@ def test_recommend_a_known_user_in_one_call(service, engine):
     assert answer["index_version"] == "idx-1" and answer["model"]
     rows = impressions_of(engine, answer["request_id"])
     assert [r.position for r in rows] == list(range(6))
-    assert rows[0].propensity == pytest.approx(pytest.importorskip("math").exp(
-        answer["log_propensity"]))  # fmt: skip
+    assert rows[0].propensity == pytest.approx(math.exp(answer["log_propensity"]))
 
 
 def test_events_are_idempotent_and_the_next_recommend_excludes_them(service):

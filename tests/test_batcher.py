@@ -3,6 +3,7 @@ new work at once and finishes what was queued."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -101,14 +102,8 @@ def test_a_one_off_slow_call_does_not_keep_every_later_request_on_the_fallback(r
     """A cold start recorded a huge cost: requests fall back while the estimate is over
     their deadline, each skip shrinks it, and the model is soon measured (and used) again."""
     ranker.costs.values["incremental:first"] = 1e4  # ms per prompt token: a stuck estimate
-    results = [ranker.rank(dataclasses_replace(request(4, f"r{i}"), deadline_ms=2000))
+    results = [ranker.rank(dataclasses.replace(request(4, f"r{i}"), deadline_ms=2000))
                for i in range(40)]  # fmt: skip
     assert results[0].fallback is True
     assert not results[-1].fallback
     assert ranker.costs.values["incremental:first"] < 10  # measured again, not just decayed
-
-
-def dataclasses_replace(req, **changes):
-    import dataclasses
-
-    return dataclasses.replace(req, **changes)

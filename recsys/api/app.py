@@ -13,7 +13,6 @@ Every body is a typed model (recsys.api.schemas), so `/openapi.json` is the cont
 from __future__ import annotations
 
 import contextlib
-import hmac
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -129,8 +128,7 @@ def warm_up(ranker: Ranker, task: str) -> Ranker:
 
 def _key_checks(settings: Settings, engine: Engine) -> dict[str, Any]:
     """A dependency per scope: `Authorization: Bearer KEY` with that scope (recsys.auth)."""
-    from recsys.auth import hash_key
-    from recsys.db.apikeys import active_key_scopes
+    from recsys.auth import key_has_scope
 
     bearer = HTTPBearer(auto_error=False, description="an API key (`recsys apikey create`)")
     required = settings.api_keys_required()
@@ -140,11 +138,7 @@ def _key_checks(settings: Settings, engine: Engine) -> dict[str, Any]:
             if not required:
                 return
             key = cred.credentials.strip() if cred else ""
-            digest = hash_key(key)
-            scopes = active_key_scopes(digest, engine=engine) if key else None
-            # the lookup is by hash; the comparison below is constant-time all the same
-            ok = scopes is not None and hmac.compare_digest(digest, hash_key(key))
-            if not ok or scope not in (scopes or []):
+            if not key or not key_has_scope(key, scope, engine=engine):
                 raise HTTPException(
                     401, f"missing or invalid API key (scope {scope!r}): send "
                     "`Authorization: Bearer KEY` (`recsys apikey create`)",
@@ -179,12 +173,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
     limit = settings.limit_body_bytes
+    paths: set[str] = set()  # the app's route paths, filled when the first request arrives
 
     @app.middleware("http")
     async def measure_and_limit(request: Request, call_next):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
+        if not paths:
+            paths.update(getattr(r, "path", "") for r in app.routes)
         path = request.scope.get("path", "")
-        route = path if path in known(app) else "other"  # bounded label values
+        route = path if path in paths else "other"  # bounded label values
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             response = _too_large(limit)
@@ -196,10 +193,6 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> No
             time.perf_counter() - start
         )
         return response
-
-
-def known(app: FastAPI) -> set[str]:
-    return {getattr(r, "path", "") for r in app.routes}
 
 
 def _too_large(limit: int) -> JSONResponse:
