@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "db",
     "apikey",
     "jobs",
+    "simulate",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
 

@@ -20,6 +20,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class IngestReport:
     rows_read: int = 0
     rows_loaded: int = 0
     rows_skipped: int = 0
+    rows_held_out: int = 0  # at or after `until`: left for `recsys simulate` to play
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
     interactions_added: int = 0
@@ -75,6 +77,8 @@ class IngestReport:
             f"  added {self.interactions_added:,} interactions, {self.users_added:,} users, "
             f"{self.items_added:,} items ({self.items_in_file:,} items in the input)",
         ]
+        if self.rows_held_out:
+            lines.append(f"  held out {self.rows_held_out:,} interactions at or after --until")
         lines += [f"  skipped {n:,}: {reason}" for reason, n in self.skipped_by_reason.items()]
         lines += [f"    e.g. {example}" for example in self.skipped_examples]
         return "\n".join(lines)
@@ -180,9 +184,12 @@ def ingest(
     separator: str = ",",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    until: datetime | None = None,
     engine: Engine | None = None,
 ) -> IngestReport:
-    """Load a file or folder. Refuses it whole on any bad row unless `skip_bad`."""
+    """Load a file or folder. Refuses it whole on any bad row unless `skip_bad`. With
+    `until`, interactions at or after that time are left out (counted as held out): the
+    part `recsys simulate` later plays as live traffic."""
     started = time.perf_counter()
     if chunk_rows < 1:
         raise UserError(f"chunk size must be at least 1 row, got {chunk_rows}")
@@ -203,7 +210,7 @@ def ingest(
         loader = _Loader(stage, report.source)
         if src.items is not None:
             loader.load_catalogue(src.items)
-        _load_chunks(src, loader, report, skip_bad=skip_bad, progress=progress)
+        _load_chunks(src, loader, report, skip_bad=skip_bad, progress=progress, until=until)
         if report.rows_skipped and not skip_bad:
             raise UserError(_refusal(src, report.rows_skipped, report.skipped_examples))
         report.items_in_file = stage.staged_items()
@@ -217,7 +224,13 @@ def ingest(
 
 
 def _load_chunks(
-    src: Source, loader: _Loader, report: IngestReport, *, skip_bad: bool, progress: bool
+    src: Source,
+    loader: _Loader,
+    report: IngestReport,
+    *,
+    skip_bad: bool,
+    progress: bool,
+    until: datetime | None = None,
 ) -> None:
     """Validate every chunk, load the good rows; once a strict load has seen a bad row it only
     keeps reading to list every bad row (the transaction will be rolled back)."""
@@ -233,12 +246,21 @@ def _load_chunks(
                     report.skipped_examples.append(f"{src.label}:{line}: {error}")
             if not reasons or skip_bad:
                 good = chunk.filter(pl.col("error").is_null())
+                if until is not None:
+                    kept = good.filter(pl.col("ts_us") < _micros(until))
+                    report.rows_held_out += good.height - kept.height
+                    good = kept
                 if good.height:
                     loader.load(good)
                 report.rows_loaded += good.height
             bar.update(chunk.height)
     report.rows_skipped = sum(reasons.values())
     report.skipped_by_reason = dict(reasons.most_common())
+
+
+def _micros(moment: datetime) -> int:
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
 
 
 def _bar(total: int | None, what: str, enabled: bool) -> Any:

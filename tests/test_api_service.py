@@ -171,6 +171,13 @@ def test_metrics_count_requests_batches_and_the_served_model(service):
     assert "recsys_served_model{" in text and "recsys_ranking_seconds_bucket" in text
 
 
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def test_hot_reload_under_load_fails_no_request(engine, tiny_ranker):
     """Promote (the probe answers a new version) while 6 clients keep asking: every
     answer is 200 and the served model changes."""
@@ -193,13 +200,14 @@ def test_hot_reload_under_load_fails_no_request(engine, tiny_ranker):
         with ThreadPoolExecutor(6) as pool:
             for _ in range(6):
                 pool.submit(hammer)
-            time.sleep(0.5)
-            state["version"] = "v2"
-            deadline = time.monotonic() + 10
-            while client.get("/v1/model").json()["version"] != "v2" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.3)
-            stop.set()
+            # Wait on what the clients saw, not on a fixed sleep: a slow CI machine may
+            # not answer within any given time, and the test must see both models.
+            try:
+                wait_until(lambda: tiny_ranker.model_id in models)
+                state["version"] = "v2"
+                wait_until(lambda: "ranker-v2" in models)
+            finally:
+                stop.set()
         served = client.get("/v1/model").json()
     assert served == {**served, "model": "ranker-v2", "version": "v2"}
     assert statuses and set(statuses) == {200}

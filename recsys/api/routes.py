@@ -166,6 +166,7 @@ async def _ranked(service: "Service", req: RankRequest, endpoint: str) -> RankRe
 def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r: Any) -> None:
     """One impression per position with the ranking's propensity (for replay and RL)."""
     from recsys.db.events import ImpressionRecord
+    from recsys.db.models import utcnow
 
     if not service.settings.log_impressions:
         return
@@ -174,10 +175,12 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
     context = {"task": req.task, "mode": r.mode, "fallback": r.fallback,
                "log_propensity": r.log_propensity, "fusion_alpha": r.fusion_alpha}  # fmt: skip
     scores = {c.id: c.score for c in req.candidates}
+    shown_at = utcnow()  # when it was shown, not when the buffer got it into the database
     service.impressions.log([
         ImpressionRecord(request_id=request_id, user_id=user_id, item_id=item, position=pos,
                          policy=f"iranker-{r.mode}", propensity=propensity,
-                         model_version=r.model, context={**context, "score": scores[item]})
+                         model_version=r.model, context={**context, "score": scores[item]},
+                         timestamp=shown_at)
         for pos, item in enumerate(r.order)
     ])  # fmt: skip
 
@@ -217,6 +220,8 @@ async def _recommend(service: "Service", body: Any) -> RecommendAnswer:
             mode=body.mode,
             deadline_ms=body.deadline_ms if body.deadline_ms is not None else s.default_deadline_ms,
             request_id=request_id,
+            temperature=body.temperature,
+            seed=body.seed,
         )
         try:
             result = await _ranked(service, req, "/v1/recommend")

@@ -137,6 +137,12 @@ def build(settings: Settings) -> SimpleNamespace:
         exclude: list[Id] = Field(default_factory=list, max_length=settings.limit_history)
         deadline_ms: Deadline | None = None
         mode: Literal["incremental", "score", "direct"] = "incremental"
+        temperature: float = Field(
+            0.0, ge=0, le=10, allow_inf_nan=False,
+            description="0: the ranker's best order; > 0: a draw (exploration, for off-policy "
+            "learning), its propensity logged",
+        )  # fmt: skip
+        seed: int | None = Field(None, ge=0, le=2**31 - 1, description="seed of the draw")
 
     class EventIn(Strict):
         event_id: Id = Field(description="the client's id; a retried event is stored once")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -40,6 +41,11 @@ def register(app: typer.Typer) -> None:
         ),
         chunk_rows: int = typer.Option(50_000, help="rows per chunk (memory stays bounded)"),
         progress: bool = typer.Option(True, help="show a progress bar"),
+        until: datetime | None = typer.Option(
+            None,
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            help="leave out interactions at or after this UTC date (`recsys simulate` plays them)",
+        ),
         report_json: Path | None = typer.Option(None, "--report", help="write the report as JSON"),
         url: str | None = typer.Option(
             None, "--url", help="database URL; default RECSYS_DATABASE_URL"
@@ -74,6 +80,7 @@ def register(app: typer.Typer) -> None:
             separator="\t" if separator in ("\\t", "tab") else separator,
             chunk_rows=chunk_rows,
             progress=progress,
+            until=until.replace(tzinfo=UTC) if until else None,
             engine=get_engine(url),
         )
         typer.echo(report.summary())

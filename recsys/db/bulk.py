@@ -25,6 +25,8 @@ from recsys.db.models import Interaction, Item, User, utcnow
 
 EVENTS = "recsys_load_events"
 ITEMS = "recsys_load_items"
+# SQLAlchemy reports an INSERT's row count only when asked to keep it
+COUNT_ROWS = {"preserve_rowcount": True}
 MERGE_BATCH = 250_000  # staged events merged per statement (one progress step)
 EVENT_COLUMNS = ("event_id", "user_ext", "item_ext", "event", "value", "timestamp", "source")
 ITEM_COLUMNS = ("external_id", "title", "text", "attributes", "catalogue")
@@ -140,21 +142,20 @@ class StagedLoad:
         if self.conn.in_transaction():
             self.conn.commit()  # staging reads/writes only temporary tables
         with write_transaction(self.conn, sqlite_cache_mib=sqlite_cache_mib):
-            before = self._counts()
+            items_before = self._count(Item)
             now = utcnow()
-            self._merge_users(now)
+            users = self._merge_users(now)
             self._merge_items(now, catalogue=True)
             self._merge_items(now, catalogue=False)
-            self._merge_events(progress or (lambda n: None))
-            after = self._counts()
-        return tuple(a - b for a, b in zip(after, before, strict=True))  # type: ignore[return-value]
+            events = self._merge_events(progress or (lambda n: None))
+            items = self._count(Item) - items_before
+        return events, users, items
 
-    def _counts(self) -> tuple[int, int, int]:
-        count = sa.select(sa.func.count())
-        return tuple(  # type: ignore[return-value]
-            self.conn.execute(count.select_from(m.__table__)).scalar_one()
-            for m in (Interaction, User, Item)
-        )
+    def _count(self, model: Any) -> int:
+        # items are upserted (a row count would include updates); under concurrent loads
+        # on PostgreSQL this difference may include another load's items
+        count = sa.select(sa.func.count()).select_from(model.__table__)
+        return self.conn.execute(count).scalar_one()
 
     def _empty_json(self) -> sa.ColumnElement[Any]:
         from sqlalchemy.dialects import postgresql
@@ -162,7 +163,8 @@ class StagedLoad:
         empty = sa.literal("{}")
         return sa.cast(empty, postgresql.JSONB) if self.postgres else empty
 
-    def _merge_users(self, now: Any) -> None:
+    def _merge_users(self, now: Any) -> int:
+        """Returns the number of users created (by this statement: exact under concurrency)."""
         users = User.__table__
         new = (
             sa.select(
@@ -178,7 +180,8 @@ class StagedLoad:
         stmt = upsert(self.conn, users).from_select(
             ["external_id", "attributes", "created_at", "updated_at"], new
         )
-        self.conn.execute(stmt.on_conflict_do_nothing(index_elements=["external_id"]))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["external_id"])
+        return self.conn.execute(stmt, execution_options=COUNT_ROWS).rowcount
 
     def _merge_items(self, now: Any, *, catalogue: bool) -> None:
         items, staged = Item.__table__, self.items
@@ -198,14 +201,18 @@ class StagedLoad:
         stmt = upsert(self.conn, items).from_select(columns, new)
         self.conn.execute(update_items_on_conflict(stmt, catalogue=catalogue))
 
-    def _merge_events(self, progress: Callable[[int], object]) -> None:
+    def _merge_events(self, progress: Callable[[int], object]) -> int:
+        """Returns the number of events inserted: the statements' own counts, so another
+        load committing meanwhile is not counted as ours."""
         last = self.conn.execute(sa.select(sa.func.max(self.events.c.seq))).scalar() or 0
+        added = 0
         for low in range(0, last, MERGE_BATCH):
             high = min(low + MERGE_BATCH, last)
-            self._merge_event_range(low, high)
+            added += self._merge_event_range(low, high)
             progress(high - low)
+        return added
 
-    def _merge_event_range(self, low: int, high: int) -> None:
+    def _merge_event_range(self, low: int, high: int) -> int:
         users, items, staged = User.__table__, Item.__table__, self.events
         new = (
             sa.select(
@@ -223,7 +230,8 @@ class StagedLoad:
         )
         columns = ["event_id", "user_id", "item_id", "event", "value", "timestamp", "source"]
         stmt = upsert(self.conn, Interaction.__table__).from_select(columns, new)
-        self.conn.execute(stmt.on_conflict_do_nothing(index_elements=["event_id"]))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"])
+        return self.conn.execute(stmt, execution_options=COUNT_ROWS).rowcount
 
     # ------------------------------------------------------------------ clean-up
 
