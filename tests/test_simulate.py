@@ -35,8 +35,17 @@ def world(engine, tmp_path):
     data = tiny_ml100k(tmp_path / "ml")
     report = ingest(data, progress=False, until=SPLIT, engine=engine)
     assert report.rows_held_out == 50 and report.rows_loaded == 500
-    run_batch(BatchConfig(rerank=False, embeddings="hashing", cf_factors=8, cf_epochs=2,
-                          artifact_dir=tmp_path / "artifacts", progress=False), engine=engine)  # fmt: skip
+    run_batch(
+        BatchConfig(
+            rerank=False,
+            embeddings="hashing",
+            cf_factors=8,
+            cf_epochs=2,
+            artifact_dir=tmp_path / "artifacts",
+            progress=False,
+        ),
+        engine=engine,
+    )
     return data
 
 
@@ -126,20 +135,36 @@ def test_ingest_then_simulate_from_the_command_line(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("RECSYS_EMBEDDINGS", "hashing")
     get_settings.cache_clear()
     try:
-        code, out, err = run_cli(monkeypatch, capsys, ["ingest", str(data), "--until",
-                                                       "1970-01-01T00:17:00", "--no-progress"])  # fmt: skip
+        code, out, err = run_cli(
+            monkeypatch,
+            capsys,
+            ["ingest", str(data), "--until", "1970-01-01T00:17:00", "--no-progress"],
+        )
         assert code == 0, err
         assert "held out 50 interactions" in out
-        code, _, err = run_cli(monkeypatch, capsys, ["batch", "--no-rerank", "--embeddings",
-                                                     "hashing"])  # fmt: skip
+        code, _, err = run_cli(
+            monkeypatch, capsys, ["batch", "--no-rerank", "--embeddings", "hashing"]
+        )
         assert code == 0, err
-        args = ["simulate", str(data), "--since", "1970-01-01T00:17:00", "--requests", "12",
-                "--k", "5", "--no-progress", "--report", str(tmp_path / "sim.json")]  # fmt: skip
+        args = [
+            "simulate",
+            str(data),
+            "--since",
+            "1970-01-01T00:17:00",
+            "--requests",
+            "12",
+            "--k",
+            "5",
+            "--no-progress",
+            "--report",
+            str(tmp_path / "sim.json"),
+        ]
         code, out, err = run_cli(monkeypatch, capsys, args)
         assert code == 0, err
         assert "12 requests" in out and "12 answered" in out
-        code, _, err = run_cli(monkeypatch, capsys, ["simulate", str(data), "--since",
-                                                     "2031-01-01", "--no-progress"])  # fmt: skip
+        code, _, err = run_cli(
+            monkeypatch, capsys, ["simulate", str(data), "--since", "2031-01-01", "--no-progress"]
+        )
         assert code == 2 and "no interactions at or after 2031-01-01" in err
     finally:
         get_settings.cache_clear()
