@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -19,42 +18,26 @@ def register(app: typer.Typer) -> None:
         off_policy: bool = typer.Option(
             True, help="IPS/SNIPS of B sampling at T=1 (needs logged propensities)"
         ),
+        slate_draws: int = typer.Option(
+            16, min=0, max=1000, help="rankings sampled per policy for IIPS/RIPS (0: off)"
+        ),
+        logging_model: str | None = typer.Option(
+            None, help="the policy that logged the traffic (default: A, or the settings' model)"
+        ),
         out: Path = typer.Option(Path("var/replay"), help="folder for report.md/json/png"),
         device: str | None = typer.Option(None, help="auto | cpu | cuda (RECSYS_DEVICE)"),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Replay logged requests (impressions + the interaction that followed) through
         policies A and B; write a markdown report, JSON and a plot."""
-        from datetime import timedelta
-
         from recsys.db.engine import get_engine
-        from recsys.db.events import logged_requests
         from recsys.db.migrate import ensure_schema
-        from recsys.replay.replay import (
-            incremental_log_propensity,
-            plot_report,
-            rank_function,
-            replay,
-        )
-        from recsys.training import episode_from_logged
+        from recsys.replay.run import ReplayConfig, run_replay
 
         ensure_schema(url)
-        records = logged_requests(
-            window=timedelta(days=window_days), limit=limit, engine=get_engine(url)
-        )
-        logged = [episode_from_logged(r) for r in records]
-        rank_a, _ = rank_function(a, logged, device=device, mode=mode)
-        rank_b, backend_b = rank_function(b, logged, device=device, mode=mode)
-        target = None
-        if off_policy and backend_b is not None and hasattr(backend_b, "model"):
-            target = incremental_log_propensity(backend_b)
-        report = replay(logged, rank_a, rank_b, target_log_propensity=target)
-        out.mkdir(parents=True, exist_ok=True)
-        text = report.markdown(a, b)
-        (out / "report.md").write_text(text + "\n\n![replay](replay.png)\n")
-        (out / "report.json").write_text(
-            json.dumps({"a": a, "b": b, **report.__dict__}, indent=2, default=str)
-        )
-        plot_report(report, a, b, str(out / "replay.png"))
-        typer.echo(text)
+        config = ReplayConfig(a=a, b=b, limit=limit, window_days=window_days, mode=mode,
+                              off_policy=off_policy, slate_draws=slate_draws,
+                              logging_model=logging_model, device=device, out=out)  # fmt: skip
+        report = run_replay(config, engine=get_engine(url))
+        typer.echo(report.markdown(a, b))
         typer.echo(f"\nwritten: {out}/report.md, report.json, replay.png")

@@ -209,6 +209,7 @@ def logged_requests(
     history_len: int = 20,
     window: timedelta = timedelta(days=7),
     limit: int | None = None,
+    since: datetime | None = None,
 ) -> list[LoggedRequest]:
     """Logged responses joined with what the user did next, for off-policy learning and replay.
 
@@ -216,7 +217,8 @@ def logged_requests(
     with one of the shown items within `window` after the impression - in the order the
     requests were shown. The history holds the titles of the user's last `history_len` items
     before the impression; the impression context supplies `task` (default rec-movie), the
-    ranking's `log_propensity` (read from the first position) and each item's `score`."""
+    ranking's `log_propensity` (read from the first position) and each item's `score`.
+    `since` keeps the requests shown at or after that time."""
     imp, users, items, inter = (
         Impression.__table__,
         User.__table__,
@@ -238,6 +240,8 @@ def logged_requests(
         .join(items, items.c.id == imp.c.item_id)
         .order_by(imp.c.timestamp, imp.c.request_id, imp.c.position)
     )
+    if since is not None:
+        shown = shown.where(imp.c.timestamp >= _utc(since))
     followed = (
         sa.select(imp.c.request_id, items.c.external_id, inter.c.timestamp, imp.c.timestamp)
         .join(inter, (inter.c.user_id == imp.c.user_id) & (inter.c.item_id == imp.c.item_id))

@@ -48,6 +48,7 @@ class ReplayReport:
     difference: dict[str, dict[str, float]]  # metric -> {mean, low, high} of B - A
     off_policy: dict[str, Any] = field(default_factory=dict)
     per_request: dict[str, list[float]] = field(default_factory=dict)  # policy -> RR list
+    slate: dict[str, Any] = field(default_factory=dict)  # recsys.replay.slate_report
 
     def markdown(self, a: str, b: str) -> str:
         lines = [
@@ -65,7 +66,30 @@ class ReplayReport:
         if self.off_policy:
             lines += ["", "Off-policy value of B sampling at T=1 (reward: logged RR):", ""]
             lines += [f"- {k}: {v}" for k, v in self.off_policy.items()]
+        if self.slate:
+            lines += ["", *slate_markdown(self.slate)]
         return "\n".join(lines)
+
+
+def slate_markdown(slate: dict[str, Any]) -> list[str]:
+    how = "exact" if slate.get("exact") else f"{slate.get('draws')} sampled rankings per policy"
+    lines = [
+        f"Per-position estimates of B's click rate on the logged ground truth ({slate['rounds']} "
+        f"rounds; marginals: {how}, mean standard error "
+        f"{slate['marginal_standard_error']:.3f}):",
+        "",
+        "| estimator | value | 95% interval | effective sample size |",
+        "|---|---|---|---|",
+    ]
+    for name in ("iips", "rips"):
+        e = slate[name]
+        lines.append(f"| {name.upper()} | {e['estimate']:.4f} | [{e['low']:.4f}, "
+                     f"{e['high']:.4f}] | {e['ess']:.1f} |")  # fmt: skip
+    if "whole_ranking_ips_ess" in slate:
+        lines.append(f"| whole-ranking IPS | — | — | {slate['whole_ranking_ips_ess']:.1f} |")
+    lines.append(f"\nThe logging policy's own click rate: "
+                 f"{slate['logging policy (on-policy mean)']:.4f}.")  # fmt: skip
+    return lines
 
 
 def replay(
@@ -153,7 +177,8 @@ def rank_function(
     mode: str = "incremental",
 ) -> tuple[Callable[[list[RankRequest]], list[Sequence[str]]], Any]:
     """A policy by name: 'logged' (what was shown), 'retrieval' (by candidate score), or a
-    ranker model spec (default | promoted | version | path). Returns (rank_fn, backend)."""
+    ranker model spec (default | promoted | version | path). Returns (rank_fn, the ranker
+    or None)."""
     if spec == "logged":
         shown = {id(e.request): list(e.logged_order) for e in logged}
         return (lambda requests: [shown[id(r)] for r in requests]), None
@@ -167,7 +192,7 @@ def rank_function(
         requests = [dataclasses.replace(r, mode=mode, temperature=0.0) for r in requests]
         return [res.order for res in ranker.rank_batch(requests, progress=True)]
 
-    return rank, ranker.backend
+    return rank, ranker
 
 
 def _by_score(request: RankRequest) -> list[str]:
@@ -178,6 +203,16 @@ def _by_score(request: RankRequest) -> list[str]:
     return [cid for _, _, cid in sorted(scored)]
 
 
+def _plot_ess(ax: Any, slate: dict[str, Any], n: int) -> None:
+    names = ["IIPS", "RIPS"] + (["whole-ranking\nIPS"] if "whole_ranking_ips_ess" in slate else [])
+    values = [slate["iips"]["ess"], slate["rips"]["ess"]]
+    values += [slate["whole_ranking_ips_ess"]] if "whole_ranking_ips_ess" in slate else []
+    ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:gray"][: len(values)])
+    ax.axhline(slate["rounds"], color="black", linewidth=0.8, linestyle="--")
+    ax.set_title(f"effective sample size of {slate['rounds']} rounds")
+    ax.set_yscale("log")
+
+
 def plot_report(report: ReplayReport, a: str, b: str, path: str) -> None:
     """Bar chart: each metric for A and B, and B − A with its 95% interval."""
     import matplotlib
@@ -186,7 +221,9 @@ def plot_report(report: ReplayReport, a: str, b: str, path: str) -> None:
     import matplotlib.pyplot as plt
 
     metrics = list(report.difference)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = 3 if report.slate else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    left, right = axes[0], axes[1]
     x = np.arange(len(metrics))
     left.bar(x - 0.2, [report.policies["A"][m] for m in metrics], 0.4, label=f"A: {a}")
     left.bar(x + 0.2, [report.policies["B"][m] for m in metrics], 0.4, label=f"B: {b}")
@@ -200,6 +237,8 @@ def plot_report(report: ReplayReport, a: str, b: str, path: str) -> None:
     right.axhline(0, color="black", linewidth=0.8)
     right.set_xticks(x, metrics)
     right.set_title("B − A (paired bootstrap 95%)")
+    if report.slate:
+        _plot_ess(axes[2], report.slate, len(report.per_request.get("A", [])) or report.n)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

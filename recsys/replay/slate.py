@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys.replay.estimators import Estimator
+
 Ranking = Sequence[int]  # candidate indices, best first
 
 
@@ -58,10 +60,35 @@ class SlateData:
     def weights(self) -> np.ndarray:
         return self.target / self.logging
 
+    def subset(self, index: np.ndarray) -> SlateData:
+        """The rounds `index` (what the shared bootstrap interval resamples)."""
+        return SlateData(self.rewards[index], self.logging[index], self.target[index])
+
 
 def position_ips(data: SlateData) -> float:
     """IIPS or RIPS, by what `data` holds (marginals or prefix probabilities)."""
     return float(np.mean(np.sum(data.weights * data.rewards, axis=1)))
+
+
+class IIPS(Estimator):
+    """Independent IPS (Li et al., KDD 2018): V̂ = (1/n) Σ_i Σ_k r_ik · π(a_ik at k)/π0(a_ik at k),
+    `SlateData` holding the position marginals. Unbiased under the position-based model."""
+
+    name = "iips"
+
+    def estimate(self, data: SlateData) -> float:  # type: ignore[override]
+        return position_ips(data)
+
+
+class RIPS(Estimator):
+    """Reward-interaction IPS (McInerney et al., KDD 2020): V̂ = (1/n) Σ_i Σ_k r_ik ·
+    π(a_i,1:k)/π0(a_i,1:k), `SlateData` holding top-k prefix probabilities. Unbiased under
+    the cascade model."""
+
+    name = "rips"
+
+    def estimate(self, data: SlateData) -> float:  # type: ignore[override]
+        return position_ips(data)
 
 
 def slate_ess(data: SlateData) -> float:
