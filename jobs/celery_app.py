@@ -3,28 +3,70 @@ embedded default needs no broker. With a Redis URL, workers on any number of mac
 the queue and the database.
 
     celery -A jobs.celery_app worker -l info      # a worker
-    celery -A jobs.celery_app beat -l info        # the nightly schedule
+    celery -A jobs.celery_app beat -l info        # the schedule (settings: RECSYS_*_SCHEDULE)
+
+Faults: a task is acknowledged only when it is done (acks_late), so a worker that dies
+mid-task leaves it unacknowledged; Redis hands it to a live worker after
+RECSYS_TASK_VISIBILITY_TIMEOUT_S, and recsys.job_runs marks the dead worker's run lost.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from celery import Celery
 from celery.schedules import crontab
 
+from recsys.errors import UserError
 from recsys.settings import Settings, get_settings
 
-BEAT_SCHEDULE = {
-    "nightly-batch-recommendations": {
-        "task": "jobs.tasks.batch_recommendations",
-        "schedule": crontab(hour=2, minute=0),
-        "kwargs": {},
-    },
-    "weekly-ranker-fine-tune": {
-        "task": "jobs.tasks.train_ranker",
-        "schedule": crontab(hour=3, minute=0, day_of_week="sunday"),
-        "kwargs": {},
-    },
-}
+
+def parse_schedule(text: str) -> crontab | timedelta | None:
+    """A five-field crontab ("0 4 * * *", UTC), a period in seconds ("30", "30s"), or
+    "off" (None)."""
+    text = text.strip()
+    if text.lower() in ("off", "none", ""):
+        return None
+    seconds = text[:-1] if text.endswith("s") else text
+    try:
+        period = float(seconds)
+    except ValueError:
+        fields = text.split()
+        if len(fields) != 5:
+            raise UserError(
+                f"schedule {text!r}: give a five-field crontab like '0 4 * * *', a number of "
+                "seconds like '30s', or 'off'"
+            ) from None
+        minute, hour, day_of_month, month, day_of_week = fields
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month,
+            day_of_week=day_of_week,
+        )
+    if period <= 0:
+        raise UserError(f"schedule {text!r}: a period must be more than 0 seconds")
+    return timedelta(seconds=period)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The nightly batch (fanned out over `batch_shards`) and the closed loop."""
+    entries = {
+        "nightly-batch-recommendations": (
+            "jobs.tasks.nightly_batch",
+            settings.batch_schedule,
+            {"shards": settings.batch_shards},
+        ),
+        "closed-loop": ("jobs.tasks.improve_ranker", settings.loop_schedule, {}),
+    }
+    out = {}
+    for name, (task, text, kwargs) in entries.items():
+        when = parse_schedule(text)
+        if when is not None:
+            out[name] = {"task": task, "schedule": when, "kwargs": kwargs}
+    return out
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -32,6 +74,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     broker = settings.broker_url or "memory://"
     backend = settings.result_backend or settings.broker_url or "cache+memory://"
     app = Celery("recsys", broker=broker, backend=backend, include=["jobs.tasks"])
+    transport = {"visibility_timeout": settings.task_visibility_timeout_s}
     app.conf.update(
         task_always_eager=settings.broker_url is None,
         task_eager_propagates=True,
@@ -39,11 +82,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        task_default_queue=settings.task_queue,
+        result_backend_transport_options=transport,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         timezone="UTC",
-        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule=beat_schedule(settings),
         broker_connection_retry_on_startup=True,
     )
     return app

@@ -14,6 +14,7 @@ job resumes where it stopped and never duplicates rows.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -158,6 +159,18 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
         engine=engine,
     )
     return gen, version
+
+
+def build_index(config: BatchConfig, *, engine: Engine | None = None) -> str:
+    """Build the retrieval index on every interaction in the database and register it; the
+    version returned is what each shard of a fanned-out batch then loads."""
+    from recsys.db.engine import get_engine
+    from recsys.pipeline import training_data
+
+    engine = engine or get_engine()
+    _, version = _generator(dataclasses.replace(config, index_version=None),
+                            training_data(engine, None), engine)  # fmt: skip
+    return version
 
 
 def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def]

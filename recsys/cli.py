@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "apikey",
     "jobs",
     "simulate",
+    "loop",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
 

@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     gate_margin: float = Field(0.5, description="MRR x100 points a ranker must gain to promote")
     gate_beat_retrieval: bool = Field(True, description="refuse rankers worse than retrieval")
 
+    # the closed loop (recsys.loop) and the schedule (jobs.celery_app): a schedule is a
+    # five-field crontab ("0 4 * * *") or a period in seconds ("30", "30s"); "off": none
+    auto_promote: bool = Field(False, description="promote a candidate the gate passes")
+    loop_schedule: str = Field("0 4 * * *", description="when the loop fine-tunes (UTC)")
+    loop_min_requests: int = Field(50, ge=1, description="logged requests a turn needs")
+    loop_steps: int = Field(50, ge=0, description="optimizer steps per turn")
+    loop_lr: float = Field(1e-5, gt=0, le=1, description="learning rate of a turn")
+    task_queue: str = Field("celery", description="the Celery queue workers and beat use")
+    batch_schedule: str = Field("0 2 * * *", description="when batch recommendations run")
+    batch_shards: int = Field(1, ge=1, le=1024, description="shards the nightly batch fans out")
+    # Redis broker: an unacknowledged task goes back to the queue after this long (a task
+    # whose worker died runs again); longer than the longest task
+    task_visibility_timeout_s: int = Field(
+        3600, ge=10, description="Redis: seconds before an unacknowledged task is redelivered"
+    )
+
     log_level: str = "INFO"
 
     def api_keys_required(self, host: str | None = None) -> bool:

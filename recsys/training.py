@@ -109,12 +109,18 @@ def episode_from_logged(logged: LoggedRequest, *, show_signals: bool = False) ->
     )
 
 
-def episodes_from_database(engine: Engine, show_signals: bool = False) -> list[Episode]:
-    """Episodes from logged impressions (`recsys.db.events.logged_requests`). Impressions with
-    no interaction among the shown items carry no reward signal and are skipped."""
+def episodes_from_database(
+    engine: Engine, show_signals: bool = False, since: str | None = None
+) -> list[Episode]:
+    """Episodes from logged impressions (`recsys.db.events.logged_requests`), shown at or
+    after `since` (ISO-8601) when given. Impressions with no interaction among the shown
+    items carry no reward signal and are skipped."""
+    from datetime import datetime
+
     from recsys.db.events import logged_requests
 
-    logged = logged_requests(engine=engine)
+    start = datetime.fromisoformat(since) if since else None
+    logged = logged_requests(engine=engine, since=start)
     return [episode_from_logged(r, show_signals=show_signals) for r in logged]
 
 
@@ -124,6 +130,7 @@ def episodes_from_database(engine: Engine, show_signals: bool = False) -> list[E
 @dataclass
 class TrainingOptions:
     source: str = "rec-movie"  # rec-movie | rec-game (eval instances) | db | JSONL file
+    since: str | None = None  # source db: traffic shown from then on (ISO-8601)
     signal: str = "transitions"  # the retrieval scorer of eval-task episodes
     algo: str = "distill"
     steps: int = 50
@@ -165,7 +172,7 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
     elif opts.source == "db":
         from recsys.db.engine import get_engine
 
-        eps = episodes_from_database(get_engine(), show_signals=opts.show_signals)
+        eps = episodes_from_database(get_engine(), opts.show_signals, opts.since)
     else:
         path = Path(opts.source)
         if not path.exists():

@@ -108,7 +108,7 @@ def test_cli_db_upgrade_and_downgrade_from_another_directory(tmp_path) -> None:
     run = [sys.executable, "-c", "from recsys.cli import main; main()", "db"]
     up = subprocess.run([*run, "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
-    assert "database at revision 0001" in up.stdout
+    assert "database at revision 0002" in up.stdout
     assert _tables(url) == TABLES
 
     down = subprocess.run(

@@ -17,6 +17,13 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, help="default | promoted | version | path"),
         device: str | None = typer.Option(None, help="auto | cpu | cuda"),
         shard: str = typer.Option("0/1", help="this worker's part, I/N (users split by hash)"),
+        shards: int | None = typer.Option(
+            None,
+            min=1,
+            max=1024,
+            help="fan out: build the index once, then enqueue N shard tasks for the workers "
+            "(RECSYS_BROKER_URL; without a broker they run here, one after another)",
+        ),
         limit_users: int | None = typer.Option(None, help="only the first N users of the shard"),
         index_version: str | None = typer.Option(
             None, help="use this registered retrieval index instead of rebuilding it"
@@ -38,6 +45,18 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--shard {shard!r} must look like I/N, e.g. 0/4") from None
         settings = get_settings()
         ensure_schema(url)
+        if shards is not None:
+            _fan_out(
+                shards,
+                run_id=run_id,
+                k=k,
+                rerank=rerank,
+                model=model,
+                device=device,
+                limit_users=limit_users,
+                embeddings=embeddings,
+            )
+            return
         report = run_batch(
             BatchConfig(
                 run_id=run_id,
@@ -59,4 +78,19 @@ def register(app: typer.Typer) -> None:
             f"{report.users_skipped} skipped (already in the run or no candidates) of "
             f"{report.users_in_shard} in shard {shard}; retrieval {report.retrieval_version}, "
             f"ranker {report.model_version}"
+        )
+
+
+def _fan_out(shards: int, **options: object) -> None:
+    from jobs.tasks import nightly_batch
+    from recsys.settings import get_settings
+
+    options = {k: v for k, v in options.items() if v is not None}
+    result = nightly_batch.delay(shards=shards, **options)
+    if get_settings().broker_url is None:
+        typer.echo(f"fanned out {shards} shards in process: {result.get()}")
+    else:
+        typer.echo(
+            f"enqueued task {result.id}: the index, then {shards} shards; "
+            "follow it with `recsys jobs list`"
         )

@@ -18,29 +18,38 @@ def register(app: typer.Typer) -> None:
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
         from recsys.db.runs import recent_job_runs
+        from recsys.job_runs import shown_status
 
         ensure_schema(url)
         for run in recent_job_runs(limit, engine=get_engine(url)):
             started = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "-"
             typer.echo(
-                f"{run.id:>6} {run.kind:<8} {run.status:<10} "
+                f"{run.id:>6} {run.kind:<12} {shown_status(run):<10} "
                 f"{run.progress * 100:5.1f}% {started}  {run.error or ''}".rstrip()
             )
 
     @jobs.command("show")
     def show(
         job_id: int,
+        as_json: bool = typer.Option(False, "--json", help="the run's JSON only"),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
-        """Print one run as JSON: parameters (to re-run it), result or error."""
+        """Print one run as JSON: parameters (to re-run it), result or error; then, for a
+        loop turn, its replay report of the new ranker vs the old (--json: the JSON only)."""
         from dataclasses import asdict
+        from pathlib import Path
 
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
         from recsys.db.runs import job_run
+        from recsys.job_runs import shown_status
 
         ensure_schema(url)
-        run = asdict(job_run(job_id, engine=get_engine(url)))
+        record = job_run(job_id, engine=get_engine(url))
+        run = {**asdict(record), "status": shown_status(record)}
         typer.echo(json.dumps(run, indent=2, default=str))
+        report = Path(str((record.result or {}).get("replay_report", "")))
+        if not as_json and report.is_file():
+            typer.echo(f"\n{report}:\n\n{report.read_text()}")
 
     app.add_typer(jobs, name="jobs")

@@ -213,6 +213,7 @@ class JobRun(Base):
         _enum_check("status", JobStatus),
         sa.Index("ix_job_runs_kind_created_at", "kind", "created_at"),
         sa.Index("ix_job_runs_parent_id", "parent_id"),
+        sa.Index("ix_job_runs_task_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -229,6 +230,7 @@ class JobRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]  # written while running (recsys.job_runs)
 
 
 class ApiKey(Base):

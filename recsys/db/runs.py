@@ -44,6 +44,7 @@ class JobRunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +164,13 @@ def job_run(job_id: int, *, engine: Engine) -> JobRunRecord:
         if run is None:
             raise UserError(f"no job run {job_id}; see `recsys jobs list`")
         return _job_record(run)
+
+
+def job_runs_of_task(task_id: str, *, engine: Engine) -> list[JobRunRecord]:
+    """Every run of one Celery task id (a redelivered task has several), oldest first."""
+    query = sa.select(JobRun).where(JobRun.task_id == task_id).order_by(JobRun.id)
+    with Session(engine) as session:
+        return [_job_record(r) for r in session.scalars(query)]
 
 
 def recent_job_runs(limit: int = 20, *, engine: Engine) -> list[JobRunRecord]:

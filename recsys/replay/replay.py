@@ -74,20 +74,20 @@ class ReplayReport:
 def slate_markdown(slate: dict[str, Any]) -> list[str]:
     how = "exact" if slate.get("exact") else f"{slate.get('draws')} sampled rankings per policy"
     lines = [
-        f"Per-position estimates of B's click rate on the logged ground truth ({slate['rounds']} "
+        f"Per-position estimates of B's MRR on the logged ground truth ({slate['rounds']} "
         f"rounds; marginals: {how}, mean standard error "
         f"{slate['marginal_standard_error']:.3f}):",
         "",
         "| estimator | value | 95% interval | effective sample size |",
         "|---|---|---|---|",
     ]
-    for name in ("iips", "rips"):
+    for name in [n for n in ("iips", "rips") if n in slate]:
         e = slate[name]
         lines.append(f"| {name.upper()} | {e['estimate']:.4f} | [{e['low']:.4f}, "
                      f"{e['high']:.4f}] | {e['ess']:.1f} |")  # fmt: skip
     if "whole_ranking_ips_ess" in slate:
         lines.append(f"| whole-ranking IPS | — | — | {slate['whole_ranking_ips_ess']:.1f} |")
-    lines.append(f"\nThe logging policy's own click rate: "
+    lines.append(f"\nThe logging policy's own MRR on these rounds: "
                  f"{slate['logging policy (on-policy mean)']:.4f}.")  # fmt: skip
     return lines
 
@@ -204,9 +204,11 @@ def _by_score(request: RankRequest) -> list[str]:
 
 
 def _plot_ess(ax: Any, slate: dict[str, Any], n: int) -> None:
-    names = ["IIPS", "RIPS"] + (["whole-ranking\nIPS"] if "whole_ranking_ips_ess" in slate else [])
-    values = [slate["iips"]["ess"], slate["rips"]["ess"]]
-    values += [slate["whole_ranking_ips_ess"]] if "whole_ranking_ips_ess" in slate else []
+    names = [n.upper() for n in ("iips", "rips") if n in slate]
+    values = [slate[n.lower()]["ess"] for n in names]
+    if "whole_ranking_ips_ess" in slate:
+        names.append("whole-ranking\nIPS")
+        values.append(slate["whole_ranking_ips_ess"])
     ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:gray"][: len(values)])
     ax.axhline(slate["rounds"], color="black", linewidth=0.8, linestyle="--")
     ax.set_title(f"effective sample size of {slate['rounds']} rounds")

@@ -100,11 +100,16 @@ def slate_estimates(
     whole_ranking_weights: np.ndarray | None = None,
     n_boot: int = 500,
 ) -> dict[str, Any]:
-    """IIPS and RIPS of the logged click (reward 1 at the ground truth's logged position)
-    with bootstrap intervals and effective sample sizes; whole-ranking IPS's ESS beside."""
+    """IIPS and RIPS of the reciprocal rank (reward 1/(k+1) at the ground truth's logged
+    0-based position k, 0 elsewhere: the per-position rewards add up to the ranking's RR,
+    so each estimates B's MRR), with bootstrap intervals and effective sample sizes;
+    whole-ranking IPS's ESS beside. RIPS needs the probability of whole top-k prefixes,
+    which a few sampled rankings almost never match: it is reported for exact marginals
+    only."""
     k = min(len(e.logged_order or ()) for e in episodes)
-    rewards = np.array([[float(e.logged_order[j] == e.ground_truth) for j in range(k)]
+    rewards = np.array([[float(e.logged_order[j] == e.ground_truth) / (j + 1) for j in range(k)]
                         for e in episodes])  # fmt: skip
+    exact = all(p.exact for p in [*logging, *target])
 
     def table(policies: Sequence[PolicyRankings], prefix: bool) -> np.ndarray:
         rows = []
@@ -115,7 +120,7 @@ def slate_estimates(
         return np.array(rows)
 
     out: dict[str, Any] = {"rounds": len(episodes), "positions": k}
-    for est, prefix in ((IIPS(), False), (RIPS(), True)):
+    for est, prefix in ((IIPS(), False), (RIPS(), True))[: 2 if exact else 1]:
         data = SlateData(rewards, np.maximum(table(logging, prefix), 1e-12), table(target, prefix))
         low, high = est.interval(data, n_boot=n_boot)
         out[est.name] = {"estimate": est.estimate(data), "low": low, "high": high,

@@ -1,0 +1,158 @@
+"""The closed loop, one turn: logged traffic -> fine-tune -> candidate -> gate -> promote ->
+servers reload -> replay report. Celery beat runs it on `RECSYS_LOOP_SCHEDULE`
+(jobs.tasks.improve_ranker); `recsys loop` runs one turn from the command line.
+
+1. **Traffic.** The logged requests with an outcome since the promoted version was promoted
+   (all of them before anything is promoted). Fewer than `min_requests`: the turn stops,
+   saying so — fine-tuning on a handful of requests would only fit noise.
+2. **Fine-tune** (recsys.training, source `db`) from the promoted version (else the
+   settings' model); the result is registered as a candidate ranker version with per-user
+   results on held-out users of that traffic (users split off by hash, never trained on).
+3. **Gate** (recsys.gate): the candidate must beat the promoted version — or, with nothing
+   promoted, the model it was tuned from — on those users by `RECSYS_GATE_MARGIN` with a
+   paired bootstrap interval above zero, and not rank worse than retrieval.
+4. **Promote** when the gate passes and `RECSYS_AUTO_PROMOTE` is on. Servers started with
+   `RECSYS_MODEL=promoted` see the new version at their next registry poll
+   (`RECSYS_RELOAD_POLL_S`) and swap it in without a failed request (recsys.api.serving).
+   A refused candidate stays registered, never promoted, and the turn's result says why.
+5. **Replay** the new version against the old on the same traffic (recsys.replay.run); the
+   report's path is in the result, which `recsys jobs show` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from recsys.settings import Settings
+
+
+@dataclass
+class LoopConfig:
+    min_requests: int = 50
+    steps: int = 50
+    batch_size: int = 4
+    lr: float = 1e-5
+    algo: str = "distill"
+    val_fraction: float = 0.3
+    auto_promote: bool | None = None  # None: the settings' RECSYS_AUTO_PROMOTE
+    replay: bool = True
+    replay_draws: int = 8  # sampled rankings per policy for the per-position estimates
+    device: str | None = None
+    run_name: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # more TrainingOptions fields
+
+
+Report = Callable[[float], None]
+
+
+def improve(
+    config: LoopConfig, *, settings: Settings, engine: Engine, report: Report = lambda p: None
+) -> dict[str, Any]:
+    """One turn of the loop (module docstring); returns what each step did."""
+    from recsys.db.events import logged_requests
+    from recsys.db.registry import current_model
+
+    promoted = current_model("ranker", engine=engine)
+    since = promoted.promoted_at if promoted is not None else None
+    base = promoted.version if promoted is not None else settings.model
+    steps: dict[str, Any] = {"base": base, "since": since.isoformat() if since else None}
+    n = len(logged_requests(engine=engine, since=since))
+    steps["logged_requests"] = n
+    if n < config.min_requests:
+        return {
+            **steps,
+            "status": "skipped",
+            "reason": f"{n} logged requests with an outcome since {_when(since)}; "
+            f"the loop needs {config.min_requests} (RECSYS_LOOP_MIN_REQUESTS)",
+        }
+    report(0.05)
+    metrics = _fine_tune(config, base, since, settings)
+    candidate = metrics["version"]
+    steps["candidate"] = candidate
+    steps["val_mrr"] = {k: metrics.get(k) for k in ("val_mrr_served", "val_mrr_zero_shot")}
+    report(0.7)
+    steps["gate"], steps["promoted"] = _gate_and_promote(config, candidate, settings, engine)
+    report(0.8)
+    if config.replay:
+        steps["replay_report"] = _replay(config, base, candidate, since, settings, engine)
+    steps["status"] = "promoted" if steps["promoted"] else "refused"
+    return steps
+
+
+def _when(since: datetime | None) -> str:
+    return f"the promotion at {since:%Y-%m-%d %H:%M:%S}" if since else "the start"
+
+
+def _fine_tune(
+    config: LoopConfig, base: str, since: datetime | None, settings: Settings
+) -> dict[str, Any]:
+    from recsys.resolver import resolve_ranker
+    from recsys.training import TrainingOptions, run_training
+
+    options = TrainingOptions(
+        source="db",
+        since=since.isoformat() if since else None,
+        model=resolve_ranker(base).model,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        algo=config.algo,
+        val_fraction=config.val_fraction,
+        device=config.device,
+        run_name=config.run_name,
+        resume=config.run_name is not None,
+        **config.training,
+    )
+    return run_training(options)
+
+
+def _gate_and_promote(
+    config: LoopConfig, candidate: str, settings: Settings, engine: Engine
+) -> tuple[dict[str, Any], bool]:
+    from recsys.db.registry import current_model, get_model
+    from recsys.gate import evaluation_gate
+    from recsys.registry import promote, promotion_decision
+
+    info = get_model("ranker", candidate, engine=engine)
+    decision = promotion_decision(info, current_model("ranker", engine=engine), [evaluation_gate])
+    gate = {"allowed": decision.allowed, "reason": decision.reason}
+    auto = settings.auto_promote if config.auto_promote is None else config.auto_promote
+    if not decision.allowed:
+        return gate, False
+    if not auto:
+        gate["reason"] += "; not promoted: RECSYS_AUTO_PROMOTE is off"
+        return gate, False
+    promote("ranker", candidate, extra_gates=[evaluation_gate], engine=engine)
+    return gate, True
+
+
+def _replay(
+    config: LoopConfig,
+    base: str,
+    candidate: str,
+    since: datetime | None,
+    settings: Settings,
+    engine: Engine,
+) -> str:
+    from recsys.replay.run import ReplayConfig, run_replay
+
+    out = Path(settings.resolved_artifact_dir) / "replay" / candidate
+    run_replay(
+        ReplayConfig(
+            a=base,
+            b=candidate,
+            since=since,
+            slate_draws=config.replay_draws,
+            logging_model=base,
+            device=config.device,
+            out=out,
+        ),
+        engine=engine,
+    )
+    return str(out / "report.md")
