@@ -70,7 +70,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
+    from recsys.job_runs import LOST_BEATS
+
     settings = settings or get_settings()
+    lost_after = LOST_BEATS * settings.task_heartbeat_s
+    if settings.task_visibility_timeout_s <= lost_after:
+        raise UserError(
+            f"RECSYS_TASK_VISIBILITY_TIMEOUT_S={settings.task_visibility_timeout_s} must exceed "
+            f"{LOST_BEATS} heartbeats ({lost_after:g} s, RECSYS_TASK_HEARTBEAT_S): a task "
+            "redelivered sooner would find its first run still counted alive and be dropped"
+        )
     broker = settings.broker_url or "memory://"
     backend = settings.result_backend or settings.broker_url or "cache+memory://"
     app = Celery("recsys", broker=broker, backend=backend, include=["jobs.tasks"])

@@ -30,17 +30,29 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
         def run(self, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             from recsys.db.engine import get_engine
             from recsys.db.migrate import ensure_schema
+            from recsys.settings import get_settings
 
             ensure_schema()
-            engine = get_engine()
+            engine, beat = get_engine(), get_settings().task_heartbeat_s
             task_id = self.request.id
             try:
-                job_id = job_runs.start_job(kind, params, task_id=task_id, engine=engine)
-            except job_runs.AlreadyRunning as exc:  # a duplicate delivery: leave it be
+                job_id = job_runs.start_job(
+                    kind,
+                    params,
+                    task_id=task_id,
+                    engine=engine,
+                    lost_after_s=job_runs.LOST_BEATS * beat,
+                )
+            except job_runs.AlreadyDone as exc:  # a duplicate delivery: nothing left to do
                 log.warning("%s", exc)
                 return {"duplicate": str(exc)}
+            except job_runs.AlreadyRunning as exc:  # alive, or died a moment ago: look again
+                log.warning("%s; trying again later", exc)
+                raise self.retry(
+                    countdown=(job_runs.LOST_BEATS + 1) * beat, max_retries=None
+                ) from exc
             try:
-                with job_runs.Heartbeat(job_id, engine=engine):
+                with job_runs.Heartbeat(job_id, engine=engine, every_s=beat):
                     result = fn(
                         report=lambda p: job_runs.set_progress(job_id, p, engine=engine),
                         task_id=task_id,

@@ -4,12 +4,14 @@ A failed job keeps its error and parameters, so it can be inspected (recsys.db.r
 and re-run as is.
 
 A worker killed mid-task (`kill -9`, a lost machine) cannot say so. While a job runs, its
-worker writes `heartbeat_at` every `HEARTBEAT_S`; a running row whose heartbeat is older than
-`LOST_AFTER_S` is *lost*. The broker redelivers the unacknowledged task (acks_late, the
-Redis visibility timeout); when it starts again, `start_job` marks the lost row failed
-("lost ... retried as job N") and the task resumes from what the lost run wrote. A
-redelivery while the first run's heartbeat is fresh (the visibility timeout was shorter
-than the task) is a duplicate: `AlreadyRunning`, and the task does nothing.
+worker writes `heartbeat_at` every `RECSYS_TASK_HEARTBEAT_S` (default `HEARTBEAT_S`); a
+running row whose heartbeat is older than `LOST_BEATS` periods is *lost*. The broker
+redelivers the unacknowledged task (acks_late, the Redis visibility timeout); when it
+starts again, `start_job` marks the lost row failed ("lost ... retried as job N") and the
+task resumes from what the lost run wrote. A
+redelivery while the first run's heartbeat is fresh is `AlreadyRunning`: the task tries
+again after `LOST_BEATS` heartbeats (by then the first run has finished, or is lost); a
+redelivery of a task that already succeeded is `AlreadyDone` and does nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ from recsys.db.models import JobStatus, utcnow
 from recsys.db.runs import JobRunRecord
 
 HEARTBEAT_S = 15.0
-LOST_AFTER_S = 4 * HEARTBEAT_S
+LOST_BEATS = 4  # heartbeats missed before a run counts as lost
+LOST_AFTER_S = LOST_BEATS * HEARTBEAT_S
 
 
 class AlreadyRunning(RuntimeError):
     """The task is running on a live worker (its heartbeat is fresh)."""
+
+
+class AlreadyDone(RuntimeError):
+    """A run of this task already succeeded."""
 
 
 def is_lost(run: JobRunRecord, now: datetime | None = None, after_s: float = LOST_AFTER_S) -> bool:
@@ -41,9 +48,11 @@ def is_lost(run: JobRunRecord, now: datetime | None = None, after_s: float = LOS
     return now - _aware(beat) > timedelta(seconds=after_s)
 
 
-def shown_status(run: JobRunRecord, now: datetime | None = None) -> str:
+def shown_status(
+    run: JobRunRecord, now: datetime | None = None, after_s: float = LOST_AFTER_S
+) -> str:
     """The status for people: a running row without a recent heartbeat is 'lost'."""
-    return "lost" if is_lost(run, now) else run.status
+    return "lost" if is_lost(run, now, after_s) else run.status
 
 
 def start_job(
@@ -55,6 +64,9 @@ def start_job(
     lost_after_s: float = LOST_AFTER_S,
 ) -> int:
     previous = runs.job_runs_of_task(task_id, engine=engine) if task_id else []
+    done = [r for r in previous if r.status == JobStatus.SUCCEEDED.value]
+    if done:
+        raise AlreadyDone(f"task {task_id} already succeeded as job {done[-1].id}")
     running = [r for r in previous if r.status == JobStatus.RUNNING.value]
     alive = [r for r in running if not is_lost(r, after_s=lost_after_s)]
     if alive:

@@ -36,9 +36,12 @@ from recsys.settings import Settings
 class LoopConfig:
     min_requests: int = 50
     steps: int = 50
-    batch_size: int = 4
+    batch_size: int = 8
     lr: float = 1e-5
-    algo: str = "distill"
+    # the paper's expected-step RL on the logged outcome; no teacher order (the retrieval
+    # order a teacher would follow is what the served ranking already started from)
+    algo: str = "expected"
+    teacher: str = "none"
     val_fraction: float = 0.3
     auto_promote: bool | None = None  # None: the settings' RECSYS_AUTO_PROMOTE
     replay: bool = True
@@ -103,6 +106,7 @@ def _fine_tune(
         batch_size=config.batch_size,
         lr=config.lr,
         algo=config.algo,
+        teacher=config.teacher,
         val_fraction=config.val_fraction,
         device=config.device,
         run_name=config.run_name,

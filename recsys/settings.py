@@ -102,7 +102,10 @@ class Settings(BaseSettings):
     # Redis broker: an unacknowledged task goes back to the queue after this long (a task
     # whose worker died runs again); longer than the longest task
     task_visibility_timeout_s: int = Field(
-        3600, ge=10, description="Redis: seconds before an unacknowledged task is redelivered"
+        3600, ge=5, description="Redis: seconds before an unacknowledged task is redelivered"
+    )
+    task_heartbeat_s: float = Field(
+        15.0, gt=0, description="how often a running job proves its worker alive (job_runs)"
     )
 
     log_level: str = "INFO"

@@ -18,13 +18,15 @@ def register(app: typer.Typer) -> None:
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
         from recsys.db.runs import recent_job_runs
-        from recsys.job_runs import shown_status
+        from recsys.job_runs import LOST_BEATS, shown_status
+        from recsys.settings import get_settings
 
         ensure_schema(url)
+        lost_after = LOST_BEATS * get_settings().task_heartbeat_s
         for run in recent_job_runs(limit, engine=get_engine(url)):
             started = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "-"
             typer.echo(
-                f"{run.id:>6} {run.kind:<12} {shown_status(run):<10} "
+                f"{run.id:>6} {run.kind:<12} {shown_status(run, after_s=lost_after):<10} "
                 f"{run.progress * 100:5.1f}% {started}  {run.error or ''}".rstrip()
             )
 

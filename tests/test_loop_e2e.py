@@ -1,0 +1,192 @@
+"""The closed loop end to end, as an operator runs it: a real Redis broker, a real worker and
+beat (separate processes) on a seconds-long schedule, a running API server; on SQLite and on
+PostgreSQL, with a tiny model. And a worker killed with `kill -9` mid-task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from recsys.settings import get_settings
+
+LOOP_ENV = {
+    "RECSYS_EMBEDDINGS": "hashing",
+    "RECSYS_LOOP_SCHEDULE": "2s",
+    "RECSYS_BATCH_SCHEDULE": "off",
+    "RECSYS_LOOP_MIN_REQUESTS": "20",
+    "RECSYS_LOOP_STEPS": "30",
+    "RECSYS_LOOP_LR": "3e-3",
+    "RECSYS_AUTO_PROMOTE": "true",
+    "RECSYS_TORCH_THREADS": "1",
+    "RECSYS_TASK_HEARTBEAT_S": "1",
+    "RECSYS_TASK_VISIBILITY_TIMEOUT_S": "8",
+}
+
+
+@pytest.fixture
+def loop_env(database_url, redis_url, tmp_path, monkeypatch) -> dict[str, str]:
+    """Settings shared by this process (the server) and the worker and beat processes."""
+    env = {
+        **LOOP_ENV,
+        "RECSYS_DATABASE_URL": database_url,
+        "RECSYS_BROKER_URL": redis_url,
+        "RECSYS_VAR_DIR": str(tmp_path / "var"),
+        "RECSYS_TASK_QUEUE": f"recsys-loop-{uuid.uuid4().hex[:8]}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+@contextmanager
+def celery_process(
+    kind: str, env: dict[str, str], log: Path, *extra: str
+) -> Iterator[subprocess.Popen]:
+    args = [sys.executable, "-m", "celery", "-A", "jobs.celery_app", kind, "-l", "info", *extra]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=out, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def worker(env: dict[str, str], log: Path, name: str):  # type: ignore[no-untyped-def]
+    return celery_process(
+        "worker", env, log, "--pool", "solo", "-n", f"{name}@%h", "-Q", env["RECSYS_TASK_QUEUE"]
+    )
+
+
+def wait_for(condition, timeout_s: float, what: str, logs: list[Path] = ()):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    pytest.fail(f"{what} within {timeout_s:.0f} s\n{tails}")
+
+
+def register_base(engine, model_dir: Path) -> None:
+    from recsys.db.registry import register_model
+    from recsys.registry import promote
+
+    register_model("ranker", "v0", str(model_dir), engine=engine)
+    promote("ranker", "v0", force=True, engine=engine)
+
+
+@pytest.mark.timeout(600)
+def test_simulate_train_gate_promote_and_the_server_answers_with_the_new_version(
+    loop_env, tmp_path, tiny_model_dir
+):
+    from fastapi.testclient import TestClient
+
+    from recsys.api import create_app
+    from recsys.db.engine import get_engine
+    from recsys.db.migrate import ensure_schema
+    from recsys.db.runs import recent_job_runs
+    from recsys.simulate import SimulationConfig, simulate
+    from tests.fixtures.loop_world import build_world
+
+    settings = get_settings().model_copy(
+        update={"model": "promoted", "reload_poll_s": 0.5, "require_api_key": False}
+    )
+    ensure_schema()
+    engine = get_engine()
+    traffic = build_world(engine, settings.resolved_artifact_dir)
+    register_base(engine, tiny_model_dir)
+    logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
+    with TestClient(create_app(settings=settings)) as client:
+        assert client.get("/v1/model").json()["version"] == "v0"
+        simulated = simulate(client, traffic, SimulationConfig(k=8, concurrency=4), progress=False)
+        assert simulated.answered == len(traffic)
+        with (
+            worker(loop_env, logs[0], "loop"),
+            celery_process("beat", loop_env, logs[1], "-s", str(tmp_path / "beat-schedule")),
+        ):
+            new = wait_for(
+                lambda: (v := client.get("/v1/model").json()["version"]) != "v0" and v,
+                420,
+                "the server did not serve a promoted version",
+                logs,
+            )
+        answer = client.post("/v1/recommend", json={"user_id": "u1", "k": 5})
+    assert answer.status_code == 200 and answer.json()["model"]
+    turns = [r for r in recent_job_runs(50, engine=engine) if r.kind == "loop"]
+    promoted = [r for r in turns if r.result.get("status") == "promoted"]
+    assert [r.result["candidate"] for r in promoted] == [new]
+    result = promoted[0].result
+    assert result["gate"]["allowed"] and "ΔMRR" in result["gate"]["reason"]
+    report = Path(result["replay_report"])
+    assert report.is_file() and (report.parent / "replay.png").is_file()
+    assert all(r.status in ("succeeded", "running") for r in turns)
+
+
+@pytest.mark.timeout(300)
+def test_a_task_whose_worker_is_killed_runs_again_on_a_live_worker_and_resumes(
+    loop_env, tmp_path, tiny_model_dir, database_url
+):
+    from jobs.celery_app import make_celery
+    from recsys.db.engine import get_engine
+    from recsys.db.migrate import ensure_schema
+    from recsys.db.runs import job_runs_of_task, users_in_run
+    from tests.fixtures.loop_world import N_USERS, build_world
+
+    env = {**loop_env, "RECSYS_MODEL": str(tiny_model_dir)}
+    ensure_schema()
+    engine = get_engine()
+    build_world(engine, get_settings().resolved_artifact_dir)
+    app = make_celery(get_settings())
+    options = {
+        "run_id": "nightly",
+        "k": 20,
+        "chunk_users": 2,
+        "embeddings": "hashing",
+        "index_version": None,
+    }
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    with worker(env, logs[0], "a") as first:
+        task = app.send_task(
+            "jobs.tasks.batch_recommendations", kwargs=options, queue=env["RECSYS_TASK_QUEUE"]
+        )
+
+        def started() -> bool:
+            runs = job_runs_of_task(task.id, engine=engine)
+            return bool(runs) and runs[0].progress > 0
+
+        wait_for(started, 120, "the first worker did not start the batch", logs)
+        os.killpg(first.pid, signal.SIGKILL)  # mid-task: nothing acknowledged, nothing said
+        first.wait()
+    assert job_runs_of_task(task.id, engine=engine)[0].status == "running"
+    with worker(env, logs[1], "b"):
+
+        def finished():  # type: ignore[no-untyped-def]
+            runs = job_runs_of_task(task.id, engine=engine)
+            return len(runs) == 2 and runs[1].status == "succeeded" and runs
+
+        runs = wait_for(finished, 180, "the task did not run again on the live worker", logs)
+    lost, retried = runs
+    assert lost.status == "failed" and "lost: its worker stopped" in lost.error
+    assert f"retried as job {retried.id}" in lost.error
+    assert len(users_in_run("nightly", engine=engine)) == N_USERS
+    assert 0 < retried.result["users_written"] < N_USERS  # resumed: the lost run's users kept
