@@ -65,7 +65,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     for name, (task, text, kwargs) in entries.items():
         when = parse_schedule(text)
         if when is not None:
-            out[name] = {"task": task, "schedule": when, "kwargs": kwargs}
+            # a turn not started before the next one is due is dropped, so turns never pile
+            # up behind a long one
+            expires = when.total_seconds() if isinstance(when, timedelta) else 3600
+            out[name] = {
+                "task": task,
+                "schedule": when,
+                "kwargs": kwargs,
+                "options": {"expires": expires},
+            }
     return out
 
 

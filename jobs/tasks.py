@@ -185,5 +185,6 @@ def improve_ranker(report, task_id: str, **options: Any) -> dict[str, Any]:
     options.setdefault("min_requests", settings.loop_min_requests)
     options.setdefault("steps", settings.loop_steps)
     options.setdefault("lr", settings.loop_lr)
+    options.setdefault("replay_draws", settings.loop_replay_draws)
     options.setdefault("run_name", f"loop-{(task_id or 'local')[:12]}")
     return improve(LoopConfig(**options), settings=settings, engine=get_engine(), report=report)

@@ -3,8 +3,10 @@ servers reload -> replay report. Celery beat runs it on `RECSYS_LOOP_SCHEDULE`
 (jobs.tasks.improve_ranker); `recsys loop` runs one turn from the command line.
 
 1. **Traffic.** The logged requests with an outcome since the promoted version was promoted
-   (all of them before anything is promoted). Fewer than `min_requests`: the turn stops,
-   saying so — fine-tuning on a handful of requests would only fit noise.
+   (all of them before anything is promoted). Fewer than `min_requests`, or nothing new
+   since the last turn's candidate (refused, or waiting for a person), and the turn stops,
+   saying so: fine-tuning on a handful of requests would only fit noise, and on the same
+   requests again would only repeat the refused candidate.
 2. **Fine-tune** (recsys.training, source `db`) from the promoted version (else the
    settings' model); the result is registered as a candidate ranker version with per-user
    results on held-out users of that traffic (users split off by hash, never trained on).
@@ -67,6 +69,14 @@ def improve(
     steps: dict[str, Any] = {"base": base, "since": since.isoformat() if since else None}
     n = len(logged_requests(engine=engine, since=since))
     steps["logged_requests"] = n
+    last = _last_candidate(since, engine)
+    if last is not None and not logged_requests(engine=engine, since=last.created_at, limit=1):
+        return {
+            **steps,
+            "status": "skipped",
+            "reason": f"no new logged traffic since candidate {last.version} was tuned on "
+            "the same requests; the next turn waits for more",
+        }
     if n < config.min_requests:
         return {
             **steps,
@@ -84,8 +94,28 @@ def improve(
     report(0.8)
     if config.replay:
         steps["replay_report"] = _replay(config, base, candidate, since, settings, engine)
-    steps["status"] = "promoted" if steps["promoted"] else "refused"
+    passed = steps["gate"]["allowed"]
+    steps["status"] = "promoted" if steps["promoted"] else "passed" if passed else "refused"
     return steps
+
+
+def _last_candidate(since: datetime | None, engine: Engine):  # type: ignore[no-untyped-def]
+    """The newest ranker version registered after the promotion (a turn's candidate)."""
+    from recsys.db.registry import list_models
+
+    versions = list_models("ranker", engine=engine)
+    newest = versions[0] if versions else None
+    if newest is None or newest.promoted_at is not None:
+        return None
+    if since is not None and _aware(newest.created_at) <= _aware(since):
+        return None
+    return newest
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _when(since: datetime | None) -> str:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     loop_min_requests: int = Field(50, ge=1, description="logged requests a turn needs")
     loop_steps: int = Field(50, ge=0, description="optimizer steps per turn")
     loop_lr: float = Field(1e-5, gt=0, le=1, description="learning rate of a turn")
+    loop_replay_draws: int = Field(
+        8, ge=0, le=1000, description="rankings sampled per policy for the replay's IIPS"
+    )
     task_queue: str = Field("celery", description="the Celery queue workers and beat use")
     batch_schedule: str = Field("0 2 * * *", description="when batch recommendations run")
     batch_shards: int = Field(1, ge=1, le=1024, description="shards the nightly batch fans out")

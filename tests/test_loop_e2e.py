@@ -23,8 +23,9 @@ LOOP_ENV = {
     "RECSYS_LOOP_SCHEDULE": "2s",
     "RECSYS_BATCH_SCHEDULE": "off",
     "RECSYS_LOOP_MIN_REQUESTS": "20",
-    "RECSYS_LOOP_STEPS": "30",
+    "RECSYS_LOOP_STEPS": "20",
     "RECSYS_LOOP_LR": "3e-3",
+    "RECSYS_LOOP_REPLAY_DRAWS": "2",
     "RECSYS_AUTO_PROMOTE": "true",
     "RECSYS_TORCH_THREADS": "1",
     "RECSYS_TASK_HEARTBEAT_S": "1",
@@ -32,8 +33,7 @@ LOOP_ENV = {
 }
 
 
-@pytest.fixture
-def loop_env(database_url, redis_url, tmp_path, monkeypatch) -> dict[str, str]:
+def settings_env(database_url: str, redis_url: str, tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
     """Settings shared by this process (the server) and the worker and beat processes."""
     env = {
         **LOOP_ENV,
@@ -47,6 +47,17 @@ def loop_env(database_url, redis_url, tmp_path, monkeypatch) -> dict[str, str]:
     get_settings.cache_clear()
     yield env
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def loop_env(database_url, redis_url, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    yield from settings_env(database_url, redis_url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def sqlite_loop_env(sqlite_url, redis_url, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The fault test needs no second database: what it checks is the broker's."""
+    yield from settings_env(sqlite_url, redis_url, tmp_path, monkeypatch)
 
 
 @contextmanager
@@ -144,8 +155,9 @@ def test_simulate_train_gate_promote_and_the_server_answers_with_the_new_version
 
 @pytest.mark.timeout(300)
 def test_a_task_whose_worker_is_killed_runs_again_on_a_live_worker_and_resumes(
-    loop_env, tmp_path, tiny_model_dir, database_url
+    sqlite_loop_env, tmp_path, tiny_model_dir
 ):
+    loop_env = sqlite_loop_env
     from jobs.celery_app import make_celery
     from recsys.db.engine import get_engine
     from recsys.db.migrate import ensure_schema

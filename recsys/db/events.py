@@ -217,7 +217,9 @@ def logged_requests(
     with one of the shown items within `window` after the impression - in the order the
     requests were shown. The history holds the titles of the user's last `history_len` items
     before the impression; the impression context supplies `task` (default rec-movie), the
-    ranking's `log_propensity` (read from the first position) and each item's `score`.
+    ranking's `log_propensity` (read from the first position) and each item's `score`;
+    candidates are in the order the ranker was given them (the context's `input_index`,
+    so a training prompt is the prompt that was served), `shown` in the order shown.
     `since` keeps the requests shown at or after that time."""
     imp, users, items, inter = (
         Impression.__table__,
@@ -271,7 +273,7 @@ def logged_requests(
                 task=context.get("task") or "rec-movie",
                 candidates=tuple(
                     LoggedCandidate(r.item, r.title or r.item, (r.context or {}).get("score"))
-                    for r in rows
+                    for r in _as_given(rows)
                 ),
                 shown=tuple(r.item for r in rows),
                 ground_truth=truth[request_id],
@@ -285,3 +287,15 @@ def logged_requests(
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def _as_given(rows: Sequence[Any]) -> list[Any]:
+    """Impression rows in the order the ranker received the candidates (logged as
+    `input_index`; rows logged without it keep the order shown)."""
+
+    def index(pair: tuple[int, Any]) -> int:
+        position, row = pair
+        given = (row.context or {}).get("input_index")
+        return given if isinstance(given, int) else position
+
+    return [row for _, row in sorted(enumerate(rows), key=index)]
