@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 
 def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     """Record a task's run in job_runs, with a heartbeat while it runs; the wrapped
-    function gets `report(progress)` and, as `task_id`, the Celery task id (stable across
-    redeliveries: what a resumed run keys its checkpoints on)."""
+    function gets `report(progress)`, as `task_id` the Celery task id (stable across
+    redeliveries: what a resumed run keys its checkpoints on) and, as `inputs`, what a
+    chord hands its callback (the results of the group)."""
 
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(fn)
-        def run(self, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        def run(self, *inputs: Any, **params: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             from recsys.db.engine import get_engine
             from recsys.db.migrate import ensure_schema
             from recsys.settings import get_settings
@@ -57,6 +58,7 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
                         report=lambda p: job_runs.set_progress(job_id, p, engine=engine),
                         task_id=task_id,
                         **params,
+                        **({"inputs": list(inputs)} if inputs else {}),
                     )
             except Exception as exc:
                 job_runs.fail_job(job_id, f"{type(exc).__name__}: {exc}", engine=engine)
@@ -147,9 +149,10 @@ def fan_out(shards: int, **options: Any) -> dict[str, Any]:
 @shared_task(bind=True, name="jobs.tasks.batch_finished")
 @tracked("batch-done")
 def batch_finished(
-    report, task_id: str, shard_results: list[dict[str, Any]], run_id: str, index_version: str
+    report, task_id: str, inputs: list[list[dict[str, Any]]], run_id: str, index_version: str
 ) -> dict[str, Any]:
     """The chord's callback: one row saying the whole fanned-out run is done."""
+    shard_results = inputs[0]
     written = sum(int(r.get("users_written", 0)) for r in shard_results)
     skipped = sum(int(r.get("users_skipped", 0)) for r in shard_results)
     return {

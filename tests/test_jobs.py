@@ -125,3 +125,73 @@ def test_jobs_command_lists_and_shows_runs(sqlite_url):
     assert shown["parameters"] == {"k": 20} and shown["result"] == {"users_written": 3}
     missing = runner.invoke(app, ["jobs", "show", "999", "--url", sqlite_url])
     assert isinstance(missing.exception, UserError)
+
+
+def test_the_nightly_batch_builds_the_index_once_and_fans_out_its_shards(worker_app, tmp_path):
+    """A chord: the index is built and registered once, the shards run as a group on the
+    workers, and a callback records the whole run when all are done."""
+    import time
+
+    from recsys.db.registry import list_models
+    from recsys.db.runs import users_in_run
+    from recsys.ingest import ingest
+    from recsys.db.migrate import ensure_schema
+    from tests.fixtures.data import tiny_ml100k
+
+    ensure_schema()
+    engine = get_engine()
+    ingest(tiny_ml100k(tmp_path / "ml"), progress=False, engine=engine)
+    nightly = worker_app.tasks["jobs.tasks.nightly_batch"]
+    started = nightly.delay(
+        shards=3,
+        rerank=False,
+        embeddings="hashing",
+        run_id="night-1",
+        artifact_dir=str(tmp_path / "artifacts"),
+    ).get(timeout=120)
+    assert started["shards"] == 3
+    deadline = time.monotonic() + 120
+    while not (done := [r for r in recent_job_runs(20, engine=engine) if r.kind == "batch-done"]):
+        assert time.monotonic() < deadline, "the chord's callback never ran"
+        time.sleep(0.2)
+    result = done[0].result
+    assert result["shards"] == 3 and result["users_written"] == 25
+    assert result["index_version"] == started["index_version"]
+    assert len(list_models("index", engine=engine)) == 1  # built once, not per shard
+    shards = [r for r in recent_job_runs(20, engine=engine) if r.kind == "batch"]
+    assert sorted(r.parameters["shard"] for r in shards) == [0, 1, 2]
+    assert len(users_in_run("night-1", engine=engine)) == 25
+
+
+def test_batch_shards_from_the_command_line_runs_in_process_without_a_broker(
+    tmp_path, monkeypatch, capsys, sqlite_url
+):
+    from recsys.db.runs import users_in_run
+    from recsys.ingest import ingest
+    from tests.fixtures.cli import run_cli
+    from tests.fixtures.data import tiny_ml100k
+
+    monkeypatch.setenv("RECSYS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    try:
+        from recsys.db.migrate import ensure_schema
+
+        ensure_schema()
+        ingest(tiny_ml100k(tmp_path / "ml"), progress=False, engine=get_engine())
+        args = [
+            "batch",
+            "--shards",
+            "2",
+            "--no-rerank",
+            "--embeddings",
+            "hashing",
+            "--run-id",
+            "cli-night",
+        ]
+        code, out, err = run_cli(monkeypatch, capsys, args)
+        assert code == 0, err
+        assert "fanned out 2 shards in process" in out
+        assert len(users_in_run("cli-night", engine=get_engine())) == 25
+    finally:
+        get_settings.cache_clear()
