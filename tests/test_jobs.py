@@ -132,10 +132,10 @@ def test_the_nightly_batch_builds_the_index_once_and_fans_out_its_shards(worker_
     workers, and a callback records the whole run when all are done."""
     import time
 
+    from recsys.db.migrate import ensure_schema
     from recsys.db.registry import list_models
     from recsys.db.runs import users_in_run
     from recsys.ingest import ingest
-    from recsys.db.migrate import ensure_schema
     from tests.fixtures.data import tiny_ml100k
 
     ensure_schema()

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,102 @@ def test_a_task_whose_worker_is_killed_runs_again_on_a_live_worker_and_resumes(
     assert f"retried as job {retried.id}" in lost.error
     assert len(users_in_run("nightly", engine=engine)) == N_USERS
     assert 0 < retried.result["users_written"] < N_USERS  # resumed: the lost run's users kept
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_stopping_the_api_during_traffic_loses_no_acknowledged_impression_or_event(
+    sqlite_loop_env, tmp_path, tiny_model_dir
+):
+    """SIGTERM (what an orchestrator sends) while 4 clients keep calling: every answer the
+    clients got has its impressions in the database, every acknowledged event is stored."""
+    import threading
+
+    import httpx
+    import sqlalchemy as sa
+
+    from recsys.db.engine import get_engine
+    from recsys.db.migrate import ensure_schema
+    from recsys.db.models import Impression, Interaction
+    from tests.fixtures.loop_world import build_world
+
+    ensure_schema()
+    engine = get_engine()
+    traffic = build_world(engine, get_settings().resolved_artifact_dir)
+    port = free_port()
+    env = {
+        **os.environ,
+        **sqlite_loop_env,
+        "RECSYS_MODEL": str(tiny_model_dir),
+        "RECSYS_REQUIRE_API_KEY": "false",
+    }
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from recsys.cli import main; main()", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    answered, acknowledged, lock = [], [], threading.Lock()
+    started = datetime.now(UTC)  # the world's own history is from 1999
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, "the server did not start", [tmp_path / "serve.log"])
+
+        def client(lane: int) -> None:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for n, held in enumerate(traffic[lane::4]):
+                    try:
+                        r = http.post("/v1/recommend", json={"user_id": held.user_id, "k": 8})
+                        if r.status_code == 200:
+                            with lock:
+                                answered.append(r.json()["request_id"])
+                        event = {
+                            "event_id": f"e{lane}-{n}",
+                            "user_id": held.user_id,
+                            "item_id": held.item_id,
+                            "timestamp": time.time(),
+                        }
+                        e = http.post("/v1/events", json={"events": [event]})
+                        if e.status_code == 200:
+                            with lock:
+                                acknowledged.append(event["event_id"])
+                    except httpx.HTTPError:
+                        return  # the server has gone away
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(answered) >= 20, 120, "no traffic was answered")
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    with engine.connect() as conn:
+        logged = set(conn.scalars(sa.select(Impression.request_id).distinct()))
+        stored = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(Interaction)
+            .where(Interaction.timestamp >= started)
+        ).scalar_one()
+    assert answered and set(answered) <= logged
+    assert stored == len(acknowledged) > 0
