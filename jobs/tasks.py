@@ -146,6 +146,14 @@ def fan_out(shards: int, **options: Any) -> dict[str, Any]:
     return {"shards": parts, "done": done, "index_version": version, "run_id": options["run_id"]}
 
 
+def fan_out_here(shards: int, **options: Any) -> dict[str, Any]:
+    """The same fan-out without a broker: the shards one after another in this process,
+    then the callback (`recsys batch --shards N` when RECSYS_BROKER_URL is unset)."""
+    signatures = fan_out(shards, **options)
+    results = [shard.apply().get() for shard in signatures["shards"].tasks]
+    return signatures["done"].apply(args=(results,)).get()
+
+
 @shared_task(bind=True, name="jobs.tasks.batch_finished")
 @tracked("batch-done")
 def batch_finished(

@@ -82,15 +82,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _fan_out(shards: int, **options: object) -> None:
-    from jobs.tasks import nightly_batch
     from recsys.settings import get_settings
 
     options = {k: v for k, v in options.items() if v is not None}
-    result = nightly_batch.delay(shards=shards, **options)
     if get_settings().broker_url is None:
-        typer.echo(f"fanned out {shards} shards in process: {result.get()}")
-    else:
-        typer.echo(
-            f"enqueued task {result.id}: the index, then {shards} shards; "
-            "follow it with `recsys jobs list`"
-        )
+        from jobs.tasks import fan_out_here
+
+        typer.echo(f"fanned out {shards} shards in process: {fan_out_here(shards, **options)}")
+        return
+    from jobs.tasks import nightly_batch
+
+    result = nightly_batch.delay(shards=shards, **options)
+    typer.echo(
+        f"enqueued task {result.id}: the index, then {shards} shards; "
+        "follow it with `recsys jobs list`"
+    )
