@@ -128,10 +128,14 @@ def _fine_tune(
     from recsys.resolver import resolve_ranker
     from recsys.training import TrainingOptions, run_training
 
+    resolved = resolve_ranker(base)
+    # tuned, validated and registered at the weight the base is served with, so the gate
+    # compares what would be served with what is served
     options = TrainingOptions(
+        fusion_alpha=resolved.fusion_alpha or 0.0,
         source="db",
         since=since.isoformat() if since else None,
-        model=resolve_ranker(base).model,
+        model=resolved.model,
         steps=config.steps,
         batch_size=config.batch_size,
         lr=config.lr,
