@@ -52,8 +52,21 @@ def settings_problem(exc: ValidationError) -> str:
     return "invalid setting " + "; ".join(parts)
 
 
+# deprecation notices raised inside the libraries we call are for this project's
+# developers (tests still show them), not for a person running a command
+QUIET_MODULES = r"(torch|transformers|peft|accelerate|lightfm|faiss|sentence_transformers)(\.|$)"
+
+
+def quiet_library_warnings() -> None:
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=QUIET_MODULES)
+
+
 def main() -> None:
     """Entry point: bad input becomes a one-line error and exit code 2, never a traceback."""
+    quiet_library_warnings()
     try:
         app(standalone_mode=False)
     except USER_ERRORS as exc:

@@ -104,3 +104,30 @@ def test_promoted_model_without_a_promoted_version_exits_2(monkeypatch, capsys, 
     assert code == 2
     assert out == ""
     assert "no ranker version is promoted" in err
+
+
+def test_library_deprecation_warnings_are_not_shown_to_a_user(tmp_path, tiny_model_dir):
+    """transformers' `past_key_values` FutureWarning (raised inside torch's module call)
+    and the like are filtered at the command-line boundary; the answer is unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps(GOOD))
+    args = [
+        sys.executable,
+        "-c",
+        "from recsys.cli import main; main()",
+        "rank",
+        "--request",
+        str(path),
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(done.stdout)["order"]) == ["1", "50", "7"]
+    assert "Warning" not in done.stderr, done.stderr
