@@ -197,5 +197,7 @@ def improve_ranker(report, task_id: str, **options: Any) -> dict[str, Any]:
     options.setdefault("steps", settings.loop_steps)
     options.setdefault("lr", settings.loop_lr)
     options.setdefault("replay_draws", settings.loop_replay_draws)
+    options.setdefault("offline_task", settings.loop_offline_task)
+    options.setdefault("offline_users", settings.loop_offline_users)
     options.setdefault("run_name", f"loop-{(task_id or 'local')[:12]}")
     return improve(LoopConfig(**options), settings=settings, engine=get_engine(), report=report)

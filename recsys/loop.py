@@ -12,7 +12,10 @@ servers reload -> replay report. Celery beat runs it on `RECSYS_LOOP_SCHEDULE`
    results on held-out users of that traffic (users split off by hash, never trained on).
 3. **Gate** (recsys.gate): the candidate must beat the promoted version — or, with nothing
    promoted, the model it was tuned from — on those users by `RECSYS_GATE_MARGIN` with a
-   paired bootstrap interval above zero, and not rank worse than retrieval.
+   paired bootstrap interval above zero, and not rank worse than retrieval. With
+   `RECSYS_LOOP_OFFLINE_TASK` (e.g. rec-movie) it must also not regress on the offline
+   evaluation: base and candidate on the same seeded instances, refused when the paired
+   ΔMRR interval lies below zero.
 4. **Promote** when the gate passes and `RECSYS_AUTO_PROMOTE` is on. Servers started with
    `RECSYS_MODEL=promoted` see the new version at their next registry poll
    (`RECSYS_RELOAD_POLL_S`) and swap it in without a failed request (recsys.api.serving).
@@ -48,6 +51,8 @@ class LoopConfig:
     auto_promote: bool | None = None  # None: the settings' RECSYS_AUTO_PROMOTE
     replay: bool = True
     replay_draws: int = 8  # sampled rankings per policy for the per-position estimates
+    offline_task: str | None = None  # e.g. rec-movie: also gate on the offline evaluation
+    offline_users: int = 100
     device: str | None = None
     run_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # more TrainingOptions fields
@@ -89,8 +94,14 @@ def improve(
     candidate = metrics["version"]
     steps["candidate"] = candidate
     steps["val_mrr"] = {k: metrics.get(k) for k in ("val_mrr_served", "val_mrr_zero_shot")}
+    report(0.6)
+    offline = None
+    if config.offline_task:
+        offline = steps["offline"] = offline_check(config, base, candidate, settings)
     report(0.7)
-    steps["gate"], steps["promoted"] = _gate_and_promote(config, candidate, settings, engine)
+    steps["gate"], steps["promoted"] = _gate_and_promote(
+        config, candidate, settings, engine, offline
+    )
     report(0.8)
     if config.replay:
         steps["replay_report"] = _replay(config, base, candidate, since, settings, engine)
@@ -150,8 +161,50 @@ def _fine_tune(
     return run_training(options)
 
 
+def offline_check(
+    config: LoopConfig, base: str, candidate: str, settings: Settings
+) -> dict[str, Any]:
+    """The offline evaluation: base and candidate, each at its serving weight, on the same
+    seeded `offline_users` instances of `offline_task` (recsys.eval); the paired ΔMRR x100
+    with its bootstrap interval. `allowed` is False when the candidate is worse with the
+    whole interval below zero: a regression on the standard protocol."""
+    from recsys.eval.harness import evaluate, make_ranker
+    from recsys.eval.tasks import build_task, default_data
+    from recsys.resolver import resolve_ranker
+    from recsys.stats import paired_difference
+
+    task = build_task(
+        config.offline_task, default_data(config.offline_task, settings.data_dir), seed=7
+    ).limited(config.offline_users, 7)
+    rr = {}
+    for name, spec in (("base", base), ("candidate", candidate)):
+        resolved = resolve_ranker(spec)
+        ranker = make_ranker(
+            "incremental",
+            model=resolved.model,
+            device=config.device,
+            fusion_alpha=resolved.fusion_alpha or 0.0,
+        )
+        run = evaluate(ranker, task, progress=False)
+        rr[name] = {i["id"]: i["mrr"] for i in run.instances}
+    ids = sorted(rr["base"])
+    ci = paired_difference([rr["candidate"][i] for i in ids], [rr["base"][i] for i in ids], seed=0)
+    diff, low, high = 100 * ci.mean, 100 * ci.low, 100 * ci.high
+    return {
+        "task": config.offline_task,
+        "instances": len(ids),
+        "allowed": high >= 0,
+        "reason": f"offline {config.offline_task}: ΔMRR {diff:+.2f} [{low:+.2f}, "
+        f"{high:+.2f}] over {len(ids)} instances vs {base}",
+    }
+
+
 def _gate_and_promote(
-    config: LoopConfig, candidate: str, settings: Settings, engine: Engine
+    config: LoopConfig,
+    candidate: str,
+    settings: Settings,
+    engine: Engine,
+    offline: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     from recsys.db.registry import current_model, get_model
     from recsys.gate import evaluation_gate
@@ -160,8 +213,14 @@ def _gate_and_promote(
     info = get_model("ranker", candidate, engine=engine)
     decision = promotion_decision(info, current_model("ranker", engine=engine), [evaluation_gate])
     gate = {"allowed": decision.allowed, "reason": decision.reason}
+    if decision.allowed and offline is not None:
+        gate = {
+            "allowed": offline["allowed"],
+            "reason": f"{decision.reason}; {offline['reason']}"
+            + ("" if offline["allowed"] else ": worse than the promoted version"),
+        }
     auto = settings.auto_promote if config.auto_promote is None else config.auto_promote
-    if not decision.allowed:
+    if not gate["allowed"]:
         return gate, False
     if not auto:
         gate["reason"] += "; not promoted: RECSYS_AUTO_PROMOTE is off"

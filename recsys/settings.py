@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     loop_min_requests: int = Field(50, ge=1, description="logged requests a turn needs")
     loop_steps: int = Field(50, ge=0, description="optimizer steps per turn")
     loop_lr: float = Field(1e-5, gt=0, le=1, description="learning rate of a turn")
+    loop_offline_task: str | None = Field(
+        None, description="also gate a turn's candidate on this offline task (e.g. rec-movie)"
+    )
+    loop_offline_users: int = Field(100, ge=10, description="instances of the offline check")
     loop_replay_draws: int = Field(
         8, ge=0, le=1000, description="rankings sampled per policy for the replay's IIPS"
     )

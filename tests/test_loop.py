@@ -60,3 +60,26 @@ def test_a_refused_candidate_never_serves_and_is_not_tuned_again(world, monkeypa
     assert result["candidate"] in {v.version for v in list_models("ranker", engine=world)}
     again = improve(config, settings=get_settings(), engine=world)
     assert again["status"] == "skipped" and "no new logged traffic" in again["reason"]
+
+
+def test_a_turn_can_also_be_gated_on_the_offline_evaluation(world, shared_movielens_100k):
+    """RECSYS_LOOP_OFFLINE_TASK: base and candidate on the same seeded rec-movie instances;
+    the paired difference is in the turn's result and in the gate's reason."""
+    from recsys.settings import Settings
+
+    settings = get_settings().model_copy(update={"data_dir": shared_movielens_100k.parent})
+    assert isinstance(settings, Settings)
+    config = LoopConfig(
+        min_requests=5,
+        steps=2,
+        replay=False,
+        val_fraction=0.5,
+        offline_task="rec-movie",
+        offline_users=20,
+    )
+    result = improve(config, settings=settings, engine=world)
+    offline = result["offline"]
+    assert offline["task"] == "rec-movie" and offline["instances"] == 10
+    assert "offline rec-movie: ΔMRR" in offline["reason"] and "vs v0" in offline["reason"]
+    if not offline["allowed"]:  # a regression offline is refused whatever the logged gate says
+        assert result["status"] == "refused" and not result["promoted"]

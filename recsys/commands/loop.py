@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
             lr=settings.loop_lr if lr is None else lr,
             auto_promote=promote,
             replay=replay,
+            offline_task=settings.loop_offline_task,
+            offline_users=settings.loop_offline_users,
             device=device,
         )
         result = improve(config, settings=settings, engine=get_engine())
