@@ -75,7 +75,7 @@ def test_a_turn_can_also_be_gated_on_the_offline_evaluation(world, shared_moviel
         replay=False,
         val_fraction=0.5,
         offline_task="rec-movie",
-        offline_users=20,
+        offline_users=10,
     )
     result = improve(config, settings=settings, engine=world)
     offline = result["offline"]
