@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "jobs",
     "simulate",
     "loop",
+    "status",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
 

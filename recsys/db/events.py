@@ -299,3 +299,16 @@ def _as_given(rows: Sequence[Any]) -> list[Any]:
         return given if isinstance(given, int) else position
 
     return [row for _, row in sorted(enumerate(rows), key=index)]
+
+
+def traffic_since(since: datetime, *, engine: Engine) -> tuple[int, int]:
+    """(impressions, interactions) recorded at or after `since` (`recsys status`)."""
+    count = sa.select(sa.func.count())
+    with engine.connect() as conn:
+        shown = conn.execute(
+            count.select_from(Impression).where(Impression.timestamp >= _utc(since))
+        ).scalar_one()
+        acted = conn.execute(
+            count.select_from(Interaction).where(Interaction.timestamp >= _utc(since))
+        ).scalar_one()
+    return int(shown), int(acted)
