@@ -78,10 +78,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
-    from recsys.job_runs import LOST_BEATS
+    from recsys.job_runs import LOST_BEATS, lost_after_s
 
     settings = settings or get_settings()
-    lost_after = LOST_BEATS * settings.task_heartbeat_s
+    lost_after = lost_after_s(settings.task_heartbeat_s)
     if settings.task_visibility_timeout_s <= lost_after:
         raise UserError(
             f"RECSYS_TASK_VISIBILITY_TIMEOUT_S={settings.task_visibility_timeout_s} must exceed "

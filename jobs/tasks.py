@@ -42,7 +42,7 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
                     params,
                     task_id=task_id,
                     engine=engine,
-                    lost_after_s=job_runs.LOST_BEATS * beat,
+                    lost_after_s=job_runs.lost_after_s(beat),
                 )
             except job_runs.AlreadyDone as exc:  # a duplicate delivery: nothing left to do
                 log.warning("%s", exc)
@@ -50,7 +50,7 @@ def tracked(kind: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...
             except job_runs.AlreadyRunning as exc:  # alive, or died a moment ago: look again
                 log.warning("%s; trying again later", exc)
                 raise self.retry(
-                    countdown=(job_runs.LOST_BEATS + 1) * beat, max_retries=None
+                    countdown=job_runs.lost_after_s(beat) + beat, max_retries=None
                 ) from exc
             try:
                 with job_runs.Heartbeat(job_id, engine=engine, every_s=beat):
@@ -193,11 +193,6 @@ def improve_ranker(report, task_id: str, **options: Any) -> dict[str, Any]:
     from recsys.settings import get_settings
 
     settings = get_settings()
-    options.setdefault("min_requests", settings.loop_min_requests)
-    options.setdefault("steps", settings.loop_steps)
-    options.setdefault("lr", settings.loop_lr)
-    options.setdefault("replay_draws", settings.loop_replay_draws)
-    options.setdefault("offline_task", settings.loop_offline_task)
-    options.setdefault("offline_users", settings.loop_offline_users)
     options.setdefault("run_name", f"loop-{(task_id or 'local')[:12]}")
-    return improve(LoopConfig(**options), settings=settings, engine=get_engine(), report=report)
+    config = LoopConfig.from_settings(settings, **options)
+    return improve(config, settings=settings, engine=get_engine(), report=report)

@@ -20,7 +20,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from recsys.db.bulk import StagedLoad
 from recsys.db.catalogue import ItemRecord
 from recsys.db.engine import get_engine
-from recsys.db.events import event_id
+from recsys.db.events import epoch_micros, event_id
 from recsys.errors import UserError
 from recsys.ingest_formats import (
     DATASET_FORMATS,
@@ -247,7 +247,7 @@ def _load_chunks(
             if not reasons or skip_bad:
                 good = chunk.filter(pl.col("error").is_null())
                 if until is not None:
-                    kept = good.filter(pl.col("ts_us") < _micros(until))
+                    kept = good.filter(pl.col("ts_us") < epoch_micros(until))
                     report.rows_held_out += good.height - kept.height
                     good = kept
                 if good.height:
@@ -256,11 +256,6 @@ def _load_chunks(
             bar.update(chunk.height)
     report.rows_skipped = sum(reasons.values())
     report.skipped_by_reason = dict(reasons.most_common())
-
-
-def _micros(moment: datetime) -> int:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
 
 
 def _bar(total: int | None, what: str, enabled: bool) -> Any:

@@ -29,7 +29,14 @@ from recsys.db.runs import JobRunRecord
 
 HEARTBEAT_S = 15.0
 LOST_BEATS = 4  # heartbeats missed before a run counts as lost
-LOST_AFTER_S = LOST_BEATS * HEARTBEAT_S
+
+
+def lost_after_s(heartbeat_s: float) -> float:
+    """How long a running job may go without a heartbeat before it counts as lost."""
+    return LOST_BEATS * heartbeat_s
+
+
+LOST_AFTER_S = lost_after_s(HEARTBEAT_S)
 
 
 class AlreadyRunning(RuntimeError):
@@ -45,7 +52,7 @@ def is_lost(run: JobRunRecord, now: datetime | None = None, after_s: float = LOS
         return False
     beat = run.heartbeat_at or run.started_at or run.created_at
     now = now or utcnow()
-    return now - _aware(beat) > timedelta(seconds=after_s)
+    return now - beat > timedelta(seconds=after_s)
 
 
 def shown_status(
@@ -134,9 +141,3 @@ def fail_job(job_id: int, error: str, *, engine: Engine) -> None:
     runs.update_job_run(
         job_id, engine=engine, status=JobStatus.FAILED.value, error=error, finished_at=utcnow()
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

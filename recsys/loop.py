@@ -57,6 +57,20 @@ class LoopConfig:
     run_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # more TrainingOptions fields
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
+        """The settings' loop knobs (RECSYS_LOOP_*), then the `overrides` that are not None:
+        what the scheduled task and `recsys loop` both run."""
+        values = {
+            "min_requests": settings.loop_min_requests,
+            "steps": settings.loop_steps,
+            "lr": settings.loop_lr,
+            "replay_draws": settings.loop_replay_draws,
+            "offline_task": settings.loop_offline_task,
+            "offline_users": settings.loop_offline_users,
+        }
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
 
 Report = Callable[[float], None]
 
@@ -118,15 +132,9 @@ def _last_candidate(since: datetime | None, engine: Engine):  # type: ignore[no-
     newest = versions[0] if versions else None
     if newest is None or newest.promoted_at is not None:
         return None
-    if since is not None and _aware(newest.created_at) <= _aware(since):
+    if since is not None and newest.created_at <= since:
         return None
     return newest
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _when(since: datetime | None) -> str:

@@ -108,11 +108,11 @@ def held_out_interactions(
 ) -> list[HeldOut]:
     """The interactions at or after `since` (those `recsys ingest --until` left out), in time
     order; `users` keeps a seeded sample of the users, `limit` the first N interactions."""
+    from recsys.db.events import epoch_micros
     from recsys.ingest import open_source
     from recsys.ingest_formats import ColumnMap
 
-    since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    cutoff = int(since.timestamp() * 1_000_000)
+    cutoff = epoch_micros(since)
     source = open_source(Path(path), fmt, ColumnMap())
     parts = [
         chunk.filter(pl.col("error").is_null() & (pl.col("ts_us") >= cutoff)).select(

@@ -96,18 +96,20 @@ def models_check(settings: Settings, engine: Any) -> Check:
     )
 
 
-def activity_check(engine: Any, jobs: int = 5) -> Check:
+def activity_check(settings: Settings, engine: Any, jobs: int = 5) -> Check:
     from recsys.db.events import traffic_since
     from recsys.db.models import utcnow
     from recsys.db.runs import recent_job_runs
-    from recsys.job_runs import shown_status
+    from recsys.job_runs import lost_after_s, shown_status
+
+    lost_after = lost_after_s(settings.task_heartbeat_s)
 
     shown, acted = traffic_since(utcnow() - timedelta(hours=24), engine=engine)
     runs = [
         {
             "id": r.id,
             "kind": r.kind,
-            "status": shown_status(r),
+            "status": shown_status(r, after_s=lost_after),
             "progress": round(r.progress, 3),
             "error": r.error,
         }
@@ -132,7 +134,7 @@ def system_status(settings: Settings) -> list[Check]:
     checks = [database_check(settings), broker_check(settings)]
     if checks[0].ok:
         engine = get_engine(settings.resolved_database_url)
-        checks += [models_check(settings, engine), activity_check(engine)]
+        checks += [models_check(settings, engine), activity_check(settings, engine)]
     return checks
 
 

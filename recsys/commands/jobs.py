@@ -18,11 +18,11 @@ def register(app: typer.Typer) -> None:
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
         from recsys.db.runs import recent_job_runs
-        from recsys.job_runs import LOST_BEATS, shown_status
+        from recsys.job_runs import lost_after_s, shown_status
         from recsys.settings import get_settings
 
         ensure_schema(url)
-        lost_after = LOST_BEATS * get_settings().task_heartbeat_s
+        lost_after = lost_after_s(get_settings().task_heartbeat_s)
         for run in recent_job_runs(limit, engine=get_engine(url)):
             started = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "-"
             typer.echo(
@@ -44,11 +44,13 @@ def register(app: typer.Typer) -> None:
         from recsys.db.engine import get_engine
         from recsys.db.migrate import ensure_schema
         from recsys.db.runs import job_run
-        from recsys.job_runs import shown_status
+        from recsys.job_runs import lost_after_s, shown_status
+        from recsys.settings import get_settings
 
         ensure_schema(url)
         record = job_run(job_id, engine=get_engine(url))
-        run = {**asdict(record), "status": shown_status(record)}
+        lost_after = lost_after_s(get_settings().task_heartbeat_s)
+        run = {**asdict(record), "status": shown_status(record, after_s=lost_after)}
         typer.echo(json.dumps(run, indent=2, default=str))
         report = Path(str((record.result or {}).get("replay_report", "")))
         if not as_json and report.is_file():

@@ -32,14 +32,13 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         ensure_schema(settings.resolved_database_url)
-        config = LoopConfig(
-            min_requests=min_requests or settings.loop_min_requests,
-            steps=settings.loop_steps if steps is None else steps,
-            lr=settings.loop_lr if lr is None else lr,
+        config = LoopConfig.from_settings(
+            settings,
+            min_requests=min_requests,
+            steps=steps,
+            lr=lr,
             auto_promote=promote,
             replay=replay,
-            offline_task=settings.loop_offline_task,
-            offline_users=settings.loop_offline_users,
             device=device,
         )
         result = improve(config, settings=settings, engine=get_engine())

@@ -107,6 +107,12 @@ def _utc(timestamp: datetime) -> datetime:
     return timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
 
 
+def epoch_micros(moment: datetime) -> int:
+    """Microseconds since 1970 UTC (a naive time is UTC): the unit of event ids, and of
+    the `ts_us` column ingestion reads."""
+    return (_utc(moment) - _EPOCH) // timedelta(microseconds=1)
+
+
 def log_interactions(records: Sequence[InteractionRecord], *, engine: Engine) -> int:
     """Store events (creating unknown users/items) through the bulk load; an event already
     stored is skipped. Returns how many were new."""
@@ -114,8 +120,7 @@ def log_interactions(records: Sequence[InteractionRecord], *, engine: Engine) ->
         return 0
     rows = []
     for r in records:
-        micros = (_utc(r.timestamp) - _EPOCH) // timedelta(microseconds=1)
-        key = r.key or event_id(r.source, r.user_id, r.item_id, micros, r.event)
+        key = r.key or event_id(r.source, r.user_id, r.item_id, epoch_micros(r.timestamp), r.event)
         rows.append((key, r.user_id, r.item_id, r.event, r.value, _utc(r.timestamp), r.source))
     items = [ItemRecord(i) for i in dict.fromkeys(r.item_id for r in records)]
     with engine.connect() as conn, StagedLoad(conn) as stage:
