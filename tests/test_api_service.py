@@ -19,6 +19,7 @@ from ranking.engine import Ranker
 from recsys.api import create_app
 from recsys.db.models import Impression
 from recsys.settings import Settings
+from tests.fixtures.waiting import wait_for
 
 N_USERS, N_ITEMS, PER_USER = 24, 40, 8
 
@@ -171,13 +172,6 @@ def test_metrics_count_requests_batches_and_the_served_model(service):
     assert "recsys_served_model{" in text and "recsys_ranking_seconds_bucket" in text
 
 
-def wait_until(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_hot_reload_under_load_fails_no_request(engine, tiny_ranker):
     """Promote (the probe answers a new version) while 6 clients keep asking: every
     answer is 200 and the served model changes."""
@@ -203,9 +197,16 @@ def test_hot_reload_under_load_fails_no_request(engine, tiny_ranker):
             # Wait on what the clients saw, not on a fixed sleep: a slow CI machine may
             # not answer within any given time, and the test must see both models.
             try:
-                wait_until(lambda: tiny_ranker.model_id in models)
+                wait_for(
+                    lambda: tiny_ranker.model_id in models,
+                    60,
+                    "the old model never answered",
+                    every_s=0.02,
+                )
                 state["version"] = "v2"
-                wait_until(lambda: "ranker-v2" in models)
+                wait_for(
+                    lambda: "ranker-v2" in models, 60, "the new model never answered", every_s=0.02
+                )
             finally:
                 stop.set()
         served = client.get("/v1/model").json()

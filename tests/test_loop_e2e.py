@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from recsys.settings import get_settings
+from tests.fixtures.waiting import wait_for
 
 LOOP_ENV = {
     "RECSYS_EMBEDDINGS": "hashing",
@@ -86,17 +87,6 @@ def worker(env: dict[str, str], log: Path, name: str):  # type: ignore[no-untype
     return celery_process(
         "worker", env, log, "--pool", "solo", "-n", f"{name}@%h", "-Q", env["RECSYS_TASK_QUEUE"]
     )
-
-
-def wait_for(condition, timeout_s: float, what: str, logs: list[Path] = ()):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"{what} within {timeout_s:.0f} s\n{tails}")
 
 
 def register_base(engine, model_dir: Path) -> None:
