@@ -115,4 +115,4 @@ def promote(
             raise UserError(
                 f"refusing to promote {kind} {version!r}: {decision.reason} (--force overrides)"
             )
-    return promote_model(kind, version, engine=engine), decision
+    return promote_model(kind, version, reason=decision.reason, engine=engine), decision

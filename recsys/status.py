@@ -24,10 +24,10 @@ def hidden_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def database_check(settings: Settings) -> Check:
+def database_check(settings: Settings, url: str | None = None) -> Check:
     from recsys.db.migrate import current_revision, head_revision
 
-    url = settings.resolved_database_url
+    url = url or settings.resolved_database_url
     try:
         current, head = current_revision(url), head_revision()
     except Exception as exc:  # unreachable, bad credentials, no such database
@@ -127,13 +127,15 @@ def activity_check(settings: Settings, engine: Any, jobs: int = 5) -> Check:
     )
 
 
-def system_status(settings: Settings) -> list[Check]:
-    """Every check; the database-backed ones only when the database answers."""
+def system_status(settings: Settings, engine: Any = None) -> list[Check]:
+    """Every check; the database-backed ones only when the database answers. `engine`: the
+    caller's (the API's), else the settings' database."""
     from recsys.db.engine import get_engine
 
-    checks = [database_check(settings), broker_check(settings)]
+    url = engine.url.render_as_string(hide_password=False) if engine is not None else None
+    checks = [database_check(settings, url), broker_check(settings)]
     if checks[0].ok:
-        engine = get_engine(settings.resolved_database_url)
+        engine = engine or get_engine(settings.resolved_database_url)
         checks += [models_check(settings, engine), activity_check(settings, engine)]
     return checks
 

@@ -25,6 +25,7 @@ TABLES = {
     "model_versions",
     "job_runs",
     "api_keys",
+    "model_events",
 }
 
 
@@ -108,7 +109,7 @@ def test_cli_db_upgrade_and_downgrade_from_another_directory(tmp_path) -> None:
     run = [sys.executable, "-c", "from recsys.cli import main; main()", "db"]
     up = subprocess.run([*run, "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
-    assert "database at revision 0002" in up.stdout
+    assert f"database at revision {migrate.head_revision()}" in up.stdout
     assert _tables(url) == TABLES
 
     down = subprocess.run(

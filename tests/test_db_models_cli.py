@@ -32,6 +32,15 @@ def test_models_register_promote_rollback_retire(sqlite_url: str, tmp_path) -> N
     assert "cf         v1" in run("rollback", "cf")
     assert "retired" in run("list")
     run("retire", "cf", "v2")
+    events = [line.split()[3:9] for line in run("history", "--kind", "cf").splitlines()]
+    assert events == [  # newest first; retiring the retired v2 again records nothing
+        ["v1", "promoted", "rollback", "from", "v2"],
+        ["v2", "retired", "rolled", "back", "to", "v1"],
+        ["v2", "promoted", "artifact", "present,", "sha256", "matches;"],
+        ["v1", "promoted", "artifact", "present,", "sha256", "matches;"],
+        ["v2", "registered"],
+        ["v1", "registered"],
+    ]
 
 
 @pytest.mark.parametrize(

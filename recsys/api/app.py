@@ -5,6 +5,7 @@
     POST /v1/rank        rank a list the client has (texts, or catalogue ids)
     POST /v1/events      interactions, idempotent by event id
     POST /v1/admin/reload  serve the newly promoted ranker now (admin key)
+    GET  /dashboard      the operator's page (admin key; recsys.api.dashboard)
     GET  /v1/model  /healthz  /readyz  /metrics
 
 Every body is a typed model (recsys.api.schemas), so `/openapi.json` is the contract.
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ranking.engine import Ranker
 from ranking.errors import RequestError
 from recsys.api import routes
+from recsys.api.dashboard import add_dashboard
 from recsys.api.impressions import ImpressionLogger
 from recsys.api.metrics import ApiMetrics
 from recsys.api.recommend import IndexHolder
@@ -109,6 +111,7 @@ def create_app(
     routes.add_ranking(app, service, schemas, scopes["rank"], ERRORS)
     routes.add_events(app, service, schemas, scopes["rank"], ERRORS)
     routes.add_admin(app, service, scopes["admin"], ERRORS)
+    add_dashboard(app, service)
     return app
 
 

@@ -1,4 +1,4 @@
-"""`recsys models list|register|promote|rollback|retire`: the model registry."""
+"""`recsys models list|register|promote|rollback|retire|history`: the model registry."""
 
 from __future__ import annotations
 
@@ -119,5 +119,21 @@ def register(app: typer.Typer) -> None:
 
         info = retire_model(kind, version, engine=_engine(url))
         typer.echo(f"retired: {_line(info)}")
+
+    @models_app.command("history")
+    def history(
+        kind: str | None = typer.Option(None, "--kind", help=KIND_HELP),
+        limit: int = typer.Option(50, "--limit", min=1, max=10_000),
+        url: str | None = URL_OPTION,
+    ) -> None:
+        """Registrations, promotions (with the gates' reasons) and retirements, newest first."""
+        from recsys.db.registry import model_history
+
+        events = model_history(kind, limit=limit, engine=_engine(url))
+        if not events:
+            typer.echo("no registry events")
+        for e in events:
+            reason = f"  {e.reason}" if e.reason else ""
+            typer.echo(f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind:<10} {e.version:<24} {e.action}{reason}")
 
     app.add_typer(models_app, name="models")

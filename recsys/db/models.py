@@ -244,3 +244,19 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class ModelEvent(Base):
+    """The registry's history: every registration, promotion and retirement (a rollback is
+    one of each), so an operator sees who was served when (`model_versions` keeps only each
+    version's state)."""
+
+    __tablename__ = "model_events"
+    __table_args__ = (sa.Index("ix_model_events_kind_at", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    version: Mapped[str] = mapped_column(sa.String(255))
+    action: Mapped[str] = mapped_column(sa.String(16))  # registered | promoted | retired
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

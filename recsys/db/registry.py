@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from recsys.db.engine import session_scope
-from recsys.db.models import ModelKind, ModelStatus, ModelVersion, utcnow
+from recsys.db.models import ModelEvent, ModelKind, ModelStatus, ModelVersion, utcnow
 from recsys.errors import UserError
 
 
@@ -28,6 +28,15 @@ class ModelVersionInfo:
     created_at: datetime
     promoted_at: datetime | None
     retired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ModelEventInfo:
+    kind: str
+    version: str
+    action: str  # registered | promoted | retired (a rollback: one of each, reason says)
+    reason: str | None
+    at: datetime
 
 
 def _info(mv: ModelVersion) -> ModelVersionInfo:
@@ -99,6 +108,7 @@ def register_model(
             created_at=utcnow(),
         )
         session.add(mv)
+        _record(session, mv, "registered", None)
         session.flush()
         return _info(mv)
 
@@ -128,7 +138,9 @@ def list_models(kind: str | None = None, *, engine: Engine) -> list[ModelVersion
         return [_info(mv) for mv in session.scalars(query)]
 
 
-def promote_model(kind: str, version: str, *, engine: Engine) -> ModelVersionInfo:
+def promote_model(
+    kind: str, version: str, *, reason: str | None = None, engine: Engine
+) -> ModelVersionInfo:
     """Make `version` the promoted one; the previously promoted version becomes a candidate
     (and stays the rollback target). Use recsys.registry.promote, which applies the gates."""
     _check_kind(kind)
@@ -144,6 +156,7 @@ def promote_model(kind: str, version: str, *, engine: Engine) -> ModelVersionInf
             session.flush()  # the one-promoted-per-kind index must never see two
         mv.status = ModelStatus.PROMOTED.value
         mv.promoted_at = utcnow()
+        _record(session, mv, "promoted", reason)
         session.flush()
         return _info(mv)
 
@@ -162,6 +175,7 @@ def retire_model(kind: str, version: str, *, engine: Engine) -> ModelVersionInfo
         if mv.status != ModelStatus.RETIRED.value:
             mv.status = ModelStatus.RETIRED.value
             mv.retired_at = utcnow()
+            _record(session, mv, "retired", None)
             session.flush()
         return _info(mv)
 
@@ -174,16 +188,7 @@ def rollback_model(kind: str, *, engine: Engine) -> ModelVersionInfo:
         current = _promoted(session, kind)
         if current is None:
             raise UserError(f"no {kind} version is promoted; nothing to roll back")
-        previous = session.scalar(
-            sa.select(ModelVersion)
-            .where(
-                ModelVersion.kind == kind,
-                ModelVersion.status == ModelStatus.CANDIDATE.value,
-                ModelVersion.promoted_at.is_not(None),
-            )
-            .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
-            .limit(1)
-        )
+        previous = _rollback_target(session, kind)
         if previous is None:
             raise UserError(
                 f"no earlier promoted {kind} version (not retired) to roll back to from "
@@ -195,5 +200,47 @@ def rollback_model(kind: str, *, engine: Engine) -> ModelVersionInfo:
         session.flush()
         previous.status = ModelStatus.PROMOTED.value
         previous.promoted_at = now
+        _record(session, current, "retired", f"rolled back to {previous.version}")
+        _record(session, previous, "promoted", f"rollback from {current.version}")
         session.flush()
         return _info(previous)
+
+
+def rollback_target(kind: str, *, engine: Engine) -> ModelVersionInfo | None:
+    """The version a rollback of `kind` would promote again, if any."""
+    with Session(engine) as session:
+        mv = _rollback_target(session, _check_kind(kind))
+        return _info(mv) if mv else None
+
+
+def _rollback_target(session: Session, kind: str) -> ModelVersion | None:
+    return session.scalar(
+        sa.select(ModelVersion)
+        .where(
+            ModelVersion.kind == kind,
+            ModelVersion.status == ModelStatus.CANDIDATE.value,
+            ModelVersion.promoted_at.is_not(None),
+        )
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
+
+
+def model_history(
+    kind: str | None = None, *, limit: int = 50, engine: Engine
+) -> list[ModelEventInfo]:
+    """The registry's events (of one kind), newest first."""
+    query = sa.select(ModelEvent).order_by(ModelEvent.at.desc(), ModelEvent.id.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(ModelEvent.kind == _check_kind(kind))
+    with Session(engine) as session:
+        return [
+            ModelEventInfo(kind=e.kind, version=e.version, action=e.action, reason=e.reason,
+                           at=e.at)
+            for e in session.scalars(query)
+        ]  # fmt: skip
+
+
+def _record(session: Session, mv: ModelVersion, action: str, reason: str | None) -> None:
+    session.add(ModelEvent(kind=mv.kind, version=mv.version, action=action, reason=reason,
+                           at=utcnow()))  # fmt: skip
