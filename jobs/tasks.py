@@ -175,11 +175,12 @@ def batch_finished(
 @shared_task(bind=True, name="jobs.tasks.train_ranker")
 @tracked("train")
 def train_ranker(report, task_id: str, **options: Any) -> dict[str, Any]:
-    """RL fine-tuning (`recsys train`); by default on the traffic the API logged."""
+    """RL fine-tuning (`recsys train`); by default on the traffic the API logged. Its
+    progress (episodes trained and validated) goes to job_runs."""
     from recsys.training import TrainingOptions, run_training
 
     options.setdefault("source", "db")
-    return run_training(TrainingOptions(**options))
+    return run_training(TrainingOptions(**options), report=report)
 
 
 @shared_task(bind=True, name="jobs.tasks.improve_ranker")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ranking.backends.base import LMBackend
 from ranking.errors import RequestError
@@ -75,14 +75,19 @@ class Ranker:
         return self.rank_batch([request])[0]
 
     def rank_batch(
-        self, requests: Sequence[RankRequest], progress: bool = False
+        self,
+        requests: Sequence[RankRequest],
+        progress: bool = False,
+        on_ranked: Callable[[int], None] | None = None,
     ) -> list[RankResult]:
-        """One RankResult per request, in the input order."""
+        """One RankResult per request, in the input order. `progress`: a tqdm bar;
+        `on_ranked(n)`: called after each model batch with the number of requests it
+        finished (they add up to len(requests)), for a caller's own progress display."""
         deadlines = [Deadline(r.deadline_ms) for r in requests]  # time waiting for the lock counts
         for r in requests:  # fail fast, before any model work, on requests a mode cannot serve
             self.modes[r.mode].check(r, self.backend)
         with _lock_for(self.backend):
-            return self._rank_batch(requests, deadlines, progress)
+            return self._rank_batch(requests, deadlines, progress, on_ranked)
 
     def rank_each(self, requests: Sequence[RankRequest]) -> list[RankResult | Exception]:
         """Like `rank_batch`, but each request succeeds or fails on its own: a request a
@@ -109,7 +114,11 @@ class Ranker:
         return out  # type: ignore[return-value]
 
     def _rank_batch(
-        self, requests: Sequence[RankRequest], deadlines: list[Deadline], progress: bool
+        self,
+        requests: Sequence[RankRequest],
+        deadlines: list[Deadline],
+        progress: bool,
+        on_ranked: Callable[[int], None] | None = None,
     ) -> list[RankResult]:
         ctx = ModeContext(self.options, self.costs)
         results: list[RankResult | None] = [None] * len(requests)
@@ -130,6 +139,8 @@ class Ranker:
                     results[i] = res
                 if bar is not None:
                     bar.update(len(chunk))
+                if on_ranked is not None:
+                    on_ranked(len(chunk))
         if bar is not None:
             bar.close()
         return results  # type: ignore[return-value]

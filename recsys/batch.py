@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from recsys.errors import UserError
+from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ def run_batch(
     engine: Engine | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> BatchReport:
+    """This shard's users, retrieved, re-ranked and written (module docstring). Progress
+    over the users to do (recsys.progress): a bar or periodic lines on stderr when
+    `config.progress`, and `on_progress(fraction)` (job_runs under Celery), throttled,
+    increasing, 1.0 once every user is written."""
     from recsys.db import runs
     from recsys.db.engine import get_engine
     from recsys.pipeline import rank_requests, retrieve, training_data
@@ -94,28 +99,32 @@ def run_batch(
     ranker = _ranker(config, engine) if config.rerank and todo else None
     model_version = ranker.model_id if ranker else f"retrieval:{version}"
     written = 0
-    for start in range(0, len(todo), config.chunk_users):
-        chunk = todo[start : start + config.chunk_users]
-        candidates = retrieve(gen, chunk, config.k)
-        lists = {
-            u: [(str(c.item), float(c.score)) for c in cands]
-            for u, cands in candidates.items()
-            if cands
-        }
-        if ranker is not None and lists:
-            requests = rank_requests(
-                gen, candidates, data.titles, history=config.history, task=config.task
-            )
-            for user, result in zip(
-                requests, ranker.rank_batch(list(requests.values())), strict=True
-            ):
-                score = dict(lists[user])
-                lists[user] = [(item, score[item]) for item in result.order]
-        runs.write_recommendations(run_id, lists, model_version=model_version, engine=engine)
-        written += len(lists)
-        if on_progress is not None:
-            on_progress((start + len(chunk)) / len(todo))
-        log.info("batch %s: %d/%d users written", run_id, written, len(todo))
+    stage = "batch re-rank" if ranker is not None else "batch retrieval"
+    # one user is one unit: done when re-ranked (as each model batch finishes), or when
+    # retrieved if it is not re-ranked (no candidates, or --no-rerank)
+    with Progress(len(todo), stage, "users", show=config.progress, report=on_progress) as progress:
+        for start in range(0, len(todo), config.chunk_users):
+            chunk = todo[start : start + config.chunk_users]
+            candidates = retrieve(gen, chunk, config.k)
+            lists = {
+                u: [(str(c.item), float(c.score)) for c in cands]
+                for u, cands in candidates.items()
+                if cands
+            }
+            ranked = 0
+            if ranker is not None and lists:
+                requests = rank_requests(
+                    gen, candidates, data.titles, history=config.history, task=config.task
+                )
+                results = ranker.rank_batch(list(requests.values()), on_ranked=progress.update)
+                for user, result in zip(requests, results, strict=True):
+                    score = dict(lists[user])
+                    lists[user] = [(item, score[item]) for item in result.order]
+                ranked = len(requests)
+            progress.update(len(chunk) - ranked)
+            runs.write_recommendations(run_id, lists, model_version=model_version, engine=engine)
+            written += len(lists)
+            log.info("batch %s: %d/%d users written", run_id, written, len(todo))
     return BatchReport(
         run_id=run_id,
         retrieval_version=version,

@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from recsys.progress import within
 from recsys.settings import Settings
 
 
@@ -56,6 +57,7 @@ class LoopConfig:
     device: str | None = None
     run_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # more TrainingOptions fields
+    progress: bool = False  # training and replay progress on stderr (`recsys loop` sets it)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
@@ -78,7 +80,9 @@ Report = Callable[[float], None]
 def improve(
     config: LoopConfig, *, settings: Settings, engine: Engine, report: Report = lambda p: None
 ) -> dict[str, Any]:
-    """One turn of the loop (module docstring); returns what each step did."""
+    """One turn of the loop (module docstring); returns what each step did. `report`
+    (job_runs.progress under Celery) gets 0.05 before fine-tuning, the training's own
+    progress within 0.05..0.6, 0.6, 0.7, 0.8 after each step, the replay's within 0.8..1.0."""
     from recsys.db.events import logged_requests
     from recsys.db.registry import current_model
 
@@ -104,7 +108,7 @@ def improve(
             f"the loop needs {config.min_requests} (RECSYS_LOOP_MIN_REQUESTS)",
         }
     report(0.05)
-    metrics = _fine_tune(config, base, since, settings)
+    metrics = _fine_tune(config, base, since, settings, within(report, 0.05, 0.6))
     candidate = metrics["version"]
     steps["candidate"] = candidate
     steps["val_mrr"] = {k: metrics.get(k) for k in ("val_mrr_served", "val_mrr_zero_shot")}
@@ -118,7 +122,9 @@ def improve(
     )
     report(0.8)
     if config.replay:
-        steps["replay_report"] = _replay(config, base, candidate, since, settings, engine)
+        steps["replay_report"] = _replay(
+            config, base, candidate, since, settings, engine, within(report, 0.8, 1.0)
+        )
     passed = steps["gate"]["allowed"]
     steps["status"] = "promoted" if steps["promoted"] else "passed" if passed else "refused"
     return steps
@@ -142,7 +148,11 @@ def _when(since: datetime | None) -> str:
 
 
 def _fine_tune(
-    config: LoopConfig, base: str, since: datetime | None, settings: Settings
+    config: LoopConfig,
+    base: str,
+    since: datetime | None,
+    settings: Settings,
+    report: Report | None = None,
 ) -> dict[str, Any]:
     from recsys.resolver import resolve_ranker
     from recsys.training import TrainingOptions, run_training
@@ -166,7 +176,7 @@ def _fine_tune(
         resume=config.run_name is not None,
         **config.training,
     )
-    return run_training(options)
+    return run_training(options, report=report, show_progress=config.progress)
 
 
 def offline_check(
@@ -244,6 +254,7 @@ def _replay(
     since: datetime | None,
     settings: Settings,
     engine: Engine,
+    report: Report | None = None,
 ) -> str:
     from recsys.replay.run import ReplayConfig, run_replay
 
@@ -257,7 +268,9 @@ def _replay(
             logging_model=base,
             device=config.device,
             out=out,
+            progress=config.progress,
         ),
         engine=engine,
+        report=report,
     )
     return str(out / "report.md")

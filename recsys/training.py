@@ -39,6 +39,7 @@ from ranking.rl.episodes import (
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
 from recsys.gate import ValidationResults
+from recsys.progress import Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -212,10 +213,22 @@ def retrieval_orders(eps: Sequence[Episode]) -> list[list[str]]:
 
 
 def run_training(
-    opts: TrainingOptions, log: Callable[[dict[str, Any]], None] | None = None
+    opts: TrainingOptions,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    report: Callable[[float], None] | None = None,
+    *,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate on held-out users (zero-shot before, tuned after, retrieval order,
-    fused), export the model and register it as a candidate ranker version."""
+    fused), export the model and register it as a candidate ranker version.
+
+    Progress (recsys.progress) counts episodes: each validation episode ranked before and
+    after training, and `batch_size` per optimizer step. `report(fraction)` gets it
+    (job_runs under Celery), throttled and increasing, 1.0 when the run is registered;
+    `show_progress` also shows it on stderr (a bar on a terminal, else a line every 30 s).
+    The records passed to `log` carry `episodes_per_s` and `eta_s` (seconds left for the
+    whole run at the rate so far), and a step's also `steps_per_s`; log.jsonl keeps the
+    trainer's records as they are."""
     import torch
 
     from ranking.convert import ensure_hf_dir
@@ -259,7 +272,34 @@ def run_training(
     for p in model.parameters():  # fp32 master weights (GPU loads bf16; autocast does the rest)
         p.data = p.data.float()
     (out_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
-    trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=log)
+    base_path = out_dir / "zero_shot.json"
+    resumed = min(_checkpoint_step(out_dir), opts.steps) if opts.resume else 0
+    progress = Progress(
+        (0 if base_path.exists() else len(val))
+        + opts.steps * opts.batch_size
+        + (len(val) if opts.steps > 0 else 0),
+        "training",
+        "episodes",
+        show=show_progress,
+        report=report,
+        initial=resumed * opts.batch_size,
+    )
+    loop_started = [time.monotonic()]
+
+    def on_record(rec: dict[str, Any]) -> None:
+        """A trainer record (validation at step 0, or one optimizer step) -> progress, and
+        the caller's `log` with rate and ETA added (a copy: the trainer keeps its own)."""
+        if "loss" in rec:
+            progress.update(opts.batch_size)
+        if log is None:
+            return
+        shown = {**rec, **_speed(progress)}
+        if "loss" in rec:
+            elapsed = time.monotonic() - loop_started[0]
+            shown["steps_per_s"] = round((rec["step"] - resumed) / elapsed, 4) if elapsed else None
+        log(shown)
+
+    trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=on_record)
 
     alphas = (0.0, opts.fusion_alpha, *opts.extra_alphas) if opts.fusion_alpha else (0.0,)
 
@@ -273,6 +313,7 @@ def run_training(
                 seq = trainer.sequence(e, -1 - k)
                 scores = [c.score for c in e.request.candidates]
                 orders.append(greedy_orders(trainer.model, seq, scores, alphas))
+                progress.update(1)
                 if log and ((k + 1) % 10 == 0 or k + 1 == len(val)):
                     log(
                         {
@@ -280,11 +321,11 @@ def run_training(
                             "done": k + 1,
                             "of": len(val),
                             "seconds": round(time.time() - t0, 1),
+                            **_speed(progress),
                         }
                     )
         return [reciprocal_ranks([o[j] for o in orders], val) for j in range(len(alphas))]
 
-    base_path = out_dir / "zero_shot.json"
     if base_path.exists():  # a resumed run keeps the zero-shot numbers of its start
         base = json.loads(base_path.read_text())
     else:
@@ -295,6 +336,7 @@ def run_training(
         }
         base_path.write_text(json.dumps(base))
     started = time.time()
+    loop_started[0] = time.monotonic()
     trainer.run(resume=opts.resume)
     wall = time.time() - started
     rrs = (
@@ -347,7 +389,26 @@ def run_training(
     metrics["version"] = name
     if opts.register:
         _register(name, model_dir, metrics)
+    progress.close()
     return metrics
+
+
+def _checkpoint_step(out_dir: Path) -> int:
+    """The optimizer steps a resumed run starts from (its checkpoint's; 0 without one)."""
+    from ranking.rl.trainer import checkpoint_path
+
+    path = checkpoint_path(out_dir)
+    if path is None:
+        return 0
+    return int(json.loads((path / "state.json").read_text()).get("step", 0))
+
+
+def _speed(progress: Progress) -> dict[str, float | None]:
+    rate, eta = progress.rate, progress.eta_s
+    return {
+        "episodes_per_s": None if rate is None else round(rate, 4),
+        "eta_s": None if eta is None else round(eta, 1),
+    }
 
 
 def _register(version: str, model_dir: Path, metrics: dict[str, Any]) -> None:

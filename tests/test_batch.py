@@ -183,3 +183,44 @@ def test_batch_task_runs_eagerly_and_is_recorded(engine, tmp_path, monkeypatch):
         assert job_run(result["job_id"], engine=engine).status == "succeeded"
     finally:
         get_settings.cache_clear()
+
+
+def test_progress_rises_over_every_user_and_ends_at_1(
+    engine, tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    """One progress over the users to re-rank: the fractions for job_runs (`on_progress`)
+    rise as each model batch finishes and reach 1.0 only once every user is written; off
+    a terminal, plain lines with rate and ETA."""
+    from recsys import progress
+    from recsys.db import runs
+
+    class Ticking:  # every reading 10 s on: every update is due for a report
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 10.0
+            return self.now
+
+    monkeypatch.setattr(progress, "time", Ticking())
+    real_write = runs.write_recommendations
+    written: list[str] = []
+    reports: list[tuple[float, int]] = []  # (fraction, users written by then)
+
+    def write(run_id, lists, **kw):
+        real_write(run_id, lists, **kw)
+        written.extend(lists)
+
+    monkeypatch.setattr(runs, "write_recommendations", write)
+    batch = config(tmp_path, tiny_model_dir, progress=True, batch_size=2)
+    report = run_batch(
+        batch, engine=engine, on_progress=lambda f: reports.append((f, len(written)))
+    )
+    assert report.users_written == N_USERS
+    fractions = [f for f, _ in reports]
+    # 12 users in chunks of 5, ranked 2 at a time: a report per model batch (the last
+    # one's 12/12 is left to the end), strictly increasing, and 1.0 after the last write
+    assert fractions == pytest.approx([2 / 12, 4 / 12, 5 / 12, 7 / 12, 9 / 12, 10 / 12, 1.0])
+    assert reports[-1] == (1.0, N_USERS)
+    err = capsys.readouterr().err
+    assert "batch re-rank: " in err and " users/s, ETA " in err
+    assert "batch re-rank: 12/12 users (100%)" in err and "done in" in err

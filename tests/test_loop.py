@@ -53,8 +53,12 @@ def test_a_refused_candidate_never_serves_and_is_not_tuned_again(world, monkeypa
     monkeypatch.setenv("RECSYS_GATE_MARGIN", "1000")  # no candidate can gain 1000 points
     get_settings.cache_clear()
     config = LoopConfig(min_requests=5, steps=2, replay=False, val_fraction=0.5)
-    result = improve(config, settings=get_settings(), engine=world)
+    reports: list[float] = []
+    result = improve(config, settings=get_settings(), engine=world, report=reports.append)
     assert result["status"] == "refused" and not result["promoted"]
+    # job_runs' progress never goes back; training reports inside its 0.05..0.6 of the turn
+    assert reports == sorted(reports) and reports[0] == 0.05 and reports[-1] == 0.8
+    assert any(0.05 < r < 0.6 for r in reports) and reports.count(0.6) == 2
     assert "below the margin of 1000.00" in result["gate"]["reason"]
     assert current_model("ranker", engine=world).version == "v0"
     assert result["candidate"] in {v.version for v in list_models("ranker", engine=world)}

@@ -180,3 +180,37 @@ def test_replay_command_on_logged_traffic(database_url, tmp_path):
     assert report["policies"]["B"]["mrr"] == 1.0  # highest score first
     assert (tmp_path / "replay.png").stat().st_size > 1000
     assert "| mrr |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("k", "exact"), [(4, True), (6, False)])
+def test_replay_progress_counts_every_ranking_and_ends_at_1(
+    tiny_model_dir, tmp_path, monkeypatch, capsys, k, exact
+):
+    """One progress over the replay's rankings: B's re-ranking of each request, then the
+    rankings drawn (or, with few candidates, enumerated) per policy for the per-position
+    estimates; the reports rise and end at 1.0, the last line says every ranking is done."""
+    from recsys import progress
+    from recsys.db import events
+    from recsys.replay.run import ReplayConfig, run_replay
+
+    class Ticking:  # every reading 10 s on: every update is due for a report
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 10.0
+            return self.now
+
+    traffic = [dataclasses.replace(r, log_propensity=-3.0) for r in logged_requests(4, k)]
+    monkeypatch.setattr(events, "logged_requests", lambda **kw: traffic)
+    monkeypatch.setattr(progress, "time", Ticking())
+    model = str(tiny_model_dir)
+    config = ReplayConfig(a="logged", b=model, slate_draws=3, logging_model=model,
+                          device="cpu", out=tmp_path)  # fmt: skip
+    reports: list[float] = []
+    result = run_replay(config, engine=None, report=reports.append)  # type: ignore[arg-type]
+    assert result.slate["exact"] is exact
+    # B ranks 4 requests; per policy 4 x 4! enumerated, or 4 x 3 drawn
+    total = 4 + 2 * (4 * math.factorial(k) if exact else 4 * 3)
+    assert f"replay: {total}/{total} rankings (100%)" in capsys.readouterr().err
+    assert len(reports) > 2 and reports[-1] == 1.0
+    assert reports == sorted(set(reports))  # strictly increasing

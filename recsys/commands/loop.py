@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
         ),
         replay: bool = typer.Option(True, help="write a replay report of new vs old"),
         device: str | None = typer.Option(None, help="auto | cpu | cuda"),
+        progress: bool = typer.Option(
+            True, help="training and replay progress on stderr (bar, or a line every 30 s)"
+        ),
     ) -> None:
         """Fine-tune on the traffic since the promoted version, gate the candidate, promote it
         when allowed and write the replay report; prints what each step did."""
@@ -40,6 +43,7 @@ def register(app: typer.Typer) -> None:
             auto_promote=promote,
             replay=replay,
             device=device,
+            progress=progress,
         )
         result = improve(config, settings=settings, engine=get_engine())
         typer.echo(json.dumps(result, indent=2, default=str))

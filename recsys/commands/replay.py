@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("var/replay"), help="folder for report.md/json/png"),
         device: str | None = typer.Option(None, help="auto | cpu | cuda (RECSYS_DEVICE)"),
         url: str | None = typer.Option(None, "--url", help="database URL"),
+        progress: bool = typer.Option(
+            True, help="ranking and sampling progress on stderr (bar, or a line every 30 s)"
+        ),
     ) -> None:
         """Replay logged requests (impressions + the interaction that followed) through
         policies A and B; write a markdown report, JSON and a plot."""
@@ -37,7 +40,8 @@ def register(app: typer.Typer) -> None:
         ensure_schema(url)
         config = ReplayConfig(a=a, b=b, limit=limit, window_days=window_days, mode=mode,
                               off_policy=off_policy, slate_draws=slate_draws,
-                              logging_model=logging_model, device=device, out=out)  # fmt: skip
+                              logging_model=logging_model, device=device, out=out,
+                              progress=progress)  # fmt: skip
         report = run_replay(config, engine=get_engine(url))
         typer.echo(report.markdown(a, b))
         typer.echo(f"\nwritten: {out}/report.md, report.json, replay.png")

@@ -188,9 +188,13 @@ def rank_function(
 
     ranker = runtime.load_ranker(model=spec, device=device)
 
-    def rank(requests: list[RankRequest]) -> list[Sequence[str]]:
+    def rank(
+        requests: list[RankRequest], on_ranked: Callable[[int], None] | None = None
+    ) -> list[Sequence[str]]:
+        """The orders; a tqdm bar, or `on_ranked(n)` as batches finish when given."""
         requests = [dataclasses.replace(r, mode=mode, temperature=0.0) for r in requests]
-        return [res.order for res in ranker.rank_batch(requests, progress=True)]
+        results = ranker.rank_batch(requests, progress=on_ranked is None, on_ranked=on_ranked)
+        return [res.order for res in results]
 
     return rank, ranker
 

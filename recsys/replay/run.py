@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from ranking.engine import Ranker
 from ranking.rl.episodes import Episode
+from recsys.progress import Progress
 from recsys.replay.replay import (
     ReplayReport,
     incremental_log_propensity,
@@ -38,10 +40,18 @@ class ReplayConfig:
     logging_model: str | None = None  # the policy that logged; None: A if a model, else settings'
     device: str | None = None
     out: Path = Path("var/replay")
+    progress: bool = True  # on stderr: a bar on a terminal, else a line every 30 s
 
 
-def run_replay(config: ReplayConfig, *, engine: Engine) -> ReplayReport:
+def run_replay(
+    config: ReplayConfig, *, engine: Engine, report: Callable[[float], None] | None = None
+) -> ReplayReport:
+    """The replay (module docstring). Progress (recsys.progress) counts rankings: the
+    requests each model policy re-ranks, and the rankings sampled (or enumerated) for the
+    per-position estimates; on stderr when `config.progress`, and to `report(fraction)`
+    (job_runs), throttled and increasing, 1.0 when the report is written."""
     from recsys.db.events import logged_requests
+    from recsys.replay.slate_report import planned_rankings
     from recsys.training import episode_from_logged
 
     records = logged_requests(window=timedelta(days=config.window_days), limit=config.limit,
@@ -52,24 +62,47 @@ def run_replay(config: ReplayConfig, *, engine: Engine) -> ReplayReport:
     target = None
     if config.off_policy and ranker_b is not None and hasattr(ranker_b.backend, "model"):
         target = incremental_log_propensity(ranker_b.backend)
-    report = replay(logged, rank_a, rank_b, target_log_propensity=target)
     usable = [e for e in logged if e.logged_order and e.logged_log_propensity is not None]
+    logging = None
     if config.slate_draws and ranker_b is not None and usable:
         logging = _logging_ranker(config, ranker_a)
-        report.slate = slate_section(usable, logging, ranker_b, config.slate_draws, target)
-    write_report(report, config)
-    return report
+    total = len(logged) * ((ranker_a is not None) + (ranker_b is not None))
+    if logging is not None and ranker_b is not None:
+        total += sum(planned_rankings(usable, config.slate_draws, _prob_of(r) is not None)
+                     for r in (logging, ranker_b))  # fmt: skip
+    with Progress(total, "replay", "rankings", show=config.progress, report=report) as progress:
+        counted_a = _counted(rank_a, progress) if ranker_a is not None else rank_a
+        counted_b = _counted(rank_b, progress) if ranker_b is not None else rank_b
+        result = replay(logged, counted_a, counted_b, target_log_propensity=target)
+        if logging is not None and ranker_b is not None:
+            result.slate = slate_section(usable, logging, ranker_b, config.slate_draws, target,
+                                         on_ranked=progress.update)  # fmt: skip
+        write_report(result, config)
+    return result
+
+
+def _counted(rank: Callable[..., Any], progress: Progress) -> Callable[..., Any]:
+    """A model policy's rank function that moves `progress` as its batches finish."""
+    return lambda requests: rank(requests, on_ranked=progress.update)
 
 
 def slate_section(
-    episodes: list[Episode], logging: Ranker, target: Ranker, draws: int, target_lp: Any
+    episodes: list[Episode],
+    logging: Ranker,
+    target: Ranker,
+    draws: int,
+    target_lp: Any,
+    on_ranked: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Per-position estimates (recsys.replay.slate_report) on the rounds with propensities."""
+    """Per-position estimates (recsys.replay.slate_report) on the rounds with propensities;
+    `on_ranked(n)` follows the sampling (slate_report.planned_rankings per policy)."""
     from recsys.replay.slate_report import policy_rankings, slate_estimates
 
     lp0, lp1 = _prob_of(logging), _prob_of(target)
-    p0, exact0 = policy_rankings(logging, episodes, draws, prob_of=lp0, include_logged=True)
-    p1, exact1 = policy_rankings(target, episodes, draws, prob_of=lp1, seed=1_000_003)
+    p0, exact0 = policy_rankings(logging, episodes, draws, prob_of=lp0, include_logged=True,
+                                 on_ranked=on_ranked)  # fmt: skip
+    p1, exact1 = policy_rankings(target, episodes, draws, prob_of=lp1, seed=1_000_003,
+                                 on_ranked=on_ranked)  # fmt: skip
     weights = None
     if target_lp is not None:
         weights = np.exp([target_lp(e) - e.logged_log_propensity for e in episodes])

@@ -53,13 +53,21 @@ class PolicyRankings:
                          if r[:k] == prefix))  # fmt: skip
 
 
+# called with the number of rankings just sampled or enumerated (a progress display's update)
+OnRanked = Callable[[int], None]
+
+
 def draw_rankings(
-    ranker: Ranker, requests: Sequence[RankRequest], draws: int, seed: int = 7
+    ranker: Ranker,
+    requests: Sequence[RankRequest],
+    draws: int,
+    seed: int = 7,
+    on_ranked: OnRanked | None = None,
 ) -> list[list[tuple[str, ...]]]:
     """`draws` rankings per request sampled from `ranker` at temperature 1, in one batch."""
     batch = [dataclasses.replace(r, temperature=1.0, seed=seed + d, deadline_ms=None)
              for r in requests for d in range(draws)]  # fmt: skip
-    orders = [tuple(res.order) for res in ranker.rank_batch(batch)]
+    orders = [tuple(res.order) for res in ranker.rank_batch(batch, on_ranked=on_ranked)]
     return [orders[i * draws : (i + 1) * draws] for i in range(len(requests))]
 
 
@@ -73,6 +81,19 @@ def enumerated(request: RankRequest, prob_of: RankingProb) -> PolicyRankings:
     return PolicyRankings(orders, p / p.sum(), exact=True)
 
 
+def _exact(episodes: Sequence[Episode], prob_of_known: bool) -> bool:
+    small = all(len(e.request.candidates) <= EXACT_MAX_CANDIDATES for e in episodes)
+    return prob_of_known and small
+
+
+def planned_rankings(episodes: Sequence[Episode], draws: int, prob_of_known: bool) -> int:
+    """How many rankings `policy_rankings` will sample, or enumerate with their
+    probability when exact: the total of its `on_ranked` counts."""
+    if _exact(episodes, prob_of_known):
+        return sum(math.factorial(len(e.request.candidates)) for e in episodes)
+    return len(episodes) * draws
+
+
 def policy_rankings(
     ranker: Ranker,
     episodes: Sequence[Episode],
@@ -81,12 +102,18 @@ def policy_rankings(
     prob_of: RankingProb | None = None,
     include_logged: bool = False,
     seed: int = 7,
+    on_ranked: OnRanked | None = None,
 ) -> tuple[list[PolicyRankings], bool]:
-    """Per episode, what the policy's marginals come from; True when they are exact."""
-    small = all(len(e.request.candidates) <= EXACT_MAX_CANDIDATES for e in episodes)
-    if prob_of is not None and small:
-        return [enumerated(e.request, prob_of) for e in episodes], True
-    drawn = draw_rankings(ranker, [e.request for e in episodes], draws, seed)
+    """Per episode, what the policy's marginals come from; True when they are exact.
+    `on_ranked(n)` follows the work (`planned_rankings` in all)."""
+    if _exact(episodes, prob_of is not None):
+        out = []
+        for e in episodes:
+            out.append(enumerated(e.request, prob_of))  # type: ignore[arg-type]
+            if on_ranked is not None:
+                on_ranked(len(out[-1].rankings))
+        return out, True
+    drawn = draw_rankings(ranker, [e.request for e in episodes], draws, seed, on_ranked)
     if include_logged:  # the logged ranking is a draw of the logging policy too
         drawn = [[tuple(e.logged_order or ()), *d] for e, d in zip(episodes, drawn, strict=True)]
     return [sampled(d) for d in drawn], False
