@@ -44,6 +44,15 @@ for _name in COMMAND_MODULES:
         importlib.import_module(f"recsys.commands.{_name}").register(app)
 
 
+@app.callback()
+def _every_command() -> None:
+    """Runs before any command: logging in the settings' format (docs/operations.md)."""
+    from recsys.logs import configure_logging
+    from recsys.settings import get_settings
+
+    configure_logging(get_settings())
+
+
 def settings_problem(exc: ValidationError) -> str:
     """One line naming each bad environment variable, its value and what it must be."""
     parts = []

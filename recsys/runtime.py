@@ -96,10 +96,11 @@ def load_backend(
 
 def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
     from ranking.loading import load_backend as load
+    from recsys.logs import route_library_logs
 
     if config.backend == "vllm":
         prepare_vllm_environment(s)
-    return load(
+    backend = load(
         config.model,
         device=config.device,
         backend=config.backend,
@@ -108,6 +109,8 @@ def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
         threads=config.torch_threads,
         engine_options=vllm_engine_options(s) if config.backend == "vllm" else None,
     )
+    route_library_logs()
+    return backend
 
 
 def resolve(

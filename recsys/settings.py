@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,17 @@ class Settings(BaseSettings):
         15.0, gt=0, description="how often a running job proves its worker alive (job_runs)"
     )
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: `LEVEL: message` lines; json: one JSON object per line"
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value.upper()
 
     def api_keys_required(self, host: str | None = None) -> bool:
         """The explicit setting, else: keys whenever the bind address is not loopback."""

@@ -14,7 +14,10 @@ Every body is a typed model (recsys.api.schemas), so `/openapi.json` is the cont
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,9 +38,12 @@ from recsys.api.recommend import IndexHolder
 from recsys.api.schemas import ErrorBody, build
 from recsys.api.serving import RankerHolder, RankerLoader, VersionProbe
 from recsys.batcher import MicroBatcher
+from recsys.logs import install_salt, user_hash
 from recsys.settings import Settings, get_settings
 
 ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 404, 409, 413, 422, 503)}
+access_log = logging.getLogger("recsys.access")
+CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # an X-Request-ID we log
 
 
 class Service:
@@ -177,25 +183,72 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_middleware(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> None:
     limit = settings.limit_body_bytes
     paths: set[str] = set()  # the app's route paths, filled when the first request arrives
+    salt: list[bytes] = []  # the user hash's key, read when the first user is logged
 
     @app.middleware("http")
     async def measure_and_limit(request: Request, call_next):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
-        if not paths:
-            paths.update(getattr(r, "path", "") for r in app.routes)
-        path = request.scope.get("path", "")
-        route = path if path in paths else "other"  # bounded label values
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            response = _too_large(limit)
-        else:
-            body = await request.body()  # also bounds a body sent without a length
-            response = _too_large(limit) if len(body) > limit else await call_next(request)
-        metrics.requests.labels(endpoint=route, status=str(response.status_code)).inc()
-        metrics.latency.labels(endpoint=route, status=str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
+        request.state.request_id = uuid.uuid4().hex  # routes answer with it (request_id)
+        status = 500  # unless an answer comes back: the app raised
+        try:
+            if not paths:
+                paths.update(getattr(r, "path", "") for r in app.routes)
+            path = request.scope.get("path", "")
+            route = path if path in paths else "other"  # bounded label values
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                response = _too_large(limit)
+            else:
+                body = await request.body()  # also bounds a body sent without a length
+                response = _too_large(limit) if len(body) > limit else await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = request.state.request_id
+            metrics.requests.labels(endpoint=route, status=str(response.status_code)).inc()
+            metrics.latency.labels(endpoint=route, status=str(response.status_code)).observe(
+                time.perf_counter() - start
+            )
+            return response
+        finally:
+            _log_access(request, status, time.perf_counter() - start, salt, settings)
+
+
+def _log_access(
+    request: Request, status: int, seconds: float, salt: list[bytes], settings: Settings
+) -> None:
+    """One record per request on `recsys.access` (uvicorn's access log is off): its id,
+    method, path, status, latency, the model version that ranked it and the user's hash,
+    never the user id or an item text."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    state = request.state
+    # set by the ranking routes (None: retrieval's order); else the version served now
+    version = state.model_version if hasattr(state, "model_version") else _served_version(request)
+    fields: dict[str, Any] = {
+        "request_id": state.request_id, "method": request.method,
+        "path": request.scope.get("path", "")[:200], "status": status,
+        "latency_ms": round(seconds * 1000, 1), "model_version": version,
+    }  # fmt: skip
+    user = getattr(state, "user_id", None)
+    if user is not None:
+        if not salt:  # the first user this process logs
+            salt.append(install_salt(settings.var_dir))
+        fields["user_hash"] = user_hash(user, salt[0])
+    client = request.headers.get("x-request-id")
+    if client and CLIENT_ID.fullmatch(client):  # the caller's own id, beside ours
+        fields["client_request_id"] = client
+    named = ("request_id", "model_version", "user_hash", "client_request_id")
+    words = [f"{k}={fields[k]}" for k in named if fields.get(k) is not None]
+    access_log.info("%s %s %d %.1f ms %s", fields["method"], fields["path"], status,
+                    fields["latency_ms"], " ".join(words), extra=fields)  # fmt: skip
+
+
+def _served_version(request: Request) -> str | None:
+    """The version being served now (requests that no ranker answered: probes, events)."""
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        return None
+    slot = service.ranker.slot
+    return slot.version or slot.ranker.model_id
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
 from ranking.types import Candidate, RankRequest, RankResult
@@ -60,10 +60,12 @@ def add_ranking(
 
     @app.post("/v1/rank", response_model=RankAnswer, dependencies=[Depends(key)],
               responses=_pick(errors, 400, 401, 404, 409, 413, 422))  # fmt: skip
-    async def rank(body: RankBody) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def rank(body: RankBody, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        request.state.user_id = body.user_id  # hashed in the access log (recsys.api.app)
+        request.state.model_version = None  # until a ranker takes it (_ranked)
         req = _rank_request(service, body)
-        result = await _ranked(service, req, "/v1/rank")
-        request_id = uuid.uuid4().hex
+        result = await _ranked(service, req, "/v1/rank", request.state)
+        request_id = _request_id(request)
         if body.user_id is not None:
             _log(service, request_id, body.user_id, req, result)
         answer = result.to_dict()
@@ -75,8 +77,12 @@ def add_ranking(
 
     @app.post("/v1/recommend", response_model=RecommendAnswer, dependencies=[Depends(key)],
               responses=_pick(errors, 400, 401, 409, 413, 422, 503))  # fmt: skip
-    async def recommend(body: RecommendBody) -> RecommendAnswer:  # type: ignore[valid-type]
-        return await _recommend(service, body)
+    async def recommend(  # type: ignore[valid-type]
+        body: RecommendBody, request: Request
+    ) -> RecommendAnswer:
+        request.state.user_id = body.user_id
+        request.state.model_version = None  # retrieval's order unless the ranker is asked
+        return await _recommend(service, body, request)
 
 
 def add_events(
@@ -154,8 +160,17 @@ def _check_prompt_tokens(service: "Service", req: RankRequest) -> None:
         )  # fmt: skip
 
 
-async def _ranked(service: "Service", req: RankRequest, endpoint: str) -> RankResult:
-    _slot, future = service.ranker.submit(req)
+def _request_id(request: Request) -> str:
+    """The id the middleware gave this request (recsys.api.app): answer, header, log."""
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+async def _ranked(
+    service: "Service", req: RankRequest, endpoint: str, state: Any = None
+) -> RankResult:
+    slot, future = service.ranker.submit(req)
+    if state is not None:  # the version that ranks it, for the access log
+        state.model_version = slot.version or slot.ranker.model_id
     result: RankResult = await asyncio.wrap_future(future)
     service.metrics.ranking.observe(result.elapsed_ms / 1000)
     if result.fallback:
@@ -190,7 +205,7 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
 # ---------------------------------------------------------------- /v1/recommend
 
 
-async def _recommend(service: "Service", body: Any) -> RecommendAnswer:
+async def _recommend(service: "Service", body: Any, request: Request) -> RecommendAnswer:
     from recsys.api.recommend import NoIndex, retrieve
     from recsys.db.catalogue import items_by_ids
     from recsys.db.events import user_history
@@ -211,7 +226,7 @@ async def _recommend(service: "Service", body: Any) -> RecommendAnswer:
     titles = {i: (items[i].title if i in items else None) for i, _ in found.items}
     scores = dict(found.items)
     order, model, fallback, log_propensity = [i for i, _ in found.items], None, False, None
-    request_id = uuid.uuid4().hex
+    request_id = _request_id(request)
     if len(order) > 1:
         shown = history[-HISTORY_SHOWN:]
         req = RankRequest(
@@ -226,7 +241,7 @@ async def _recommend(service: "Service", body: Any) -> RecommendAnswer:
             seed=body.seed,
         )
         try:
-            result = await _ranked(service, req, "/v1/recommend")
+            result = await _ranked(service, req, "/v1/recommend", request.state)
             order, model, fallback = result.order, result.model, result.fallback
             log_propensity = result.log_propensity
             _log(service, request_id, body.user_id, req, result)
