@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/movielens-100k}
 WORK=${2:-$(mktemp -d)}
 PORT=${PORT:-8765}
-BIN=.venv/bin
+BIN=${BIN:-.venv/bin}
 export RECSYS_VAR_DIR=$WORK RECSYS_DATABASE_URL=sqlite:///$WORK/recsys.db
 export RECSYS_BROKER_URL=${RECSYS_BROKER_URL:-redis://127.0.0.1:6379/7}
 export RECSYS_TASK_QUEUE=screenshot-$$ RECSYS_LOOP_SCHEDULE=off RECSYS_BATCH_SCHEDULE=off
@@ -32,7 +32,7 @@ $BIN/recsys serve --port "$PORT" >"$WORK/serve.log" 2>&1 &
 pids+=($!)
 until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do sleep 2; done
 $BIN/recsys simulate "$DATA" --since 1998-04-01 --api "http://127.0.0.1:$PORT" \
-    --users 30 --requests 40 --no-progress
+    --users 24 --per-user 2 --no-progress
 $BIN/python -c "
 from jobs.tasks import improve_ranker
 print(improve_ranker.delay(steps=4, min_requests=10, auto_promote=True).get(timeout=1800))"

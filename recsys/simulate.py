@@ -104,10 +104,13 @@ def held_out_interactions(
     fmt: str = "auto",
     users: int | None = None,
     limit: int | None = None,
+    per_user: int | None = None,
     seed: int = 7,
 ) -> list[HeldOut]:
     """The interactions at or after `since` (those `recsys ingest --until` left out), in time
-    order; `users` keeps a seeded sample of the users, `limit` the first N interactions."""
+    order; `users` keeps a seeded sample of the users, `per_user` each user's first N (a
+    few heavy users would otherwise be all of the first interactions), `limit` the first N
+    interactions of what is left."""
     from recsys.db.events import epoch_micros
     from recsys.ingest import open_source
     from recsys.ingest_formats import ColumnMap
@@ -131,6 +134,8 @@ def held_out_interactions(
         rng = np.random.default_rng(seed)
         keep = rng.choice(everyone, size=min(users, len(everyone)), replace=False).tolist()
         frame = frame.filter(pl.col("user").is_in(keep))
+    if per_user is not None:
+        frame = frame.filter(pl.int_range(pl.len()).over("user") < per_user)
     if limit is not None:
         frame = frame.head(limit)
     return [

@@ -65,6 +65,13 @@ def test_held_out_interactions_are_the_ones_ingest_left_out(world):
     assert all(h.timestamp >= SPLIT for h in traffic)
     assert [h.timestamp for h in traffic] == sorted(h.timestamp for h in traffic)
     assert len(held_out_interactions(world, since=SPLIT, users=5)) == 10
+    first = held_out_interactions(world, since=SPLIT, per_user=1)  # each user's earliest
+    assert len(first) == 25 and len({h.user_id for h in first}) == 25
+    earliest = {}
+    for h in traffic:
+        earliest.setdefault(h.user_id, h)
+    assert set(first) == set(earliest.values())
+    assert len(held_out_interactions(world, since=SPLIT, per_user=1, limit=7)) == 7
     with pytest.raises(UserError, match="no interactions at or after"):
         held_out_interactions(world, since=datetime(2030, 1, 1, tzinfo=UTC))
 

@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("auto", "--format", "-f", help="as for `recsys ingest`"),
         requests: int | None = typer.Option(None, min=1, help="at most this many requests"),
         users: int | None = typer.Option(None, min=1, help="a seeded sample of this many users"),
+        per_user: int | None = typer.Option(
+            None, "--per-user", min=1, help="at most this many requests per user (their first)"
+        ),
         k: int = typer.Option(20, min=1, max=100, help="items per answer"),
         temperature: float = typer.Option(
             1.0, min=0, max=10, help="> 0: served rankings are draws (replay can reweight them)"
@@ -50,7 +53,8 @@ def register(app: typer.Typer) -> None:
             concurrency=concurrency,
         )
         traffic = held_out_interactions(
-            data, since=since.replace(tzinfo=UTC), fmt=fmt, users=users, limit=requests, seed=seed
+            data, since=since.replace(tzinfo=UTC), fmt=fmt, users=users, limit=requests,
+            per_user=per_user, seed=seed,
         )
         typer.echo(
             f"{len(traffic)} held-out interactions of {len({h.user_id for h in traffic})} "
