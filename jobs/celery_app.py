@@ -108,6 +108,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         beat_schedule=beat_schedule(settings),
         broker_connection_retry_on_startup=True,
+        # what tasks print (libraries' loading bars) is not a warning; progress that matters
+        # goes to job_runs (recsys.progress)
+        worker_redirect_stdouts_level="INFO",
     )
     return app
 
