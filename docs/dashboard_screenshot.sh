@@ -40,5 +40,5 @@ $BIN/recsys status || true
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
     --disable-background-networking --disable-component-update --disable-sync \
     --user-data-dir="$WORK/chromium" --hide-scrollbars --window-size=1280,2400 \
-    --screenshot=docs/dashboard.png "http://127.0.0.1:$PORT/dashboard"
+    --screenshot=docs/dashboard.png "http://127.0.0.1:$PORT/dashboard" 2>"$WORK/chromium.log"
 echo "written: docs/dashboard.png (work dir $WORK)"

@@ -3,6 +3,7 @@ rollback with its token; the admin key as a browser sends it (HTTP Basic)."""
 
 from __future__ import annotations
 
+import math
 from html.parser import HTMLParser
 
 import pytest
@@ -232,4 +233,6 @@ def test_traffic_quantiles_come_from_the_histogram_buckets():
     (t,) = m.traffic()
     assert (t.requests, t.errors, t.fallbacks) == (10, 1, 2)
     assert (t.p50_s, t.p95_s) == (0.005, 2.5)
+    m.latency.labels(endpoint="/v1/rank", status="200").observe(100.0)  # beyond every bucket
+    assert m.traffic()[0].p95_s == math.inf
     assert t.fallback_rate == pytest.approx(0.2) and t.error_rate == pytest.approx(0.1)

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from recsys.api.metrics import LATENCY_BUCKETS
 from recsys.errors import UserError
 
 if TYPE_CHECKING:
@@ -223,6 +225,8 @@ def _when(moment: datetime | None) -> str:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "—"
+    if math.isinf(value):  # above the largest bucket
+        return f"> {LATENCY_BUCKETS[-1]:g} s"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:g} s"
 
 
