@@ -52,27 +52,34 @@ FUSIONS = {
 KS = (20, 50, 100)
 
 
-def quality(data_dir: Path, embeddings: str) -> dict:
+def movielens(data_dir: Path):  # type: ignore[no-untyped-def]
+    """MovieLens 100K as `recsys.pipeline.Interactions`, in time order (ties: file order)."""
     from recsys.datasets import read_movielens
-    from recsys.pipeline import Interactions, item_text, leave_last_out
-    from retrieval.embeddings import HashingEncoder, TextEmbedder
-    from retrieval.generator import CandidateGenerator, GeneratorConfig
+    from recsys.pipeline import Interactions, item_text
 
     ds = read_movielens(data_dir)
     frame = ds.interactions.with_row_index("row").sort(["timestamp", "row"])
     items = ds.items
     titles = dict(zip(items["item_id"], items["title"], strict=True))
-    texts = {
-        i: item_text(t, None, {"genres": g})
-        for i, t, g in zip(items["item_id"], items["title"], items["genres"], strict=True)
-    }
-    data = Interactions(
+    genres = dict(zip(items["item_id"], items["genres"], strict=True))
+    texts = {i: item_text(t, None, {"genres": genres[i]}) for i, t in titles.items()}
+    return Interactions(
         frame["user_id"].to_list(),
         frame["item_id"].to_list(),
         frame["timestamp"].to_numpy().astype(np.float64),
         titles,
         texts,
+        {i: g for i, g in genres.items() if g},
     )
+
+
+def quality(data_dir: Path, embeddings: str) -> dict:
+    from recsys.pipeline import leave_last_out
+    from retrieval.embeddings import HashingEncoder, TextEmbedder
+    from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+    data = movielens(data_dir)
+    texts = data.texts
     train, targets = leave_last_out(data)
     encoder = HashingEncoder(64) if embeddings == "hashing" else None
     timings: dict[str, float] = {}

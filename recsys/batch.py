@@ -48,6 +48,7 @@ class BatchConfig:
     embeddings: str = "minilm"
     cf_factors: int = 64
     cf_epochs: int = 30
+    ltr: bool = True  # a built index gets the LambdaMART stage (docs/retrieval.md)
     task: str = "rec-movie"
     artifact_dir: Path = Path("var/artifacts")
     progress: bool = True
@@ -154,8 +155,12 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
         data.timestamps,
         data.texts,
         embedder=embedder,
-        config=GeneratorConfig(cf_factors=config.cf_factors, cf_epochs=config.cf_epochs),
+        config=GeneratorConfig(
+            cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, ltr=config.ltr
+        ),
         progress=config.progress,
+        titles=data.titles,
+        genres=data.genres,
     )
     version = new_version()
     artifact = gen.save(store, version, meta={"job": "batch"})

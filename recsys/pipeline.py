@@ -68,6 +68,7 @@ class Interactions:
     timestamps: np.ndarray  # unix seconds
     titles: dict[str, str]  # item id -> title
     texts: dict[str, str]  # item id -> text to embed
+    genres: dict[str, str] = field(default_factory=dict)  # item id -> "A|B|C", where known
 
 
 @dataclass
@@ -115,17 +116,20 @@ def training_data(engine: Engine, source: str | None) -> Interactions:
         where = f" from source {source!r}" if source is not None else ""
         raise UserError(f"no interactions{where} in the database; load some with `recsys ingest`")
     seen_items = set(events.items)
-    titles, texts = {}, {}
+    titles, texts, genres = {}, {}, {}
     for item in all_items(engine=engine):
         if item.item_id in seen_items:
             titles[item.item_id] = item.title or item.item_id
             texts[item.item_id] = item_text(item.title or item.item_id, item.text, item.attributes)
+            if item.attributes.get("genres"):
+                genres[item.item_id] = str(item.attributes["genres"])
     return Interactions(
         users=events.users,
         items=events.items,
         timestamps=np.array(events.seconds, dtype=np.float64),
         titles=titles,
         texts=texts,
+        genres=genres,
     )
 
 

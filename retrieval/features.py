@@ -6,7 +6,9 @@ transition counts, item co-occurrence (item kNN) and item metadata (genres, rele
 platform, title words). `features(user, history, candidates)` then gives one row per
 candidate, `FEATURE_NAMES` in order. Which interactions the models see is the caller's
 business: a ranker trained on targets must get features from models fitted without them
-(see `recsys.eval.ltr` for the protocol that keeps evaluation free of leakage).
+(see `retrieval.ltr_stage` for the protocol that keeps training free of leakage, shared by
+`recsys.eval.ltr`). `save(folder)` / `load(folder)` persist the fitted models as JSON and
+numpy/scipy files.
 
 | feature | value for candidate c, user u, history h_1..h_n (oldest first) |
 | --- | --- |
@@ -27,15 +29,18 @@ business: a ranker trained on targets must get features from models fitted witho
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from retrieval.cf import CFModel, interactions_matrix
+from retrieval.errors import RetrievalError
 
 FEATURE_NAMES = (
     "lightfm", "transitions", "trans_last1", "trans_last5", "trans_ratio", "itemknn",
@@ -43,6 +48,7 @@ FEATURE_NAMES = (
     "platform_share", "title_overlap", "user_activity",
 )  # fmt: skip
 
+_MATRICES = ("trans10", "trans1", "cooc")  # the item x item models, one .npz file each
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 _WORD = re.compile(r"[a-z0-9]{3,}")
 _STOP = frozenset({"the", "and", "for", "with", "edition", "game", "games"})
@@ -167,6 +173,52 @@ class FeatureModels:
             meta=dict(meta or {}),
         )
 
+    # -- persistence (JSON + numpy/scipy files, no pickle) ------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        """features.json (ids, activity, item metadata), features.npz (CF, popularity) and
+        one scipy .npz per item x item matrix, into `folder`."""
+        folder = Path(folder)
+        items = sorted(self.items, key=self.items.__getitem__)
+        users = sorted(self.users, key=self.users.__getitem__)
+        doc = {
+            "items": items,
+            "users": users,
+            "activity": {str(u): int(c) for u, c in self.activity.items()},
+            "meta": {i: _meta_doc(m) for i, m in self.meta.items()},
+            "cf": {"loss": self.cf.loss, "params": self.cf.params},
+        }
+        (folder / "features.json").write_text(json.dumps(doc), encoding="utf-8")
+        arrays = {f"cf_{k}": v for k, v in self.cf.to_arrays().items()}
+        np.savez(folder / "features.npz", popularity=self.popularity, **arrays)
+        for name in _MATRICES:
+            sp.save_npz(folder / f"{name}.npz", getattr(self, name).tocsr())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FeatureModels:
+        folder = Path(folder)
+        try:
+            doc = json.loads((folder / "features.json").read_text("utf-8"))
+            with np.load(folder / "features.npz") as data:
+                arrays = {k: data[k] for k in data.files}
+            mats = {n: sp.load_npz(folder / f"{n}.npz").tocsr() for n in _MATRICES}
+        except (OSError, ValueError, KeyError) as exc:
+            raise RetrievalError(f"{folder}: not saved feature models ({exc})") from None
+        cf = CFModel.from_arrays(
+            {k[3:]: v for k, v in arrays.items() if k.startswith("cf_")},
+            doc["cf"]["loss"],
+            doc["cf"]["params"],
+        )
+        return cls(
+            items={i: n for n, i in enumerate(doc["items"])},
+            users={u: n for n, u in enumerate(doc["users"])},
+            cf=cf,
+            popularity=arrays["popularity"],
+            activity=dict(doc["activity"]),
+            meta={i: _meta_from_doc(m) for i, m in doc["meta"].items()},
+            **mats,
+        )
+
     def features(
         self, user: str | None, history: Sequence[str], candidates: Sequence[str]
     ) -> np.ndarray:
@@ -219,6 +271,17 @@ class FeatureModels:
         words = frozenset().union(*(h.words for h in hs))
         union = len(c.words | words)
         return (genre, gap, share, len(c.words & words) / union if union else 0.0)
+
+
+def _meta_doc(m: ItemMeta) -> list:
+    year = None if math.isnan(m.year) else m.year
+    return [sorted(m.genres), year, m.platform, sorted(m.words)]
+
+
+def _meta_from_doc(doc: list) -> ItemMeta:
+    genres, year, platform, words = doc
+    return ItemMeta(frozenset(genres), math.nan if year is None else float(year), platform,
+                    frozenset(words))  # fmt: skip
 
 
 def _transitions(users: np.ndarray, codes: np.ndarray, n: int, window: int) -> sp.csr_matrix:

@@ -2,6 +2,7 @@
 
     gen = CandidateGenerator.build(users, items, timestamps, catalogue, embedder=TextEmbedder())
     gen.candidates("196", k=20)          # fused CF + text-profile + popularity, seen items removed
+                                         # (then LambdaMART-ordered when built with ltr=True)
     gen.cold_start(k=20, query="space opera")
     gen.add_item("new-1", "A new film about ...")
     gen.save(ArtifactStore(root), version); CandidateGenerator.load(ArtifactStore(root), version)
@@ -9,6 +10,13 @@
 The generator composes a list of sources (retrieval.sources: `cf`, `text`, `popular`, each
 behind the RetrievalSource interface) and fuses their answers (retrieval.fusion); it owns
 what the sources share: the id maps, the users' seen and recent items, persistence.
+
+With `GeneratorConfig(ltr=True)` the index also holds a LambdaMART stage
+(retrieval.ltr_stage, fitted on the same log without leakage): `candidates` then takes the
+top `max(k, ltr_pool)` fused candidates of a user with history and returns the top k in the
+stage's order, the stage's score as the candidate score (so the LM fuses with LambdaMART);
+each candidate keeps its fused rank and score as `ranks["fused"]` / `scores["fused"]` and its
+LambdaMART ones as `ranks["ltr"]` / `scores["ltr"]`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from retrieval.embeddings import TextEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.fusion import FusedCandidate, fuse
 from retrieval.index import VectorIndex, choose_params
+from retrieval.ltr_stage import LTRStage
 from retrieval.sources import (
     CFSource,
     PopularitySource,
@@ -40,6 +49,7 @@ from retrieval.sources import (
 )
 
 ARTIFACT_NAME = "retrieval"
+LTR_FOLDER = "ltr"  # the LambdaMART stage's files inside an index artifact
 DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
 # cold start: a stated interest (a text query) outweighs the crowd
 QUERY_WEIGHTS = {"text": 1.0, "popular": 0.2}
@@ -57,6 +67,15 @@ class GeneratorConfig:
     fusion: str = "rrf"
     profile_items: int = 10  # recent items averaged into the text profile
     index_overrides: dict[str, object] = field(default_factory=dict)
+    # the LambdaMART stage (retrieval.ltr_stage): fitted by `build` when on; re-ranks the
+    # top `ltr_pool` fused candidates (its feature models use cf_factors / cf_epochs / seed).
+    # Training queries: ltr_negatives negatives, ltr_hard of them (None: half plus one) from
+    # the user's CF top-ltr_hard_depth, the rest uniform
+    ltr: bool = False
+    ltr_pool: int = 50  # chosen on a validation split (docs/retrieval.md)
+    ltr_negatives: int = 19
+    ltr_hard: int | None = None
+    ltr_hard_depth: int = 50
 
 
 class CandidateGenerator:
@@ -74,6 +93,7 @@ class CandidateGenerator:
         text_index: VectorIndex | None,
         config: GeneratorConfig,
         embedder: TextEmbedder | None = None,
+        ltr: LTRStage | None = None,
     ) -> None:
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_pos = {u: i for i, u in enumerate(user_ids)}
@@ -87,6 +107,7 @@ class CandidateGenerator:
                 text_vectors, text_index, embedder, profile_items=config.profile_items
             )
         self.popular_source = PopularitySource(popularity)
+        self.ltr = ltr
 
     @property
     def sources(self) -> list[RetrievalSource]:
@@ -120,16 +141,22 @@ class CandidateGenerator:
         config: GeneratorConfig | None = None,
         progress: bool = False,
         timings: dict[str, float] | None = None,
+        titles: Mapping[str, str] | None = None,
+        genres: Mapping[str, str] | None = None,
     ) -> CandidateGenerator:
         """Train CF on the interactions and embed the catalogue's texts (item id -> text).
 
         Items that appear only in `catalogue` (no interactions) are retrievable by text.
         Without an `embedder` the text source is off. Seconds per stage (cf, embeddings,
-        index) are added to `timings` when given, CPU seconds (all threads) as `<stage>_cpu`."""
+        index, ltr) are added to `timings` when given, CPU seconds (all threads) as
+        `<stage>_cpu`. `titles` (item id -> title, default: the catalogue texts) and `genres`
+        (item id -> "A|B|C") feed the LambdaMART stage's content features (config.ltr)."""
         timings = timings if timings is not None else {}
         config = config or GeneratorConfig()
         if not (len(users) == len(items) == len(timestamps)) or not len(users):
             raise RetrievalError("users, items and timestamps must be non-empty and equally long")
+        if config.ltr and config.ltr_pool < 1:
+            raise RetrievalError(f"ltr_pool must be >= 1, got {config.ltr_pool}")
         item_ids = list(dict.fromkeys([*catalogue, *items]))
         user_ids = list(dict.fromkeys(users))
         item_pos = {it: i for i, it in enumerate(item_ids)}
@@ -163,6 +190,17 @@ class CandidateGenerator:
                 text_vectors, choose_params(*text_vectors.shape, **config.index_overrides)
             )
         _record(timings, "index", started, cpu)
+        ltr = None
+        if config.ltr:
+            started, cpu = time.perf_counter(), time.process_time()
+            names = {it: (titles or {}).get(it) or catalogue.get(it) or it for it in item_ids}
+            ltr = LTRStage.fit(
+                users, items, timestamps, names, genres, seed=config.seed,
+                negatives=config.ltr_negatives, hard=config.ltr_hard,
+                hard_depth=config.ltr_hard_depth, factors=config.cf_factors,
+                epochs=config.cf_epochs,
+            )  # fmt: skip
+            _record(timings, "ltr", started, cpu)
         return cls(
             user_ids=user_ids,
             item_ids=item_ids,
@@ -175,6 +213,7 @@ class CandidateGenerator:
             text_index=text_index,
             config=config,
             embedder=embedder,
+            ltr=ltr,
         )
 
     # -- retrieve --------------------------------------------------------------------------------
@@ -185,20 +224,44 @@ class CandidateGenerator:
         return source_lists(self.sources, SourceQuery(user=u, recent=self.recent[u]), depth)
 
     def candidates(
-        self, user_id: str, k: int = 20, *, exclude_seen: bool = True
+        self, user_id: str, k: int = 20, *, exclude_seen: bool = True, ltr: bool = True
     ) -> list[FusedCandidate]:
-        """The user's top-k fused candidates (item ids), best first, seen items removed."""
+        """The user's top-k candidates (item ids), best first, seen items removed: fused, then
+        (an index with the LambdaMART stage, `ltr` left on, a user with history) the top
+        `max(k, ltr_pool)` fused ones re-ranked by the stage, its score as `score`."""
         u = self._user(user_id)
+        rerank = ltr and self.ltr is not None and bool(self.recent[u])
+        pool = max(k, self.config.ltr_pool) if rerank else k
         seen = set(self.seen[u].indices.tolist()) if exclude_seen else set()
-        depth = min(len(self.item_ids), k + len(seen))
-        fused = fuse(
-            self.source_lists(user_id, depth),
-            k,
-            weights=self.config.weights,
-            method=self.config.fusion,  # type: ignore[arg-type]
-            exclude=seen,
+        depth = min(len(self.item_ids), pool + len(seen))
+        fused = self._to_ids(
+            fuse(
+                self.source_lists(user_id, depth),
+                pool,
+                weights=self.config.weights,
+                method=self.config.fusion,  # type: ignore[arg-type]
+                exclude=seen,
+            )
         )
-        return self._to_ids(fused)
+        if not rerank or not fused:
+            return fused
+        return self._rerank(user_id, fused)[:k]
+
+    def _rerank(self, user_id: str, fused: list[FusedCandidate]) -> list[FusedCandidate]:
+        """`fused` in the LambdaMART stage's order (ties: the fused order), its score kept as
+        ranks/scores["fused"], the stage's as ranks/scores["ltr"] and as `score`."""
+        assert self.ltr is not None
+        history = self.history(user_id, self.ltr.history)
+        scores = self.ltr.rerank(user_id, history, [str(c.item) for c in fused])
+        order = np.argsort(-scores, kind="stable")
+        out = []
+        for rank, i in enumerate(order, 1):
+            c = fused[int(i)]
+            c.ranks["fused"], c.scores["fused"] = int(i) + 1, float(c.score)
+            c.ranks["ltr"], c.scores["ltr"] = rank, float(scores[i])
+            c.score = float(scores[i])
+            out.append(c)
+        return out
 
     def cold_start(
         self, k: int = 20, *, query: str | None = None, exclude: Sequence[str] = ()
@@ -252,6 +315,8 @@ class CandidateGenerator:
                 self.cf_source.index.save(folder / "cf.faiss")
             if self.text_source is not None:
                 self.text_source.index.save(folder / "text.faiss")
+            if self.ltr is not None:
+                self.ltr.save(folder / LTR_FOLDER)
 
         meta = {"users": len(self.user_ids), "items": len(self.item_ids), **(meta or {})}
         return store.save(ARTIFACT_NAME, version, write, meta=meta)
@@ -279,6 +344,14 @@ class CandidateGenerator:
         flat = arrays["recent_items"].tolist()
         recent = [flat[a:b] for a, b in itertools.pairwise(bounds)]
         has_text = (folder / "text.faiss").exists()
+        ltr = None
+        if (folder / LTR_FOLDER).is_dir():
+            ltr = LTRStage.load(folder / LTR_FOLDER)
+        elif config.ltr:
+            raise RetrievalError(
+                f"retrieval version {art.version!r} was built with the LambdaMART stage but "
+                f"its {LTR_FOLDER}/ files are missing; rebuild the index"
+            )
         return cls(
             user_ids=ids["users"],
             item_ids=ids["items"],
@@ -291,6 +364,7 @@ class CandidateGenerator:
             text_index=VectorIndex.load(folder / "text.faiss") if has_text else None,
             config=config,
             embedder=embedder,
+            ltr=ltr,
         )
 
     # -- helpers ---------------------------------------------------------------------------

@@ -106,7 +106,6 @@ def test_simulate_train_gate_promote_and_the_server_answers_with_the_new_version
     from recsys.api import create_app
     from recsys.db.engine import get_engine
     from recsys.db.migrate import ensure_schema
-    from recsys.db.runs import recent_job_runs
     from recsys.simulate import SimulationConfig, simulate
     from tests.fixtures.loop_world import build_world
 
@@ -132,16 +131,28 @@ def test_simulate_train_gate_promote_and_the_server_answers_with_the_new_version
                 "the server did not serve a promoted version",
                 logs,
             )
+            # the server may switch while the turn still writes its replay report
+            promoted = wait_for(
+                lambda: [r for r in loop_turns(engine) if r.result.get("status") == "promoted"],
+                240,
+                "the promoting loop turn did not finish",
+                logs,
+            )
         answer = client.post("/v1/recommend", json={"user_id": "u1", "k": 5})
     assert answer.status_code == 200 and answer.json()["model"]
-    turns = [r for r in recent_job_runs(50, engine=engine) if r.kind == "loop"]
-    promoted = [r for r in turns if r.result.get("status") == "promoted"]
+    turns = loop_turns(engine)
     assert [r.result["candidate"] for r in promoted] == [new]
     result = promoted[0].result
     assert result["gate"]["allowed"] and "ΔMRR" in result["gate"]["reason"]
     report = Path(result["replay_report"])
     assert report.is_file() and (report.parent / "replay.png").is_file()
     assert all(r.status in ("succeeded", "running") for r in turns)
+
+
+def loop_turns(engine) -> list:
+    from recsys.db.runs import recent_job_runs
+
+    return [r for r in recent_job_runs(50, engine=engine) if r.kind == "loop"]
 
 
 @pytest.mark.timeout(300)

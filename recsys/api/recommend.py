@@ -55,7 +55,7 @@ class IndexHolder:
         info = current_model("index", engine=self.engine)
         if info is None:
             versions = list_models("index", engine=self.engine)
-            info = versions[-1] if versions else None
+            info = versions[0] if versions else None  # newest first
         if info is None:
             raise NoIndex(
                 "no retrieval index is registered; build one with `recsys batch` (or "

@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
             None, help="use this registered retrieval index instead of rebuilding it"
         ),
         embeddings: str = typer.Option("minilm", help="minilm | hashing | off"),
+        ltr: bool = typer.Option(
+            True, help="build the index with the LambdaMART stage (fusion -> LambdaMART -> LM)"
+        ),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Write a recommendation list for every user (resumable: users already in the run
@@ -55,6 +58,7 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 limit_users=limit_users,
                 embeddings=embeddings,
+                ltr=ltr,
             )
             return
         report = run_batch(
@@ -69,6 +73,7 @@ def register(app: typer.Typer) -> None:
                 limit_users=limit_users,
                 index_version=index_version,
                 embeddings=embeddings,
+                ltr=ltr,
                 artifact_dir=Path(settings.resolved_artifact_dir),
             ),
             engine=get_engine(url),

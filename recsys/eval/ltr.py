@@ -12,6 +12,10 @@ Protocol (every evaluated user u with interactions x_1 .. x_T, target x_T):
 5. the feature models refitted on the full training log; the evaluated instances are
    scored with them. Neither x_T nor anything after x_{T-1} reaches steps 1-4.
 
+Steps 1 and 3 are `retrieval.ltr_stage` (`split_last`, `training_queries`): the one
+implementation, shared with the production stage (`LTRStage`) that the retrieval index
+runs between fusion and the LM.
+
 `extra_columns` lets a caller append per-candidate columns (the LM's step scores): a
 function (instances) -> one (n_candidates, k) array per instance, called on the training
 groups (as instances) and on the evaluated ones.
@@ -28,8 +32,12 @@ import polars as pl
 from ranking.types import Candidate
 from recsys.eval.baselines import _RecBaseline
 from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES, Instance, TaskSet, rng_for
+from retrieval import ltr_stage
 from retrieval.features import FEATURE_NAMES, FeatureModels, ItemMeta
 from retrieval.ltr import LambdaMART
+from retrieval.ltr_stage import cf_ranked, mixed_negatives
+
+__all__ = ["LambdaMARTBaseline", "cf_ranked", "mixed_negatives", "split_last", "training_groups"]
 
 ExtraColumns = Callable[[Sequence[Instance]], list[np.ndarray]]
 
@@ -52,22 +60,12 @@ def fit_feature_models(train: pl.DataFrame, taskset: TaskSet, seed: int) -> Feat
 def split_last(
     train: pl.DataFrame, users: set[str]
 ) -> tuple[pl.DataFrame, dict[str, tuple[list[str], str]]]:
-    """The log without each listed user's last item, and user -> (items before, last)."""
-    rows = train.with_row_index("_row")
-    last = (
-        rows.filter(pl.col("user_id").is_in(list(users)))
-        .group_by("user_id")
-        .agg(pl.col("_row").max())
+    """The log without each listed user's last item, and user -> (items before, last)
+    (`retrieval.ltr_stage.split_last` on the frame's columns)."""
+    keep, seqs = ltr_stage.split_last(
+        train["user_id"].to_list(), train["item_id"].to_list(), users
     )
-    inner = rows.join(last, on=["user_id", "_row"], how="anti").drop("_row")
-    seqs = (
-        inner.filter(pl.col("user_id").is_in(list(users)))
-        .group_by("user_id", maintain_order=True)
-        .agg("item_id")
-    )
-    targets = dict(rows.join(last, on=["user_id", "_row"]).select("user_id", "item_id").iter_rows())
-    out = {u: (list(items), targets[u]) for u, items in seqs.iter_rows() if u in targets}
-    return inner, out
+    return train.filter(pl.Series(keep)), seqs
 
 
 @dataclass
@@ -88,69 +86,26 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
     inner, seqs = split_last(train, users)
     models = fit_feature_models(inner, taskset, seed)
     seen = dict(train.group_by("user_id").agg("item_id").iter_rows())
-    catalogue = np.array(sorted(taskset.catalogue))
     # as many negatives as the evaluated instances have (19 in the paper's protocol)
     n_neg = len(taskset.instances[0].candidates) - 1 if taskset.instances else N_NEGATIVES
-    out = []
-    for user in sorted(seqs):
-        before, target = seqs[user]
-        if not before:
-            continue
-        rng = rng_for(seed, f"ltr:{user}")
-        pool = catalogue[~np.isin(catalogue, seen[user])]
-        if len(pool) < n_neg:
-            continue
-        negatives = _negatives(models, user, pool, rng, hard_negatives, n_neg)
-        ids = [target, *negatives]
-        candidates = tuple(
-            Candidate(id=ids[i], text=taskset.catalogue[ids[i]]) for i in rng.permutation(len(ids))
+    queries = ltr_stage.training_queries(
+        models, seqs, seen, list(taskset.catalogue), lambda u: rng_for(seed, f"ltr:{u}"),
+        hard_negatives=hard_negatives, negatives=n_neg, history=HISTORY_LEN,
+    )  # fmt: skip
+    out = [
+        Instance(
+            id=f"{taskset.name}:ltr:{q.user}",
+            task=taskset.name,
+            request_task=taskset.name,
+            candidates=tuple(Candidate(id=c, text=taskset.catalogue[c]) for c in q.candidates),
+            relevance={q.target: 1.0},
+            history=tuple(taskset.catalogue.get(h, h) for h in q.history),
+            history_ids=q.history,
+            user_id=q.user,
         )
-        history = before[-HISTORY_LEN:]
-        out.append(
-            Instance(
-                id=f"{taskset.name}:ltr:{user}",
-                task=taskset.name,
-                request_task=taskset.name,
-                candidates=candidates,
-                relevance={target: 1.0},
-                history=tuple(taskset.catalogue.get(h, h) for h in history),
-                history_ids=tuple(history),
-                user_id=user,
-            )
-        )
+        for q in queries
+    ]
     return TrainingGroups(out, models)
-
-
-def cf_ranked(models: FeatureModels, user: str, pool: np.ndarray, k: int) -> np.ndarray:
-    """The k items of `pool` the user's CF score ranks highest (popularity for a user the
-    CF model does not know): where hard negatives are drawn from."""
-    codes = np.array([models.items[i] for i in pool])
-    uidx = models.users.get(user)
-    scores = models.cf.scores(uidx, codes) if uidx is not None else models.popularity[codes]
-    return pool[np.argsort(-scores, kind="stable")[:k]]
-
-
-def mixed_negatives(
-    ranked: np.ndarray, pool: np.ndarray, n: int, n_hard: int, rng: np.random.Generator
-) -> list[str]:
-    """n negatives: min(n_hard, len(ranked)) drawn from `ranked`, the rest uniform from the
-    remainder of `pool` (both without replacement)."""
-    hard = rng.choice(ranked, size=min(n_hard, len(ranked)), replace=False).tolist()
-    rest = pool[~np.isin(pool, hard)]
-    return hard + rng.choice(rest, size=n - len(hard), replace=False).tolist()
-
-
-def _negatives(
-    models: FeatureModels,
-    user: str,
-    pool: np.ndarray,
-    rng: np.random.Generator,
-    hard: bool,
-    n: int,
-) -> list[str]:
-    if not hard:
-        return rng.choice(pool, size=n, replace=False).tolist()
-    return mixed_negatives(cf_ranked(models, user, pool, 50), pool, n, n // 2 + 1, rng)
 
 
 class LambdaMARTBaseline(_RecBaseline):
