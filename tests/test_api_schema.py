@@ -21,7 +21,7 @@ def served(tmp_path_factory, tiny_backend):
     from recsys.auth import create_api_key
     from recsys.db.engine import make_engine
     from recsys.db.migrate import ensure_schema
-    from tests.test_api_service import seed_catalogue
+    from tests.fixtures.catalogue import seed_catalogue
 
     tmp = tmp_path_factory.mktemp("schema")
     url = f"sqlite:///{tmp / 'recsys.db'}"

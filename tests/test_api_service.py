@@ -8,7 +8,6 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -19,42 +18,8 @@ from ranking.engine import Ranker
 from recsys.api import create_app
 from recsys.db.models import Impression
 from recsys.settings import Settings
+from tests.fixtures.catalogue import seed_catalogue
 from tests.fixtures.waiting import wait_for
-
-N_USERS, N_ITEMS, PER_USER = 24, 40, 8
-
-
-def seed_catalogue(engine, tmp_path) -> dict[str, list[str]]:
-    """Items with titles, each user's interactions, and a registered retrieval index."""
-    from recsys.db.bulk import StagedLoad
-    from recsys.db.catalogue import ItemRecord
-    from recsys.db.events import InteractionRecord, log_interactions
-    from recsys.db.registry import register_model
-    from recsys.pipeline import make_embedder
-    from retrieval.artifacts import ArtifactStore
-    from retrieval.generator import CandidateGenerator, GeneratorConfig
-
-    titles = {f"i{j}": f"Film number {j} ({1980 + j})" for j in range(N_ITEMS)}
-    with engine.connect() as conn, StagedLoad(conn) as stage:
-        stage.add_items([ItemRecord(i, t, t) for i, t in titles.items()], catalogue=True)
-        stage.merge()
-    histories = {f"u{u}": [f"i{(u * 3 + k) % N_ITEMS}" for k in range(PER_USER)]
-                 for u in range(N_USERS)}  # fmt: skip
-    records, users, items, stamps = [], [], [], []
-    for u, seq in histories.items():
-        for k, item in enumerate(seq):
-            ts = 1_000_000 + 100 * k
-            records.append(InteractionRecord(u, item, "click", datetime.fromtimestamp(ts, UTC)))
-            users.append(u), items.append(item), stamps.append(float(ts))
-    log_interactions(records, engine=engine)
-    store = ArtifactStore(tmp_path / "artifacts")
-    gen = CandidateGenerator.build(
-        users, items, stamps, titles, embedder=make_embedder("hashing", tmp_path / "cache"),
-        config=GeneratorConfig(cf_factors=8, cf_epochs=2),
-    )  # fmt: skip
-    artifact = gen.save(store, "idx-1")
-    register_model("index", "idx-1", str(artifact.path), engine=engine)
-    return histories
 
 
 @pytest.fixture

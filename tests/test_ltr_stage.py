@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from retrieval.artifacts import ArtifactStore
 from retrieval.errors import RetrievalError
 from retrieval.generator import ARTIFACT_NAME, LTR_FOLDER, CandidateGenerator, GeneratorConfig
 from retrieval.ltr_stage import LTRStage, split_last
+from tests.fixtures.catalogue import seed_catalogue, seed_interactions
 
 N_USERS, N_ITEMS, LENGTH = 80, 60, 12
 SMALL = {"cf_factors": 8, "cf_epochs": 5}
@@ -241,9 +241,6 @@ def test_bad_generator_options_and_artifacts_are_refused(world, gen, tmp_path) -
 
 # -- the service ---------------------------------------------------------------------------
 
-API_USERS, API_ITEMS, PER_USER = 24, 40, 8
-
-
 @pytest.fixture
 def engine(sqlite_url):
     from recsys.db.engine import make_engine
@@ -255,48 +252,11 @@ def engine(sqlite_url):
     eng.dispose()
 
 
-def seed_db(engine) -> tuple[dict[str, list[str]], dict[str, str], tuple[list, list, list]]:
-    """tests/test_api_service.py's catalogue and interactions: (histories, titles, log)."""
-    from recsys.db.bulk import StagedLoad
-    from recsys.db.catalogue import ItemRecord
-    from recsys.db.events import InteractionRecord, log_interactions
-
-    titles = {f"i{j}": f"Film number {j} ({1980 + j})" for j in range(API_ITEMS)}
-    with engine.connect() as conn, StagedLoad(conn) as stage:
-        stage.add_items([ItemRecord(i, t, t) for i, t in titles.items()], catalogue=True)
-        stage.merge()
-    histories = {f"u{u}": [f"i{(u * 3 + k) % API_ITEMS}" for k in range(PER_USER)]
-                 for u in range(API_USERS)}  # fmt: skip
-    records, users, items, stamps = [], [], [], []
-    for u, seq in histories.items():
-        for k, item in enumerate(seq):
-            ts = 1_000_000 + 100 * k
-            records.append(InteractionRecord(u, item, "click", datetime.fromtimestamp(ts, UTC)))
-            users.append(u), items.append(item), stamps.append(float(ts))
-    log_interactions(records, engine=engine)
-    return histories, titles, (users, items, stamps)
-
-
-def seed_ltr_index(engine, tmp_path) -> dict[str, list[str]]:
-    """tests/test_api_service.py's seeding, the index built with the LambdaMART stage."""
-    from recsys.db.registry import register_model
-    from recsys.pipeline import make_embedder
-
-    histories, titles, (users, items, stamps) = seed_db(engine)
-    gen = CandidateGenerator.build(
-        users, items, stamps, titles, embedder=make_embedder("hashing", tmp_path / "cache"),
-        config=GeneratorConfig(cf_factors=8, cf_epochs=2, ltr=True, ltr_pool=30),
-    )  # fmt: skip
-    artifact = gen.save(ArtifactStore(tmp_path / "artifacts"), "idx-ltr")
-    register_model("index", "idx-ltr", str(artifact.path), engine=engine)
-    return histories
-
-
 def test_recommend_serves_the_ltr_order_when_the_index_has_the_stage(engine, tmp_path) -> None:
     from recsys.api import create_app
     from recsys.settings import Settings
 
-    histories = seed_ltr_index(engine, tmp_path)
+    histories = seed_catalogue(engine, tmp_path, version="idx-ltr", ltr=True, ltr_pool=30)
     loaded = CandidateGenerator.load(ArtifactStore(tmp_path / "artifacts"), "idx-ltr")
     assert loaded.ltr is not None
     # an LM without an opinion (uniform steps) fused with the scores: the scores' order
@@ -334,7 +294,7 @@ def test_the_batch_builds_the_stage_unless_told_not_to(engine, sqlite_url, tmp_p
     from recsys.settings import get_settings
     from tests.fixtures.cli import run_cli
 
-    seed_db(engine)
+    seed_interactions(engine)
     assert BatchConfig().ltr is True  # the measured default (docs/retrieval.md)
     store = ArtifactStore(tmp_path / "artifacts")
     for ltr in (True, False):
