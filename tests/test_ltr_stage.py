@@ -241,6 +241,7 @@ def test_bad_generator_options_and_artifacts_are_refused(world, gen, tmp_path) -
 
 # -- the service ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def engine(sqlite_url):
     from recsys.db.engine import make_engine

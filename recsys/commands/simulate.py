@@ -53,8 +53,13 @@ def register(app: typer.Typer) -> None:
             concurrency=concurrency,
         )
         traffic = held_out_interactions(
-            data, since=since.replace(tzinfo=UTC), fmt=fmt, users=users, limit=requests,
-            per_user=per_user, seed=seed,
+            data,
+            since=since.replace(tzinfo=UTC),
+            fmt=fmt,
+            users=users,
+            limit=requests,
+            per_user=per_user,
+            seed=seed,
         )
         typer.echo(
             f"{len(traffic)} held-out interactions of {len({h.user_id for h in traffic})} "

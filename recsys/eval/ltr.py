@@ -62,9 +62,7 @@ def split_last(
 ) -> tuple[pl.DataFrame, dict[str, tuple[list[str], str]]]:
     """The log without each listed user's last item, and user -> (items before, last)
     (`retrieval.ltr_stage.split_last` on the frame's columns)."""
-    keep, seqs = ltr_stage.split_last(
-        train["user_id"].to_list(), train["item_id"].to_list(), users
-    )
+    keep, seqs = ltr_stage.split_last(train["user_id"].to_list(), train["item_id"].to_list(), users)
     return train.filter(pl.Series(keep)), seqs
 
 
