@@ -243,14 +243,9 @@ def test_bad_generator_options_and_artifacts_are_refused(world, gen, tmp_path) -
 
 
 @pytest.fixture
-def engine(sqlite_url):
-    from recsys.db.engine import make_engine
-    from recsys.db.migrate import ensure_schema
-
-    ensure_schema(sqlite_url)
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+def engine(sqlite_engine):
+    """SQLite only: these tests are about the index, not the database."""
+    return sqlite_engine
 
 
 def test_recommend_serves_the_ltr_order_when_the_index_has_the_stage(engine, tmp_path) -> None:
