@@ -186,7 +186,10 @@ def test_a_task_whose_worker_is_killed_runs_again_on_a_live_worker_and_resumes(
 
         def started() -> bool:
             runs = job_runs_of_task(task.id, engine=engine)
-            return bool(runs) and runs[0].progress > 0
+            # progress counts ranked users; kill once some are also written
+            return (
+                bool(runs) and runs[0].progress > 0 and bool(users_in_run("nightly", engine=engine))
+            )
 
         wait_for(started, 120, "the first worker did not start the batch", logs)
         os.killpg(first.pid, signal.SIGKILL)  # mid-task: nothing acknowledged, nothing said
