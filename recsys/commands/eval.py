@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
             "incremental",
             "--ranker",
             "-r",
-            help="engine mode (incremental|score|reason|direct) or baseline "
+            help="engine mode (incremental|score|reason|direct), lambdamart-lm (LambdaMART "
+            "stacked on the LM of --model) or baseline "
             "(random|bm25|first-stage|popularity|lightfm|cf|transitions|ensemble|lambdamart|"
             "knn-router)",
         ),
@@ -136,6 +137,11 @@ def register(app: typer.Typer) -> None:
             # serving safety weight (resolver.UNVALIDATED_FUSION_ALPHA) unless asked
             measured = None if resolved.model == "default" else resolved.fusion_alpha
             alpha = serving_fusion_alpha(setting, measured)
+            if ranker == harness.STACKED:  # it learns how to combine; the LM ranks alone
+                if fusion_alpha:
+                    raise UserError("--fusion-alpha does not apply to lambdamart-lm (it learns "
+                                    "the combination); leave it out")  # fmt: skip
+                alpha = 0.0
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,

@@ -24,6 +24,7 @@ from recsys.eval.rankers import BASELINES, make_baseline
 from recsys.eval.tasks import Instance, TaskSet
 from recsys.stats import bootstrap_mean
 
+STACKED = "lambdamart-lm"  # recsys.eval.stacked: needs an LM (--model), like the engine modes
 BOOTSTRAP_SAMPLES = 1000  # the published tables were computed with 1000 resamples
 COLD_START_MAX = 5  # a target with fewer training interactions is in the cold-start slice
 METRICS = ("mrr", "ndcg@1", "ndcg@5", "ndcg@10", "hit@1", "hit@5")
@@ -127,8 +128,9 @@ def make_ranker(
         if fusion_alpha:
             raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
         return make_baseline(name, seed=seed)
-    if name not in MODES:
-        raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)} "
+    if name not in MODES and name != STACKED:
+        raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)}, "
+                        f"{STACKED!r} (LambdaMART stacked on the LM: --model) "
                         f"or a baseline {sorted(BASELINES)}")  # fmt: skip
     from recsys import runtime
 
@@ -139,6 +141,10 @@ def make_ranker(
         reason_max_new_tokens=reason_max_new_tokens,
         fusion_alpha=fusion_alpha,
     )
+    if name == STACKED:
+        from recsys.eval.stacked import StackedLMRanker
+
+        return StackedLMRanker(engine, seed=seed)
     return EngineRanker(engine, name, fusion_signal=fusion_signal, signal_seed=seed)
 
 
