@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ranking.fusion import zscores
-from retrieval.features import FEATURE_NAMES
+from recsys.eval.stacked import out_of_fold_z
 from retrieval.ltr import LambdaMART
 
+SEED = 7
 d = pickle.loads(Path(sys.argv[1]).read_bytes())
-xs, labels, stack, lm_stack = d["xs"], d["labels"], d["stack"], d["lm_stack"]
+stack, lm = d["stack"], d["lm"]
 
 
 def mrr(scores, y):
@@ -20,18 +21,10 @@ def mrr(scores, y):
     return 1.0 / (1 + int(np.where(y[o] > 0)[0][0]))
 
 
-# out-of-fold base scores (2 folds, as the module)
-fold = {k: n % 2 for n, k in enumerate(stack)}
-oof = {}
-for f in range(2):
-    m = LambdaMART.fit(
-        [(xs[k], labels[k]) for k in range(len(xs)) if fold.get(k) != f], FEATURE_NAMES, seed=7
-    )
-    oof.update({k: m.scores(xs[k]) for k in stack if fold[k] == f})
+# out-of-fold first-stage scores, as the module computes them
+bz = out_of_fold_z(d["labelled"], stack, SEED)
+y = [d["labelled"][k][1] for k in stack]
 S = list(range(len(stack)))
-bz = [zscores(oof[stack[j]]) for j in S]
-y = [labels[stack[j]] for j in S]
-lm = lm_stack
 print(
     "stack groups",
     len(S),
@@ -65,7 +58,7 @@ for w in [0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]:
 def lgb(cols, **p):
     def fit(tr):
         rows = [(np.column_stack([bz[j], lm[j]])[:, cols], y[j]) for j in tr]
-        m = LambdaMART.fit(rows, [f"c{c}" for c in cols], seed=7, **p)
+        m = LambdaMART.fit(rows, [f"c{c}" for c in cols], seed=SEED, **p)
         return lambda j: m.scores(np.column_stack([bz[j], lm[j]])[:, cols])
 
     return fit

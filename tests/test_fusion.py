@@ -477,6 +477,7 @@ def test_eval_fusion_without_scores_is_a_clear_error(tiny_backend, task, signal,
     [
         (["--ranker", "bm25", "--fusion-alpha", "1"], "--fusion-alpha applies to engine modes"),
         (["--ranker", "reason", "--fusion-alpha", "1"], "reason cannot fuse"),
+        (["--ranker", "lambdamart-lm", "--fusion-alpha", "1"], "does not apply to lambdamart-lm"),
         (["--fusion-alpha", "-1"], "--fusion-alpha must be a finite number >= 0"),
         (["--fusion-alpha", "nan"], "--fusion-alpha must be a finite number >= 0"),
     ],

@@ -30,6 +30,7 @@ def _check_fusion_alpha(alpha: float | None, ranker: str) -> float | None:
     """An explicit --fusion-alpha must be a weight an engine mode can fuse with."""
     from ranking.types import is_valid_alpha
     from recsys.errors import UserError
+    from recsys.eval.harness import STACKED
 
     if alpha is None:
         return None
@@ -37,6 +38,10 @@ def _check_fusion_alpha(alpha: float | None, ranker: str) -> float | None:
         raise UserError(f"--fusion-alpha must be a finite number >= 0, got {alpha}")
     if alpha > 0 and ranker == "reason":
         raise UserError("--fusion-alpha needs a mode with step probabilities; reason cannot fuse")
+    if alpha > 0 and ranker == STACKED:
+        raise UserError(
+            f"--fusion-alpha does not apply to {STACKED} (it learns the combination); leave it out"
+        )
     return alpha
 
 
@@ -138,9 +143,6 @@ def register(app: typer.Typer) -> None:
             measured = None if resolved.model == "default" else resolved.fusion_alpha
             alpha = serving_fusion_alpha(setting, measured)
             if ranker == harness.STACKED:  # it learns how to combine; the LM ranks alone
-                if fusion_alpha:
-                    raise UserError("--fusion-alpha does not apply to lambdamart-lm (it learns "
-                                    "the combination); leave it out")  # fmt: skip
                 alpha = 0.0
         evaluator = harness.make_ranker(
             ranker,

@@ -16,15 +16,14 @@ Steps 1 and 3 are `retrieval.ltr_stage` (`split_last`, `training_queries`): the 
 implementation, shared with the production stage (`LTRStage`) that the retrieval index
 runs between fusion and the LM.
 
-`extra_columns` lets a caller append per-candidate columns (the LM's step scores): a
-function (instances) -> one (n_candidates, k) array per instance, called on the training
-groups (as instances) and on the evaluated ones.
+`recsys.eval.stacked` stacks a second LambdaMART on this one and the LM's steps; it reuses
+the training groups through `LambdaMARTBaseline.fit_groups`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -38,8 +37,6 @@ from retrieval.ltr import LambdaMART
 from retrieval.ltr_stage import cf_ranked, mixed_negatives
 
 __all__ = ["LambdaMARTBaseline", "cf_ranked", "mixed_negatives", "split_last", "training_groups"]
-
-ExtraColumns = Callable[[Sequence[Instance]], list[np.ndarray]]
 
 
 def item_meta(taskset: TaskSet) -> dict[str, ItemMeta]:
@@ -66,12 +63,25 @@ def split_last(
     return train.filter(pl.Series(keep)), seqs
 
 
+def labels_of(instance: Instance) -> np.ndarray:
+    """1 for the instance's relevant candidates, 0 for the others, in candidate order."""
+    return np.array([instance.relevance.get(c.id, 0.0) for c in instance.candidates])
+
+
 @dataclass
 class TrainingGroups:
-    """The LambdaMART training queries as instances (so extra columns can score them)."""
+    """The LambdaMART training queries as instances and the feature models fitted for them."""
 
     instances: list[Instance]
     models: FeatureModels
+
+    @cached_property
+    def labelled(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(features, labels) of each query, in `instances` order."""
+        return [
+            (self.models.features(i.user_id, i.history_ids, i.ids), labels_of(i))
+            for i in self.instances
+        ]
 
 
 def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> TrainingGroups:
@@ -110,32 +120,22 @@ class LambdaMARTBaseline(_RecBaseline):
     """LightGBM LambdaMART over CF, sequence and content features (module protocol)."""
 
     name = "lambdamart"
+    model = "lightgbm-lambdamart"
 
-    def __init__(
-        self, seed: int = 7, extra_columns: ExtraColumns | None = None, extra_names=()
-    ) -> None:
-        self.seed, self.extra_columns, self.extra_names = seed, extra_columns, tuple(extra_names)
-        self.model = "lightgbm-lambdamart" + (
-            "+" + "+".join(self.extra_names) if extra_names else ""
-        )
+    def __init__(self, seed: int = 7) -> None:
+        self.seed = seed
 
     def fit(self, taskset: TaskSet) -> None:
+        self.fit_groups(taskset)
+
+    def fit_groups(self, taskset: TaskSet) -> TrainingGroups:
+        """`fit`, returning the training groups it fitted on (for a stack on top)."""
         hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
         groups = training_groups(taskset, self.seed, hard_negatives=hard)
-        xs = self._features(groups.models, groups.instances)
-        labelled = [
-            (x, np.array([inst.relevance.get(c.id, 0.0) for c in inst.candidates]))
-            for x, inst in zip(xs, groups.instances, strict=True)
-        ]
-        self.ranker = LambdaMART.fit(labelled, FEATURE_NAMES + self.extra_names, seed=self.seed)
+        self.ranker = LambdaMART.fit(groups.labelled, FEATURE_NAMES, seed=self.seed)
         self.models = fit_feature_models(self.train_of(taskset), taskset, self.seed)
-
-    def _features(self, models: FeatureModels, instances: Sequence[Instance]) -> list[np.ndarray]:
-        xs = [models.features(i.user_id, i.history_ids, i.ids) for i in instances]
-        if self.extra_columns is None:
-            return xs
-        extra = self.extra_columns(instances)
-        return [np.column_stack([x, e]) for x, e in zip(xs, extra, strict=True)]
+        return groups
 
     def scores(self, instance: Instance) -> np.ndarray:
-        return self.ranker.scores(self._features(self.models, [instance])[0])
+        x = self.models.features(instance.user_id, instance.history_ids, instance.ids)
+        return self.ranker.scores(x)

@@ -35,7 +35,7 @@ from ranking.fusion import zscores
 from ranking.types import RankResult
 from recsys.eval.baselines import _RecBaseline
 from recsys.eval.instances import HELDOUT_FRACTION, user_fold
-from recsys.eval.ltr import fit_feature_models, training_groups
+from recsys.eval.ltr import LambdaMARTBaseline
 from recsys.eval.tasks import Instance, TaskSet
 from recsys.hybrid_training import VAL_FRACTION
 from retrieval.features import FEATURE_NAMES
@@ -63,6 +63,34 @@ def lm_columns(result: RankResult, ids: Sequence[str]) -> np.ndarray:
     return np.column_stack([keep, [logp.get(c, 0.0) for c in ids]])
 
 
+def lm_features(
+    engine: Any, instances: Sequence[Instance], progress: bool = False
+) -> list[np.ndarray]:
+    """`lm_columns` of the LM ranking each instance alone (fusion off)."""
+    requests = [i.to_request("incremental", fusion_alpha=0.0) for i in instances]
+    results = engine.rank_batch(requests, progress=progress)
+    return [lm_columns(r, i.ids) for r, i in zip(results, instances, strict=True)]
+
+
+def stacking_indices(instances: Sequence[Instance], seed: int) -> list[int]:
+    """Positions of the groups of users the LM never trained on (`STACK_FRACTION`)."""
+    return [k for k, i in enumerate(instances) if user_fold(str(i.user_id), seed) < STACK_FRACTION]
+
+
+def out_of_fold_z(
+    labelled: Sequence[tuple[np.ndarray, np.ndarray]], stack: Sequence[int], seed: int
+) -> list[np.ndarray]:
+    """The first LambdaMART's z-scored scores on the groups `stack`, each from a model fitted
+    on every group but its fold's (`FOLDS` folds of the stacking groups)."""
+    fold = {k: n % FOLDS for n, k in enumerate(stack)}
+    out: dict[int, np.ndarray] = {}
+    for f in range(FOLDS):
+        train = [g for k, g in enumerate(labelled) if fold.get(k) != f]
+        model = LambdaMART.fit(train, FEATURE_NAMES, seed=seed)
+        out.update({k: zscores(model.scores(labelled[k][0])) for k in stack if fold[k] == f})
+    return [out[k] for k in stack]
+
+
 class StackedLMRanker(_RecBaseline):
     """The stack of the module doc; `engine` is a `ranking.engine.Ranker` (the LM)."""
 
@@ -73,58 +101,24 @@ class StackedLMRanker(_RecBaseline):
         self.model = f"lightgbm-lambdamart+{engine.model_id}"
 
     def fit(self, taskset: TaskSet) -> None:
-        hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
-        groups = training_groups(taskset, self.seed, hard_negatives=hard)
-        xs = [groups.models.features(i.user_id, i.history_ids, i.ids) for i in groups.instances]
-        labels = [_labels(i) for i in groups.instances]
-        pairs = list(zip(xs, labels, strict=True))
-        self.base = LambdaMART.fit(pairs, FEATURE_NAMES, seed=self.seed)
-        stack = [k for k, i in enumerate(groups.instances) if self._lm_unseen(i)]
-        base_z = self._out_of_fold(xs, labels, stack)
-        lm = self._lm_features([groups.instances[k] for k in stack], progress=self.progress)
+        self.base = LambdaMARTBaseline(seed=self.seed)
+        groups = self.base.fit_groups(taskset)
+        stack = stacking_indices(groups.instances, self.seed)
+        base_z = out_of_fold_z(groups.labelled, stack, self.seed)
+        lm = lm_features(self.engine, [groups.instances[k] for k in stack], self.progress)
         rows = [
-            (np.column_stack([z, f]), labels[k])
+            (np.column_stack([z, f]), groups.labelled[k][1])
             for k, z, f in zip(stack, base_z, lm, strict=True)
-            if labels[k].any()
         ]
         self.stack = LambdaMART.fit(rows, STACK_FEATURES, seed=self.seed, **STACK_PARAMS)
         self.stack_groups = len(rows)
-        self.models = fit_feature_models(self.train_of(taskset), taskset, self.seed)
-
-    def _lm_unseen(self, instance: Instance) -> bool:
-        return user_fold(str(instance.user_id), self.seed) < STACK_FRACTION
-
-    def _out_of_fold(
-        self, xs: list[np.ndarray], labels: list[np.ndarray], stack: list[int]
-    ) -> list[np.ndarray]:
-        """The first LambdaMART's z-scored scores on the stacking groups, each from a model
-        that did not train on it."""
-        fold = {k: n % FOLDS for n, k in enumerate(stack)}
-        out: dict[int, np.ndarray] = {}
-        for f in range(FOLDS):
-            train = [(xs[k], labels[k]) for k in range(len(xs)) if fold.get(k) != f]
-            model = LambdaMART.fit(train, FEATURE_NAMES, seed=self.seed)
-            out.update({k: zscores(model.scores(xs[k])) for k in stack if fold[k] == f})
-        return [out[k] for k in stack]
-
-    def _lm_features(
-        self, instances: Sequence[Instance], progress: bool = False
-    ) -> list[np.ndarray]:
-        requests = [i.to_request("incremental", fusion_alpha=0.0) for i in instances]
-        results = self.engine.rank_batch(requests, progress=progress)
-        return [lm_columns(r, i.ids) for r, i in zip(results, instances, strict=True)]
 
     def scores(self, instance: Instance) -> np.ndarray:
         return self.scores_batch([instance])[0]
 
     def scores_batch(self, instances: Sequence[Instance]) -> list[np.ndarray]:
-        lm = self._lm_features(instances)
-        out = []
-        for inst, f in zip(instances, lm, strict=True):
-            x = self.models.features(inst.user_id, inst.history_ids, inst.ids)
-            out.append(self.stack.scores(np.column_stack([zscores(self.base.scores(x)), f])))
-        return out
-
-
-def _labels(instance: Instance) -> np.ndarray:
-    return np.array([instance.relevance.get(c.id, 0.0) for c in instance.candidates])
+        lm = lm_features(self.engine, instances)
+        return [
+            self.stack.scores(np.column_stack([zscores(self.base.scores(inst)), f]))
+            for inst, f in zip(instances, lm, strict=True)
+        ]
