@@ -122,3 +122,29 @@ def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):
             np.testing.assert_allclose(f, s, atol=1e-4)
     ref = brute_force(tiny_backend.model, ctxs[0] + [330, 1777], [330, 389])
     np.testing.assert_allclose(again[0][0], ref, atol=1e-4)
+
+
+def test_base_model_without_chat_template_gets_the_bare_prompt(tmp_path, smollm2_tokenizer_dir):
+    """A base model (Gemma 3 270M's GGUF has no chat template) is prompted with the bare text
+    instead of failing in apply_chat_template, and still ranks to a valid permutation."""
+    from transformers import AutoTokenizer
+
+    from ranking.engine import Ranker
+    from ranking.types import Candidate, RankRequest
+    from tests.fixtures.models import write_tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tok.chat_template = None
+    tok_dir = tmp_path / "tok"
+    tok.save_pretrained(tok_dir)
+    backend = load_backend(write_tiny_llama(tmp_path / "base", tok_dir), device="cpu", cache=False)
+    assert not backend.tokenizer.chat_template
+    assert backend.chat_prompt("rank these", system="be brief") == "be brief\nrank these\n"
+    request = RankRequest(
+        task="rec-movie",
+        candidates=tuple(Candidate(str(i), f"Movie {i}") for i in range(4)),
+        history=("Heat (1995)",),
+    )
+    result = Ranker(backend).rank(request)
+    assert sorted(result.order) == ["0", "1", "2", "3"]
+    assert not result.fallback
