@@ -5,6 +5,7 @@ A spec is what a user types after `--model` or sets as RECSYS_MODEL:
 =================  ==================================================================
 ``default``        the embedded SmolLM2 (ranking.model_spec), zero-shot: served with
                    UNVALIDATED_FUSION_ALPHA so it stays close to the retrieval order
+``gemma3-270m``    Gemma 3 270M from the ``gemma`` extra, zero-shot like ``default``
 a path             a HF directory, a .gguf, or a hybrid model folder (its card.json's
                    measured ``fusion_alpha``); anything with a ``/`` or a ``.gguf``
                    suffix is a path, so a typo gets ranking.model_spec's "does not exist"
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from ranking.model_spec import GEMMA_SPEC
 from recsys.errors import UserError
 
 # The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
@@ -50,7 +52,7 @@ def is_path_spec(text: str) -> bool:
 def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker:
     """Resolve a ranker spec (module doc); registry specs read `engine`'s database."""
     text = str(spec).strip()
-    if text == "default":
+    if text in ("default", GEMMA_SPEC):
         return ResolvedRanker(text, fusion_alpha=UNVALIDATED_FUSION_ALPHA)
     if is_path_spec(text):
         path = Path(text).expanduser()

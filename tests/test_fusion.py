@@ -380,6 +380,8 @@ def test_registered_version_is_served_with_its_alpha(fresh_settings, sqlite_engi
     from recsys.resolver import UNVALIDATED_FUSION_ALPHA
 
     assert resolve_ranker("default").fusion_alpha == UNVALIDATED_FUSION_ALPHA
+    gemma = resolve_ranker("gemma3-270m")  # the other packaged base: zero-shot alike
+    assert (gemma.model, gemma.fusion_alpha) == ("gemma3-270m", UNVALIDATED_FUSION_ALPHA)
     assert served("fused", fusion_alpha=0.5) == 0.5  # an explicit setting wins
     fresh_settings.setenv("RECSYS_FUSION_ALPHA", "1.5")
     from recsys.settings import get_settings
