@@ -72,12 +72,15 @@ def ml100k_request(
     rows.sort()
     seen = [item for _, item in rows]
     target = seen[-1]
-    history = tuple(titles[i] for i in seen[-1 - n_history : -1])
+    history_ids = tuple(seen[-1 - n_history : -1])  # a hybrid model reads the ids
+    history = tuple(titles[i] for i in history_ids)
     rng = random.Random(seed)
     items = [target, *rng.sample(sorted(set(titles) - set(seen)), n_candidates - 1)]
     rng.shuffle(items)
     cands = tuple(Candidate(i, titles[i]) for i in items)
-    return RankRequest(task="rec-movie", history=history, candidates=cands), target
+    request = RankRequest(task="rec-movie", history=history, candidates=cands,
+                          history_ids=history_ids)  # fmt: skip
+    return request, target
 
 
 def _log(msg: str) -> None:
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     if step is not None and "plain" not in args.skip:
         compare[plain] = "transformers"
     float32_bytes = step.nbytes if step_weights == "float32" else None
-    if step_weights == "q4" and "float32" not in args.skip:
+    if step_weights and step_weights.startswith("q4") and "float32" not in args.skip:
         _timed_rank(ranker, reqs[0], step="float32")  # warm-up: builds the float32 step
         ranker.backend.q4_decode = False
         float32_bytes = ranker.backend._llama_step.nbytes

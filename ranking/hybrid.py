@@ -21,9 +21,10 @@ RMS of the stream at that position, is added to the residual stream entering lay
 
 The injection is two forward pre-hooks (on the input embedding and on the decoder layer),
 so it works for every mode on the transformers backend and on the fast CPU backend (whose
-fast one-token step runs only where no item token is embedded: a step that appends one goes
-through the transformers forward, hooks included). vLLM cannot run hooks: `load_backend(...,
-backend="vllm")` on a hybrid model raises a ModelLoadError saying so.
+one-token step calls the embedding module, hook included, and `inject_pending` before the
+injection layer: a hybrid's elimination steps, which append item tokens, take the fast
+path). vLLM cannot run hooks: `load_backend(..., backend="vllm")` on a hybrid model raises
+a ModelLoadError saying so.
 
 A hybrid model is a folder (`save` / `load`): `hybrid.json` (base model, injection layer,
 prompt style, item ids), `vectors.npy` (the CF vectors it was trained with: the projector
@@ -176,18 +177,25 @@ class Hybrid:
     def _on_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if self._pending is None:
             return None
+        hidden = self.inject_pending(args[0] if args else kwargs["hidden_states"])
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def inject_pending(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The stream entering `inject_layer` ([B, T, C]) plus the soft tokens of the item
+        positions the last embedding call saw (unchanged when it saw none). The layer hook
+        calls it; so does the fast CPU step, which runs the layers without their modules."""
+        if self._pending is None:
+            return hidden
         soft, rows = self._pending
         self._pending = None
-        hidden = args[0] if args else kwargs["hidden_states"]
         delta = torch.zeros_like(hidden)
         # in units of the stream's own size at that position (its RMS is ~10 by the upper
         # layers of SmolLM2): a projector output of order 1 then matters from the start
         scale = hidden[soft].detach().pow(2).mean(-1, keepdim=True).sqrt()
         delta[soft] = (self.projector(self.vectors[rows[soft]]) * scale).to(hidden.dtype)
-        hidden = hidden + delta
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
+        return hidden + delta
 
     def remove(self) -> None:
         for h in self._handles:

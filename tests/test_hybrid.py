@@ -108,16 +108,28 @@ def test_served_steps_equal_the_trained_steps(tiny_model_dir) -> None:
     assert res.log_propensity == pytest.approx(sum(served), abs=1e-4)
 
 
-def test_item_token_steps_bypass_the_fast_step(tiny_model_dir) -> None:
-    """On the fast CPU backend a one-token step that appends an item token goes through the
-    transformers forward (the hooks inject its soft token) and one that appends an ordinary
-    token through the fast step; both equal a full forward pass with the hooks."""
+def test_item_token_steps_take_the_fast_step(tiny_model_dir, monkeypatch) -> None:
+    """On the fast CPU backend every one-token step — appending an item token (its soft
+    token injected by the step) or an ordinary one, rows of both kinds in one batch — goes
+    through the fast step and equals a full forward pass with the hooks."""
     from ranking.backends.fast_cpu import FastCpuBackend
+    from ranking.backends.llama_step import LlamaStep
 
     backend, hybrid = fresh_hybrid(tiny_model_dir)
     assert isinstance(backend, FastCpuBackend)
+    with torch.no_grad():  # soft tokens that move the answer well beyond the tolerance
+        hybrid.projector.net[2].weight.mul_(100)
+    calls = []
+    real_call = LlamaStep.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0].shape)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaStep, "__call__", counted)
     item = backend.tokenizer.convert_tokens_to_ids(hybrid.item_tokens["1"])
-    allowed = [backend.encode(" A")[0], item]
+    other = backend.tokenizer.convert_tokens_to_ids(hybrid.item_tokens["2"])
+    allowed = [backend.encode(" A")[0], item, other]
     head = backend.model.get_output_embeddings()
 
     def reference(context: list[int]) -> np.ndarray:
@@ -126,15 +138,16 @@ def test_item_token_steps_bypass_the_fast_step(tiny_model_dir) -> None:
             logits = hybrid.label_logits(head, out.last_hidden_state[0, -1], torch.tensor(allowed))
         return torch.log_softmax(logits.float(), -1).numpy()
 
-    ctx = prompt_ids(backend, "a hybrid prompt")
-    backend.next_token_logprobs([ctx], [allowed])
-    for token in (item, allowed[0]):
-        ctx = [*ctx, token]
-        (lp,) = backend.next_token_logprobs([ctx], [allowed])
-        np.testing.assert_allclose(lp, reference(ctx), atol=1e-5)
-        if token == item:
-            assert backend._llama_step is None  # never built: the item step bypassed it
-    assert backend._llama_step is not None  # the ordinary token went through it
+    prompts = [prompt_ids(backend, "a hybrid prompt"), prompt_ids(backend, "another one")]
+    ctxs = [[*prompts[0], other], [*prompts[1], other]]  # item tokens in the prefill too
+    backend.next_token_logprobs(ctxs, [allowed, allowed])
+    steps = [(item, allowed[0]), (allowed[0], other), (other, item)]
+    for tokens in steps:
+        ctxs = [[*c, t] for c, t in zip(ctxs, tokens, strict=True)]
+        out = backend.next_token_logprobs(ctxs, [allowed, allowed])
+        for lp, ctx in zip(out, ctxs, strict=True):
+            np.testing.assert_allclose(lp, reference(ctx), atol=1e-5)
+    assert [shape[1] for shape in calls] == [1] * len(steps)  # every step took the fast path
 
 
 def test_folder_round_trip_and_vllm_refusal(tiny_model_dir, tmp_path) -> None:

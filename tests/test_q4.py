@@ -113,7 +113,9 @@ def test_a_q4_llama_batch_steps_match_the_full_forward(q4_backend):
     assert q4_backend._llama_step.weights == "q4"
 
 
-def test_training_away_from_the_blocks_falls_back_to_float32(q4_backend):
+def test_training_away_from_the_blocks_falls_back_to_float32_in_that_layer(q4_backend):
+    """A layer whose weights left the 4-bit grid (training; a hybrid's merged LoRA) is read
+    in float32, the others stay 4-bit, and the steps still match the full forward."""
     ctx = prompt_ids(q4_backend, "weights change under training")
     q4_backend.next_token_logprobs([ctx], [[330, 389]])
     q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])  # a one-token step
@@ -124,7 +126,10 @@ def test_training_away_from_the_blocks_falls_back_to_float32(q4_backend):
         )
     q4_backend.clear_cache()
     steps_match_brute_force(q4_backend, [ctx], [[330, 389]], [[389]])
-    assert q4_backend._llama_step.weights == "float32"
+    n = len(q4_backend.model.model.layers)
+    assert q4_backend._llama_step.weights == f"q4 ({n - 1} of {n} layers)"
+    assert q4_backend._llama_step._layers[0].attn_norm is None  # folded: a float32 layer
+    assert all(layer.attn_norm is not None for layer in q4_backend._llama_step._layers[1:])
 
 
 def test_without_numba_the_step_stays_float32(q4_backend, monkeypatch):

@@ -273,7 +273,7 @@ def write_popularity_movielens(root):
 def test_baseline_rr_ranks_the_eval_instances_with_the_classical_recommender(tmp_path, monkeypatch):
     """`train-report --baselines`' per-user reciprocal ranks, computed for real (not mocked)
     on data where the popularity order puts each target at a known rank."""
-    from recsys import training
+    from recsys import training_report as training
     from recsys.settings import get_settings
 
     write_popularity_movielens(tmp_path)
@@ -293,7 +293,7 @@ def test_baseline_rr_ranks_the_eval_instances_with_the_classical_recommender(tmp
 
 
 def test_train_report_table_and_curves(tmp_path):
-    from recsys.training import plot_runs, runs_table
+    from recsys.training_report import plot_runs, runs_table
 
     run = tmp_path / "run-a"
     run.mkdir()
@@ -318,7 +318,7 @@ def test_train_report_table_and_curves(tmp_path):
 def test_train_report_deltas_use_fused_and_ranker_alone_results(tmp_path, monkeypatch):
     """Paired deltas: the ranker alone from val_rr_ranker_alone, the fused ranking from
     tuned_fused.json, and a classical baseline on the same users only."""
-    from recsys import training
+    from recsys import training_report as training
 
     users = [f"u{i}" for i in range(40)]
     alone = {u: 0.2 for u in users}

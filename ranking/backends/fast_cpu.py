@@ -16,9 +16,9 @@ backend, any other the plain one. The step steps aside on its own where it canno
 
 * a model whose weights were replaced or edited after loading (training, LoRA wrapping) gets
   a new step, or the transformers forward where the step no longer fits;
-* a step that appends a hybrid model's item token (ranking.hybrid; a hybrid's labels are
-  its item tokens) goes through the transformers forward, whose hooks inject the item's
-  soft token; the step never sees one.
+* a hybrid model (ranking.hybrid; its labels are its item tokens) keeps the fast step:
+  the step calls the embedding module, whose hook swaps an item token for its placeholder,
+  and the hybrid's `inject_pending` before the injection layer, as the layer's hook would.
 """
 
 from __future__ import annotations
@@ -54,11 +54,15 @@ class FastCpuBackend(TransformersBackend):
     def _decode(
         self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: object
     ) -> torch.Tensor:
-        # an item token is embedded by the hybrid's hooks, which the fast step bypasses
-        step = self._fast_step() if ids.shape[1] == 1 and not self._has_soft(ids) else None
+        step = self._fast_step() if ids.shape[1] == 1 else None
         if step is None:
             return super()._decode(ids, pos, mask, cache)
-        return step(ids, pos, mask, cache)
+        if self.hybrid is None:
+            return step(ids, pos, mask, cache)
+        # the embedding hook (called by the step) records the item tokens; the step calls
+        # the hybrid's injection where the layer hook would have run
+        inject = (self.hybrid.config.inject_layer, self.hybrid.inject_pending)
+        return step(ids, pos, mask, cache, inject=inject)
 
     def _fast_step(self) -> LlamaStep | None:
         """The step for the current weights and `q4_decode`, built (or rebuilt after a weight

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,14 +82,18 @@ class LlamaStep:
         self._links = _links(dec)
         self._seen = [_state(child) for _, _, child in self._links]
         with torch.no_grad():
-            blocks = _q4_blocks(dec) if allow_q4 else None
+            blocks = _q4_blocks(dec) if allow_q4 else [None] * len(dec.layers)
             layers = [
-                _fuse(layer) if blocks is None else _fuse_q4(layer, blocks[i])
+                _fuse(layer) if blocks[i] is None else _fuse_q4(layer, blocks[i])
                 for i, layer in enumerate(dec.layers)
             ]
             self._layers = _into_arena(layers)
-        # "q4" or "float32": the form the projections are read in (benchmarks report it)
-        self.weights = "float32" if blocks is None else "q4"
+        # the form the projections are read in (benchmarks report it): "q4", "float32", or
+        # "q4 (k of n layers)" — a hybrid model's LoRA, merged into its top layers, leaves
+        # those in float32 and the frozen ones below as the file's 4-bit blocks
+        n_q4 = sum(b is not None for b in blocks)
+        n_layers = len(blocks)
+        self.weights = {0: "float32", n_layers: "q4"}.get(n_q4, f"q4 ({n_q4} of {n_layers} layers)")
         self.allow_q4 = allow_q4
         # bytes of the step's own weight copies (what a step streams, besides the KV cache)
         arrays = [a for la in self._layers for m in _matrices(la) for a in _arrays(m)]
@@ -110,9 +115,17 @@ class LlamaStep:
         )
 
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: object
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: object,
+        inject: tuple[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """ids, positions: [B, 1]; mask: [B, T] (1 = attend; T counts the new token)."""
+        """ids, positions: [B, 1]; mask: [B, T] (1 = attend; T counts the new token).
+        `inject` = (layer, f): the stream entering that layer ([B, 1, C]) becomes f(stream),
+        what a forward pre-hook on the layer module would do (a hybrid model's soft tokens,
+        ranking.hybrid) — the step runs the layers without calling their modules."""
         dec = self._decoder
         x = dec.embed_tokens(ids)[:, 0]  # [B, C]
         b, c = x.shape
@@ -127,6 +140,8 @@ class LlamaStep:
             bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
             bias = bias.masked_fill(mask == 0, float("-inf"))[:, None, None, :]
         for i, layer in enumerate(self._layers):
+            if inject is not None and i == inject[0]:
+                x = inject[1](x[:, None])[:, 0]
             # the norm: its weight scales x or is folded into qkv; 1/rms scales the product
             y = self._mm(_times(x, layer.attn_norm), layer.qkv) / self._rms_scale(x)
             qk = y[:, :nqk].view(b, h + kv, d)
@@ -266,20 +281,22 @@ def _fuse(layer: torch.nn.Module) -> _Layer:
     )
 
 
-def _q4_blocks(dec: torch.nn.Module) -> list[dict[str, Q4Matrix]] | None:
-    """Every projection of every layer as 4-bit blocks, or None when any one is not (or
-    numba, which compiles the kernels, is missing)."""
+def _q4_blocks(dec: torch.nn.Module) -> list[dict[str, Q4Matrix] | None]:
+    """Per layer, its projections as 4-bit blocks, or None where any one of them is not
+    (every layer None when numba, which compiles the kernels, is missing)."""
     if not q4.available():
-        return None
-    out = []
-    for layer in dec.layers:
-        found = {}
-        for name, proj in zip(_PROJECTIONS, _projections(layer), strict=True):
-            found[name] = q4.find_q4(proj.weight)
-            if found[name] is None:
-                return None
-        out.append(found)
-    return out
+        return [None] * len(dec.layers)
+    return [_layer_q4(layer) for layer in dec.layers]
+
+
+def _layer_q4(layer: torch.nn.Module) -> dict[str, Q4Matrix] | None:
+    found = {}
+    for name, proj in zip(_PROJECTIONS, _projections(layer), strict=True):
+        blocks = q4.find_q4(proj.weight)
+        if blocks is None:
+            return None
+        found[name] = blocks
+    return found
 
 
 _PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")

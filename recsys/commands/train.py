@@ -137,7 +137,7 @@ def register_report(app: typer.Typer) -> None:
         """Held-out MRR table (markdown) and training curves of finished runs."""
         from pathlib import Path
 
-        from recsys.training import plot_runs, runs_deltas, runs_table
+        from recsys.training_report import plot_runs, runs_deltas, runs_table
 
         dirs = [Path(r) for r in runs]
         names = [b.strip() for b in baselines.split(",") if b.strip()]
