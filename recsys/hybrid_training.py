@@ -55,6 +55,7 @@ class HybridTrainOptions:
     export_only: bool = False  # write the model folder from the last checkpoint, no training
     fusion_alpha: float | None = None  # the measured serving weight, recorded in the card
     init: Path | None = None  # start a new run from an exported model folder's weights
+    batch_offset: int = 0  # batches drawn from this index of the seed's stream on
 
 
 @dataclass
@@ -162,7 +163,7 @@ def train_hybrid(
     hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
-                           seed=opts.seed)  # fmt: skip
+                           seed=opts.seed, batch_offset=opts.batch_offset)  # fmt: skip
     trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
                                 progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
     if opts.export_only:

@@ -252,3 +252,22 @@ def test_a_new_run_starts_from_an_exported_model(tiny_model_dir, tmp_path) -> No
     assert fresh.validate() == pytest.approx(trained.validate())
     with pytest.raises(FileNotFoundError, match="not an exported hybrid model folder"):
         fresh.init_from(tmp_path)
+
+
+def test_batch_offset_continues_the_seed_stream(tiny_model_dir, tmp_path) -> None:
+    """`--batch-offset N`: batch k of the new run is batch N + k of a run from 0, so a run
+    started from a model trained on batches 0..N-1 draws new episodes."""
+    backend, hybrid = fresh_hybrid(tiny_model_dir)
+    episodes = quality_episodes(300, 1)
+
+    def batches(offset: int, steps: range) -> list[list[int]]:
+        cfg = SupervisedConfig(supervised_steps=10, rl_steps=0, batch_size=8, batch_offset=offset)
+        t = SupervisedTrainer(
+            backend.model, hybrid, episodes, episodes[:8], cfg, tmp_path / str(offset)
+        )
+        t._prepare = lambda i: i  # the episode indices a batch draws
+        return [t._batch(s) for s in steps]
+
+    base = batches(0, range(0, 12))
+    assert batches(7, range(0, 5)) == base[7:12]
+    assert batches(7, range(0, 5)) != base[0:5]

@@ -56,6 +56,9 @@ class SupervisedConfig:
     checkpoint_every: int = 50
     val_episodes: int = 200
     seed: int = 7
+    # batch `step` is batch `batch_offset + step` of the seed's stream: a run initialised from
+    # an exported model (`init_from`) that saw batches 0..N-1 starts at N and sees new ones
+    batch_offset: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -166,7 +169,7 @@ class SupervisedTrainer:
         self.step = 0
 
     def _batch(self, step: int) -> list[Prepared]:
-        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        rng = random.Random(self.cfg.seed * 1_000_003 + self.cfg.batch_offset + step)
         return [self._prepare(rng.randrange(len(self.train))) for _ in range(self.cfg.batch_size)]
 
     def _prepare(self, i: int) -> Prepared:

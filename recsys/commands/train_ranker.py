@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
         init: Path = typer.Option(
             None, "--init", help="start from this exported model folder (e.g. RL after supervised)"
         ),
+        batch_offset: int = typer.Option(
+            0,
+            "--batch-offset",
+            help="draw batches from index N of the seed's stream on (a run --init'ed from a "
+            "model trained on batches 0..N-1 then sees new ones)",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.hybrid_training import HybridTrainOptions, train_hybrid
@@ -60,6 +66,7 @@ def register(app: typer.Typer) -> None:
             export_only=export_only,
             fusion_alpha=fusion_alpha,
             init=init,
+            batch_offset=batch_offset,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
 
