@@ -16,6 +16,9 @@ at a time unless said otherwise:
   transformers forward instead of the fast step of ranking.backends.llama_step (same run);
 * `incremental, float32 fast step`: when the fast step reads 4-bit blocks (a Q4_1 GGUF
   model, ranking.backends.q4), the same with the fast step in float32 (same run);
+* `incremental, hybrid through all its layers (not split)`: for a hybrid model
+  (ranking.hybrid_split), the same with every layer run per request instead of the lower
+  layers memoised per prompt layout (same run);
 * `incremental` batched: `rank_batch` over all users at once, ms per request (after one
   warm-up batch, the faster of --repeats batches);
 * ratios: incremental / prefill (median of per-request ratios) and reason / incremental.
@@ -89,15 +92,18 @@ def _log(msg: str) -> None:
 
 def _timed_rank(ranker, request, step: str = "fast") -> tuple[float, object, int]:
     """(ms, result, model forward passes) of one request ranked from a cold KV cache;
-    `step`: "fast" (the backend's default), "float32" (fast step without 4-bit blocks) or
-    "transformers" (fast step off) for this request."""
+    `step`: "fast" (the backend's default), "float32" (fast step without 4-bit blocks),
+    "transformers" (fast step off) or "whole" (a hybrid model through all its layers, not
+    split: ranking.hybrid_split) for this request."""
     backend = ranker.backend
+    if step == "whole":
+        backend.split_hybrid(False)
     backend.clear_cache()
     calls = getattr(backend, "forward_calls", 0)
     saved = {k: getattr(backend, k) for k in ("fast_decode", "q4_decode") if hasattr(backend, k)}
     if saved:
         backend.fast_decode = step != "transformers"
-        backend.q4_decode = step == "fast"
+        backend.q4_decode = step in ("fast", "whole")
     try:
         t0 = CLOCK()
         res = ranker.rank(request)
@@ -105,6 +111,8 @@ def _timed_rank(ranker, request, step: str = "fast") -> tuple[float, object, int
     finally:
         for k, v in saved.items():
             setattr(backend, k, v)
+        if step == "whole":
+            backend.split_hybrid(True)
     return ms, res, getattr(backend, "forward_calls", 0) - calls
 
 
@@ -168,6 +176,10 @@ def run(args: argparse.Namespace) -> dict:
         float32_bytes = ranker.backend._llama_step.nbytes
         ranker.backend.q4_decode = True
         compare[float32] = "float32"
+    whole = "incremental, hybrid through all its layers (not split)"
+    if getattr(ranker.backend, "_split", None) is not None and "whole" not in args.skip:
+        _timed_rank(ranker, reqs[0], step="whole")  # warm-up: builds that path's step
+        compare[whole] = "whole"
     for name in compare:
         modes_run[name] = (ranker, "incremental")
     per_mode: dict[str, list[tuple[float, int, int]]] = {m: [] for m in modes_run}
@@ -336,7 +348,10 @@ def main() -> None:
         "--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time"
     )
     parser.add_argument(
-        "--skip", type=lambda s: s.split(","), default=[], help="e.g. score,direct,plain,float32"
+        "--skip",
+        type=lambda s: s.split(","),
+        default=[],
+        help="e.g. score,direct,plain,float32,whole",
     )
     parser.add_argument("--tag", default="", help="results file suffix, e.g. 2threads")
     args = parser.parse_args()

@@ -190,12 +190,22 @@ class Hybrid:
             return hidden
         soft, rows = self._pending
         self._pending = None
+        return self.add_soft_tokens(hidden, soft, rows)
+
+    def add_soft_tokens(
+        self, hidden: torch.Tensor, soft: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """`hidden` ([B, T, C]) plus, at the positions where `soft` is set, the projected
+        vector of catalogue row `rows` scaled by the stream's RMS there."""
         delta = torch.zeros_like(hidden)
         # in units of the stream's own size at that position (its RMS is ~10 by the upper
         # layers of SmolLM2): a projector output of order 1 then matters from the start
         scale = hidden[soft].detach().pow(2).mean(-1, keepdim=True).sqrt()
         delta[soft] = (self.projector(self.vectors[rows[soft]]) * scale).to(hidden.dtype)
         return hidden + delta
+
+    def clear_pending(self) -> None:
+        self._pending = None
 
     def remove(self) -> None:
         for h in self._handles:

@@ -108,15 +108,19 @@ def test_served_steps_equal_the_trained_steps(tiny_model_dir) -> None:
     assert res.log_propensity == pytest.approx(sum(served), abs=1e-4)
 
 
-def test_item_token_steps_take_the_fast_step(tiny_model_dir, monkeypatch) -> None:
+@pytest.mark.parametrize("split", [True, False])
+def test_item_token_steps_take_the_fast_step(tiny_model_dir, monkeypatch, split: bool) -> None:
     """On the fast CPU backend every one-token step — appending an item token (its soft
     token injected by the step) or an ordinary one, rows of both kinds in one batch — goes
-    through the fast step and equals a full forward pass with the hooks."""
+    through the fast step and equals a full forward pass with the hooks, whether the lower
+    layers are memoised (split) or run by the step with the hooks' injection."""
     from ranking.backends.fast_cpu import FastCpuBackend
     from ranking.backends.llama_step import LlamaStep
 
     backend, hybrid = fresh_hybrid(tiny_model_dir)
     assert isinstance(backend, FastCpuBackend)
+    backend.split_hybrid(split)
+    assert (backend._split is not None) == split
     with torch.no_grad():  # soft tokens that move the answer well beyond the tolerance
         hybrid.projector.net[2].weight.mul_(100)
     calls = []
@@ -271,3 +275,42 @@ def test_batch_offset_continues_the_seed_stream(tiny_model_dir, tmp_path) -> Non
     base = batches(0, range(0, 12))
     assert batches(7, range(0, 5)) == base[7:12]
     assert batches(7, range(0, 5)) != base[0:5]
+
+
+def test_split_serving_equals_the_whole_model_and_computes_the_lower_layers_once(
+    tiny_model_dir,
+) -> None:
+    """ranking.hybrid_split: the memoised lower layers give the same rankings and step
+    probabilities as the whole model with its hooks, for several layouts (history length,
+    candidate count, a candidate without an item token) in one batch; requests with one
+    layout send their lower layers through the model once, steps included."""
+    backend, hybrid = fresh_hybrid(tiny_model_dir, inject_layer=1)
+    with torch.no_grad():
+        hybrid.projector.net[2].weight.mul_(100)  # soft tokens that matter
+    ranker = Ranker(backend, batch_size=4)
+    reqs = [
+        request(["1", "2", "3", "4", "5"], ["6", "7", "8"]),
+        request(["9", "10", "11", "12", "13"], ["14", "15", "16"]),  # same layout
+        request(["17", "18", "19"], ["20"]),
+        request(["21", "22", "99"], ["23", "24"]),  # "99": a title, not an item token
+    ]
+    backend.split_hybrid(False)
+    whole = ranker.rank_batch(reqs)
+    backend.split_hybrid(True)
+    split = ranker.rank_batch(reqs)
+    for a, b in zip(whole, split, strict=True):
+        assert a.order == b.order
+        np.testing.assert_allclose([s.prob for s in a.steps], [s.prob for s in b.steps],
+                                   atol=1e-5)  # fmt: skip
+        assert a.log_propensity == pytest.approx(b.log_propensity, abs=1e-4)
+    # one lower pass per layout: requests 0-2 have 2 layouts (a request with a title label
+    # appends ordinary tokens, a new lower pass per such step: correct, not shared)
+    backend, _ = fresh_hybrid(tiny_model_dir, inject_layer=1)  # a fresh memo
+    ranker = Ranker(backend, batch_size=4)
+    ranker.rank_batch(reqs[:3])
+    memo = backend._split
+    assert len(memo._memo) == 2
+    before = memo.lower_tokens
+    backend.clear_cache()
+    ranker.rank_batch([request(["31", "32", "33", "34", "35"], ["36", "37", "38"])])
+    assert memo.lower_tokens == before  # a known layout: steps and prompt are lookups

@@ -48,15 +48,23 @@ class FastCpuBackend(TransformersBackend):
         super().__init__(model, tokenizer, model_id, device)
         self.fast_decode = True
         self.q4_decode = True
-        # one step per q4_decode setting, built on first use; None: the model has none
-        self._llama_steps: dict[bool, LlamaStep | None] = {}
+        # one step per (split hybrid?, q4_decode) setting, built on first use; None: the
+        # model has none
+        self._llama_steps: dict[tuple[bool, bool], LlamaStep | None] = {}
 
     def _decode(
-        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: object
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor,
+        cache: object,
+        rows: tuple[list[tuple[int, ...]], list[int]],
     ) -> torch.Tensor:
         step = self._fast_step() if ids.shape[1] == 1 else None
         if step is None:
-            return super()._decode(ids, pos, mask, cache)
+            return super()._decode(ids, pos, mask, cache, rows)
+        if self._split is not None:  # the upper layers only, on the memoised lower stream
+            return step(ids, pos, mask, cache, embeds=self._split.inputs(*rows, ids))
         if self.hybrid is None:
             return step(ids, pos, mask, cache)
         # the embedding hook (called by the step) records the item tokens; the step calls
@@ -69,13 +77,13 @@ class FastCpuBackend(TransformersBackend):
         change) on first use; None when it is switched off or the model no longer fits."""
         if not self.fast_decode:
             return None
-        key = self.q4_decode
+        key = self._step_key()
         if key in self._llama_steps:
             step = self._llama_steps[key]
-            if step is None or step.is_current():
+            if step is None or (step.is_current() and step.model is self._step_model()):
                 return step
         t0 = time.perf_counter()
-        step = self._llama_steps[key] = LlamaStep.build(self.model, allow_q4=key)
+        step = self._llama_steps[key] = LlamaStep.build(self._step_model(), allow_q4=key[1])
         if step is not None:
             log.info(
                 "fast one-token step built in %.1fs: %s weights, %.0f MB",
@@ -85,10 +93,17 @@ class FastCpuBackend(TransformersBackend):
             )
         return step
 
+    def _step_model(self) -> torch.nn.Module:
+        """What the step runs: the model, or a split hybrid's upper layers."""
+        return self._split.upper if self._split is not None else self.model
+
     @property
     def _llama_step(self) -> LlamaStep | None:
         """The step built for the current `q4_decode` setting (None: none yet, or none fits)."""
-        return self._llama_steps.get(self.q4_decode)
+        return self._llama_steps.get(self._step_key())
+
+    def _step_key(self) -> tuple[bool, bool]:
+        return self._split is not None, self.q4_decode
 
 
 def backend_for_model(

@@ -72,6 +72,7 @@ class LlamaStep:
     def __init__(self, model: torch.nn.Module, allow_q4: bool = True) -> None:
         dec = model.get_decoder()
         cfg = model.config
+        self.model = model
         self._decoder = dec
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
@@ -121,13 +122,16 @@ class LlamaStep:
         mask: torch.Tensor,
         cache: object,
         inject: tuple[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids, positions: [B, 1]; mask: [B, T] (1 = attend; T counts the new token).
         `inject` = (layer, f): the stream entering that layer ([B, 1, C]) becomes f(stream),
         what a forward pre-hook on the layer module would do (a hybrid model's soft tokens,
-        ranking.hybrid) — the step runs the layers without calling their modules."""
+        ranking.hybrid) — the step runs the layers without calling their modules.
+        `embeds` ([B, 1, C]): the input stream itself instead of the embedding of `ids` (a
+        split hybrid's upper layers, ranking.hybrid_split)."""
         dec = self._decoder
-        x = dec.embed_tokens(ids)[:, 0]  # [B, C]
+        x = (dec.embed_tokens(ids) if embeds is None else embeds)[:, 0]  # [B, C]
         b, c = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         nqk = (h + kv) * d

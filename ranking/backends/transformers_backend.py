@@ -72,12 +72,28 @@ class TransformersBackend(LMBackend):
             )
         self.reuse_cache = not sliding
         self.hybrid = None  # ranking.hybrid.Hybrid when serving a hybrid model
+        self._split = None  # ranking.hybrid_split.HybridSplit: its lower layers memoised
+        self._split_built = None  # kept while the split is off, memo and all
 
     def attach_hybrid(self, hybrid) -> None:  # type: ignore[no-untyped-def]
         """Serve a hybrid model: its prompt style, and its item tokens' label logits."""
         self.hybrid = hybrid
         self.prompt_style = hybrid.style
-        self.clear_cache()
+        self.split_hybrid(True)
+
+    def split_hybrid(self, on: bool) -> None:
+        """Serve the attached hybrid with its lower layers memoised per prompt layout
+        (ranking.hybrid_split; exact) or, off, through the whole model and its hooks."""
+        from ranking.hybrid_split import HybridSplit
+
+        built = self._split_built
+        if on and self.hybrid is not None and (built is None or built.hybrid is not self.hybrid):
+            built = self._split_built = HybridSplit.build(self.model, self.hybrid)
+        self._split = built if on and self.hybrid is not None else None  # the memo is kept
+        self.clear_cache()  # the two paths keep KV caches of different depths
+
+    def _cache_config(self) -> Any:
+        return self._split.upper.config if self._split is not None else self.model.config
 
     def _has_soft(self, ids: Sequence[int] | torch.Tensor) -> bool:
         """Whether any id is a hybrid model's item token (ids from its base vocabulary up)."""
@@ -222,7 +238,7 @@ class TransformersBackend(LMBackend):
                 slot_idx[i, kmax - keep :] = real
                 new_mask[i, kmax - keep :] = 1
             tokens.append(state.tokens[src][:keep] if keep else ())
-        cache = new_kv_cache(self.model.config)
+        cache = new_kv_cache(self._cache_config())
         for li, layer in enumerate(state.cache.layers):  # type: ignore[attr-defined]
             k, v = layer.keys[src_rows], layer.values[src_rows]  # [n, H, T, D]
             idx = slot_idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
@@ -270,8 +286,9 @@ class TransformersBackend(LMBackend):
         mask = torch.cat([past_mask, new_mask.to(self.device)], dim=1)
         n_past = past_mask.sum(dim=1, keepdim=True)
         pos = n_past + torch.arange(width, device=self.device)[None, :]
-        cache = base.cache if base.cache is not None else new_kv_cache(self.model.config)
-        hidden = self._decode(ids.to(self.device), pos, mask, cache)
+        cache = base.cache if base.cache is not None else new_kv_cache(self._cache_config())
+        contexts = [(*t, *s) for t, s in zip(base.tokens, suffixes, strict=True)]
+        hidden = self._decode(ids.to(self.device), pos, mask, cache, (contexts, lengths))
         # only the positions asked for go through the (vocabulary-sized) LM head
         rows = torch.cat([torch.full((k,), i, dtype=torch.long) for i, k in enumerate(need)])
         cols = torch.cat(
@@ -283,10 +300,25 @@ class TransformersBackend(LMBackend):
         return cache, mask, hidden[rows.to(self.device), cols.to(self.device)]
 
     def _decode(
-        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: object
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor,
+        cache: object,
+        rows: tuple[list[tuple[int, ...]], list[int]],
     ) -> torch.Tensor:
         """Last hidden states [B, T, C] of `ids` after the cached keys, appended to `cache`
-        (the model's own decoder; the fast CPU backend replaces its one-token steps)."""
+        (the model's own decoder; the fast CPU backend replaces its one-token steps).
+        `rows` = (each row's whole context, how many of its tokens are in `ids`): a split
+        hybrid looks its lower layers up by context."""
+        if self._split is not None:
+            return self._split.upper.get_decoder()(
+                inputs_embeds=self._split.inputs(*rows, ids),
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
         return self.model.get_decoder()(
             input_ids=ids,
             attention_mask=mask,
@@ -310,23 +342,19 @@ class TransformersBackend(LMBackend):
         """Prefill each row alone, then lay the rows' caches side by side, left padded
         (the same layout the batched path produces), for the batched steps that follow."""
         n, width = len(suffixes), max(len(s) for s in suffixes)
-        dec = self.model.get_decoder()
         caches, picked = [], []
         for s, k in zip(suffixes, need, strict=True):
-            cache = new_kv_cache(self.model.config)
+            cache = new_kv_cache(self._cache_config())
             ids = torch.tensor([s], dtype=torch.long, device=self.device)
-            hidden = dec(
-                input_ids=ids,
-                position_ids=torch.arange(len(s), device=self.device)[None, :],
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
+            pos = torch.arange(len(s), device=self.device)[None, :]
+            mask = torch.ones_like(ids)
+            hidden = self._decode(ids, pos, mask, cache, ([tuple(s)], [len(s)]))
             caches.append(cache)
             picked.append(hidden[0, len(s) - k :])
         mask = torch.zeros(n, width, dtype=torch.long, device=self.device)
         for i, s in enumerate(suffixes):
             mask[i, width - len(s) :] = 1
-        merged = new_kv_cache(self.model.config)
+        merged = new_kv_cache(self._cache_config())
         for li in range(len(caches[0].layers)):  # type: ignore[attr-defined]
             first = caches[0].layers[li].keys  # type: ignore[attr-defined]
             shape = (n, first.shape[1], width, first.shape[3])
