@@ -18,7 +18,8 @@ needs only the layers from `inject_layer` up: 8 of SmolLM2's 30 (inject_layer 22
   layer indices renumbered from 0 for their own KV cache), the final norm and the head. The
   backends run it on `inputs_embeds` = the memo's stream plus the items' soft tokens.
 
-The memo assumes frozen weights, which serving has (a trainer keeps its own path); it holds
+The memo assumes the lower layers' weights frozen: serving, and the hybrid trainer, whose
+LoRA adapts only the layers from `inject_layer` up. It holds
 at most `max_entries` prompts (each [prompt + extra, hidden] float32, ~0.25 MB for
 SmolLM2's 75-token prompts), least recently used first out.
 """
@@ -63,19 +64,20 @@ class HybridSplit:
 
     # -- the stream entering the upper layers ---------------------------------------
 
-    @torch.no_grad()
     def inputs(
         self, contexts: Sequence[Sequence[int]], lengths: Sequence[int], ids: torch.Tensor
     ) -> torch.Tensor:
         """[B, T, C]: row i's stream entering `inject_layer` at the positions of its last
         `lengths[i]` tokens (the row of `ids`, right padded), soft tokens added; zeros at
-        padding. `contexts[i]` is row i's whole token sequence, ending with those tokens."""
+        padding. `contexts[i]` is row i's whole token sequence, ending with those tokens.
+        Gradients reach the projector (training), never the memoised lower layers."""
         out = None
-        for i, (context, n) in enumerate(zip(contexts, lengths, strict=True)):
-            stream = self._stream(context)[len(context) - n :]
-            if out is None:
-                out = stream.new_zeros(ids.shape[0], ids.shape[1], stream.shape[-1])
-            out[i, :n] = stream
+        with torch.no_grad():
+            for i, (context, n) in enumerate(zip(contexts, lengths, strict=True)):
+                stream = self._stream(context)[len(context) - n :]
+                if out is None:
+                    out = stream.new_zeros(ids.shape[0], ids.shape[1], stream.shape[-1])
+                out[i, :n] = stream
         assert out is not None
         return self._inject(out, ids)
 

@@ -314,3 +314,26 @@ def test_split_serving_equals_the_whole_model_and_computes_the_lower_layers_once
     backend.clear_cache()
     ranker.rank_batch([request(["31", "32", "33", "34", "35"], ["36", "37", "38"])])
     assert memo.lower_tokens == before  # a known layout: steps and prompt are lookups
+
+
+def test_training_on_the_memoised_lower_layers_follows_the_whole_model(
+    tiny_model_dir, tmp_path
+) -> None:
+    """The trainer's split forward (layers from inject_layer up, the frozen ones memoised)
+    takes the same optimisation path as the whole model's forward."""
+
+    def trainer(out, split: bool):
+        backend, hybrid = fresh_hybrid(tiny_model_dir, inject_layer=1)
+        cfg = SupervisedConfig(supervised_steps=3, rl_steps=2, batch_size=8, lr=3e-2,
+                               warmup_steps=1, eval_every=10_000, split=split)  # fmt: skip
+        return SupervisedTrainer(backend.model, hybrid, quality_episodes(60, 1),
+                                 quality_episodes(16, 2), cfg, out)  # fmt: skip
+
+    whole, split = trainer(tmp_path / "whole", False), trainer(tmp_path / "split", True)
+    assert whole.split is None and split.split is not None
+    whole.run(resume=False)
+    split.run(resume=False)
+    assert split.split.lower_tokens > 0
+    for a, b in zip(whole.params, split.params, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert whole.validate() == split.validate()

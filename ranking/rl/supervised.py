@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ranking.hybrid import Hybrid
+from ranking.hybrid_split import HybridSplit
 from ranking.modes.incremental import LabelSequence, build_sequence
 from ranking.rl.episodes import Episode
 from ranking.rl.losses import distill_loss, expected_reward_loss
@@ -59,6 +60,7 @@ class SupervisedConfig:
     # batch `step` is batch `batch_offset + step` of the seed's stream: a run initialised from
     # an exported model (`init_from`) that saw batches 0..N-1 starts at N and sees new ones
     batch_offset: int = 0
+    split: bool = True  # memoise the frozen lower layers (ranking.hybrid_split; exact)
 
     @property
     def total_steps(self) -> int:
@@ -94,10 +96,14 @@ def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
 
 
 def batch_step_logprobs(
-    model: torch.nn.Module, hybrid: Hybrid, batch: Sequence[Prepared]
+    model: torch.nn.Module,
+    hybrid: Hybrid,
+    batch: Sequence[Prepared],
+    split: HybridSplit | None = None,
 ) -> list[torch.Tensor]:
     """Teacher-forced step log-probs of each episode ([n-1, n] each; -inf for candidates
-    already out), all episodes in one right-padded forward pass."""
+    already out), all episodes in one right-padded forward pass — of the layers from
+    `inject_layer` up only, on the memoised lower stream, with a `split` of the model."""
     device = next(model.parameters()).device
     inputs = [p.seq.context(list(p.order[:-2])) for p in batch]  # the last step needs no input
     width = max(len(x) for x in inputs)
@@ -106,9 +112,16 @@ def batch_step_logprobs(
     for i, x in enumerate(inputs):
         ids[i, : len(x)] = torch.tensor(x)
         mask[i, : len(x)] = 1
-    hidden = model.get_decoder()(
-        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-    ).last_hidden_state
+    ids, mask = ids.to(device), mask.to(device)
+    if split is not None:
+        embeds = split.inputs(inputs, [len(x) for x in inputs], ids)
+        hidden = split.upper.get_decoder()(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+    else:
+        hidden = model.get_decoder()(
+            input_ids=ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
     head = model.get_output_embeddings()
     out = []
     for i, p in enumerate(batch):
@@ -121,12 +134,15 @@ def batch_step_logprobs(
 
 @torch.no_grad()
 def first_step_orders(
-    model: torch.nn.Module, hybrid: Hybrid, batch: Sequence[Prepared]
+    model: torch.nn.Module,
+    hybrid: Hybrid,
+    batch: Sequence[Prepared],
+    split: HybridSplit | None = None,
 ) -> list[list[int]]:
     """A cheap validation ranking: candidates by their first-step elimination probability,
     least likely to be eliminated first (one forward pass, no decoding)."""
     out = []
-    for lp, p in zip(batch_step_logprobs(model, hybrid, batch), batch, strict=True):
+    for lp, p in zip(batch_step_logprobs(model, hybrid, batch, split), batch, strict=True):
         out.append(sorted(range(len(p.seq.ids)), key=lambda c: float(lp[0, c])))
     return out
 
@@ -162,6 +178,10 @@ class SupervisedTrainer:
             layers_to_transform=list(range(hybrid.config.inject_layer, n_layers)),
         )  # fmt: skip
         self.model = get_peft_model(model, lora)
+        # the frozen layers below inject_layer see only placeholders: computed once per
+        # episode layout (ranking.hybrid_split), the forward runs the adapted layers only
+        base = self.model.get_base_model()
+        self.split = HybridSplit.build(base, hybrid) if config.split else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.params += list(hybrid.projector.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
@@ -182,7 +202,7 @@ class SupervisedTrainer:
         batch = self._batch(step)
         rl = step >= self.cfg.supervised_steps
         t0 = time.perf_counter()
-        lps = batch_step_logprobs(self.model, self.hybrid, batch)
+        lps = batch_step_logprobs(self.model, self.hybrid, batch, self.split)
         ce = torch.stack([distill_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
         exp = torch.stack(
             [expected_reward_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)]
@@ -211,7 +231,7 @@ class SupervisedTrainer:
         rr = []
         for lo in range(0, len(val), 16):
             chunk = val[lo : lo + 16]
-            orders = first_step_orders(self.model, self.hybrid, chunk)
+            orders = first_step_orders(self.model, self.hybrid, chunk, self.split)
             for order, p in zip(orders, chunk, strict=True):
                 rr.append(1.0 / (order.index(p.gt) + 1))
         return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
