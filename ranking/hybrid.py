@@ -11,13 +11,14 @@ mapped by a small trained projector (Linear-GELU-Linear, as LLaRA's) and scaled 
 RMS of the stream at that position, is added to the residual stream entering layer
 `inject_layer`. Two consequences:
 
-* training only back-propagates through the layers from `inject_layer` up (the layers
-  below hold no trainable weight and see no trainable input), so a step costs a forward
-  pass plus the backward of the top layers: what makes thousands of episodes per hour fit
-  a CPU (`ranking.rl.supervised`);
+* the layers below `inject_layer` hold no trainable weight and see no request-specific
+  input (every item is the placeholder there): training back-propagates through the top
+  layers only, and both training and serving compute the lower layers once per prompt
+  layout (`ranking.hybrid_split`) — what makes thousands of episodes per hour fit a CPU
+  (`ranking.rl.supervised`) and a request cost ~0.1 s of it;
 * every item token has its own id, so the backends' KV-cache reuse (keyed by token ids)
-  stays exact, the decoding steps (label tokens) never meet an item token, and the
-  ranking's step probabilities — hence its propensity — are those of the model as served.
+  stays exact, and the ranking's step probabilities — hence its propensity — are those of
+  the model as served.
 
 The injection is two forward pre-hooks (on the input embedding and on the decoder layer),
 so it works for every mode on the transformers backend and on the fast CPU backend (whose
