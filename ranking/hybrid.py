@@ -165,14 +165,21 @@ class Hybrid:
 
     # -- hooks -------------------------------------------------------------------
 
-    def _on_embed(self, module: nn.Module, args: tuple) -> tuple:
-        ids = args[0]
+    def soft_positions(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(where `ids` holds item tokens, each position's catalogue row), or None when it
+        holds none."""
         soft = ids >= self.base_vocab
         if not bool(soft.any()):
-            self._pending = None
-            return args
+            return None
         rows = self.row_of_token[torch.where(soft, ids, 0).clamp(max=len(self.row_of_token) - 1)]
-        self._pending = (soft, rows)
+        return soft, rows
+
+    def _on_embed(self, module: nn.Module, args: tuple) -> tuple:
+        ids = args[0]
+        self._pending = self.soft_positions(ids)
+        if self._pending is None:
+            return args
+        soft = self._pending[0]
         return (torch.where(soft, torch.full_like(ids, self.placeholder_id), ids), *args[1:])
 
     def _on_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
@@ -204,9 +211,6 @@ class Hybrid:
         scale = hidden[soft].detach().pow(2).mean(-1, keepdim=True).sqrt()
         delta[soft] = (self.projector(self.vectors[rows[soft]]) * scale).to(hidden.dtype)
         return hidden + delta
-
-    def clear_pending(self) -> None:
-        self._pending = None
 
     def remove(self) -> None:
         for h in self._handles:

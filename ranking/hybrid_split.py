@@ -82,12 +82,8 @@ class HybridSplit:
         return self._inject(out, ids)
 
     def _inject(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        soft = ids >= self.hybrid.base_vocab
-        if not bool(soft.any()):
-            return x
-        rows = self.hybrid.row_of_token[torch.where(soft, ids, 0).clamp(
-            max=len(self.hybrid.row_of_token) - 1)]  # fmt: skip
-        return self.hybrid.add_soft_tokens(x, soft, rows)
+        found = self.hybrid.soft_positions(ids)
+        return x if found is None else self.hybrid.add_soft_tokens(x, *found)
 
     def _stream(self, context: Sequence[int]) -> torch.Tensor:
         """The lower layers' output at every position of `context` ([len, C])."""
@@ -112,9 +108,8 @@ class HybridSplit:
         device = next(self.lower.parameters()).device
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         self.lower_tokens += len(tokens)
-        out = self.lower.model(input_ids=ids, use_cache=False).last_hidden_state[0]
-        self.hybrid.clear_pending()  # nothing of this call may reach a later forward
-        return out
+        # placeholders only: the embedding hook records no pending soft token
+        return self.lower.model(input_ids=ids, use_cache=False).last_hidden_state[0]
 
 
 def _strip_trailing(tokens: tuple[int, ...], token: int) -> tuple[int, ...]:

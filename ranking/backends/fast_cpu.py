@@ -56,11 +56,11 @@ class FastCpuBackend(TransformersBackend):
         self,
         ids: torch.Tensor,
         pos: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         cache: object,
         rows: tuple[list[tuple[int, ...]], list[int]],
     ) -> torch.Tensor:
-        step = self._fast_step() if ids.shape[1] == 1 else None
+        step = self._fast_step() if ids.shape[1] == 1 and mask is not None else None
         if step is None:
             return super()._decode(ids, pos, mask, cache, rows)
         if self._split is not None:  # the upper layers only, on the memoised lower stream

@@ -303,7 +303,7 @@ class TransformersBackend(LMBackend):
         self,
         ids: torch.Tensor,
         pos: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         cache: object,
         rows: tuple[list[tuple[int, ...]], list[int]],
     ) -> torch.Tensor:
@@ -347,8 +347,8 @@ class TransformersBackend(LMBackend):
             cache = new_kv_cache(self._cache_config())
             ids = torch.tensor([s], dtype=torch.long, device=self.device)
             pos = torch.arange(len(s), device=self.device)[None, :]
-            mask = torch.ones_like(ids)
-            hidden = self._decode(ids, pos, mask, cache, ([tuple(s)], [len(s)]))
+            # no padding: no mask, as before the split (the causal kernel, not a masked one)
+            hidden = self._decode(ids, pos, None, cache, ([tuple(s)], [len(s)]))
             caches.append(cache)
             picked.append(hidden[0, len(s) - k :])
         mask = torch.zeros(n, width, dtype=torch.long, device=self.device)
