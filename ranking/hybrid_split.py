@@ -46,6 +46,7 @@ class HybridSplit:
         self.max_entries = max_entries
         self._memo: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.lower_tokens = 0  # tokens that went through the lower layers (tests, benchmarks)
+        self.frozen = False  # a preloaded memo: a layout it lacks is an error, not computed
 
     @classmethod
     def build(cls, model: nn.Module, hybrid: Any) -> HybridSplit | None:
@@ -81,6 +82,13 @@ class HybridSplit:
         assert out is not None
         return self._inject(out, ids)
 
+    def preload(self, entries: dict[tuple[int, ...], torch.Tensor]) -> None:
+        """Take memo entries computed elsewhere (ranking.rl.bundle: on the machine that has
+        the lower layers' weights) and compute no layout from now on."""
+        self._memo.update(entries)
+        self.max_entries = max(self.max_entries, len(self._memo))
+        self.frozen = True
+
     def _inject(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         found = self.hybrid.soft_positions(ids)
         return x if found is None else self.hybrid.add_soft_tokens(x, *found)
@@ -92,6 +100,11 @@ class HybridSplit:
         need = len(flat) - len(prompt)
         hidden = self._memo.get(prompt)
         if hidden is None or hidden.shape[0] < len(flat):
+            if self.frozen:
+                raise KeyError(
+                    f"a prompt layout of {len(prompt)} tokens is not in the preloaded memo "
+                    "of the lower layers (was the bundle written from these episodes?)"
+                )
             extra = max(EXTRA_POSITIONS, need + EXTRA_POSITIONS // 2)
             hidden = self._compute(prompt + (self.hybrid.placeholder_id,) * extra)
             self._memo[prompt] = hidden

@@ -56,6 +56,7 @@ class HybridTrainOptions:
     fusion_alpha: float | None = None  # the measured serving weight, recorded in the card
     init: Path | None = None  # start a new run from an exported model folder's weights
     batch_offset: int = 0  # batches drawn from this index of the seed's stream on
+    bundle: Path | None = None  # pack the run for another machine (ranking.rl.bundle) instead
 
 
 @dataclass
@@ -159,11 +160,13 @@ def train_hybrid(
         vector_dim=data.vectors.shape[1],
         title_chars=opts.title_chars,
     )
-    torch.manual_seed(opts.seed)
-    hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
                            seed=opts.seed, batch_offset=opts.batch_offset)  # fmt: skip
+    if opts.bundle is not None:
+        return _write_bundle(opts, data, base, config, cfg, echo)
+    torch.manual_seed(opts.seed)
+    hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
     trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
                                 progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
     if opts.export_only:
@@ -187,6 +190,26 @@ def train_hybrid(
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card
+
+
+def _write_bundle(opts, data, base, config, cfg, echo) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The run packed for a GPU machine (ranking.rl.bundle), not trained here."""
+    from ranking.rl.bundle import write_bundle
+
+    assert opts.bundle is not None
+    if opts.title_chars != 0:
+        raise UserError("--bundle carries no titles: use --title-chars 0")
+    t0 = time.perf_counter()
+    folder = write_bundle(opts.bundle, model=base.model, tokenizer=base.tokenizer,
+                          config=config, item_ids=data.item_ids, vectors=data.vectors,
+                          train=data.train, val=data.val, training=cfg, init=opts.init,
+                          info=data.info)  # fmt: skip
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    echo(
+        f"wrote the bundle {folder} ({size / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f}s); "
+        f"train it with `python -m ranking.rl.bundle {folder} --out DIR --device cuda`"
+    )
+    return {"bundle": str(folder), "bytes": size, "data": data.info}
 
 
 def _saved_config(work: Path) -> dict[str, Any]:

@@ -44,6 +44,13 @@ def register(app: typer.Typer) -> None:
             help="draw batches from index N of the seed's stream on (a run --init'ed from a "
             "model trained on batches 0..N-1 then sees new ones)",
         ),
+        bundle: Path = typer.Option(
+            None,
+            "--bundle",
+            help="write the run as a training bundle to this folder instead of training: "
+            "`python -m ranking.rl.bundle BUNDLE --out DIR --device cuda` trains it on a "
+            "machine without the data or the base model",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.hybrid_training import HybridTrainOptions, train_hybrid
@@ -67,6 +74,7 @@ def register(app: typer.Typer) -> None:
             fusion_alpha=fusion_alpha,
             init=init,
             batch_offset=batch_offset,
+            bundle=bundle,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
 

@@ -1,0 +1,351 @@
+"""A training bundle: a hybrid training run packed to travel to a machine with a GPU.
+
+Why: the episodes are built from the data sets (polars, LightFM: recsys.hybrid_training)
+and the base model comes from a 98 MB GGUF; a rented GPU machine has neither, and a copy
+to it is small. The run needs neither: the frozen layers below `inject_layer` see only
+placeholders (ranking.hybrid_split), so their output is one tensor per episode layout,
+computed here once; the layers the run adapts travel as the GGUF's own 4-bit blocks
+(ranking.backends.q4, recovered bit for bit, so the weights there are exactly the ones
+here); and an episode travels as indices into one table of item ids (a hybrid prompt
+without titles shows an item by its token alone).
+
+A bundle folder:
+
+* `bundle.json`: the model's config, the hybrid config, the training config, the ids;
+* `weights.pt`: the upper layers and the final norm, Q4 blocks or float32;
+* `lower.pt`: the lower layers' output per placeholder-ized prompt (the split's memo);
+* `vectors.npy`, `episodes.npz` (train and validation), `tokenizer/`;
+* `init/`: the adapter and projector to start from, when the run continues a model.
+
+``python -m ranking.rl.bundle BUNDLE --out DIR --device cuda --budget-s 400`` trains it
+(torch, transformers and peft only): a few probe steps measure the step rate, then the run
+takes as many batches as fit the budget, checkpoints, and exports a model folder that
+`recsys eval --model DIR` serves on the machine that has the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ranking.backends.q4 import Q4Matrix, find_q4
+from ranking.hybrid import Hybrid, HybridConfig
+from ranking.rl.episodes import Episode
+from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer
+from ranking.types import Candidate, RankRequest
+
+FORMAT = 1
+
+
+# -- writing (the machine with the data and the base model) -----------------------------
+
+
+def write_bundle(
+    folder: Path,
+    *,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: HybridConfig,
+    item_ids: Sequence[str],
+    vectors: np.ndarray,
+    train: Sequence[Episode],
+    val: Sequence[Episode],
+    training: SupervisedConfig,
+    init: Path | None = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Pack a run (module doc). `model` and `tokenizer` are the base, before any hybrid
+    parts are installed on them (the tokenizer is saved without item tokens)."""
+    if config.title_chars != 0:
+        raise ValueError("a bundle carries no titles: train with title_chars 0")
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "tokenizer").mkdir(parents=True)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    torch.save(_upper_weights(model, config.inject_layer), tmp / "weights.pt")
+    np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
+    table = _id_table([*train, *val])
+    np.savez_compressed(tmp / "episodes.npz", **_encode(train, table, "train"),
+                        **_encode(val, table, "val"))  # fmt: skip
+    hybrid = Hybrid(model, tokenizer, item_ids, vectors, config)
+    try:
+        torch.save(_lower_memo(model, hybrid, [*train, *val], training), tmp / "lower.pt")
+    finally:
+        hybrid.remove()
+    if init is not None:
+        (tmp / "init").mkdir()
+        shutil.copytree(Path(init) / "adapter", tmp / "init" / "adapter")
+        shutil.copy2(Path(init) / "projector.pt", tmp / "init" / "projector.pt")
+    manifest = {"format": FORMAT, "model_config": model.config.to_dict(),
+                "hybrid": asdict(config), "training": asdict(training),
+                "item_ids": [str(i) for i in item_ids], "ids": table,
+                "task": train[0].request.task if train else "", "info": info or {}}  # fmt: skip
+    (tmp / "bundle.json").write_text(json.dumps(manifest), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _upper_weights(model: torch.nn.Module, inject_layer: int) -> dict[str, Any]:
+    """The weights of layers inject_layer.. and the final norm: 4-bit blocks where the
+    float32 weight is exactly a Q4 matrix (a GGUF base), else float32."""
+    out: dict[str, Any] = {}
+    n_layers = model.config.num_hidden_layers
+    keep = (*(f"model.layers.{i}." for i in range(inject_layer, n_layers)), "model.norm.")
+    for name, tensor in model.state_dict().items():
+        if not name.startswith(keep):
+            continue
+        q4 = find_q4(tensor) if tensor.dim() == 2 else None
+        out[name] = asdict(q4) if q4 is not None else tensor.detach().float().cpu().clone()
+    return out
+
+
+def _lower_memo(model, hybrid, episodes, training) -> dict[tuple[int, ...], torch.Tensor]:  # type: ignore[no-untyped-def]
+    """The split's memo for every layout the episodes have."""
+    from ranking.hybrid_split import HybridSplit
+    from ranking.rl.supervised import StyledTokenizer, prepare
+
+    split = HybridSplit.build(model, hybrid)
+    if split is None:
+        raise ValueError("a bundle needs a Llama-architecture base (ranking.hybrid_split)")
+    split.max_entries = 1 << 30
+    builder = StyledTokenizer(hybrid.tokenizer, hybrid.style)
+    with torch.no_grad():
+        for ep in episodes:  # the contexts the trainer will ask for (a lookup when known)
+            p = prepare(ep, builder)
+            split._stream(p.seq.context(list(p.order[:-2])))
+    return {k: v.detach().cpu() for k, v in split._memo.items()}
+
+
+def _id_table(episodes: Sequence[Episode]) -> list[str]:
+    ids: dict[str, None] = {}
+    for ep in episodes:
+        ids.update(dict.fromkeys(ep.request.history_ids))
+        ids.update(dict.fromkeys(ep.request.ids))
+    return list(ids)
+
+
+def _encode(episodes: Sequence[Episode], table: list[str], name: str) -> dict[str, np.ndarray]:
+    """Episodes as index arrays: candidates in request order, the teacher's order, the
+    truth's position, the history (padded with -1)."""
+    index = {i: n for n, i in enumerate(table)}
+    n_cand = {len(ep.request.candidates) for ep in episodes}
+    if len(n_cand) > 1:
+        raise ValueError(f"episodes with different candidate counts {sorted(n_cand)}")
+    width = max([len(ep.request.history_ids) for ep in episodes] + [0])
+    hist = np.full((len(episodes), width), -1, dtype=np.int32)
+    cands, teacher = [], []
+    for row, ep in enumerate(episodes):
+        hist[row, : len(ep.request.history_ids)] = [index[h] for h in ep.request.history_ids]
+        cands.append([index[c] for c in ep.request.ids])
+        teacher.append([index[c] for c in (ep.teacher_order or ep.request.ids)])
+    gt = [ep.request.ids.index(ep.ground_truth) for ep in episodes]
+    users = np.array([ep.user for ep in episodes])
+    return {f"{name}_history": hist, f"{name}_candidates": np.array(cands, dtype=np.int32),
+            f"{name}_teacher": np.array(teacher, dtype=np.int32),
+            f"{name}_gt": np.array(gt, dtype=np.int32), f"{name}_users": users}  # fmt: skip
+
+
+# -- reading and training (any machine with torch, transformers and peft) -----------------
+
+
+def decode_episodes(folder: Path, name: str) -> list[Episode]:
+    """The bundle's `train` or `val` episodes as the writer had them, an item's id standing
+    for its title (a prompt without titles shows neither)."""
+    manifest = _manifest(folder)
+    table, task = manifest["ids"], manifest["task"]
+    data = np.load(Path(folder) / "episodes.npz")
+    out = []
+    rows = zip(data[f"{name}_history"], data[f"{name}_candidates"], data[f"{name}_teacher"],
+               data[f"{name}_gt"], data[f"{name}_users"], strict=True)  # fmt: skip
+    for hist, cands, teacher, gt, user in rows:
+        history = tuple(table[i] for i in hist if i >= 0)
+        ids = [table[i] for i in cands]
+        request = RankRequest(task=task, candidates=tuple(Candidate(id=i, text=i) for i in ids),
+                              history=history, history_ids=history)  # fmt: skip
+        out.append(Episode(request=request, ground_truth=ids[int(gt)], user=str(user),
+                           teacher_order=tuple(table[i] for i in teacher)))  # fmt: skip
+    return out
+
+
+def load_trainer(
+    folder: Path,
+    work: Path,
+    *,
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> SupervisedTrainer:
+    """A SupervisedTrainer over the bundle's episodes, its model built from the bundle's
+    weights (the lower layers never run: their output is the memo) and, when the bundle
+    has one, its starting adapter and projector loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    mc = dict(manifest["model_config"])
+    model_type = mc.pop("model_type")
+    config = AutoConfig.for_model(model_type, **mc)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(_dequantized(torch.load(folder / "weights.pt", weights_only=False)),
+                          strict=False)  # fmt: skip
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    hybrid = Hybrid(model, tokenizer, manifest["item_ids"], np.load(folder / "vectors.npy"),
+                    HybridConfig(**manifest["hybrid"]))  # fmt: skip
+    cfg = replace(SupervisedConfig(**manifest["training"]), **(overrides or {}))
+    trainer = SupervisedTrainer(model, hybrid, decode_episodes(folder, "train"),
+                                decode_episodes(folder, "val"), cfg, work)  # fmt: skip
+    if trainer.split is None:
+        raise ValueError("the bundle's model has no split (ranking.hybrid_split)")
+    memo = torch.load(folder / "lower.pt", weights_only=False)
+    trainer.split.preload({k: v.to(device) for k, v in memo.items()})
+    if (folder / "init").is_dir() and not trainer.load_checkpoint():
+        trainer.init_from(folder / "init")
+    return trainer
+
+
+def _dequantized(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {name: Q4Matrix(**w).dequantize() if isinstance(w, dict) else w
+            for name, w in weights.items()}  # fmt: skip
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "bundle.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a training bundle (write one with "
+                                "`recsys train-ranker --bundle DIR`)")  # fmt: skip
+    manifest = json.loads(path.read_text("utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def steps_for_budget(rate_steps_per_s: float, budget_s: float, margin: float = 0.85) -> int:
+    """Batches that fit `budget_s` at the measured rate, keeping a margin for validation,
+    checkpoints and the export."""
+    return max(1, int(rate_steps_per_s * budget_s * margin))
+
+
+def train_bundle(
+    folder: Path,
+    out: Path,
+    *,
+    device: str = "cpu",
+    budget_s: float | None = None,
+    probe_steps: int = 12,
+    overrides: dict[str, Any] | None = None,
+    echo: Any = print,
+) -> dict[str, Any]:
+    """Train a bundle into the model folder `out` (work files in OUT.work). With
+    `budget_s`, a throw-away probe run measures the step rate first and the run's stage-2
+    length (stage 1 when the bundle's RL stage is empty) is set to what fits the rest."""
+    t0 = time.perf_counter()
+    overrides = dict(overrides or {})
+    work = Path(out).with_name(Path(out).name + ".work")
+    if budget_s is not None:
+        rate = _probe_rate(folder, work.with_name(work.name + ".probe"), device, probe_steps,
+                           overrides)  # fmt: skip
+        left = budget_s - (time.perf_counter() - t0)
+        steps = steps_for_budget(rate, left)
+        planned = replace(SupervisedConfig(**_manifest(folder)["training"]), **overrides)
+        if planned.rl_steps > 0:  # stage 1 as planned, stage 2 takes the rest
+            overrides["rl_steps"] = max(1, steps - planned.supervised_steps)
+        else:
+            overrides["supervised_steps"] = steps
+        echo(f"probe: {rate:.2f} steps/s; {steps} batches fit the {left:.0f} s left")
+    trainer = load_trainer(folder, work, device=device, overrides=overrides)
+    start = time.perf_counter()
+    trainer.run(resume=True)
+    wall = time.perf_counter() - start
+    trainer.export(out)
+    log = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines() if x]
+    summary = {
+        "device": device,
+        "steps": trainer.step,
+        "batch_size": trainer.cfg.batch_size,
+        "episodes": trainer.step * trainer.cfg.batch_size,
+        "wall_s": round(wall, 1),
+        "episodes_per_s": round(trainer.step * trainer.cfg.batch_size / wall, 1),
+        "config": asdict(trainer.cfg),
+        "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
+    }
+    if torch.cuda.is_available() and device.startswith("cuda"):
+        summary["gpu"] = torch.cuda.get_device_name(device)
+        summary["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    (Path(out) / "bundle_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    echo(json.dumps(summary))
+    return summary
+
+
+def _probe_rate(folder, work, device, steps, overrides) -> float:  # type: ignore[no-untyped-def]
+    shutil.rmtree(work, ignore_errors=True)
+    probe = load_trainer(folder, work, device=device,
+                         overrides={**overrides, "supervised_steps": 0, "rl_steps": steps,
+                                    "eval_every": 10**9, "checkpoint_every": 10**9})  # fmt: skip
+    warm = 3
+    for step in range(warm):
+        probe.train_step(step)
+    _sync(device)
+    t = time.perf_counter()
+    for step in range(warm, steps):
+        probe.train_step(step)
+    _sync(device)
+    rate = (steps - warm) / (time.perf_counter() - t)
+    shutil.rmtree(work, ignore_errors=True)
+    return rate
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ranking.rl.bundle", description=__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock seconds for the run (default: the bundle's steps)",
+    )
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--rl-steps", type=int)
+    parser.add_argument("--supervised-steps", type=int)
+    parser.add_argument("--ce-weight", type=float, help="stage 2: weight of the stage-1 loss")
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    args = parser.parse_args(argv)
+    keys = (
+        "batch_size",
+        "lr",
+        "rl_steps",
+        "supervised_steps",
+        "ce_weight",
+        "eval_every",
+        "checkpoint_every",
+    )
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    train_bundle(args.bundle, args.out, device=args.device, budget_s=args.budget_s,
+                 overrides=overrides)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

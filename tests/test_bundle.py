@@ -1,0 +1,148 @@
+"""Training bundles (ranking.rl.bundle): a hybrid run packed on one machine and trained on
+another follows the run it stands for, with the lower layers' output and the upper layers'
+weights carried exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.rl.bundle import (
+    _dequantized,
+    _manifest,
+    _upper_weights,
+    decode_episodes,
+    load_trainer,
+    steps_for_budget,
+    train_bundle,
+    write_bundle,
+)
+from ranking.rl.supervised import StyledTokenizer, SupervisedConfig, SupervisedTrainer, prepare
+from tests.test_hybrid import fresh_hybrid, quality_episodes
+
+
+def config(**kw) -> SupervisedConfig:
+    base = dict(supervised_steps=4, rl_steps=4, batch_size=4, lr=3e-2, warmup_steps=2,
+                eval_every=10_000, checkpoint_every=100)  # fmt: skip
+    return SupervisedConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_model_dir, tmp_path_factory):
+    """A model trained a few steps and exported (the bundle's starting point), and a
+    bundle of new episodes that continues it."""
+    root = tmp_path_factory.mktemp("bundle")
+    backend, hybrid = fresh_hybrid(tiny_model_dir, seed=3)
+    first = SupervisedTrainer(backend.model, hybrid, quality_episodes(60, 1),
+                              quality_episodes(10, 2), config(), root / "first")  # fmt: skip
+    first.run(resume=False)
+    init = first.export(root / "init")
+    train, val = quality_episodes(80, 4), quality_episodes(12, 5)
+    plain, plain_hybrid = _plain_base(tiny_model_dir)
+    folder = write_bundle(root / "bundle", model=plain.model, tokenizer=plain.tokenizer,
+                          config=plain_hybrid, item_ids=hybrid.item_ids,
+                          vectors=hybrid.vectors.numpy(), train=train, val=val,
+                          training=config(supervised_steps=0, rl_steps=6), init=init)  # fmt: skip
+    return {"root": root, "init": init, "train": train, "val": val, "bundle": folder}
+
+
+def _plain_base(tiny_model_dir):
+    from ranking.hybrid import HybridConfig
+    from ranking.loading import _load_transformers, resolve_model
+
+    backend = _load_transformers(resolve_model(str(tiny_model_dir)), "cpu")
+    return backend, HybridConfig(base=str(tiny_model_dir), inject_layer=1, vector_dim=5)
+
+
+def test_episodes_travel_as_the_same_token_sequences(packed, tiny_model_dir) -> None:
+    _, hybrid = fresh_hybrid(tiny_model_dir)
+    builder = StyledTokenizer(hybrid.tokenizer, hybrid.style)
+    for name in ("train", "val"):
+        decoded = decode_episodes(packed["bundle"], name)
+        assert len(decoded) == len(packed[name])
+        for a, b in zip(packed[name], decoded, strict=True):
+            pa, pb = prepare(a, builder), prepare(b, builder)
+            assert pa.seq.prompt_ids == pb.seq.prompt_ids
+            assert (pa.seq.label_ids, pa.order, pa.gt) == (pb.seq.label_ids, pb.order, pb.gt)
+
+
+def test_a_bundle_run_follows_the_run_it_stands_for(packed, tiny_model_dir, tmp_path) -> None:
+    """Same start (the init model), same batches: the bundle's trainer, whose lower layers
+    never run, ends with the weights of a trainer on the real model."""
+    backend, hybrid = fresh_hybrid(tiny_model_dir, seed=3)  # the vectors the bundle carries
+    direct = SupervisedTrainer(
+        backend.model,
+        hybrid,
+        packed["train"],
+        packed["val"],
+        config(supervised_steps=0, rl_steps=6),
+        tmp_path / "direct",
+    )
+    direct.init_from(packed["init"])
+    direct.run(resume=False)
+    carried = load_trainer(packed["bundle"], tmp_path / "carried")
+    carried.run(resume=False)
+    assert carried.split.lower_tokens == 0  # the memo answered every layout
+    for a, b in zip(direct.params, carried.params, strict=True):
+        torch.testing.assert_close(a, b)
+    assert carried.validate() == pytest.approx(direct.validate())
+
+
+def test_train_bundle_plans_for_a_budget_and_exports_a_model(packed, tmp_path) -> None:
+    out = tmp_path / "model"
+    summary = train_bundle(packed["bundle"], out, budget_s=8, probe_steps=5, echo=lambda _: None)
+    assert summary["steps"] == summary["config"]["rl_steps"] > 6  # more than the bundle's own
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "bundle_run.json").read_text())["episodes"] == summary["episodes"]
+
+
+def test_a_layout_the_bundle_lacks_is_an_error(packed, tmp_path) -> None:
+    trainer = load_trainer(packed["bundle"], tmp_path / "w")
+    with pytest.raises(KeyError, match="not in the preloaded memo"):
+        trainer.split._stream([1, 2, 3])
+
+
+@pytest.mark.slow
+def test_a_gguf_base_travels_as_its_own_4bit_blocks(default_ranker) -> None:
+    """The real default model: every projection of the upper layers is carried as Q4 codes
+    (0.75 bytes per weight instead of 4) and comes back bit for bit."""
+    model = default_ranker.backend.model
+    carried = _upper_weights(model, 22)
+    q4 = [k for k, v in carried.items() if isinstance(v, dict)]
+    assert len(q4) == 8 * 7  # q, k, v, o, gate, up, down of layers 22..29
+    state = model.state_dict()
+    for name, weight in _dequantized(carried).items():
+        assert torch.equal(weight, state[name]), name
+
+
+def test_steps_for_budget_known_answers() -> None:
+    assert steps_for_budget(10.0, 100.0) == 850
+    assert steps_for_budget(0.001, 10.0) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (None, FileNotFoundError, "not a training bundle"),
+        ({"format": 99}, ValueError, "bundle format 99"),
+    ],
+)
+def test_bad_bundles(tmp_path, content, error, message) -> None:
+    if content is not None:
+        (tmp_path / "bundle.json").write_text(json.dumps(content))
+    with pytest.raises(error, match=message):
+        _manifest(tmp_path)
+
+
+def test_titles_do_not_travel(tiny_model_dir, tmp_path) -> None:
+    from ranking.hybrid import HybridConfig
+
+    plain, _ = _plain_base(tiny_model_dir)
+    titled = HybridConfig(base="x", inject_layer=1, vector_dim=5, title_chars=None)
+    with pytest.raises(ValueError, match="carries no titles"):
+        write_bundle(tmp_path / "b", model=plain.model, tokenizer=plain.tokenizer, config=titled,
+                     item_ids=["1"], vectors=np.zeros((1, 5), np.float32), train=[], val=[],
+                     training=config())  # fmt: skip
