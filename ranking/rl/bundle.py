@@ -106,7 +106,12 @@ def _upper_weights(model: torch.nn.Module, inject_layer: int) -> dict[str, Any]:
         if not name.startswith(keep):
             continue
         q4 = find_q4(tensor) if tensor.dim() == 2 else None
-        out[name] = asdict(q4) if q4 is not None else tensor.detach().float().cpu().clone()
+        if q4 is None:
+            out[name] = tensor.detach().float().cpu().clone()
+        else:  # as tensors: torch.save stores numpy arrays as text, ~1.5x larger
+            out[name] = {
+                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in asdict(q4).items()
+            }
     return out
 
 
@@ -136,10 +141,10 @@ def _id_table(episodes: Sequence[Episode]) -> list[str]:
 
 
 def _encode(episodes: Sequence[Episode], table: list[str], name: str) -> dict[str, np.ndarray]:
-    """Episodes as index arrays: candidates in request order, the teacher's order, the
-    truth's position, the history (padded with -1)."""
+    """Episodes as index arrays: candidates in request order, the teacher's order and the
+    truth as positions among them, the history (padded with -1)."""
     index = {i: n for n, i in enumerate(table)}
-    n_cand = {len(ep.request.candidates) for ep in episodes}
+    n_cand = {len(ep.request.candidates) for ep in episodes} or {0}
     if len(n_cand) > 1:
         raise ValueError(f"episodes with different candidate counts {sorted(n_cand)}")
     width = max([len(ep.request.history_ids) for ep in episodes] + [0])
@@ -148,11 +153,12 @@ def _encode(episodes: Sequence[Episode], table: list[str], name: str) -> dict[st
     for row, ep in enumerate(episodes):
         hist[row, : len(ep.request.history_ids)] = [index[h] for h in ep.request.history_ids]
         cands.append([index[c] for c in ep.request.ids])
-        teacher.append([index[c] for c in (ep.teacher_order or ep.request.ids)])
+        position = {c: n for n, c in enumerate(ep.request.ids)}
+        teacher.append([position[c] for c in (ep.teacher_order or ep.request.ids)])
     gt = [ep.request.ids.index(ep.ground_truth) for ep in episodes]
     users = np.array([ep.user for ep in episodes])
     return {f"{name}_history": hist, f"{name}_candidates": np.array(cands, dtype=np.int32),
-            f"{name}_teacher": np.array(teacher, dtype=np.int32),
+            f"{name}_teacher": np.array(teacher, dtype=np.uint8 if max(n_cand) < 256 else np.int32),
             f"{name}_gt": np.array(gt, dtype=np.int32), f"{name}_users": users}  # fmt: skip
 
 
@@ -174,7 +180,7 @@ def decode_episodes(folder: Path, name: str) -> list[Episode]:
         request = RankRequest(task=task, candidates=tuple(Candidate(id=i, text=i) for i in ids),
                               history=history, history_ids=history)  # fmt: skip
         out.append(Episode(request=request, ground_truth=ids[int(gt)], user=str(user),
-                           teacher_order=tuple(table[i] for i in teacher)))  # fmt: skip
+                           teacher_order=tuple(ids[i] for i in teacher)))  # fmt: skip
     return out
 
 
@@ -215,7 +221,8 @@ def load_trainer(
 
 
 def _dequantized(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {name: Q4Matrix(**w).dequantize() if isinstance(w, dict) else w
+    return {name: Q4Matrix(**{k: v.numpy() for k, v in w.items()}).dequantize()
+            if isinstance(w, dict) else w
             for name, w in weights.items()}  # fmt: skip
 
 
