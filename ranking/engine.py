@@ -50,8 +50,11 @@ class Ranker:
         speculate: int = 0,
         fusion_alpha: float = 0.0,
     ) -> None:
-        if not is_valid_alpha(fusion_alpha):
-            raise RequestError(f"fusion_alpha must be a finite number >= 0, got {fusion_alpha!r}")
+        if not is_valid_alpha(fusion_alpha, retrieval_order=True):
+            raise RequestError(
+                f"fusion_alpha must be a finite number >= 0 or RETRIEVAL_ORDER (inf), "
+                f"got {fusion_alpha!r}"
+            )
         self.backend = backend
         self.options = RankOptions(
             reason_max_new_tokens=reason_max_new_tokens,
@@ -167,7 +170,8 @@ def load_ranker(
     threads: int | None = None,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker;
-    `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none); `threads`
+    `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none;
+    RETRIEVAL_ORDER: the retrieval order, no model call); `threads`
     torch's CPU threads (None: torch's default)."""
     return Ranker(
         load_backend(model, device=device, backend=backend, dtype=dtype, threads=threads),

@@ -12,7 +12,18 @@ log-probabilities over the candidates still in play get
 
 added and are renormalised over those candidates (log-softmax), so the fused step
 distribution, its probabilities and the ranking's log-propensity are the exact ones of the
-fused policy. alpha = 0 is the ranker alone; a large alpha is the retrieval order.
+fused policy. alpha = 0 is the ranker alone; a large alpha tends to the retrieval order,
+the ranker still deciding between scores that are close.
+
+alpha = RETRIEVAL_ORDER (+inf) is the retrieval order itself, exactly: by descending score,
+ties (and candidates without a score, after the scored ones) in the request's order — the
+order `ranking.modes.base.retrieval_order`, the deadline fallback and the training's
+retrieval baseline all use. Every step takes the candidate that order puts last (first, for
+`direct`) with probability 1, so the log-propensity is 0 (a deterministic policy) and the
+model is not asked at all. It is the serving default of a model with no measured weight
+(recsys.resolver): such a model can then never rank worse than the order it re-ranks.
+Training cannot use it (the ranker has no influence to learn from): `fusion_bias` refuses
+it.
 """
 
 from __future__ import annotations
@@ -24,6 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking.types import RankRequest
+
+# the weight that is the retrieval order itself (module doc); only a ranker's default
+RETRIEVAL_ORDER = math.inf
 
 NOTE_NO_SCORE = "not applied: a candidate has no retrieval score"
 NOTE_REASON_MODE = "not applied: reason mode generates free text, with no step distribution"
@@ -44,7 +58,13 @@ def fusion_bias(
     scores: Sequence[float | None], alpha: float, *, eliminates: bool = True
 ) -> np.ndarray | None:
     """Per-candidate bias on the step log-probs (see the module doc), or None when there is
-    nothing to fuse: alpha is 0 or some candidate has no score."""
+    nothing to fuse: alpha is 0 or some candidate has no score. `RETRIEVAL_ORDER` has no
+    finite bias: a ValueError (the engine follows that order instead, `plan_fusion`)."""
+    if not math.isfinite(alpha):
+        raise ValueError(
+            f"fusion alpha {alpha!r} has no finite bias: RETRIEVAL_ORDER is the retrieval "
+            "order itself (ranking.fusion.plan_fusion), nothing to fuse or train with"
+        )
     if alpha == 0 or any(s is None for s in scores):
         return None
     z = zscores([float(s) for s in scores])  # type: ignore[arg-type]
@@ -63,24 +83,34 @@ def fuse_step(lp: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
 @dataclass(frozen=True)
 class FusionPlan:
     """What one request's ranking fuses with: `bias` per candidate (input order; None: no
-    fusion), the weight applied (`alpha`, 0.0 when none) and, when a weight was asked for
-    but could not be applied, why (`note`)."""
+    fusion), the weight applied (`alpha`, 0.0 when none; `RETRIEVAL_ORDER`: the retrieval
+    order, no bias) and, when a weight was asked for but could not be applied, why
+    (`note`)."""
 
     bias: np.ndarray | None = None
     alpha: float = 0.0
     note: str | None = None
+
+    @property
+    def follows_retrieval(self) -> bool:
+        """The ranking is the retrieval order itself (alpha = RETRIEVAL_ORDER)."""
+        return self.alpha == RETRIEVAL_ORDER
 
 
 def plan_fusion(
     request: RankRequest, default_alpha: float, *, eliminates: bool = True, fusable: bool = True
 ) -> FusionPlan:
     """The request's own `fusion_alpha` wins over the ranker's default. `fusable=False`
-    (free-text modes) and a candidate without a score turn fusion off, with a note."""
+    (free-text modes) and, for a finite weight, a candidate without a score turn fusion
+    off, with a note. `RETRIEVAL_ORDER` needs no score: unscored candidates follow the
+    scored ones, in the request's order."""
     alpha = default_alpha if request.fusion_alpha is None else request.fusion_alpha
     if alpha == 0:
         return FusionPlan()
     if not fusable:
         return FusionPlan(note=NOTE_REASON_MODE)
+    if alpha == RETRIEVAL_ORDER:
+        return FusionPlan(alpha=RETRIEVAL_ORDER)
     bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
     if bias is None:
         return FusionPlan(note=NOTE_NO_SCORE)

@@ -14,11 +14,21 @@ from typing import Any, Literal
 from ranking.errors import RequestError
 
 
-def is_valid_alpha(value: object) -> bool:
-    """A fusion weight is a finite number >= 0 (a bool is not a number here)."""
+def is_valid_alpha(value: object, *, retrieval_order: bool = False) -> bool:
+    """A fusion weight is a finite number >= 0 (a bool is not a number here). With
+    `retrieval_order`, +inf too: `ranking.fusion.RETRIEVAL_ORDER`, which a ranker's default
+    weight may be (the served default of an unvalidated model) but a request, a setting or a
+    model card may not: those say what they measured, and JSON has no infinity."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
+    if retrieval_order and value == math.inf:
+        return True
     return math.isfinite(value) and value >= 0
+
+
+def alpha_for_json(alpha: float) -> float | None:
+    """A fusion weight as JSON can carry it: `RETRIEVAL_ORDER` (+inf) is null."""
+    return alpha if math.isfinite(alpha) else None
 
 
 TASKS = (
@@ -194,7 +204,7 @@ class Step:
     remaining: int = 0
     prompt: str | None = None
     response: str | None = None
-    matched: str = "exact"  # exact | fuzzy | similar | fallback | constrained
+    matched: str = "exact"  # exact | fuzzy | similar | fallback | constrained | retrieval
 
 
 @dataclass
@@ -211,8 +221,14 @@ class RankResult:
     invalid_answers: int = 0
     generated_tokens: int = 0
     prompt: str | None = None  # the shared prompt for single-sequence modes
-    fusion_alpha: float = 0.0  # score-fusion weight applied to the steps (0: none)
+    # score-fusion weight applied to the steps (0: none; +inf, ranking.fusion.RETRIEVAL_ORDER:
+    # the retrieval order itself, every step with probability 1 and no model call)
+    fusion_alpha: float = 0.0
     fusion_note: str | None = None  # why a fusion weight asked for was not applied
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON form: as the fields, except that the retrieval order's infinite
+        `fusion_alpha` is null (JSON has no infinity)."""
+        out = asdict(self)
+        out["fusion_alpha"] = alpha_for_json(self.fusion_alpha)
+        return out

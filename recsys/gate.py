@@ -1,12 +1,13 @@
 """The evaluation gate: a tuned ranker is promoted only when it is measurably better.
 
 A ranker version registered by `recsys train` carries, in its metrics, the reciprocal rank
-of every held-out validation user (`val_rr`), the same for the model it was tuned from
-(`val_rr_baseline`) and for the retrieval order alone (`val_rr_retrieval`): the
-`ValidationResults` training writes and the gate reads. The gate
-compares the candidate with the promoted version on their common validation users (or,
-when nothing is promoted or the promoted version has no per-user results, with the model
-the candidate was tuned from):
+of every held-out validation user as it would be served (`val_rr`), the same for the model
+it was tuned from as that is served now (`val_rr_baseline`: for the zero-shot default,
+served at the retrieval order itself, the retrieval order) and for the retrieval order
+alone (`val_rr_retrieval`): the `ValidationResults` training writes and the gate reads. The
+gate compares the candidate with the promoted version on their common validation users
+(or, when nothing is promoted or the promoted version has no per-user results, with the
+model the candidate was tuned from):
 
 * the mean paired difference in MRR (x100) must be at least `margin`, and
 * its paired bootstrap 95% interval (resampling users) must exclude zero;
@@ -31,8 +32,9 @@ MIN_COMMON_USERS = 10
 @dataclass(frozen=True)
 class ValidationResults:
     """The training -> gate contract: per-user reciprocal ranks on the held-out validation
-    users of the policy as served (`rr`), of the model it was tuned from, served the same
-    way (`baseline`), and of the retrieval order it re-ranks (`retrieval`). Stored in a
+    users of the policy as it would be served (`rr`), of the model it was tuned from as
+    that is served now (`baseline`; the retrieval order for a zero-shot packaged model,
+    recsys.resolver), and of the retrieval order it re-ranks (`retrieval`). Stored in a
     ranker version's metrics as `val_rr`, `val_rr_baseline` and `val_rr_retrieval`."""
 
     rr: dict[str, float]
@@ -94,7 +96,7 @@ def decide(
     if reference is not None:
         ref_rr, against = reference.rr, ref_name
     elif candidate.baseline is not None:
-        ref_rr, against = candidate.baseline, "the model it was tuned from"
+        ref_rr, against = candidate.baseline, "the model it was tuned from, as served"
     else:
         return GateDecision(
             False,

@@ -8,14 +8,18 @@ servers reload -> replay report. Celery beat runs it on `RECSYS_LOOP_SCHEDULE`
    saying so: fine-tuning on a handful of requests would only fit noise, and on the same
    requests again would only repeat the refused candidate.
 2. **Fine-tune** (recsys.training, source `db`) from the promoted version (else the
-   settings' model); the result is registered as a candidate ranker version with per-user
-   results on held-out users of that traffic (users split off by hash, never trained on).
-3. **Gate** (recsys.gate): the candidate must beat the promoted version — or, with nothing
-   promoted, the model it was tuned from — on those users by `RECSYS_GATE_MARGIN` with a
-   paired bootstrap interval above zero, and not rank worse than retrieval. With
-   `RECSYS_LOOP_OFFLINE_TASK` (e.g. rec-movie) it must also not regress on the offline
-   evaluation: base and candidate on the same seeded instances, refused when the paired
-   ΔMRR interval lies below zero.
+   settings' model) at the base's training weight (`ResolvedRanker.training_alpha`: a
+   version's measured weight; 10 for the zero-shot default, which is served at the
+   retrieval order itself); the result is registered as a candidate ranker version, to be
+   served at that weight, with per-user results on held-out users of that traffic (users
+   split off by hash, never trained on).
+3. **Gate** (recsys.gate): the candidate, as it would be served, must beat the promoted
+   version — or, with nothing promoted, the model it was tuned from as it is served now
+   (the retrieval order, for the zero-shot default) — on those users by
+   `RECSYS_GATE_MARGIN` with a paired bootstrap interval above zero, and not rank worse
+   than retrieval. With `RECSYS_LOOP_OFFLINE_TASK` (e.g. rec-movie) it must also not
+   regress on the offline evaluation: base and candidate on the same seeded instances,
+   refused when the paired ΔMRR interval lies below zero.
 4. **Promote** when the gate passes and `RECSYS_AUTO_PROMOTE` is on. Servers started with
    `RECSYS_MODEL=promoted` see the new version at their next registry poll
    (`RECSYS_RELOAD_POLL_S`) and swap it in without a failed request (recsys.api.serving).
@@ -158,10 +162,13 @@ def _fine_tune(
     from recsys.training import TrainingOptions, run_training
 
     resolved = resolve_ranker(base)
-    # tuned, validated and registered at the weight the base is served with, so the gate
-    # compares what would be served with what is served
+    # tuned, validated and registered at the base's training weight (its measured serving
+    # weight; for a zero-shot packaged base, which is served at the retrieval order and so
+    # has no weight to learn at, UNVALIDATED_TRAINING_ALPHA), and gated against the base as
+    # it is served now: the gate compares what would be served with what is served
     options = TrainingOptions(
-        fusion_alpha=resolved.fusion_alpha or 0.0,
+        fusion_alpha=resolved.training_alpha or 0.0,
+        base_served_alpha=resolved.fusion_alpha or 0.0,
         source="db",
         since=since.isoformat() if since else None,
         model=resolved.model,
@@ -182,7 +189,8 @@ def _fine_tune(
 def offline_check(
     config: LoopConfig, base: str, candidate: str, settings: Settings
 ) -> dict[str, Any]:
-    """The offline evaluation: base and candidate, each at its serving weight, on the same
+    """The offline evaluation: base and candidate, each at its serving weight (the zero-shot
+    default: the order of the fusion signal, its retrieval order here), on the same
     seeded `offline_users` instances of `offline_task` (recsys.eval); the paired ΔMRR x100
     with its bootstrap interval. `allowed` is False when the candidate is worse with the
     whole interval below zero: a regression on the standard protocol."""

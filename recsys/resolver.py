@@ -3,8 +3,9 @@
 A spec is what a user types after `--model` or sets as RECSYS_MODEL:
 
 =================  ==================================================================
-``default``        the embedded SmolLM2 (ranking.model_spec), zero-shot: served with
-                   UNVALIDATED_FUSION_ALPHA so it stays close to the retrieval order
+``default``        the embedded SmolLM2 (ranking.model_spec), zero-shot: served at
+                   UNVALIDATED_SERVING_ALPHA (the retrieval order itself), fine-tuned
+                   at UNVALIDATED_TRAINING_ALPHA
 ``gemma3-270m``    Gemma 3 270M from the ``gemma`` extra, zero-shot like ``default``
 a path             a HF directory, a .gguf, or a hybrid model folder (its card.json's
                    measured ``fusion_alpha``); anything with a ``/`` or a ``.gguf``
@@ -15,6 +16,11 @@ anything else      a registered ranker version
 
 Path-level resolution (which file inside a directory) is ranking.model_spec's; this module
 adds the registry, which only the application knows about.
+
+Two weights per model: `fusion_alpha`, what it is served with, and `training_alpha`, what
+fine-tuning it trains and validates at (recsys.loop). They are the same measured weight for
+a registered version or a model card; they differ only for a zero-shot packaged model,
+whose serving weight is a guarantee rather than a measurement.
 """
 
 from __future__ import annotations
@@ -25,24 +31,38 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from ranking.fusion import RETRIEVAL_ORDER
 from ranking.model_spec import PACKAGED_MODELS
 from recsys.errors import UserError
 
-# The zero-shot default LM ranks at random level (docs/RESULTS.md), so it is served fused
-# with the retrieval scores at a weight that keeps the retrieval order except where scores
-# nearly tie: out of the box the re-ranking stage stays close to the retrieval order.
-UNVALIDATED_FUSION_ALPHA = 10.0
+# A zero-shot packaged LM ranks at random level (docs/RESULTS.md) and has no measured fusion
+# weight, so it is served at the retrieval order itself (ranking.fusion.RETRIEVAL_ORDER: no
+# model call, the order unchanged): whatever a tuned version later wins, the default a fresh
+# machine serves is never worse than the retrieval order it re-ranks. Fine-tuning it
+# (recsys.loop) trains and validates at UNVALIDATED_TRAINING_ALPHA instead, a weight at
+# which the ranker still has a say (at the retrieval order it has none to learn from): the
+# tuned version is registered, gated and served at that measured weight.
+UNVALIDATED_SERVING_ALPHA = RETRIEVAL_ORDER
+UNVALIDATED_TRAINING_ALPHA = 10.0
 
 
 @dataclass(frozen=True)
 class ResolvedRanker:
     """`model` is what ranking.loading understands ('default' or a path); `version` the
-    registry version it came from; `fusion_alpha` the weight it was validated with (None:
-    none recorded)."""
+    registry version it came from; `fusion_alpha` the weight it is served with (None: none
+    recorded, served alone); `training_alpha` the weight to fine-tune and validate it at
+    (None: 0, the ranker alone)."""
 
     model: str
     version: str | None = None
     fusion_alpha: float | None = None
+    training_alpha: float | None = None
+
+    @property
+    def unvalidated(self) -> bool:
+        """A zero-shot packaged model: its serving weight is a guarantee (the retrieval
+        order), not a measurement of the model (`recsys eval` measures it alone)."""
+        return self.version is None and self.model in PACKAGED_MODELS
 
 
 def is_path_spec(text: str) -> bool:
@@ -53,17 +73,21 @@ def resolve_ranker(spec: str, *, engine: Engine | None = None) -> ResolvedRanker
     """Resolve a ranker spec (module doc); registry specs read `engine`'s database."""
     text = str(spec).strip()
     if text in PACKAGED_MODELS:
-        return ResolvedRanker(text, fusion_alpha=UNVALIDATED_FUSION_ALPHA)
+        return ResolvedRanker(
+            text, fusion_alpha=UNVALIDATED_SERVING_ALPHA, training_alpha=UNVALIDATED_TRAINING_ALPHA
+        )
     if is_path_spec(text):
         path = Path(text).expanduser()
-        return ResolvedRanker(text, fusion_alpha=_folder_alpha(path) if path.exists() else None)
+        alpha = _folder_alpha(path) if path.exists() else None
+        return ResolvedRanker(text, fusion_alpha=alpha, training_alpha=alpha)
     return _registered(text, engine)
 
 
 def serving_fusion_alpha(setting: float | None, registered: float | None) -> float:
     """The default score-fusion weight a ranker is served with. Precedence: the explicit
-    setting (RECSYS_FUSION_ALPHA), then the resolved model's own weight, then 0 (the
-    ranker alone). A request's `fusion_alpha` overrides the result per request."""
+    setting (RECSYS_FUSION_ALPHA), then the resolved model's own weight (RETRIEVAL_ORDER for
+    a zero-shot packaged model), then 0 (the ranker alone). A request's `fusion_alpha`
+    overrides the result per request."""
     if setting is not None:
         return float(setting)
     return 0.0 if registered is None else registered
@@ -100,7 +124,7 @@ def _registered(text: str, engine: Engine | None) -> ResolvedRanker:
             "path that exists here; copy the artifact or register its local path"
         )
     alpha = _checked_alpha((info.metrics or {}).get("fusion_alpha"), f"ranker {info.version!r}")
-    return ResolvedRanker(str(path), info.version, alpha)
+    return ResolvedRanker(str(path), info.version, fusion_alpha=alpha, training_alpha=alpha)
 
 
 def _folder_alpha(path: Path) -> float | None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ranking.fusion import RETRIEVAL_ORDER
 from ranking.metrics import reciprocal_rank
 from ranking.rl.episodes import (
     Episode,
@@ -142,7 +143,11 @@ class TrainingOptions:
     history_len: int = 20
     teacher: str = "retrieval"  # retrieval | none
     expected_weight: float = 1.0
-    fusion_alpha: float = 0.0
+    fusion_alpha: float = 0.0  # validated, registered and served at this weight (finite)
+    # the weight the base model is served with now; the gate's baseline is the base served
+    # so (RETRIEVAL_ORDER: the retrieval order itself). None: a zero-shot packaged base's
+    # (recsys.resolver: the retrieval order), any other base's `fusion_alpha`
+    base_served_alpha: float | None = None
     train_fused: bool = False  # train the fused policy (needs fusion_alpha)
     extra_alphas: tuple[float, ...] = ()  # more fusion weights measured (val_mrr_fused@a)
     eval_every: int = 25
@@ -155,6 +160,39 @@ class TrainingOptions:
     resume: bool = True
     register: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _base_served_alpha(opts: TrainingOptions) -> float:
+    """The weight the base is served with (TrainingOptions.base_served_alpha), checked; and
+    the training weights checked: training needs a finite weight (at the retrieval order the
+    ranker has no influence, nothing to learn)."""
+    from ranking.model_spec import PACKAGED_MODELS
+    from ranking.types import is_valid_alpha
+    from recsys.resolver import UNVALIDATED_SERVING_ALPHA
+
+    for name, alpha in [("fusion_alpha", opts.fusion_alpha),
+                        *(("extra_alphas", a) for a in opts.extra_alphas)]:  # fmt: skip
+        if not is_valid_alpha(alpha):
+            raise UserError(
+                f"{name} {alpha!r}: training and validation need a finite weight >= 0 "
+                "(the zero-shot default is tuned at "
+                "recsys.resolver.UNVALIDATED_TRAINING_ALPHA)"
+            )
+    alpha = opts.base_served_alpha
+    if alpha is None:
+        alpha = UNVALIDATED_SERVING_ALPHA if opts.model in PACKAGED_MODELS else opts.fusion_alpha
+    if not is_valid_alpha(alpha, retrieval_order=True):
+        raise UserError(
+            f"base_served_alpha {alpha!r}: a finite weight >= 0, or RETRIEVAL_ORDER (inf)"
+        )
+    return float(alpha)  # type: ignore[arg-type]
+
+
+def _baseline_name(alpha: float) -> str:
+    """What a version's `val_rr_baseline` measured: the base as it was served."""
+    if alpha == RETRIEVAL_ORDER:
+        return "retrieval order (the base's serving weight)"
+    return f"base fused at alpha {alpha:g}" if alpha else "base alone"
 
 
 def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
@@ -235,6 +273,7 @@ def run_training(
     from recsys.settings import get_settings
 
     settings = get_settings()
+    base_alpha = _base_served_alpha(opts)
     try:
         config = TrainConfig(
             algo=opts.algo,
@@ -299,6 +338,8 @@ def run_training(
     trainer = Trainer(model, backend.tokenizer, train, val, config, out_dir, log=on_record)
 
     alphas = (0.0, opts.fusion_alpha, *opts.extra_alphas) if opts.fusion_alpha else (0.0,)
+    if base_alpha != RETRIEVAL_ORDER and base_alpha not in alphas:
+        alphas = (*alphas, base_alpha)  # the base as served, for the gate's baseline
 
     def evaluate(what: str) -> list[dict[str, float]]:
         """Reciprocal ranks per user, for the plain and (optionally) the fused ranking."""
@@ -348,11 +389,18 @@ def run_training(
     def mrr(rr: dict[str, float]) -> float:
         return 100 * sum(rr.values()) / len(rr)
 
+    def served_at(alpha: float) -> str:
+        """The key of the results at weight `alpha` (as it is spelled in `alphas`)."""
+        return next((f"rr_fused@{a}" for a in alphas[1:] if a == alpha), "rr")
+
     # what the gate reads (recsys.gate). A version with a fusion_alpha is SERVED fused
-    # (recsys.registry), so its per-user results are the fused ones, against the zero-shot
-    # model fused the same way.
-    served = f"rr_fused@{opts.fusion_alpha}" if opts.fusion_alpha else "rr"
-    validation = ValidationResults(rr=tuned[served], baseline=base[served], retrieval=retrieval)
+    # (recsys.resolver), so its per-user results are the fused ones; the baseline is the
+    # model it was tuned from as that is served now: fused at its own weight, or, for a
+    # zero-shot packaged base, the retrieval order itself.
+    baseline = retrieval if base_alpha == RETRIEVAL_ORDER else base[served_at(base_alpha)]
+    validation = ValidationResults(
+        rr=tuned[served_at(opts.fusion_alpha)], baseline=baseline, retrieval=retrieval
+    )
     metrics: dict[str, Any] = {
         "task": opts.source,
         "signal": opts.signal,
@@ -365,6 +413,8 @@ def run_training(
         "val_mrr": mrr(tuned["rr"]),
         "val_mrr_zero_shot": mrr(base["rr"]),
         "val_mrr_retrieval": mrr(retrieval),
+        # what val_rr_baseline is: the base served at the retrieval order, or at a weight
+        "val_baseline": _baseline_name(base_alpha),
         **validation.to_metrics(),
     }
     if opts.fusion_alpha:

@@ -140,3 +140,40 @@ def test_demo_bad_input_is_one_line_and_exit_2(demo_env, monkeypatch, capsys, ex
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_demo_with_the_default_model_re_ranks_to_the_retrieval_order(
+    demo_env, monkeypatch, tiny_backend
+):
+    """The zero-shot default is served at the retrieval order (recsys.resolver): the demo's
+    re-ranked stage stores and scores exactly the retrieval lists. The packaged model's
+    weights are stood in for by the tiny model: what is checked is the served weight."""
+    import ranking.loading
+    from recsys.db.engine import get_engine
+    from recsys.db.runs import recommendations_for
+    from retrieval.artifacts import ArtifactStore
+    from retrieval.generator import CandidateGenerator
+
+    loaded = []
+    monkeypatch.setattr(
+        ranking.loading, "load_backend", lambda model, **kw: loaded.append(model) or tiny_backend
+    )
+    targets = write_movielens(demo_env / "ml-tiny")
+    args = ["demo", "--data", str(demo_env / "ml-tiny"), "--users", "0", "--k", str(K),
+            "--model", "default", "--embeddings", "hashing", "--no-progress",
+            "--report", str(demo_env / "report.json")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert loaded == ["default"]
+    report = json.loads((demo_env / "report.json").read_text())
+    metrics = report["metrics"]
+    only = metrics[f"retrieval only, {N_USERS} sampled users"]
+    assert metrics[f"retrieval + IRanker, {N_USERS} sampled users"] == only
+    gen = CandidateGenerator.load(
+        ArtifactStore(demo_env / "var" / "artifacts"), report["retrieval_version"]
+    )
+    engine = get_engine()
+    for user in targets:
+        stored = [r.item_id for r in recommendations_for(user, report["run_id"], engine=engine)]
+        assert stored == [str(c.item) for c in gen.candidates(user, K)]

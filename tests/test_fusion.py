@@ -24,6 +24,7 @@ from ranking.errors import RequestError
 from ranking.fusion import (
     NOTE_NO_SCORE,
     NOTE_REASON_MODE,
+    RETRIEVAL_ORDER,
     fuse_step,
     fusion_bias,
     zscores,
@@ -263,10 +264,71 @@ def test_reason_request_with_alpha_zero_is_fine():
     assert RankRequest.from_dict({**BASE, "mode": "reason", "fusion_alpha": 0}).fusion_alpha == 0
 
 
-@pytest.mark.parametrize("alpha", [-0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("alpha", [-0.5, float("nan"), -math.inf, "2", True])
 def test_bad_ranker_default_is_a_clear_error(alpha):
     with pytest.raises(RequestError, match="fusion_alpha must be a finite number >= 0"):
         Ranker(ScriptedBackend(), fusion_alpha=alpha)
+
+
+# ---------------------------------------------------------------- the retrieval order
+
+
+def test_retrieval_order_has_no_bias_to_fuse_or_train_with():
+    """+inf is not a weight the trainer's fusion can use (it would be NaN at z = 0)."""
+    with pytest.raises(ValueError, match="RETRIEVAL_ORDER is the retrieval order itself"):
+        fusion_bias([3.0, 1.0, 2.0], RETRIEVAL_ORDER)
+    assert math.isinf(RETRIEVAL_ORDER) and RETRIEVAL_ORDER > 0
+
+
+def tied_request(mode: str, **kw) -> RankRequest:
+    """Scores out of list order, two exact ties and an unscored candidate."""
+    scores = [0.2, 0.9, 0.5, 0.9, None, 0.5, 0.1]
+    cands = tuple(Candidate(f"c{i}", f"item {i}", score=s) for i, s in enumerate(scores))
+    return RankRequest(task="rec-movie", candidates=cands, history=("a film",), mode=mode, **kw)
+
+
+@pytest.mark.parametrize("mode", LABEL_MODES)
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_retrieval_order_default_is_exactly_the_retrieval_order(tiny_backend, mode, temperature):
+    """The serving default of an unvalidated model: by score, ties and unscored candidates in
+    the request's order (as `retrieval_order` and the gate's retrieval baseline), every step
+    with probability 1, no model call."""
+    req = tied_request(mode, temperature=temperature, seed=5)
+    expected = ["c1", "c3", "c2", "c5", "c0", "c6", "c4"]
+    for backend in (tiny_backend, ScriptedBackend(logprob_fn=lambda c, a: np.arange(len(a)))):
+        res = Ranker(backend, fusion_alpha=RETRIEVAL_ORDER).rank(req)
+        assert res.order == expected and is_permutation(res.order, req)
+        assert [s.prob for s in res.steps] == [1.0] * 6
+        assert {s.matched for s in res.steps} == {"retrieval"}
+        assert res.log_propensity == 0.0 and not res.fallback
+        assert res.fusion_alpha == RETRIEVAL_ORDER and res.fusion_note is None
+        assert res.generated_tokens == 0 and res.invalid_answers == 0
+        assert res.to_dict()["fusion_alpha"] is None  # JSON has no infinity
+        json.dumps(res.to_dict(), allow_nan=False)
+    assert backend.calls == []  # the model is not asked
+
+
+def test_retrieval_order_keeps_a_sorted_list_and_follows_scores(tiny_backend):
+    req = scored_request(8, shuffle=2)
+    assert by_score(req) != list(req.ids)
+    ranker = Ranker(tiny_backend, fusion_alpha=RETRIEVAL_ORDER)
+    assert ranker.rank(req).order == by_score(req)
+    batch = [scored_request(n, shuffle=n) for n in (3, 9, 5)]
+    assert [r.order for r in ranker.rank_batch(batch)] == [by_score(r) for r in batch]
+
+
+def test_a_request_s_weight_overrides_the_retrieval_order_default(tiny_backend):
+    req = scored_request(6, shuffle=4, temperature=1.0, seed=2)
+    ranker = Ranker(tiny_backend, fusion_alpha=RETRIEVAL_ORDER, speculate=0)
+    alone = ranker.rank(dataclasses.replace(req, fusion_alpha=0.0))
+    same_result(alone, Ranker(tiny_backend, speculate=0).rank(req))
+    fused = ranker.rank(dataclasses.replace(req, fusion_alpha=1.5))
+    same_result(fused, Ranker(tiny_backend, speculate=0, fusion_alpha=1.5).rank(req))
+    assert (alone.fusion_alpha, fused.fusion_alpha) == (0.0, 1.5)
+    # reason mode cannot follow a weight: its default is reported as not applied, as before
+    reason = dataclasses.replace(req, mode="reason")
+    res = Ranker(ScriptedBackend(), fusion_alpha=RETRIEVAL_ORDER).rank(reason)
+    assert (res.fusion_alpha, res.fusion_note) == (0.0, NOTE_REASON_MODE)
 
 
 # ---------------------------------------------------------------- CLI and API
@@ -376,12 +438,9 @@ def test_registered_version_is_served_with_its_alpha(fresh_settings, sqlite_engi
     assert served("fused") == 3.0  # the version's own weight
     assert served("plain") == 0.0
     assert served(str(tiny_model_dir)) == 0.0  # a bare path has no registered weight
-    # the zero-shot default is served close to the retrieval order (never worse than it)
-    from recsys.resolver import UNVALIDATED_FUSION_ALPHA
-
-    assert resolve_ranker("default").fusion_alpha == UNVALIDATED_FUSION_ALPHA
-    gemma = resolve_ranker("gemma3-270m")  # the other packaged base: zero-shot alike
-    assert (gemma.model, gemma.fusion_alpha) == ("gemma3-270m", UNVALIDATED_FUSION_ALPHA)
+    # a registered version is served and tuned at the one weight it was measured with
+    fused = resolve_ranker("fused", engine=sqlite_engine)
+    assert (fused.fusion_alpha, fused.training_alpha, fused.unvalidated) == (3.0, 3.0, False)
     assert served("fused", fusion_alpha=0.5) == 0.5  # an explicit setting wins
     fresh_settings.setenv("RECSYS_FUSION_ALPHA", "1.5")
     from recsys.settings import get_settings
@@ -392,6 +451,100 @@ def test_registered_version_is_served_with_its_alpha(fresh_settings, sqlite_engi
     ranker = load_ranker(engine=sqlite_engine, model="fused", device="cpu")
     res = ranker.rank(scored_request(5, fusion_alpha=0.0))
     assert res.fusion_alpha == 0.0
+
+
+@pytest.mark.parametrize("spec", ["default", "gemma3-270m"])
+def test_zero_shot_packaged_models_serve_the_retrieval_order_and_tune_at_10(spec):
+    from recsys.resolver import (
+        UNVALIDATED_SERVING_ALPHA,
+        UNVALIDATED_TRAINING_ALPHA,
+        resolve_ranker,
+    )
+
+    assert (UNVALIDATED_SERVING_ALPHA, UNVALIDATED_TRAINING_ALPHA) == (RETRIEVAL_ORDER, 10.0)
+    resolved = resolve_ranker(spec)
+    assert resolved.model == spec and resolved.version is None and resolved.unvalidated
+    assert resolved.fusion_alpha == RETRIEVAL_ORDER  # served: the retrieval order itself
+    assert resolved.training_alpha == 10.0  # fine-tuned and validated: where the LM has a say
+
+
+def test_a_model_folder_s_card_weight_is_served_and_tuned(tmp_path, tiny_model_dir):
+    import shutil
+
+    from recsys.resolver import resolve_ranker
+
+    folder = tmp_path / "carded"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "card.json").write_text(json.dumps({"fusion_alpha": 7.5}))
+    resolved = resolve_ranker(str(folder))
+    assert (resolved.fusion_alpha, resolved.training_alpha) == (7.5, 7.5)
+    assert not resolved.unvalidated
+    bare = resolve_ranker(str(tiny_model_dir))
+    assert (bare.fusion_alpha, bare.training_alpha, bare.unvalidated) == (None, None, False)
+
+
+@pytest.fixture
+def default_is_tiny(fresh_settings, tiny_backend):
+    """`--model default` loads the tiny random model (no 135M load): what is checked is the
+    weight the packaged default is served with, whatever its weights."""
+    import ranking.loading
+
+    loaded = []
+
+    def load(model, **kwargs):
+        loaded.append(str(model))
+        return tiny_backend
+
+    fresh_settings.setattr(ranking.loading, "load_backend", load)
+    tiny_backend.clear_cache()
+    return loaded
+
+
+def test_the_default_is_served_as_the_retrieval_order(default_is_tiny, fresh_settings):
+    """A fresh machine's default never ranks worse than the retrieval order: it is that
+    order. An explicit setting and a request's own weight still override it."""
+    from recsys.runtime import load_ranker
+    from recsys.settings import get_settings
+
+    req = scored_request(8, shuffle=5)
+    ranker = load_ranker(model="default", device="cpu")
+    assert default_is_tiny == ["default"]
+    assert ranker.fusion_alpha == RETRIEVAL_ORDER
+    res = ranker.rank(req)
+    assert res.order == by_score(req) != list(req.ids)
+    assert res.log_propensity == 0.0 and res.fusion_alpha == RETRIEVAL_ORDER
+    alone = ranker.rank(dataclasses.replace(req, fusion_alpha=0.0))  # the request's weight
+    same_result(alone, Ranker(ranker.backend).rank(req))
+    assert load_ranker(model="default", device="cpu", fusion_alpha=2.0).fusion_alpha == 2.0
+    fresh_settings.setenv("RECSYS_FUSION_ALPHA", "0")
+    get_settings.cache_clear()
+    assert load_ranker(model="default", device="cpu").fusion_alpha == 0.0
+
+
+def test_api_answers_and_logs_the_retrieval_order_default(tiny_backend, engine):
+    """On SQLite and PostgreSQL: the infinite weight is null in the answer and in the
+    impression log (PostgreSQL's JSONB refuses Infinity)."""
+    import sqlalchemy as sa
+
+    from recsys.api import create_app
+    from recsys.db.models import Impression
+    from recsys.settings import Settings
+
+    req = scored_request(6, shuffle=2)
+    ranker = Ranker(tiny_backend, fusion_alpha=RETRIEVAL_ORDER)
+    app = create_app(ranker=ranker, settings=Settings(batch_wait_ms=1.0), engine=engine)
+    with TestClient(app) as client:
+        body = {**json.loads(request_json(req)), "user_id": "u1"}
+        answer = client.post("/v1/rank", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["order"] == by_score(req)
+    assert answer.json()["fusion_alpha"] is None and answer.json()["log_propensity"] == 0.0
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Impression.propensity, Impression.context).order_by(Impression.position)
+        ).all()
+    assert len(rows) == 6 and {r.propensity for r in rows} == {1.0}
+    assert {r.context["fusion_alpha"] for r in rows} == {None}
 
 
 def test_bad_registered_alpha_is_a_clear_error(sqlite_engine, tiny_model_dir):
@@ -490,6 +643,31 @@ def test_cli_eval_bad_fusion_exits_2(fresh_settings, capsys, args, message):
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "alpha"),
+    [
+        (["--model", "default"], 0.0),  # the LM measured alone, not its served retrieval order
+        (["--model", "gemma3-270m"], 0.0),
+        (["--model", "default", "--fusion-alpha", "2"], 2.0),  # as asked
+    ],
+)
+def test_cli_eval_measures_the_zero_shot_default_as_asked(fresh_settings, capsys, args, alpha):
+    from recsys.errors import UserError
+    from recsys.eval import harness
+
+    asked = []
+
+    def make_ranker(name, **kwargs):
+        asked.append((name, kwargs["model"], kwargs["fusion_alpha"]))
+        raise UserError("stop before loading")
+
+    fresh_settings.setattr(harness, "make_ranker", make_ranker)
+    base = ["eval", "--task", "rec-movie", "--data", "/nonexistent", "--no-progress"]
+    code, _, err = run_cli(fresh_settings, capsys, [*base, *args])
+    assert code == 2 and "stop before loading" in err
+    assert asked == [("incremental", args[1], alpha)]
 
 
 def test_cli_eval_fusion_alpha_end_to_end(fresh_settings, capsys, tmp_path, tiny_model_dir):

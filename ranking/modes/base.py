@@ -15,6 +15,8 @@ Shared rules (documented once, here):
   score (+ for `direct`, which places) to each step's log-probs over the candidates in play
   and renormalise; choice, step probability and `log_propensity` above are then those of
   the fused distribution. The request's `fusion_alpha` overrides `RankOptions.fusion_alpha`.
+  `fusion.RETRIEVAL_ORDER` (+inf) is the retrieval order itself: `Trace` takes every step
+  from `retrieval_order` with probability 1 before any model call, so none is made.
 * **garbage log-probs** — NaN, +-inf, wrong-length or empty arrays from a backend are
   replaced by a uniform distribution; the step is marked ``matched="fallback"`` and counted
   in ``invalid_answers``.
@@ -176,6 +178,16 @@ class Trace:
         self.generated_tokens = 0
         self.stopped = False
         self.rng = np.random.default_rng(request.seed)
+        if self.fusion.follows_retrieval:
+            self.follow_retrieval()
+
+    def follow_retrieval(self) -> None:
+        """Take every step the retrieval order's way (`fusion.RETRIEVAL_ORDER`): eliminate
+        the candidate it ranks last (place the one it ranks first), each with probability
+        1, so the ranking is that order and its log-propensity 0."""
+        best_first = retrieval_order(self.request.candidates, self.remaining)
+        for idx in (best_first[::-1] if self.eliminates else best_first)[:-1]:
+            self.take(self.remaining.index(idx), 1.0, matched="retrieval")
 
     @property
     def done(self) -> bool:

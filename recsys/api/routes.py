@@ -180,6 +180,7 @@ async def _ranked(
 
 def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r: Any) -> None:
     """One impression per position with the ranking's propensity (for replay and RL)."""
+    from ranking.types import alpha_for_json
     from recsys.db.events import ImpressionRecord
     from recsys.db.models import utcnow
 
@@ -188,7 +189,8 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
     propensity = None if r.log_propensity is None else math.exp(r.log_propensity)
     # the context carries what off-policy training and replay read back (logged_requests)
     context = {"task": req.task, "mode": r.mode, "fallback": r.fallback,
-               "log_propensity": r.log_propensity, "fusion_alpha": r.fusion_alpha}  # fmt: skip
+               "log_propensity": r.log_propensity,
+               "fusion_alpha": alpha_for_json(r.fusion_alpha)}  # fmt: skip
     scores = {c.id: c.score for c in req.candidates}
     given = {c.id: i for i, c in enumerate(req.candidates)}  # the prompt's order, for training
     shown_at = utcnow()  # when it was shown, not when the buffer got it into the database

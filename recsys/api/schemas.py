@@ -53,7 +53,11 @@ class RankAnswer(BaseModel):
     invalid_answers: int
     generated_tokens: int
     prompt: str | None
-    fusion_alpha: float
+    fusion_alpha: float | None = Field(
+        description="the score-fusion weight applied (0: none); null: the retrieval order "
+        "itself (an infinite weight, the serving default of a zero-shot model: every step "
+        "with probability 1, no model call)"
+    )
     fusion_note: str | None
 
 

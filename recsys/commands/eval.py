@@ -138,9 +138,10 @@ def register(app: typer.Typer) -> None:
             resolved = runtime.resolve(settings, model)
             model_path = resolved.model
             setting = settings.fusion_alpha if alpha is None else alpha
-            # eval measures the model itself: the zero-shot default is not given the
-            # serving safety weight (resolver.UNVALIDATED_FUSION_ALPHA) unless asked
-            measured = None if resolved.model == "default" else resolved.fusion_alpha
+            # eval measures the model itself: a zero-shot packaged model is not given its
+            # serving default (resolver.UNVALIDATED_SERVING_ALPHA, the retrieval order,
+            # which would measure retrieval, not the LM): it ranks alone unless asked
+            measured = None if resolved.unvalidated else resolved.fusion_alpha
             alpha = serving_fusion_alpha(setting, measured)
             if ranker == harness.STACKED:  # it learns how to combine; the LM ranks alone
                 alpha = 0.0
