@@ -170,14 +170,19 @@ def train_hybrid(
     trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
                                 progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
     if opts.export_only:
-        if not trainer.load_checkpoint():
+        if not trainer.load_checkpoint(check=False):  # whatever it was trained with
             raise UserError(f"--export-only: no checkpoint under {work}; train first")
         echo(f"exporting the checkpoint of step {trainer.step}/{cfg.total_steps}")
     else:
-        if opts.init is not None and not (opts.resume and trainer.load_checkpoint()):
-            trainer.init_from(opts.init)  # a fresh run only; a checkpoint is further along
-            echo(f"initialised from {opts.init}")
-        trainer.run(resume=opts.resume)
+        from ranking.rl.supervised import CheckpointMismatch
+
+        try:
+            if opts.init is not None and not (opts.resume and trainer.load_checkpoint()):
+                trainer.init_from(opts.init)  # a fresh run only; a checkpoint is further along
+                echo(f"initialised from {opts.init}")
+            trainer.run(resume=opts.resume)
+        except CheckpointMismatch as exc:
+            raise UserError(f"{exc} (--restart starts over in {work})") from None
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,

@@ -91,10 +91,17 @@ def test_a_bundle_run_follows_the_run_it_stands_for(packed, tiny_model_dir, tmp_
     assert carried.validate() == pytest.approx(direct.validate())
 
 
-def test_train_bundle_plans_for_a_budget_and_exports_a_model(packed, tmp_path) -> None:
+def test_train_bundle_plans_for_a_budget_and_exports_a_model(packed, tmp_path, monkeypatch) -> None:
+    """The probe's rate sets the run's length (not the bundle's 6 batches); the deadline
+    may cut it short on a busy machine, never make it longer."""
+    import ranking.rl.bundle as bundle
+
+    monkeypatch.setattr(bundle, "_probe_rate", lambda *a, **k: 2.0)  # steps per second
     out = tmp_path / "model"
-    summary = train_bundle(packed["bundle"], out, budget_s=8, probe_steps=5, echo=lambda _: None)
-    assert summary["steps"] == summary["config"]["rl_steps"] > 6  # more than the bundle's own
+    summary = train_bundle(packed["bundle"], out, budget_s=10, echo=lambda _: None)
+    planned = summary["config"]["rl_steps"]
+    assert 6 < planned <= steps_for_budget(2.0, 10)  # 17 for the whole budget
+    assert 1 <= summary["steps"] <= planned
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "bundle_run.json").read_text())["episodes"] == summary["episodes"]
 
@@ -146,3 +153,19 @@ def test_titles_do_not_travel(tiny_model_dir, tmp_path) -> None:
         write_bundle(tmp_path / "b", model=plain.model, tokenizer=plain.tokenizer, config=titled,
                      item_ids=["1"], vectors=np.zeros((1, 5), np.float32), train=[], val=[],
                      training=config())  # fmt: skip
+
+
+def test_a_checkpoint_resumes_only_its_own_run(packed, tmp_path) -> None:
+    """A run stopped at its deadline leaves a checkpoint; a run planned differently in the
+    same folder is refused rather than silently taking the old schedule (the first GPU
+    calls resumed a probe's checkpoint and kept its learning-rate schedule)."""
+    import time
+
+    from ranking.rl.supervised import CheckpointMismatch
+
+    first = load_trainer(packed["bundle"], tmp_path / "w")
+    assert first.run(resume=False, deadline=time.monotonic() - 1) == 0
+    assert (tmp_path / "w" / "checkpoint" / "state.pt").is_file()
+    assert load_trainer(packed["bundle"], tmp_path / "w", overrides={"eval_every": 3}).step == 0
+    with pytest.raises(CheckpointMismatch, match="rl_steps 6 there, 50 here"):
+        load_trainer(packed["bundle"], tmp_path / "w", overrides={"rl_steps": 50})

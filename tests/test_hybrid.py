@@ -228,8 +228,7 @@ def test_trainer_learns_from_the_vectors_and_resumes_exactly(tiny_model_dir, tmp
 
     # interrupted after 20 steps (a checkpoint), resumed in a new process-like trainer
     part = trainer(tmp_path / "part", 40)
-    part.cfg.supervised_steps, part.cfg.rl_steps = 20, 0  # stop after step 20 (a checkpoint)
-    part.run(resume=False)
+    part.run(resume=False, stop_at=20)  # stopped after step 20 (a checkpoint)
     resumed = trainer(tmp_path / "part", 40)
     resumed.run(resume=True)  # loads step 20's checkpoint, runs 20..45
     for a, b in zip(full.params, resumed.params, strict=True):

@@ -272,7 +272,9 @@ def train_bundle(
         echo(f"probe: {rate:.2f} steps/s; {steps} batches fit the {left:.0f} s left")
     trainer = load_trainer(folder, work, device=device, overrides=overrides)
     start = time.perf_counter()
-    trainer.run(resume=True)
+    # a plan is an estimate (runs beside it may slow this one down): the budget is a limit
+    deadline = None if budget_s is None else time.monotonic() + budget_s - (start - t0)
+    trainer.run(resume=True, deadline=deadline)
     wall = time.perf_counter() - start
     trainer.export(out)
     log = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines() if x]

@@ -41,6 +41,12 @@ from ranking.rl.policy import mask_eliminated
 from ranking.rl.sequence import TokenizerOnly, step_positions
 
 CHECKPOINT = "checkpoint"
+# settings a resumed run may change without leaving the path it was on
+_HARMLESS = {"eval_every", "checkpoint_every", "val_episodes"}
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint from a run with another configuration."""
 
 
 @dataclass
@@ -236,14 +242,19 @@ class SupervisedTrainer:
                 rr.append(1.0 / (order.index(p.gt) + 1))
         return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
 
-    def run(self, resume: bool = True) -> int:
+    def run(
+        self, resume: bool = True, stop_at: int | None = None, deadline: float | None = None
+    ) -> int:
+        """Train to the end of the schedule, or until step `stop_at` or the
+        `time.monotonic()` `deadline` (then a checkpoint the run can resume from)."""
         if not self.train:
             raise ValueError("no training episodes")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
         log = (self.out_dir / "log.jsonl").open("a", encoding="utf-8")
-        while self.step < self.cfg.total_steps:
+        end = self.cfg.total_steps if stop_at is None else min(stop_at, self.cfg.total_steps)
+        while self.step < end and (deadline is None or time.monotonic() < deadline):
             rec = self.train_step(self.step)
             self.step += 1
             if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps:
@@ -282,11 +293,27 @@ class SupervisedTrainer:
         shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_checkpoint(self) -> bool:
+    def _check_same_run(self, saved: dict[str, Any], path: Path) -> None:
+        """A checkpoint resumes only the run that wrote it: with another schedule its
+        optimizer and scheduler state would silently replace this run's (a budgeted run
+        resuming a probe's checkpoint kept the probe's learning-rate schedule)."""
+        mine = asdict(self.cfg)
+        differ = {k: (saved[k], mine[k]) for k in saved.keys() & mine.keys() - _HARMLESS
+                  if saved[k] != mine[k]}  # fmt: skip
+        if differ:
+            said = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in sorted(differ.items()))
+            raise CheckpointMismatch(
+                f"{path} was written by a run with another configuration ({said}); resume it "
+                "with the same settings, or start over in a new work folder"
+            )
+
+    def load_checkpoint(self, check: bool = True) -> bool:
         path = self.out_dir / CHECKPOINT / "state.pt"
         if not path.exists():
             return False
         state = torch.load(path, weights_only=False)
+        if check:
+            self._check_same_run(dict(state.get("config", {})), path)
         self.model.load_state_dict(state["trainable"], strict=False)
         self.hybrid.projector.load_state_dict(state["projector"])
         self.optimizer.load_state_dict(state["optimizer"])
