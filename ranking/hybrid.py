@@ -224,7 +224,9 @@ class Hybrid:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors.cpu().numpy().astype(np.float32))
-        torch.save(self.projector.state_dict(), folder / "projector.pt")
+        # CPU tensors: a model trained on a GPU loads on a machine without one
+        state = {k: v.detach().cpu() for k, v in self.projector.state_dict().items()}
+        torch.save(state, folder / "projector.pt")
         if adapter_model is not None and hasattr(adapter_model, "save_pretrained"):
             adapter_model.save_pretrained(folder / "adapter")
         manifest = {"config": asdict(self.config), "items": self.item_ids}
@@ -257,7 +259,9 @@ def load_hybrid(folder: str | Path, model: nn.Module, tokenizer: Any) -> Hybrid:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     vectors = np.load(folder / "vectors.npy")
     projector = Projector(config.vector_dim, model.config.hidden_size)
-    projector.load_state_dict(torch.load(folder / "projector.pt", weights_only=True))
+    projector.load_state_dict(
+        torch.load(folder / "projector.pt", map_location="cpu", weights_only=True)
+    )
     return Hybrid(model, tokenizer, items, vectors, config, projector)
 
 

@@ -221,7 +221,11 @@ def _saved_config(work: Path) -> dict[str, Any]:
     """The SupervisedConfig the checkpoint in `work` was trained with."""
     import torch
 
-    return dict(torch.load(work / "checkpoint" / "state.pt", weights_only=False)["config"])
+    return dict(
+        torch.load(work / "checkpoint" / "state.pt", map_location="cpu", weights_only=False)[
+            "config"
+        ]
+    )
 
 
 def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:

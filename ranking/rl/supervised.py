@@ -311,7 +311,7 @@ class SupervisedTrainer:
         path = self.out_dir / CHECKPOINT / "state.pt"
         if not path.exists():
             return False
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if check:
             self._check_same_run(dict(state.get("config", {})), path)
         self.model.load_state_dict(state["trainable"], strict=False)
@@ -332,7 +332,7 @@ class SupervisedTrainer:
         if not adapter.is_file():
             raise FileNotFoundError(f"{adapter}: not an exported hybrid model folder")
         set_peft_model_state_dict(self.model, load_file(str(adapter)))
-        projector = torch.load(folder / "projector.pt", weights_only=True)
+        projector = torch.load(folder / "projector.pt", map_location="cpu", weights_only=True)
         self.hybrid.projector.load_state_dict(projector)
 
     def export(self, folder: Path) -> Path:
