@@ -169,3 +169,42 @@ def test_a_checkpoint_resumes_only_its_own_run(packed, tmp_path) -> None:
     assert load_trainer(packed["bundle"], tmp_path / "w", overrides={"eval_every": 3}).step == 0
     with pytest.raises(CheckpointMismatch, match="rl_steps 6 there, 50 here"):
         load_trainer(packed["bundle"], tmp_path / "w", overrides={"rl_steps": 50})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: 0 is outside [1, 1024]"),
+        (["--lr", "fast"], "--lr: 'fast' is not a float"),
+        (["--budget-s", "-5"], "--budget-s: -5 is outside"),
+        (["--ce-weight", "1e9"], "--ce-weight: 1e9 is outside"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_command_lines_are_clear_errors(packed, tmp_path, capsys, args, message) -> None:
+    from ranking.rl.bundle import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(packed["bundle"]), "--out", str(tmp_path / "m"), *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_bundle_is_a_clear_error(tmp_path, capsys) -> None:
+    from ranking.rl.bundle import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--out", str(tmp_path / "m")])
+    assert stop.value.code == 2
+    assert "not a training bundle" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_cuda_without_a_gpu_is_a_clear_error(packed, tmp_path, capsys) -> None:
+    from ranking.rl.bundle import main
+
+    with pytest.raises(SystemExit):
+        main([str(packed["bundle"]), "--out", str(tmp_path / "m"), "--device", "cuda"])
+    assert "CUDA is not available here" in capsys.readouterr().err

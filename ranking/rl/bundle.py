@@ -319,40 +319,57 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _bounded(kind: type, low: float, high: float):  # type: ignore[no-untyped-def]
+    """An argparse type: a `kind` number in [low, high], else a message saying so."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside [{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+# (option, type, limits, help): every option has a limit
+_OPTIONS = (
+    ("--budget-s", float, (1, 7 * 86400), "run time in seconds (default: the bundle's steps)"),
+    ("--batch-size", int, (1, 1024), "episodes per update"),
+    ("--lr", float, (1e-8, 1.0), "peak learning rate"),
+    ("--rl-steps", int, (0, 10**7), "stage 2 batches"),
+    ("--supervised-steps", int, (0, 10**7), "stage 1 batches"),
+    ("--ce-weight", float, (0.0, 100.0), "stage 2: weight of the stage-1 loss"),
+    ("--eval-every", int, (1, 10**9), "validate every N batches"),
+    ("--checkpoint-every", int, (1, 10**9), "checkpoint every N batches"),
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranking.rl.bundle", description=__doc__)
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=None,
-        help="wall-clock seconds for the run (default: the bundle's steps)",
-    )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--rl-steps", type=int)
-    parser.add_argument("--supervised-steps", type=int)
-    parser.add_argument("--ce-weight", type=float, help="stage 2: weight of the stage-1 loss")
-    parser.add_argument("--eval-every", type=int)
-    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    for flag, kind, (low, high), text in _OPTIONS:
+        parser.add_argument(flag, type=_bounded(kind, low, high), help=text)
     args = parser.parse_args(argv)
-    keys = (
-        "batch_size",
-        "lr",
-        "rl_steps",
-        "supervised_steps",
-        "ce_weight",
-        "eval_every",
-        "checkpoint_every",
-    )
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.device.startswith("cuda"):
+    dests = [flag[2:].replace("-", "_") for flag, *_ in _OPTIONS[1:]]  # the config's fields
+    overrides = {d: getattr(args, d) for d in dests if getattr(args, d) is not None}
+    device = args.device.strip().lower()
+    if device != "cpu" and not device.startswith("cuda"):
+        parser.error(f"unknown device {args.device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error(f"device {args.device!r}, but CUDA is not available here; use cpu")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    train_bundle(args.bundle, args.out, device=args.device, budget_s=args.budget_s,
-                 overrides=overrides)  # fmt: skip
+    try:
+        train_bundle(args.bundle, args.out, device=device, budget_s=args.budget_s,
+                     overrides=overrides)  # fmt: skip
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # a bad bundle or a mismatch
+        parser.exit(2, f"python -m ranking.rl.bundle: error: {exc}\n")
     return 0
 
 
