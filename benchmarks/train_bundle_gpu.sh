@@ -30,9 +30,9 @@ while read -r name bundle opts; do
   [ -z "$name" ] && continue
   [ -f "$bundle/weights.pt" ] || cp "$shared/weights.pt" "$bundle/"
   [ -d "$bundle/tokenizer" ] || cp -r "$shared/tokenizer" "$bundle/"
-  # a fresh run each call: a budgeted plan differs from call to call, and a checkpoint of
-  # another plan is refused (ranking.rl.supervised: CheckpointMismatch)
-  rm -rf "${WORK:?}/$name" "$WORK/$name.work" "$WORK/$name.work.probe"
+  # a fresh run each call: each call is its own experiment (a run left in WORK would be
+  # resumed with the plan it was saved with, not this call's budget)
+  rm -rf "${WORK:?}/$name" "$WORK/$name.work"
   # shellcheck disable=SC2086
   python3 -m ranking.rl.bundle "$bundle" --out "$WORK/$name" --device "$DEVICE" \
     --budget-s "$BUDGET" $opts >"$WORK/$name.log" 2>&1 &

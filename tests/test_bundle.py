@@ -106,6 +106,50 @@ def test_train_bundle_plans_for_a_budget_and_exports_a_model(packed, tmp_path, m
     assert json.loads((out / "bundle_run.json").read_text())["episodes"] == summary["episodes"]
 
 
+def test_a_budgeted_run_builds_one_trainer_and_its_probe_leaves_no_trace(
+    packed, tmp_path, monkeypatch
+) -> None:
+    """The probe times steps on the run's own trainer (one model build, one decode of the
+    episodes); its steps are undone, so the run starts where a run without a probe does."""
+    import ranking.rl.bundle as bundle
+
+    built = []
+    real = bundle.load_trainer
+    monkeypatch.setattr(bundle, "load_trainer", lambda *a, **k: built.append(1) or real(*a, **k))
+    monkeypatch.setattr(bundle, "steps_for_budget", lambda rate, left: 5)  # any machine
+    summary = train_bundle(packed["bundle"], tmp_path / "m", budget_s=600, probe_steps=2,
+                           echo=lambda _: None)  # fmt: skip
+    assert len(built) == 1
+    assert summary["config"]["rl_steps"] == summary["steps"] == 5
+    plain = real(packed["bundle"], tmp_path / "plain", overrides={"rl_steps": 5})
+    plain.run(resume=False)
+    probed = real(packed["bundle"], tmp_path / "again", overrides={"rl_steps": 5})
+    before = [p.detach().clone() for p in probed.params]
+    with probed.trial():
+        for step in range(3):
+            probed.train_step(step)
+        assert any(not torch.equal(a, b) for a, b in zip(probed.params, before, strict=True))
+    assert probed.step == 0 and probed.scheduler.last_epoch == 0
+    probed.run(resume=False)
+    for a, b in zip(plain.params, probed.params, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_budgeted_run_resumed_keeps_its_plan(packed, tmp_path, monkeypatch) -> None:
+    """Cut off at its deadline and started again with a budget, a run resumes its
+    checkpoint with the plan it was saved with (no new probe, no CheckpointMismatch)."""
+    import ranking.rl.bundle as bundle
+
+    monkeypatch.setattr(bundle, "_probe_rate", lambda *a, **k: 2.0)
+    first = load_trainer(packed["bundle"], tmp_path / "m.work", overrides={"rl_steps": 9})
+    assert first.run(resume=False, stop_at=4) == 4
+    assert bundle.saved_plan(tmp_path / "m.work") == {"supervised_steps": 0, "rl_steps": 9}
+    monkeypatch.setattr(bundle, "_probe_rate", lambda *a, **k: pytest.fail("probed again"))
+    summary = train_bundle(packed["bundle"], tmp_path / "m", budget_s=600, echo=lambda _: None)
+    assert summary["config"]["rl_steps"] == summary["steps"] == 9
+    assert bundle.saved_plan(tmp_path / "nothing") == {}
+
+
 def test_a_layout_the_bundle_lacks_is_an_error(packed, tmp_path) -> None:
     trainer = load_trainer(packed["bundle"], tmp_path / "w")
     with pytest.raises(KeyError, match="not in the preloaded memo"):

@@ -18,8 +18,9 @@ A bundle folder:
 * `init/`: the adapter and projector to start from, when the run continues a model.
 
 ``python -m ranking.rl.bundle BUNDLE --out DIR --device cuda --budget-s 400`` trains it
-(torch, transformers and peft only): a few probe steps measure the step rate, then the run
-takes as many batches as fit the budget, checkpoints, and exports a model folder that
+(torch, transformers and peft only): a few probe steps on the run's own trainer (undone
+afterwards) measure the step rate, then the run takes as many batches as fit the budget,
+checkpoints, and exports a model folder that
 `recsys eval --model DIR` serves on the machine that has the base model.
 """
 
@@ -40,7 +41,7 @@ import torch
 from ranking.backends.q4 import Q4Matrix, find_q4
 from ranking.hybrid import Hybrid, HybridConfig
 from ranking.rl.episodes import Episode
-from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer
+from ranking.rl.supervised import CHECKPOINT, SupervisedConfig, SupervisedTrainer
 from ranking.types import Candidate, RankRequest
 
 FORMAT = 1
@@ -254,23 +255,21 @@ def train_bundle(
     echo: Any = print,
 ) -> dict[str, Any]:
     """Train a bundle into the model folder `out` (work files in OUT.work). With
-    `budget_s`, a throw-away probe run measures the step rate first and the run's stage-2
-    length (stage 1 when the bundle's RL stage is empty) is set to what fits the rest."""
+    `budget_s`, a probe measures the step rate on the trainer itself (its steps leave no
+    trace) and the run's stage-2 length (stage 1 when the bundle's RL stage is empty) is
+    set to what fits the rest. A run resumed from its checkpoint keeps the plan it was
+    saved with; the budget then only sets its deadline."""
     t0 = time.perf_counter()
     overrides = dict(overrides or {})
     work = Path(out).with_name(Path(out).name + ".work")
-    if budget_s is not None:
-        rate = _probe_rate(folder, work.with_name(work.name + ".probe"), device, probe_steps,
-                           overrides)  # fmt: skip
+    saved = saved_plan(work)
+    trainer = load_trainer(folder, work, device=device, overrides={**overrides, **saved})
+    if budget_s is not None and not saved:
+        rate = _probe_rate(trainer, device, probe_steps)
         left = budget_s - (time.perf_counter() - t0)
         steps = steps_for_budget(rate, left)
-        planned = replace(SupervisedConfig(**_manifest(folder)["training"]), **overrides)
-        if planned.rl_steps > 0:  # stage 1 as planned, stage 2 takes the rest
-            overrides["rl_steps"] = max(1, steps - planned.supervised_steps)
-        else:
-            overrides["supervised_steps"] = steps
+        trainer.reconfigure(replace(trainer.cfg, **_plan(trainer.cfg, steps)))
         echo(f"probe: {rate:.2f} steps/s; {steps} batches fit the {left:.0f} s left")
-    trainer = load_trainer(folder, work, device=device, overrides=overrides)
     start = time.perf_counter()
     # a plan is an estimate (runs beside it may slow this one down): the budget is a limit
     deadline = None if budget_s is None else time.monotonic() + budget_s - (start - t0)
@@ -296,22 +295,36 @@ def train_bundle(
     return summary
 
 
-def _probe_rate(folder, work, device, steps, overrides) -> float:  # type: ignore[no-untyped-def]
-    shutil.rmtree(work, ignore_errors=True)
-    probe = load_trainer(folder, work, device=device,
-                         overrides={**overrides, "supervised_steps": 0, "rl_steps": steps,
-                                    "eval_every": 10**9, "checkpoint_every": 10**9})  # fmt: skip
+def _plan(cfg: SupervisedConfig, steps: int) -> dict[str, int]:
+    """Stage 1 as planned and stage 2 takes the rest, or stage 1 all of it when the
+    bundle has no RL stage."""
+    if cfg.rl_steps > 0:
+        return {"rl_steps": max(1, steps - cfg.supervised_steps)}
+    return {"supervised_steps": steps}
+
+
+def saved_plan(work: Path) -> dict[str, int]:
+    """The stage lengths of the run whose checkpoint is in `work` ({} when none)."""
+    path = Path(work) / CHECKPOINT / "state.pt"
+    if not path.is_file():
+        return {}
+    config = torch.load(path, map_location="cpu", weights_only=False).get("config", {})
+    return {k: int(config[k]) for k in ("supervised_steps", "rl_steps") if k in config}
+
+
+def _probe_rate(trainer: SupervisedTrainer, device: str, steps: int) -> float:
+    """Batches per second over `steps` steps after three warm-up steps, on the trainer
+    itself inside `trainer.trial()` (nothing it does stays)."""
     warm = 3
-    for step in range(warm):
-        probe.train_step(step)
-    _sync(device)
-    t = time.perf_counter()
-    for step in range(warm, steps):
-        probe.train_step(step)
-    _sync(device)
-    rate = (steps - warm) / (time.perf_counter() - t)
-    shutil.rmtree(work, ignore_errors=True)
-    return rate
+    with trainer.trial():
+        for step in range(warm):
+            trainer.train_step(step)
+        _sync(device)
+        t = time.perf_counter()
+        for step in range(warm, warm + steps):
+            trainer.train_step(step)
+        _sync(device)
+        return steps / (time.perf_counter() - t)
 
 
 def _sync(device: str) -> None:

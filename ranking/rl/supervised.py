@@ -21,11 +21,13 @@ same path. Checkpoints are written to a temporary folder and renamed into place.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -190,9 +192,36 @@ class SupervisedTrainer:
         self.split = HybridSplit.build(base, hybrid) if config.split else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.params += list(hybrid.projector.parameters())
+        self.step = 0
+        self.reconfigure(config)
+
+    def reconfigure(self, config: SupervisedConfig) -> None:
+        """A new plan (e.g. a length that fits a time budget) for a run that has not
+        started: a fresh optimizer and learning-rate schedule for `config`."""
+        if self.step:
+            raise ValueError(f"the run is at step {self.step}: only a new run takes a new plan")
+        self.cfg = config
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.scheduler = _schedule(self.optimizer, config)
-        self.step = 0
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """Steps taken inside leave no trace: the trainable weights, the optimizer, the
+        schedule and the step are put back on exit (a probe that measures the step rate on
+        the real trainer instead of building a second one)."""
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+                   if "lora_" in k}  # fmt: skip
+        projector = copy.deepcopy(self.hybrid.projector.state_dict())
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        scheduler, step = copy.deepcopy(self.scheduler.state_dict()), self.step
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(weights, strict=False)
+            self.hybrid.projector.load_state_dict(projector)
+            self.optimizer.load_state_dict(optimizer)
+            self.scheduler.load_state_dict(scheduler)
+            self.step = step
 
     def _batch(self, step: int) -> list[Prepared]:
         rng = random.Random(self.cfg.seed * 1_000_003 + self.cfg.batch_offset + step)
