@@ -86,6 +86,54 @@ def test_eval_diff_command(tmp_path) -> None:
     assert json.loads((tmp_path / "d").read_text())[0]["diff"] == 0.5
 
 
+def test_eval_diff_several_against_one_with_a_plot(tmp_path) -> None:
+    """`eval-diff A1 A2 B`: each A against the last file, labelled by its file in the
+    JSON and the plot; --slices keeps only the rows asked for."""
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    files = []
+    for name, mrrs in (("better", [1.0, 1.0, 0.5]), ("worse", [0.0, 0.5, 0.5]),
+                       ("base", [0.5, 0.5, 0.5])):  # fmt: skip
+        files.append(tmp_path / f"{name}.json")
+        runs = [run("rec-game", name, mrrs, [True, False, False])]
+        files[-1].write_text(json.dumps({"runs": runs}))
+    d, png = tmp_path / "d.json", tmp_path / "forest.png"
+    args = ["eval-diff", *map(str, files), "--out", str(d), "--plot", str(png), "--goal", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(d.read_text())
+    assert [(r["label"], r["slice"]) for r in rows] == [
+        ("better", "all"),
+        ("better", "cold-start"),
+        ("worse", "all"),
+        ("worse", "cold-start"),
+    ]
+    assert [round(r["diff"], 4) for r in rows] == [0.3333, 0.5, -0.1667, -0.5]
+    assert png.stat().st_size > 5_000 and png.read_bytes()[:4] == b"\x89PNG"
+    result = CliRunner().invoke(app, [*args[:4], "--slices", "all", "--out", str(d)])
+    assert result.exit_code == 0, result.output
+    assert [r["slice"] for r in json.loads(d.read_text())] == ["all", "all"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["only.json"], "at least two results files"),
+        (["a.json", "b.json", "--slices", "cold"], "--slices 'cold': use all, cold-start or both"),
+        ([f"{i}.json" for i in range(51)], "at most 49 against one"),
+    ],
+)
+def test_eval_diff_bad_command_lines(tmp_path, args, message) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    result = CliRunner().invoke(app, ["eval-diff", *args])  # `recsys` prints "error: ..."
+    assert isinstance(result.exception, UserError) and message in str(result.exception)
+
+
 def world() -> TaskSet:
     users = [f"u{i}" for i in range(200)]
     instances = [

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+MAX_DIFF_FILES = 50  # eval-diff: at most 49 results against one
+
 
 def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
     """`--data PATH` (every selected task) or `--data TASK=PATH` (one task)."""
@@ -193,23 +195,52 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval-diff")
     def eval_diff(
-        a: Path = typer.Argument(..., help="results JSON of ranker A (recsys eval --out)"),
-        b: Path = typer.Argument(..., help="results JSON of ranker B, same tasks"),
+        files: list[Path] = typer.Argument(
+            ..., help="results JSONs (recsys eval --out): each of the first against the last"
+        ),
         metric: str = typer.Option("mrr", "--metric", help="mrr | ndcg@10 | hit@5 | ..."),
         out: Path | None = typer.Option(None, "--out", "-o", help="also write JSON here"),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="also draw a PNG: each A - B with its interval, per task"
+        ),
+        goal: float | None = typer.Option(
+            None, "--goal", help="with --plot, a dashed line at this difference (metric x 100)"
+        ),
+        slices: str = typer.Option(
+            "both", "--slices", help="all (every shared instance) | cold-start | both"
+        ),
     ) -> None:
-        """Paired A - B per task on the shared instances, bootstrap 95% interval."""
+        """Paired A - B per task on the shared instances, bootstrap 95% interval
+        (`eval-diff A B`, or `eval-diff A1 A2 ... B`: each A against B)."""
         import json
-        from dataclasses import asdict
+        from dataclasses import asdict, replace
 
+        from recsys.errors import UserError
         from recsys.eval import compare, report
 
-        diffs = compare.paired_table(report.load_runs([a]), report.load_runs([b]), metric)
-        typer.echo(compare.HEADER)
-        for d in diffs:
-            typer.echo(d.row())
+        if len(files) < 2:
+            raise UserError("eval-diff needs at least two results files: A... B")
+        if slices not in ("all", "cold-start", "both"):
+            raise UserError(f"--slices {slices!r}: use all, cold-start or both")
+        if len(files) > MAX_DIFF_FILES:
+            raise UserError(f"{len(files)} results files; eval-diff compares at most "
+                            f"{MAX_DIFF_FILES - 1} against one")  # fmt: skip
+        base = report.load_runs([files[-1]])
+        diffs = []
+        for path in files[:-1]:
+            table = compare.paired_table(report.load_runs([path]), base, metric)
+            table = [d for d in table if slices in ("both", d.slice)]
+            if len(files) > 2:
+                typer.echo(f"\nA = {path}, B = {files[-1]}")
+            typer.echo(compare.HEADER)
+            for d in table:
+                typer.echo(d.row())
+            diffs += [replace(d, label=path.stem) for d in table]
         if out is not None:
             out.write_text(json.dumps([asdict(d) for d in diffs], indent=2) + "\n", "utf-8")
+        if plot is not None:
+            compare.plot_differences(diffs, plot, goal)
+            typer.echo(f"wrote {plot}")
 
     @app.command("eval-table")
     def eval_table(

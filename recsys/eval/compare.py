@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ class PairedDifference:
     wins: int  # instances where A is strictly better
     losses: int
     slice: str = "all"
+    label: str = ""  # what a plot calls A (e.g. its results file); the ranker name if empty
 
     def row(self) -> str:
         return (
@@ -101,3 +103,39 @@ def paired_table(
     if not out:
         raise UserError("the two results have no task in common")
     return out
+
+
+def plot_differences(
+    diffs: Sequence[PairedDifference], path: str | Path, goal: float | None = None
+) -> None:
+    """A forest plot: one row per A (and slice), A - B x 100 with its 95% interval, one
+    panel per task; a solid line at 0 and, with `goal` (metric x 100), a dashed one there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(d.task for d in diffs))
+    rows = {t: [d for d in diffs if d.task == t] for t in tasks}
+    heights = [1.0 + 0.35 * len(r) for r in rows.values()]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        ds = rows[task]
+        y = list(range(len(ds)))
+        colors = ["tab:green" if d.low > 0 else "tab:red" if d.high < 0 else "tab:gray"
+                  for d in ds]  # fmt: skip
+        ax.hlines(y, [100 * d.low for d in ds], [100 * d.high for d in ds], colors=colors)
+        ax.scatter([100 * d.diff for d in ds], y, c=colors, zorder=3)
+        ax.set_yticks(y, [f"{d.label or d.a}{'' if d.slice == 'all' else f' ({d.slice})'} "
+                          f"n={d.n}" for d in ds], fontsize=8)  # fmt: skip
+        ax.axvline(0, color="black", linewidth=1)
+        if goal is not None:
+            ax.axvline(goal, color="tab:blue", linestyle="--", linewidth=1)
+        ax.invert_yaxis()
+        ax.set_title(f"{task}: {ds[0].metric} x 100, A - {ds[0].b}, paired 95% interval",
+                     fontsize=9)  # fmt: skip
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
