@@ -4,6 +4,9 @@ Data, for task T (rec-movie, rec-game; `recsys eval --task T --seed S` builds th
 
 * the training log: every interaction except the evaluated targets (`TaskSet.train`);
 * item vectors: LightFM WARP factors and bias fitted on that log, standardised per column;
+  with `--vectors lightfm+text` also the first `TEXT_DIMS` principal components of the
+  titles' all-MiniLM-L6-v2 embeddings, standardised (what a title says, without its tokens
+  in the prompt);
 * users: held-out users (`recsys eval --users heldout`, a seeded hash of the user id) are
   never trained on; a further 5% of users are the validation set;
 * episodes: every prefix of each training user's sequence with at least `min_history`
@@ -32,6 +35,8 @@ from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
 
 VAL_FRACTION = 0.05  # of the non-held-out users, by the same hash, above the held-out share
+VECTOR_KINDS = ("lightfm", "lightfm+text")
+TEXT_DIMS = 32  # principal components of the title embeddings kept
 
 
 @dataclass
@@ -57,6 +62,8 @@ class HybridTrainOptions:
     init: Path | None = None  # start a new run from an exported model folder's weights
     batch_offset: int = 0  # batches drawn from this index of the seed's stream on
     bundle: Path | None = None  # pack the run for another machine (ranking.rl.bundle) instead
+    vectors: str = "lightfm"  # one of VECTOR_KINDS
+    cache_dir: Path | None = None  # title embeddings cached here (lightfm+text)
 
 
 @dataclass
@@ -84,7 +91,10 @@ def build_episodes(
     models = fit_feature_models(train, taskset, opts.seed)
     item_ids = sorted(models.items, key=lambda i: models.items[i])
     raw = np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]])
-    vectors = ((raw - raw.mean(0)) / (raw.std(0) + 1e-6)).astype(np.float32)
+    vectors = _standardised(raw)
+    if opts.vectors == "lightfm+text":
+        text = title_components([titles.get(i, i) for i in item_ids], TEXT_DIMS, opts.cache_dir)
+        vectors = np.column_stack([vectors, _standardised(text)])
     catalogue = np.array(sorted(titles))
     out_train, out_val, skipped = [], [], 0
     users = train.group_by("user_id", maintain_order=True).agg("item_id")
@@ -108,9 +118,33 @@ def build_episodes(
     if not out_train and not vectors_only:
         raise UserError(f"{task}: no training episodes (users with > {opts.min_history} items?)")
     info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
-            "skipped": skipped, "item_vectors": "lightfm-warp-64f+bias, standardised",
+            "skipped": skipped, "item_vectors": VECTOR_INFO[opts.vectors],
             "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
     return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+
+
+VECTOR_INFO = {
+    "lightfm": "lightfm-warp-64f+bias, standardised",
+    "lightfm+text": f"lightfm-warp-64f+bias + {TEXT_DIMS} PCs of all-MiniLM-L6-v2 title "
+    "embeddings, standardised",
+}
+
+
+def _standardised(raw: np.ndarray) -> np.ndarray:
+    return ((raw - raw.mean(0)) / (raw.std(0) + 1e-6)).astype(np.float32)
+
+
+def title_components(
+    titles: list[str], dims: int, cache_dir: Path | None = None, encoder: Any = None
+) -> np.ndarray:
+    """(len(titles), dims): the titles' sentence embeddings projected on their first
+    `dims` principal components (numpy SVD of the centred matrix)."""
+    from retrieval.embeddings import TextEmbedder
+
+    emb = TextEmbedder(encoder, cache_dir=cache_dir).embed(titles, progress=len(titles) > 1000)
+    centred = emb - emb.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return (centred @ vt[: min(dims, vt.shape[0])].T).astype(np.float32)
 
 
 def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -> Episode | None:  # type: ignore[no-untyped-def]
@@ -159,6 +193,7 @@ def train_hybrid(
         inject_layer=opts.inject_layer,
         vector_dim=data.vectors.shape[1],
         title_chars=opts.title_chars,
+        vector_kind=opts.vectors,
     )
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
@@ -183,6 +218,8 @@ def train_hybrid(
             trainer.run(resume=opts.resume)
         except CheckpointMismatch as exc:
             raise UserError(f"{exc} (--restart starts over in {work})") from None
+        except ValueError as exc:  # an --init model that does not fit (supervised.widened)
+            raise UserError(f"--init {opts.init}: {exc}") from None
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,

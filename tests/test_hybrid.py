@@ -257,6 +257,59 @@ def test_a_new_run_starts_from_an_exported_model(tiny_model_dir, tmp_path) -> No
         fresh.init_from(tmp_path)
 
 
+def test_init_from_a_model_with_fewer_vector_dimensions(tiny_model_dir, tmp_path) -> None:
+    """`--vectors lightfm+text --init LIGHTFM_MODEL`: the projector's new inputs start at
+    zero, so the widened model ranks exactly as the one it starts from; a model with more
+    dimensions than the vectors is refused."""
+    from ranking.rl.supervised import widened
+
+    def trainer(out, extra: int):
+        backend, hybrid = fresh_hybrid(tiny_model_dir, seed=3)
+        if extra:
+            more = np.random.default_rng(9).normal(size=(len(ITEMS), extra)).astype(np.float32)
+            vectors = np.column_stack([hybrid.vectors.numpy(), more])
+            config = HybridConfig(base=str(tiny_model_dir), inject_layer=1, vector_dim=5 + extra)
+            backend, _ = fresh_hybrid(tiny_model_dir, seed=3)
+            hybrid = Hybrid(backend.model, backend.tokenizer, ITEMS, vectors, config)
+        cfg = SupervisedConfig(supervised_steps=15, rl_steps=0, batch_size=8, lr=3e-2,
+                               warmup_steps=2, eval_every=10_000, checkpoint_every=100)  # fmt: skip
+        return SupervisedTrainer(backend.model, hybrid, quality_episodes(100, 1),
+                                 quality_episodes(40, 2), cfg, out)  # fmt: skip
+
+    narrow = trainer(tmp_path / "a", 0)
+    narrow.run(resume=False)
+    folder = narrow.export(tmp_path / "model")
+    wide = trainer(tmp_path / "b", 3)
+    wide.init_from(folder)
+    assert wide.validate() == pytest.approx(narrow.validate())
+    weight = wide.hybrid.projector.state_dict()["net.0.weight"]
+    assert weight.shape[1] == 8 and not weight[:, 5:].any() and weight[:, :5].any()
+    with pytest.raises(ValueError, match=r"saved shape \(\d+, 8\) does not fit"):
+        widened(wide.hybrid.projector.state_dict(), narrow.hybrid.projector)
+
+
+def test_title_components_known_answer() -> None:
+    """Principal components of the title embeddings: centred, ordered by variance, and
+    exactly the embeddings' own coordinates when they span fewer dimensions."""
+    from recsys.hybrid_training import title_components
+
+    class TwoAxes:  # titles embed on two axes, the first with 3x the spread
+        name, dim = "two-axes", 4
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            rng = np.random.default_rng(len(texts))
+            out = np.zeros((len(texts), 4), dtype=np.float32)
+            out[:, 0] = 3 * rng.normal(size=len(texts))
+            out[:, 2] = rng.normal(size=len(texts))
+            return out  # (the embedder normalises rows: they stay in the two axes' plane)
+
+    pcs = title_components([f"title {i}" for i in range(200)], 3, encoder=TwoAxes())
+    assert pcs.shape == (200, 3)
+    np.testing.assert_allclose(pcs.mean(0), 0, atol=1e-4)
+    var = pcs.var(0)
+    assert var[0] > 2 * var[1] > 0.1 and var[2] < 1e-8  # two axes: the third is empty
+
+
 def test_batch_offset_continues_the_seed_stream(tiny_model_dir, tmp_path) -> None:
     """`--batch-offset N`: batch k of the new run is batch N + k of a run from 0, so a run
     started from a model trained on batches 0..N-1 draws new episodes."""

@@ -362,11 +362,31 @@ class SupervisedTrainer:
             raise FileNotFoundError(f"{adapter}: not an exported hybrid model folder")
         set_peft_model_state_dict(self.model, load_file(str(adapter)))
         projector = torch.load(folder / "projector.pt", map_location="cpu", weights_only=True)
-        self.hybrid.projector.load_state_dict(projector)
+        self.hybrid.projector.load_state_dict(widened(projector, self.hybrid.projector))
 
     def export(self, folder: Path) -> Path:
         """The hybrid model folder (manifest, vectors, projector, LoRA adapter)."""
         return self.hybrid.save(folder, adapter_model=self.model)
+
+
+def widened(saved: dict[str, torch.Tensor], projector: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A projector's saved weights fitted to a projector with more input dimensions (item
+    vectors with extra columns appended, e.g. lightfm -> lightfm+text): the new inputs get
+    zero weights, so the widened model starts out ranking exactly as the saved one."""
+    target = projector.state_dict()
+    out = {}
+    for name, value in saved.items():
+        want = target[name].shape if name in target else value.shape
+        if value.shape != want:
+            if value.dim() != 2 or value.shape[0] != want[0] or value.shape[1] > want[1]:
+                raise ValueError(
+                    f"projector {name}: saved shape {tuple(value.shape)} does not fit "
+                    f"{tuple(want)}; --init needs the same base and the same or fewer vector "
+                    "dimensions"
+                )
+            value = torch.cat([value, value.new_zeros(want[0], want[1] - value.shape[1])], 1)
+        out[name] = value
+    return out
 
 
 def _schedule(optimizer: torch.optim.Optimizer, cfg: SupervisedConfig):

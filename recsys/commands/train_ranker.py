@@ -51,11 +51,21 @@ def register(app: typer.Typer) -> None:
             "`python -m ranking.rl.bundle BUNDLE --out DIR --device cuda` trains it on a "
             "machine without the data or the base model",
         ),
+        vectors: str = typer.Option(
+            "lightfm",
+            "--vectors",
+            help="item vectors behind each soft token: lightfm | lightfm+text (+ the "
+            "titles' MiniLM embeddings, 32 principal components); with --init from a "
+            "lightfm model the projector's new inputs start at zero",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
-        from recsys.hybrid_training import HybridTrainOptions, train_hybrid
+        from recsys.errors import UserError
+        from recsys.hybrid_training import VECTOR_KINDS, HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
 
+        if vectors not in VECTOR_KINDS:
+            raise UserError(f"--vectors {vectors!r}: use one of {', '.join(VECTOR_KINDS)}")
         settings = get_settings()
         opts = HybridTrainOptions(
             task=task,
@@ -75,6 +85,8 @@ def register(app: typer.Typer) -> None:
             init=init,
             batch_offset=batch_offset,
             bundle=bundle,
+            vectors=vectors,
+            cache_dir=settings.resolved_artifact_dir / "embedding-cache",
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
 
