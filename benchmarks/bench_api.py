@@ -117,8 +117,9 @@ def session(port: int, user: str, out: Path) -> None:
         answer = httpx.post(base + path, json=body, timeout=120).json()
         shown = dict(answer)
         if "items" in shown:
-            shown["items"] = shown["items"][:3] + ([f"... {len(answer['items']) - 3} more"]
-                                                   if len(answer["items"]) > 3 else [])
+            shown["items"] = shown["items"][:3] + (
+                [f"... {len(answer['items']) - 3} more"] if len(answer["items"]) > 3 else []
+            )
         lines.append(f"$ curl -s localhost:8000{path} -H 'content-type: application/json' "
                      f"-d '{json.dumps(body)}'")  # fmt: skip
         lines.append(json.dumps(shown, indent=1))

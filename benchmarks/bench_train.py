@@ -73,15 +73,16 @@ def main() -> None:
         table.append([args.device, str(args.threads), str(args.batch_size), label,
                       f"{np.median(r):.2f} ({min(r):.2f}-{max(r):.2f})",
                       f"{np.median(walls[path]):.2f}"])  # fmt: skip
-    result["speedup"] = result["split"]["episodes_per_s_median"] / result["whole"][
-        "episodes_per_s_median"
-    ]
+    result["speedup"] = (
+        result["split"]["episodes_per_s_median"] / result["whole"]["episodes_per_s_median"]
+    )
     write_rows(
         args.out,
         result,
         ["device", "threads", "batch", "forward", "episodes/s (median, min-max)", "step wall s"],
         table,
     )
+
 
 if __name__ == "__main__":
     main()

@@ -116,9 +116,7 @@ def _load_hybrid(spec: ModelSpec, device: str, dtype: str) -> LMBackend:
     config, _ = read_manifest(spec.path)
     base = _load_transformers(resolve_model(config.base), device, dtype)
     hybrid = load_hybrid(spec.path, base.model, base.tokenizer)
-    backend = backend_for_model(
-        hybrid.model, base.tokenizer, model_id=spec.model_id, device=device
-    )
+    backend = backend_for_model(hybrid.model, base.tokenizer, model_id=spec.model_id, device=device)
     backend.attach_hybrid(hybrid)
     return backend
 

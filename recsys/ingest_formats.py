@@ -21,7 +21,6 @@ SQLITE_CACHE_MIB = 256  # the event_id index takes random inserts: keep it in me
 TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
-
 @dataclass(frozen=True)
 class ColumnMap:
     """Which input column holds what. Only user, item and timestamp are required."""
