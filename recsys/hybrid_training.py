@@ -176,7 +176,7 @@ def train_hybrid(
     import torch
 
     from ranking.hybrid import Hybrid, HybridConfig
-    from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer
+    from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer, saved_config
     from recsys import runtime
 
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
@@ -213,19 +213,17 @@ def train_hybrid(
 
         try:
             if opts.init is not None and not (opts.resume and trainer.load_checkpoint()):
-                trainer.init_from(opts.init)  # a fresh run only; a checkpoint is further along
+                _init_from(trainer, opts.init)  # a fresh run only; a checkpoint is further along
                 echo(f"initialised from {opts.init}")
             trainer.run(resume=opts.resume)
         except CheckpointMismatch as exc:
             raise UserError(f"{exc} (--restart starts over in {work})") from None
-        except ValueError as exc:  # an --init model that does not fit (supervised.widened)
-            raise UserError(f"--init {opts.init}: {exc}") from None
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
             "steps_done": trainer.step, "episodes_seen": trainer.step * cfg.batch_size,
             "fusion_alpha": opts.fusion_alpha,
-            "trained_with": asdict(trainer.cfg) if not opts.export_only else _saved_config(work),
+            "trained_with": asdict(trainer.cfg) if not opts.export_only else saved_config(work),
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
             "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -254,15 +252,11 @@ def _write_bundle(opts, data, base, config, cfg, echo) -> dict[str, Any]:  # typ
     return {"bundle": str(folder), "bytes": size, "data": data.info}
 
 
-def _saved_config(work: Path) -> dict[str, Any]:
-    """The SupervisedConfig the checkpoint in `work` was trained with."""
-    import torch
-
-    return dict(
-        torch.load(work / "checkpoint" / "state.pt", map_location="cpu", weights_only=False)[
-            "config"
-        ]
-    )
+def _init_from(trainer: Any, init: Path) -> None:
+    try:
+        trainer.init_from(init)
+    except ValueError as exc:  # a model that does not fit (ranking.rl.supervised.widened)
+        raise UserError(f"--init {init}: {exc}") from None
 
 
 def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:

@@ -41,7 +41,7 @@ import torch
 from ranking.backends.q4 import Q4Matrix, find_q4
 from ranking.hybrid import Hybrid, HybridConfig
 from ranking.rl.episodes import Episode
-from ranking.rl.supervised import CHECKPOINT, SupervisedConfig, SupervisedTrainer
+from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer, saved_config
 from ranking.types import Candidate, RankRequest
 
 FORMAT = 1
@@ -305,10 +305,7 @@ def _plan(cfg: SupervisedConfig, steps: int) -> dict[str, int]:
 
 def saved_plan(work: Path) -> dict[str, int]:
     """The stage lengths of the run whose checkpoint is in `work` ({} when none)."""
-    path = Path(work) / CHECKPOINT / "state.pt"
-    if not path.is_file():
-        return {}
-    config = torch.load(path, map_location="cpu", weights_only=False).get("config", {})
+    config = saved_config(work)
     return {k: int(config[k]) for k in ("supervised_steps", "rl_steps") if k in config}
 
 

@@ -405,3 +405,12 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: SupervisedConfig):
 
 def checkpoint_exists(out_dir: Path) -> bool:
     return (Path(out_dir) / CHECKPOINT / "state.pt").exists()
+
+
+def saved_config(out_dir: Path) -> dict[str, Any]:
+    """The SupervisedConfig fields the checkpoint in `out_dir` was trained with ({} when
+    there is no checkpoint)."""
+    if not checkpoint_exists(out_dir):
+        return {}
+    path = Path(out_dir) / CHECKPOINT / "state.pt"
+    return dict(torch.load(path, map_location="cpu", weights_only=False).get("config", {}))
