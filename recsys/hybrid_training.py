@@ -64,6 +64,10 @@ class HybridTrainOptions:
     bundle: Path | None = None  # pack the run for another machine (ranking.rl.bundle) instead
     vectors: str = "lightfm"  # one of VECTOR_KINDS
     cache_dir: Path | None = None  # title embeddings cached here (lightfm+text)
+    # > 0: train the policy fused with LambdaMART at this weight (recsys.hybrid_residual)
+    residual_alpha: float = 0.0
+    residual_positions: int = 10  # its episodes: each training user's last N items
+    ce_weight: float = 0.5  # RL stage: weight of the supervised loss kept
 
 
 @dataclass
@@ -80,21 +84,12 @@ def build_episodes(
 ) -> EpisodeSet:
     """Training and validation episodes and the item vectors (module doc); with
     `vectors_only` (exporting a checkpoint) the vectors alone."""
-    from recsys.eval.ltr import cf_ranked, fit_feature_models
-    from recsys.eval.tasks import HELDOUT_FRACTION, build_task, default_data, rng_for, user_fold
+    from recsys.eval.ltr import cf_ranked
+    from recsys.eval.tasks import HELDOUT_FRACTION, rng_for, user_fold
 
-    if not task.startswith("rec-"):
-        raise UserError(f"train-ranker trains on rec tasks; got {task!r}")
-    taskset = build_task(task, default_data(task, data_dir), opts.seed)
+    taskset, models, item_ids, vectors = task_and_vectors(task, data_dir, opts)
     train, titles = taskset.train, taskset.catalogue
     assert train is not None and titles is not None
-    models = fit_feature_models(train, taskset, opts.seed)
-    item_ids = sorted(models.items, key=lambda i: models.items[i])
-    raw = np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]])
-    vectors = _standardised(raw)
-    if opts.vectors == "lightfm+text":
-        text = title_components([titles.get(i, i) for i in item_ids], TEXT_DIMS, opts.cache_dir)
-        vectors = np.column_stack([vectors, _standardised(text)])
     catalogue = np.array(sorted(titles))
     out_train, out_val, skipped = [], [], 0
     users = train.group_by("user_id", maintain_order=True).agg("item_id")
@@ -121,6 +116,29 @@ def build_episodes(
             "skipped": skipped, "item_vectors": VECTOR_INFO[opts.vectors],
             "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
     return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+
+
+def task_and_vectors(
+    task: str, data_dir: Path, opts: HybridTrainOptions
+) -> tuple[Any, Any, list[str], np.ndarray]:
+    """The task (`recsys eval`'s, same seed), the feature models fitted on its training log,
+    and the item ids with their vectors (module doc)."""
+    from recsys.eval.ltr import fit_feature_models
+    from recsys.eval.tasks import build_task, default_data
+
+    if not task.startswith("rec-"):
+        raise UserError(f"train-ranker trains on rec tasks; got {task!r}")
+    taskset = build_task(task, default_data(task, data_dir), opts.seed)
+    assert taskset.train is not None and taskset.catalogue is not None
+    models = fit_feature_models(taskset.train, taskset, opts.seed)
+    item_ids = sorted(models.items, key=lambda i: models.items[i])
+    raw = np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]])
+    vectors = _standardised(raw)
+    if opts.vectors == "lightfm+text":
+        titles = taskset.catalogue
+        text = title_components([titles.get(i, i) for i in item_ids], TEXT_DIMS, opts.cache_dir)
+        vectors = np.column_stack([vectors, _standardised(text)])
+    return taskset, models, item_ids, vectors
 
 
 VECTOR_INFO = {
@@ -182,7 +200,7 @@ def train_hybrid(
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
+    data = _episodes(opts, data_dir)
     echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
          f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     base = runtime.load_backend(
@@ -197,7 +215,8 @@ def train_hybrid(
     )
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
-                           seed=opts.seed, batch_offset=opts.batch_offset)  # fmt: skip
+                           seed=opts.seed, batch_offset=opts.batch_offset,
+                           fusion_alpha=opts.residual_alpha, ce_weight=opts.ce_weight)  # fmt: skip
     if opts.bundle is not None:
         return _write_bundle(opts, data, base, config, cfg, echo)
     torch.manual_seed(opts.seed)
@@ -230,6 +249,14 @@ def train_hybrid(
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card
+
+
+def _episodes(opts: HybridTrainOptions, data_dir: Path) -> EpisodeSet:
+    if opts.residual_alpha and not opts.export_only:
+        from recsys.hybrid_residual import build_residual_episodes
+
+        return build_residual_episodes(opts.task, data_dir, opts)
+    return build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
 
 
 def _write_bundle(opts, data, base, config, cfg, echo) -> dict[str, Any]:  # type: ignore[no-untyped-def]

@@ -252,3 +252,21 @@ def test_cuda_without_a_gpu_is_a_clear_error(packed, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main([str(packed["bundle"]), "--out", str(tmp_path / "m"), "--device", "cuda"])
     assert "CUDA is not available here" in capsys.readouterr().err
+
+
+def test_a_fused_run_travels_with_its_scores(tiny_model_dir, tmp_path) -> None:
+    """A --residual-alpha run's bundle carries each candidate's score and the weight: the
+    decoded episodes give the trainer the same fusion bias as the originals."""
+    from tests.test_hybrid_residual import close_calls
+
+    _, hybrid = fresh_hybrid(tiny_model_dir, seed=3)
+    plain, plain_hybrid = _plain_base(tiny_model_dir)
+    train, val = close_calls(12, 1), close_calls(4, 2)
+    folder = write_bundle(tmp_path / "bundle", model=plain.model, tokenizer=plain.tokenizer,
+                          config=plain_hybrid, item_ids=hybrid.item_ids,
+                          vectors=hybrid.vectors.numpy(), train=train, val=val,
+                          training=config(fusion_alpha=3.0))  # fmt: skip
+    builder = StyledTokenizer(hybrid.tokenizer, hybrid.style)
+    for a, b in zip(val, decode_episodes(folder, "val"), strict=True):
+        torch.testing.assert_close(prepare(a, builder, 3.0).bias, prepare(b, builder, 3.0).bias)
+    assert load_trainer(folder, tmp_path / "work").cfg.fusion_alpha == 3.0

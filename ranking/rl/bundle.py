@@ -158,7 +158,11 @@ def _encode(episodes: Sequence[Episode], table: list[str], name: str) -> dict[st
         teacher.append([position[c] for c in (ep.teacher_order or ep.request.ids)])
     gt = [ep.request.ids.index(ep.ground_truth) for ep in episodes]
     users = np.array([ep.user for ep in episodes])
+    # the candidates' scores (NaN: none), the fusion bias of a run with fusion_alpha > 0
+    scores = np.array([[np.nan if c.score is None else c.score for c in ep.request.candidates]
+                       for ep in episodes], dtype=np.float32)  # fmt: skip
     return {f"{name}_history": hist, f"{name}_candidates": np.array(cands, dtype=np.int32),
+            f"{name}_scores": scores.reshape(len(episodes), -1),
             f"{name}_teacher": np.array(teacher, dtype=np.uint8 if max(n_cand) < 256 else np.int32),
             f"{name}_gt": np.array(gt, dtype=np.int32), f"{name}_users": users}  # fmt: skip
 
@@ -175,11 +179,15 @@ def decode_episodes(folder: Path, name: str) -> list[Episode]:
     out = []
     rows = zip(data[f"{name}_history"], data[f"{name}_candidates"], data[f"{name}_teacher"],
                data[f"{name}_gt"], data[f"{name}_users"], strict=True)  # fmt: skip
-    for hist, cands, teacher, gt, user in rows:
+    n = len(data[f"{name}_gt"])
+    scores = data[f"{name}_scores"] if f"{name}_scores" in data else np.full((n, 0), np.nan)
+    for (hist, cands, teacher, gt, user), row in zip(rows, scores, strict=True):
         history = tuple(table[i] for i in hist if i >= 0)
         ids = [table[i] for i in cands]
-        request = RankRequest(task=task, candidates=tuple(Candidate(id=i, text=i) for i in ids),
-                              history=history, history_ids=history)  # fmt: skip
+        given = [None if k >= len(row) or np.isnan(row[k]) else float(row[k])
+                 for k in range(len(ids))]  # fmt: skip
+        cands = tuple(Candidate(id=i, text=i, score=g) for i, g in zip(ids, given, strict=True))
+        request = RankRequest(task=task, candidates=cands, history=history, history_ids=history)
         out.append(Episode(request=request, ground_truth=ids[int(gt)], user=str(user),
                            teacher_order=tuple(ids[i] for i in teacher)))  # fmt: skip
     return out

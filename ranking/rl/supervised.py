@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ranking.fusion import fusion_bias
 from ranking.hybrid import Hybrid
 from ranking.hybrid_split import HybridSplit
 from ranking.modes.incremental import LabelSequence, build_sequence
@@ -69,6 +70,9 @@ class SupervisedConfig:
     # an exported model (`init_from`) that saw batches 0..N-1 starts at N and sees new ones
     batch_offset: int = 0
     split: bool = True  # memoise the frozen lower layers (ranking.hybrid_split; exact)
+    # > 0: train the fused policy (ranking.fusion): every step's logits get -fusion_alpha x
+    # z(candidate score) before the losses, the bias the served engine adds at that weight
+    fusion_alpha: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -77,11 +81,13 @@ class SupervisedConfig:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One episode laid out as tokens: the sequence, the teacher order and the truth."""
+    """One episode laid out as tokens: the sequence, the teacher order, the truth and the
+    fusion bias of its candidates (None: the LM alone)."""
 
     seq: LabelSequence
     order: tuple[int, ...]  # candidate indices, first eliminated first (truth last)
     gt: int
+    bias: torch.Tensor | None = None  # [n], in sequence order
 
 
 class StyledTokenizer(TokenizerOnly):
@@ -92,7 +98,9 @@ class StyledTokenizer(TokenizerOnly):
         self.prompt_style = style
 
 
-def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
+def prepare(ep: Episode, builder: StyledTokenizer, fusion_alpha: float = 0.0) -> Prepared:
+    """`fusion_alpha` > 0: the candidates' scores become the fusion bias (a candidate
+    without a score is a ValueError: there would be nothing to train the fused policy on)."""
     seq = build_sequence(ep.request, builder)
     index = {cid: i for i, cid in enumerate(seq.ids)}
     gt = index[ep.ground_truth]
@@ -100,7 +108,20 @@ def prepare(ep: Episode, builder: StyledTokenizer) -> Prepared:
         order = [index[c] for c in ep.teacher_order if c != ep.ground_truth]
     else:
         order = [i for i in range(len(seq.ids)) if i != gt]
-    return Prepared(seq, (*order, gt), gt)
+    return Prepared(seq, (*order, gt), gt, _bias(ep, seq.ids, fusion_alpha))
+
+
+def _bias(ep: Episode, ids: Sequence[str], alpha: float) -> torch.Tensor | None:
+    if not alpha:
+        return None
+    score = {c.id: c.score for c in ep.request.candidates}
+    bias = fusion_bias([score[c] for c in ids], alpha)
+    if bias is None:
+        raise ValueError(
+            f"episode {ep.request.request_id}: fusion_alpha {alpha} needs a score on every "
+            "candidate"
+        )
+    return torch.tensor(bias, dtype=torch.float32)
 
 
 def batch_step_logprobs(
@@ -136,7 +157,7 @@ def batch_step_logprobs(
         pos = torch.tensor(step_positions(p.seq, len(p.order) - 1), device=device)
         labels = torch.tensor(p.seq.label_ids, device=device)
         logits = hybrid.label_logits(head, hidden[i, pos], labels)
-        out.append(mask_eliminated(logits.float(), p.order))
+        out.append(mask_eliminated(logits.float(), p.order, p.bias))
     return out
 
 
@@ -229,7 +250,7 @@ class SupervisedTrainer:
 
     def _prepare(self, i: int) -> Prepared:
         if i not in self._prepared:
-            self._prepared[i] = prepare(self.train[i], self.builder)
+            self._prepared[i] = prepare(self.train[i], self.builder, self.cfg.fusion_alpha)
         return self._prepared[i]
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -262,7 +283,8 @@ class SupervisedTrainer:
 
     def validate(self) -> dict[str, float]:
         self.model.eval()
-        val = [prepare(e, self.builder) for e in self.val[: self.cfg.val_episodes]]
+        alpha = self.cfg.fusion_alpha
+        val = [prepare(e, self.builder, alpha) for e in self.val[: self.cfg.val_episodes]]
         rr = []
         for lo in range(0, len(val), 16):
             chunk = val[lo : lo + 16]

@@ -58,6 +58,20 @@ def register(app: typer.Typer) -> None:
             "titles' MiniLM embeddings, 32 principal components); with --init from a "
             "lightfm model the projector's new inputs start at zero",
         ),
+        residual_alpha: float = typer.Option(
+            0.0,
+            "--residual-alpha",
+            help="train what is served: each step fused with LambdaMART at this weight "
+            "(serve with --fusion-alpha the same, --fusion-signal lambdamart); episodes are "
+            "each training user's last --residual-positions items, scored by feature models "
+            "fitted without them (docs/training.md)",
+        ),
+        ce_weight: float = typer.Option(
+            0.5, "--ce-weight", help="RL stage: weight of the supervised loss kept beside it"
+        ),
+        residual_positions: int = typer.Option(
+            10, "--residual-positions", help="with --residual-alpha: episodes per training user"
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.errors import UserError
@@ -66,6 +80,12 @@ def register(app: typer.Typer) -> None:
 
         if vectors not in VECTOR_KINDS:
             raise UserError(f"--vectors {vectors!r}: use one of {', '.join(VECTOR_KINDS)}")
+        if not 0 <= residual_alpha <= 1000:
+            raise UserError(f"--residual-alpha {residual_alpha}: use a weight in [0, 1000]")
+        if not 0 <= ce_weight <= 100:
+            raise UserError(f"--ce-weight {ce_weight}: use a weight in [0, 100]")
+        if not 1 <= residual_positions <= 1000:
+            raise UserError(f"--residual-positions {residual_positions}: use 1 to 1000")
         settings = get_settings()
         opts = HybridTrainOptions(
             task=task,
@@ -87,6 +107,9 @@ def register(app: typer.Typer) -> None:
             bundle=bundle,
             vectors=vectors,
             cache_dir=settings.resolved_artifact_dir / "embedding-cache",
+            residual_alpha=residual_alpha,
+            residual_positions=residual_positions,
+            ce_weight=ce_weight,
         )
         train_hybrid(opts, settings.data_dir, echo=typer.echo)
 

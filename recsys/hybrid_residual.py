@@ -1,0 +1,108 @@
+"""Episodes for training the LM for what is served: its steps fused with LambdaMART.
+
+Served, the LM's step distributions get -alpha x z(LambdaMART score) added (ranking.fusion,
+alpha 10), so LambdaMART decides every clear call and the LM only its close ones. A model
+trained alone (`recsys.hybrid_training`) learns to rank everything, mostly what LambdaMART
+already knows. `recsys train-ranker --residual-alpha A` trains the *fused* policy instead —
+the same losses on log_softmax(LM logits - A x z(LambdaMART)) — so the gradient lands where
+LambdaMART is wrong and close, as in boosting.
+
+That needs LambdaMART scores on training episodes that are as honest as on the evaluated
+ones: feature models fitted on a log that contains the target would score it from its own
+interaction. So, for task T and seed S (the ones `recsys eval` uses):
+
+* LambdaMART is fitted exactly as the served signal (`recsys.eval.ltr`, its own protocol);
+* the *truncated log*: the training log without each non-held-out user's last
+  `positions` items; its feature models score the episodes;
+* episodes: those last `positions` items of each training user (at least `min_history`
+  items before each), the 20 items before as history, negatives drawn as the evaluated
+  instances' (uniform, or half from the CF top-50 for retrieval-candidate tasks) from the
+  items the user never interacted with, shuffled; each candidate carries its LambdaMART
+  score; the teacher eliminates in LambdaMART's reverse order, the truth last;
+* validation users (the same share as `hybrid_training`'s): the same positions, never
+  trained on.
+
+No target of an episode reaches the feature models that score it; the evaluated targets and
+the held-out users reach nothing here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ranking.rl.episodes import Episode
+from ranking.types import Candidate, RankRequest
+from recsys.errors import UserError
+from recsys.hybrid_training import VAL_FRACTION, EpisodeSet, HybridTrainOptions, task_and_vectors
+
+
+def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
+    """The module doc's episodes, with the LM's item vectors (as `build_episodes`)."""
+    from recsys.eval.ltr import LambdaMARTBaseline, fit_feature_models
+    from recsys.eval.tasks import HELDOUT_FRACTION, HISTORY_LEN, rng_for, user_fold
+    from retrieval.ltr_stage import draw_negatives
+
+    taskset, _, item_ids, vectors = task_and_vectors(task, data_dir, opts)
+    train, titles = taskset.train, taskset.catalogue
+    assert train is not None and titles is not None
+    signal = LambdaMARTBaseline(seed=opts.seed)
+    signal.fit(taskset)
+    hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
+    n_neg = len(taskset.instances[0].candidates) - 1
+    users = dict(train.group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
+    folds = {u: user_fold(str(u), opts.seed) for u in users}
+    scored = {u for u, f in folds.items() if f >= HELDOUT_FRACTION}
+    models = fit_feature_models(truncated(train, scored, opts.residual_positions), taskset,
+                                opts.seed)  # fmt: skip
+    catalogue = np.array(sorted(titles))
+    out_train, out_val = [], []
+    for user in sorted(scored, key=str):
+        items, is_val = users[user], folds[user] < HELDOUT_FRACTION + VAL_FRACTION
+        first = len(items) - opts.residual_positions
+        rng = rng_for(opts.seed, f"residual:{user}")
+        pool = catalogue[~np.isin(catalogue, items)]
+        if len(pool) < n_neg:
+            continue
+        for t in range(max(first, opts.min_history), len(items)):
+            history = items[max(0, t - HISTORY_LEN) : t]
+            negs = draw_negatives(models, str(user), pool, rng, hard, n_neg)
+            ids = [items[t], *negs]
+            ids = [ids[i] for i in rng.permutation(len(ids))]
+            scores = signal.ranker.scores(models.features(str(user), history, ids))
+            ep = _episode(task, str(user), t, items[t], history, ids, scores, titles)
+            (out_val if is_val else out_train).append(ep)
+    if not out_train:
+        raise UserError(f"{task}: no residual episodes (users with > {opts.min_history} items?)")
+    info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
+            "episodes": f"residual: each training user's last {opts.residual_positions} items, "
+            "LambdaMART scores from feature models fitted without them",
+            "residual_alpha": opts.residual_alpha, "item_vectors": opts.vectors,
+            "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
+    return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+
+
+def truncated(train: pl.DataFrame, users: set, positions: int) -> pl.DataFrame:
+    """The log without the last `positions` rows of each user in `users` (time order within
+    a user, as the task's log is)."""
+    from_end = pl.int_range(pl.len()).reverse().over("user_id")
+    drop = pl.col("user_id").is_in(list(users)) & (from_end < positions)
+    return train.filter(~drop)
+
+
+def _episode(task, user, t, target, history, ids, scores, titles) -> Episode:  # type: ignore[no-untyped-def]
+    teacher = [ids[i] for i in np.argsort(scores, kind="stable") if ids[i] != target]
+    request = RankRequest(
+        task=task,
+        candidates=tuple(
+            Candidate(id=i, text=titles[i], score=float(s))
+            for i, s in zip(ids, scores, strict=True)
+        ),
+        history=tuple(titles.get(h, h) for h in history),
+        history_ids=tuple(history),
+        request_id=f"{task}:{user}:{t}",
+    )
+    return Episode(request=request, ground_truth=target, user=user,
+                   teacher_order=(*teacher, target))  # fmt: skip
