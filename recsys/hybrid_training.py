@@ -187,10 +187,18 @@ def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -
                    teacher_order=(*teacher, target))  # fmt: skip
 
 
+EpisodeBuilder = Callable[[str, Path, HybridTrainOptions], EpisodeSet]
+
+
 def train_hybrid(
-    opts: HybridTrainOptions, data_dir: Path, echo: Callable[[str], None] = print
+    opts: HybridTrainOptions,
+    data_dir: Path,
+    echo: Callable[[str], None] = print,
+    episodes: EpisodeBuilder | None = None,
 ) -> dict[str, Any]:
-    """Build episodes, train (resuming from the work folder's checkpoint), export."""
+    """Build episodes (`build_episodes`, or `episodes`, e.g.
+    `recsys.hybrid_residual.build_residual_episodes`), train (resuming from the work
+    folder's checkpoint), export. Exporting needs the vectors only."""
     import torch
 
     from ranking.hybrid import Hybrid, HybridConfig
@@ -200,7 +208,10 @@ def train_hybrid(
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = _episodes(opts, data_dir)
+    if opts.export_only or episodes is None:
+        data = build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
+    else:
+        data = episodes(opts.task, data_dir, opts)
     echo(f"episodes: {data.info['train_episodes']} train, {data.info['val_episodes']} val "
          f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
     base = runtime.load_backend(
@@ -249,14 +260,6 @@ def train_hybrid(
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card
-
-
-def _episodes(opts: HybridTrainOptions, data_dir: Path) -> EpisodeSet:
-    if opts.residual_alpha and not opts.export_only:
-        from recsys.hybrid_residual import build_residual_episodes
-
-        return build_residual_episodes(opts.task, data_dir, opts)
-    return build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
 
 
 def _write_bundle(opts, data, base, config, cfg, echo) -> dict[str, Any]:  # type: ignore[no-untyped-def]

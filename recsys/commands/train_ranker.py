@@ -111,7 +111,10 @@ def register(app: typer.Typer) -> None:
             residual_positions=residual_positions,
             ce_weight=ce_weight,
         )
-        train_hybrid(opts, settings.data_dir, echo=typer.echo)
+        from recsys.hybrid_residual import build_residual_episodes
+
+        builder = build_residual_episodes if residual_alpha else None
+        train_hybrid(opts, settings.data_dir, echo=typer.echo, episodes=builder)
 
     @app.command("train-ranker-plot")
     def train_ranker_plot(
