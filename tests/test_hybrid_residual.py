@@ -5,6 +5,8 @@ vectors can settle."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -24,7 +26,7 @@ from recsys.hybrid_residual import build_residual_episodes, truncated
 from recsys.hybrid_training import HybridTrainOptions
 from tests.fixtures.cli import run_cli
 from tests.fixtures.data import tiny_ml100k
-from tests.test_hybrid import ITEMS, fresh_hybrid
+from tests.test_hybrid import fresh_hybrid, quality_episodes
 
 
 def test_truncated_drops_the_last_rows_of_the_listed_users_only() -> None:
@@ -72,20 +74,15 @@ def test_fused_training_needs_a_score_on_every_candidate(tiny_model_dir) -> None
 
 
 def close_calls(n: int, seed: int) -> list[Episode]:
-    """The score ranks the truth (largest first vector coordinate) second, a hair below a
-    negative: a close call fusion leaves to the LM, which only the vectors settle."""
-    rng = np.random.default_rng(seed)
-    q = np.random.default_rng(0).normal(size=(len(ITEMS), 5))[:, 0]
+    """`quality_episodes` (the truth has the largest first vector coordinate) with scores
+    that rank the truth second, a hair below a negative: a close call fusion leaves to the
+    LM, which only the vectors settle."""
     out = []
-    for _ in range(n):
-        drawn = rng.choice(len(ITEMS), 6, replace=False)
-        cs = [ITEMS[i] for i in sorted(drawn, key=lambda i: q[i])]
-        scores = [float(k) for k in range(6)]  # by the coordinate: the truth (last) scores 5
-        scores[-1], scores[-2] = 4.0, 4.02  # ... now a hair below the runner-up
-        perm = rng.permutation(6)
-        out.append(Episode(request=scored_request([cs[i] for i in perm], [scores[i] for i in perm],
-                                                  [ITEMS[0]]),
-                           ground_truth=cs[-1], user="u", teacher_order=tuple(cs)))  # fmt: skip
+    for ep in quality_episodes(n, seed):
+        score = {c: float(k) for k, c in enumerate(ep.teacher_order)}  # the truth's: 5
+        score[ep.ground_truth], score[ep.teacher_order[-2]] = 4.0, 4.02
+        cands = tuple(replace(c, score=score[c.id]) for c in ep.request.candidates)
+        out.append(replace(ep, request=replace(ep.request, candidates=cands)))
     return out
 
 
