@@ -33,10 +33,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ranking.rl.episodes import Episode
-from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
-from recsys.hybrid_training import VAL_FRACTION, EpisodeSet, HybridTrainOptions, task_and_vectors
+from recsys.hybrid_training import (
+    VAL_FRACTION,
+    EpisodeSet,
+    HybridTrainOptions,
+    scored_episode,
+    task_and_vectors,
+)
 
 
 def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
@@ -72,7 +76,8 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
             ids = [items[t], *negs]
             ids = [ids[i] for i in rng.permutation(len(ids))]
             scores = signal.ranker.scores(models.features(str(user), history, ids))
-            ep = _episode(task, str(user), t, items[t], history, ids, scores, titles)
+            ep = scored_episode(task, str(user), t, items[t], history, ids, titles,
+                                teacher_scores=scores, candidate_scores=scores)  # fmt: skip
             (out_val if is_val else out_train).append(ep)
     if not out_train:
         raise UserError(f"{task}: no residual episodes (users with > {opts.min_history} items?)")
@@ -90,19 +95,3 @@ def truncated(train: pl.DataFrame, users: set, positions: int) -> pl.DataFrame:
     from_end = pl.int_range(pl.len()).reverse().over("user_id")
     drop = pl.col("user_id").is_in(list(users)) & (from_end < positions)
     return train.filter(~drop)
-
-
-def _episode(task, user, t, target, history, ids, scores, titles) -> Episode:  # type: ignore[no-untyped-def]
-    teacher = [ids[i] for i in np.argsort(scores, kind="stable") if ids[i] != target]
-    request = RankRequest(
-        task=task,
-        candidates=tuple(
-            Candidate(id=i, text=titles[i], score=float(s))
-            for i, s in zip(ids, scores, strict=True)
-        ),
-        history=tuple(titles.get(h, h) for h in history),
-        history_ids=tuple(history),
-        request_id=f"{task}:{user}:{t}",
-    )
-    return Episode(request=request, ground_truth=target, user=user,
-                   teacher_order=(*teacher, target))  # fmt: skip

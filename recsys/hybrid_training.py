@@ -174,11 +174,22 @@ def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -
         return None
     ids = [target, *mixed_negatives(hard_pool, pool, N_NEGATIVES, opts.hard_negatives, rng)]
     ids = [ids[i] for i in rng.permutation(len(ids))]
-    ensemble = models.ensemble(user, history, ids)
-    teacher = [ids[i] for i in np.argsort(ensemble, kind="stable") if ids[i] != target]
+    return scored_episode(task, user, t, target, history, ids, titles,
+                          teacher_scores=models.ensemble(user, history, ids))  # fmt: skip
+
+
+def scored_episode(  # type: ignore[no-untyped-def]
+    task, user, t, target, history, ids, titles, *, teacher_scores, candidate_scores=None
+) -> Episode:
+    """The episode of user's item t: the teacher eliminates by ascending `teacher_scores`,
+    the truth last; `candidate_scores` (the fusion signal) ride on the candidates."""
+    given = [None] * len(ids) if candidate_scores is None else [float(s) for s in candidate_scores]
+    teacher = [ids[i] for i in np.argsort(teacher_scores, kind="stable") if ids[i] != target]
     request = RankRequest(
         task=task,
-        candidates=tuple(Candidate(id=i, text=titles[i]) for i in ids),
+        candidates=tuple(
+            Candidate(id=i, text=titles[i], score=g) for i, g in zip(ids, given, strict=True)
+        ),
         history=tuple(titles.get(h, h) for h in history),
         history_ids=tuple(history),
         request_id=f"{task}:{user}:{t}",

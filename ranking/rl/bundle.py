@@ -179,13 +179,12 @@ def decode_episodes(folder: Path, name: str) -> list[Episode]:
     out = []
     rows = zip(data[f"{name}_history"], data[f"{name}_candidates"], data[f"{name}_teacher"],
                data[f"{name}_gt"], data[f"{name}_users"], strict=True)  # fmt: skip
-    n = len(data[f"{name}_gt"])
-    scores = data[f"{name}_scores"] if f"{name}_scores" in data else np.full((n, 0), np.nan)
+    shape = data[f"{name}_candidates"].shape  # bundles written before scores travelled: none
+    scores = data[f"{name}_scores"] if f"{name}_scores" in data else np.full(shape, np.nan)
     for (hist, cands, teacher, gt, user), row in zip(rows, scores, strict=True):
         history = tuple(table[i] for i in hist if i >= 0)
         ids = [table[i] for i in cands]
-        given = [None if k >= len(row) or np.isnan(row[k]) else float(row[k])
-                 for k in range(len(ids))]  # fmt: skip
+        given = [None if np.isnan(s) else float(s) for s in row]
         cands = tuple(Candidate(id=i, text=i, score=g) for i, g in zip(ids, given, strict=True))
         request = RankRequest(task=task, candidates=cands, history=history, history_ids=history)
         out.append(Episode(request=request, ground_truth=ids[int(gt)], user=str(user),
