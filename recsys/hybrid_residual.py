@@ -24,6 +24,18 @@ interaction. So, for task T and seed S (the ones `recsys eval` uses):
 
 No target of an episode reaches the feature models that score it; the evaluated targets and
 the held-out users reach nothing here.
+
+The LM's own item vectors are LightFM factors too. Fitted on the whole training log (what
+the model serves with: a served request's target is never in it) they *have* seen every
+episode's target, so in training the target's vector sits closer to the user's history than
+it ever does when served — the LM learns to overrule LambdaMART on evidence that vanishes
+at serving time. `--honest-vectors` ranks the episodes with the truncated log's LightFM
+vectors instead, rotated into the served vectors' coordinates (`aligned`: the projector was
+trained on those, and two fits' factors agree only up to a rotation). A rotation keeps every
+inner product between the honest vectors, so the similarities the LM reads are the truncated
+fit's, whatever the served ones are; an affine least-squares map would not (with as many
+parameters as items it reproduces the served table, leak included). The exported model keeps
+the served vectors.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from recsys.hybrid_training import (
     VAL_FRACTION,
     EpisodeSet,
     HybridTrainOptions,
+    cf_vectors,
     scored_episode,
     task_and_vectors,
 )
@@ -86,7 +99,35 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
             "LambdaMART scores from feature models fitted without them",
             "residual_alpha": opts.residual_alpha, "item_vectors": opts.vectors,
             "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
-    return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+    honest = None
+    if opts.honest_vectors:
+        honest, info["honest_vectors"] = honest_vectors(models, item_ids, vectors)
+    return EpisodeSet(out_train, out_val, item_ids, vectors, info, train_vectors=honest)
+
+
+def honest_vectors(
+    models: object, item_ids: list[str], served: np.ndarray
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The truncated log's CF vectors in the served vectors' coordinates (module doc), the
+    served table's other columns (title components) as they are, and how alike the two fits
+    are after the rotation (R^2 over the catalogue)."""
+    if sorted(models.items, key=models.items.__getitem__) != item_ids:  # type: ignore[attr-defined]
+        raise ValueError("the truncated fit's catalogue differs from the served vectors'")
+    own = cf_vectors(models)
+    cf = own.shape[1]
+    mapped = aligned(own, served[:, :cf])
+    resid = ((mapped - served[:, :cf]) ** 2).sum()
+    total = ((served[:, :cf] - served[:, :cf].mean(0)) ** 2).sum()
+    out = np.column_stack([mapped, served[:, cf:]]).astype(np.float32)
+    return out, {"r2": round(float(1 - resid / total), 4)}
+
+
+def aligned(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`source` under the rotation (orthogonal map) that brings it closest to `target` in
+    least squares: orthogonal Procrustes, R = U V^T for U S V^T = SVD(source^T target)
+    (Schoenemann 1966)."""
+    u, _, vt = np.linalg.svd(source.astype(np.float64).T @ target.astype(np.float64))
+    return (source.astype(np.float64) @ (u @ vt)).astype(np.float32)
 
 
 def truncated(train: pl.DataFrame, users: set, positions: int) -> pl.DataFrame:

@@ -68,6 +68,8 @@ class HybridTrainOptions:
     residual_alpha: float = 0.0
     residual_positions: int = 10  # its episodes: each training user's last N items
     ce_weight: float = 0.5  # RL stage: weight of the supervised loss kept
+    # residual episodes ranked with item vectors fitted without them (recsys.hybrid_residual)
+    honest_vectors: bool = False
 
 
 @dataclass
@@ -75,8 +77,11 @@ class EpisodeSet:
     train: list[Episode]
     val: list[Episode]
     item_ids: list[str]
-    vectors: np.ndarray
+    vectors: np.ndarray  # what the exported model serves with
     info: dict[str, Any]
+    # what the episodes are ranked with in training when that differs from `vectors`
+    # (`--honest-vectors`: a fit without the episodes' items, recsys.hybrid_residual)
+    train_vectors: np.ndarray | None = None
 
 
 def build_episodes(
@@ -132,8 +137,7 @@ def task_and_vectors(
     assert taskset.train is not None and taskset.catalogue is not None
     models = fit_feature_models(taskset.train, taskset, opts.seed)
     item_ids = sorted(models.items, key=lambda i: models.items[i])
-    raw = np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]])
-    vectors = _standardised(raw)
+    vectors = cf_vectors(models)
     if opts.vectors == "lightfm+text":
         titles = taskset.catalogue
         text = title_components([titles.get(i, i) for i in item_ids], TEXT_DIMS, opts.cache_dir)
@@ -146,6 +150,12 @@ VECTOR_INFO = {
     "lightfm+text": f"lightfm-warp-64f+bias + {TEXT_DIMS} PCs of all-MiniLM-L6-v2 title "
     "embeddings, standardised",
 }
+
+
+def cf_vectors(models: Any) -> np.ndarray:
+    """The LightFM part of the item vectors: factors and bias, standardised per column, in
+    the feature models' item order."""
+    return _standardised(np.column_stack([models.cf.item_factors, models.cf.item_biases[:, None]]))
 
 
 def _standardised(raw: np.ndarray) -> np.ndarray:
@@ -242,7 +252,8 @@ def train_hybrid(
     if opts.bundle is not None:
         return _write_bundle(opts, data, base, config, cfg, echo)
     torch.manual_seed(opts.seed)
-    hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, data.vectors, config)
+    trained_with = data.vectors if data.train_vectors is None else data.train_vectors
+    hybrid = Hybrid(base.model, base.tokenizer, data.item_ids, trained_with, config)
     trainer = SupervisedTrainer(base.model, hybrid, data.train, data.val, cfg, work,
                                 progress=_progress_line(cfg.total_steps, echo))  # fmt: skip
     if opts.export_only:
@@ -259,6 +270,9 @@ def train_hybrid(
             trainer.run(resume=opts.resume)
         except CheckpointMismatch as exc:
             raise UserError(f"{exc} (--restart starts over in {work})") from None
+    # the model serves the vectors of the whole training log (honest for served requests,
+    # whose target is never in it), whatever the episodes were ranked with
+    hybrid.vectors = torch.as_tensor(data.vectors, device=hybrid.vectors.device)
     folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
@@ -280,6 +294,8 @@ def _write_bundle(opts, data, base, config, cfg, echo) -> dict[str, Any]:  # typ
     assert opts.bundle is not None
     if opts.title_chars != 0:
         raise UserError("--bundle carries no titles: use --title-chars 0")
+    if data.train_vectors is not None:
+        raise UserError("--bundle carries one vector table: train --honest-vectors runs here")
     t0 = time.perf_counter()
     folder = write_bundle(opts.bundle, model=base.model, tokenizer=base.tokenizer,
                           config=config, item_ids=data.item_ids, vectors=data.vectors,

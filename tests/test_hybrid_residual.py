@@ -22,8 +22,8 @@ from ranking.rl.supervised import (
     prepare,
 )
 from ranking.types import Candidate, RankRequest
-from recsys.hybrid_residual import build_residual_episodes, truncated
-from recsys.hybrid_training import HybridTrainOptions
+from recsys.hybrid_residual import aligned, build_residual_episodes, truncated
+from recsys.hybrid_training import HybridTrainOptions, train_hybrid
 from tests.fixtures.cli import run_cli
 from tests.fixtures.data import tiny_ml100k
 from tests.test_hybrid import fresh_hybrid, quality_episodes
@@ -125,9 +125,77 @@ def test_residual_episodes_are_the_training_users_last_items_scored_honestly(res
     assert len(episodes.vectors) == len(episodes.item_ids)
 
 
+def test_aligned_recovers_a_rotation_and_keeps_every_inner_product() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(40, 5))
+    rotation, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    assert np.allclose(aligned(source, source @ rotation), source @ rotation, atol=1e-5)
+    # fewer rows than an affine map has parameters: a rotation still cannot copy the target
+    unrelated = rng.normal(size=(4, 5))
+    out = aligned(source[:4], unrelated)
+    assert np.allclose(out @ out.T, source[:4] @ source[:4].T, atol=1e-4)
+    assert not np.allclose(out, unrelated, atol=0.1)
+
+
+@pytest.fixture(scope="module")
+def honest(residual):
+    _, data = residual
+    opts = HybridTrainOptions(task="rec-movie", residual_alpha=10, residual_positions=3,
+                              honest_vectors=True)  # fmt: skip
+    return build_residual_episodes("rec-movie", data.parent, opts), data
+
+
+def test_honest_vectors_come_from_the_truncated_fit_in_the_served_coordinates(
+    residual, honest
+) -> None:
+    """Same episodes; the served table unchanged; the training table the truncated fit's
+    geometry (its inner products) in the served coordinates."""
+    plain, _ = residual
+    episodes, data = honest
+    assert [e.request for e in episodes.train] == [e.request for e in plain.train]
+    assert np.array_equal(episodes.vectors, plain.vectors) and plain.train_vectors is None
+    assert episodes.train_vectors.shape == episodes.vectors.shape
+    assert not np.allclose(episodes.train_vectors, episodes.vectors)
+    assert episodes.info["honest_vectors"]["r2"] < 1.0
+    from recsys.eval.ltr import fit_feature_models
+    from recsys.eval.tasks import build_task, user_fold
+    from recsys.hybrid_training import cf_vectors
+
+    taskset = build_task("rec-movie", data, 7)
+    scored = {u for u in taskset.train["user_id"].unique() if user_fold(str(u), 7) >= 0.35}
+    own = cf_vectors(fit_feature_models(truncated(taskset.train, scored, 3), taskset, 7))
+    got = episodes.train_vectors
+    assert np.allclose(got @ got.T, own @ own.T, atol=1e-2 * np.abs(own @ own.T).max())
+
+
+def test_an_honest_run_trains_on_its_vectors_and_exports_the_served_ones(
+    honest, tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """The trainer ranks the episodes with the honest table; the model folder serves with the
+    whole log's (training itself and the export's adapter are stubbed: the vectors are the
+    point)."""
+    episodes, data = honest
+    seen = {}
+
+    def run(self, resume=False):
+        seen["vectors"] = self.hybrid.vectors.cpu().numpy().copy()
+
+    monkeypatch.setattr(SupervisedTrainer, "run", run)
+    monkeypatch.setattr(SupervisedTrainer, "export", lambda self, out: self.hybrid.save(out))
+    opts = HybridTrainOptions(task="rec-movie", out=tmp_path / "m", base=str(tiny_model_dir),
+                              supervised_steps=0, rl_steps=1, residual_alpha=10, inject_layer=1,
+                              honest_vectors=True)  # fmt: skip
+    (tmp_path / "m.work").mkdir()
+    (tmp_path / "m.work" / "log.jsonl").write_text('{"episodes_per_s": 1.0}\n')
+    train_hybrid(opts, data.parent, echo=lambda _: None, episodes=lambda *a: episodes)
+    assert np.array_equal(seen["vectors"], episodes.train_vectors)
+    assert np.array_equal(np.load(tmp_path / "m" / "vectors.npy"), episodes.vectors)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--honest-vectors"], "--honest-vectors applies to --residual-alpha runs"),
         (["--residual-alpha", "-1"], "--residual-alpha -1.0: use a weight in [0, 1000]"),
         (["--residual-alpha", "1e9"], "use a weight in [0, 1000]"),
         (["--residual-positions", "0"], "--residual-positions 0: use 1 to 1000"),

@@ -72,6 +72,12 @@ def register(app: typer.Typer) -> None:
         residual_positions: int = typer.Option(
             10, "--residual-positions", help="with --residual-alpha: episodes per training user"
         ),
+        honest_vectors: bool = typer.Option(
+            False,
+            "--honest-vectors",
+            help="with --residual-alpha: rank the episodes with item vectors fitted without "
+            "their items (the served model keeps the whole log's; docs/training.md)",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from recsys.errors import UserError
@@ -86,6 +92,11 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--ce-weight {ce_weight}: use a weight in [0, 100]")
         if not 1 <= residual_positions <= 1000:
             raise UserError(f"--residual-positions {residual_positions}: use 1 to 1000")
+        if honest_vectors and not residual_alpha:
+            raise UserError(
+                "--honest-vectors applies to --residual-alpha runs (their episodes are the "
+                "items a separate fit leaves out); add --residual-alpha A"
+            )
         settings = get_settings()
         opts = HybridTrainOptions(
             task=task,
@@ -110,6 +121,7 @@ def register(app: typer.Typer) -> None:
             residual_alpha=residual_alpha,
             residual_positions=residual_positions,
             ce_weight=ce_weight,
+            honest_vectors=honest_vectors,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
