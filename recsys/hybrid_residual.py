@@ -58,7 +58,7 @@ from recsys.hybrid_training import (
 
 def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
     """The module doc's episodes, with the LM's item vectors (as `build_episodes`)."""
-    from recsys.eval.ltr import LambdaMARTBaseline, fit_feature_models
+    from recsys.eval.ltr import LambdaMARTBaseline, NegativesProtocol, fit_feature_models
     from recsys.eval.tasks import HELDOUT_FRACTION, HISTORY_LEN, rng_for, user_fold
     from retrieval.ltr_stage import draw_negatives
 
@@ -67,8 +67,7 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
     assert train is not None and titles is not None
     signal = LambdaMARTBaseline(seed=opts.seed)
     signal.fit(taskset)
-    hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
-    n_neg = len(taskset.instances[0].candidates) - 1
+    negatives = NegativesProtocol.of(taskset)
     users = dict(train.group_by("user_id", maintain_order=True).agg("item_id").iter_rows())
     folds = {u: user_fold(str(u), opts.seed) for u in users}
     scored = {u for u, f in folds.items() if f >= HELDOUT_FRACTION}
@@ -81,11 +80,11 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
         first = len(items) - opts.residual_positions
         rng = rng_for(opts.seed, f"residual:{user}")
         pool = catalogue[~np.isin(catalogue, items)]
-        if len(pool) < n_neg:
+        if len(pool) < negatives.count:
             continue
         for t in range(max(first, opts.min_history), len(items)):
             history = items[max(0, t - HISTORY_LEN) : t]
-            negs = draw_negatives(models, str(user), pool, rng, hard, n_neg)
+            negs = draw_negatives(models, str(user), pool, rng, negatives.hard, negatives.count)
             ids = [items[t], *negs]
             ids = [ids[i] for i in rng.permutation(len(ids))]
             scores = signal.ranker.scores(models.features(str(user), history, ids))

@@ -229,6 +229,12 @@ def train_hybrid(
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if opts.residual_alpha and episodes is None and not opts.export_only:
+        raise UserError(
+            "residual_alpha trains on scored episodes: pass episodes="
+            "recsys.hybrid_residual.build_residual_episodes (what `recsys train-ranker "
+            "--residual-alpha` does)"
+        )
     if opts.export_only or episodes is None:
         data = build_episodes(opts.task, data_dir, opts, vectors_only=opts.export_only)
     else:

@@ -22,6 +22,7 @@ from ranking.rl.supervised import (
     prepare,
 )
 from ranking.types import Candidate, RankRequest
+from recsys.errors import UserError
 from recsys.hybrid_residual import aligned, build_residual_episodes, truncated
 from recsys.hybrid_training import HybridTrainOptions, train_hybrid
 from tests.fixtures.cli import run_cli
@@ -190,6 +191,12 @@ def test_an_honest_run_trains_on_its_vectors_and_exports_the_served_ones(
     train_hybrid(opts, data.parent, echo=lambda _: None, episodes=lambda *a: episodes)
     assert np.array_equal(seen["vectors"], episodes.train_vectors)
     assert np.array_equal(np.load(tmp_path / "m" / "vectors.npy"), episodes.vectors)
+
+
+def test_train_hybrid_with_a_residual_weight_needs_the_residual_builder(tmp_path) -> None:
+    opts = HybridTrainOptions(task="rec-movie", out=tmp_path / "m", residual_alpha=10)
+    with pytest.raises(UserError, match=r"pass episodes=recsys\.hybrid_residual"):
+        train_hybrid(opts, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,23 @@ class TrainingGroups:
         ]
 
 
+@dataclass(frozen=True)
+class NegativesProtocol:
+    """How a task's negatives are drawn, for every set of queries built beside its evaluated
+    instances (LambdaMART's training groups, the residual LM episodes): half from the CF
+    top-50 when the evaluated candidates come from retrieval (`hard`), else uniform; as many
+    as the evaluated instances have (19 in the paper's protocol)."""
+
+    hard: bool
+    count: int
+
+    @classmethod
+    def of(cls, taskset: TaskSet) -> NegativesProtocol:
+        hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
+        count = len(taskset.instances[0].candidates) - 1 if taskset.instances else N_NEGATIVES
+        return cls(hard, count)
+
+
 def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> TrainingGroups:
     """Steps 1-3 of the module protocol."""
     train = taskset.train
@@ -94,11 +111,10 @@ def training_groups(taskset: TaskSet, seed: int, *, hard_negatives: bool) -> Tra
     inner, seqs = split_last(train, users)
     models = fit_feature_models(inner, taskset, seed)
     seen = dict(train.group_by("user_id").agg("item_id").iter_rows())
-    # as many negatives as the evaluated instances have (19 in the paper's protocol)
-    n_neg = len(taskset.instances[0].candidates) - 1 if taskset.instances else N_NEGATIVES
     queries = ltr_stage.training_queries(
         models, seqs, seen, list(taskset.catalogue), lambda u: rng_for(seed, f"ltr:{u}"),
-        hard_negatives=hard_negatives, negatives=n_neg, history=HISTORY_LEN,
+        hard_negatives=hard_negatives, negatives=NegativesProtocol.of(taskset).count,
+        history=HISTORY_LEN,
     )  # fmt: skip
     out = [
         Instance(
@@ -130,7 +146,7 @@ class LambdaMARTBaseline(_RecBaseline):
 
     def fit_groups(self, taskset: TaskSet) -> TrainingGroups:
         """`fit`, returning the training groups it fitted on (for a stack on top)."""
-        hard = str(taskset.info.get("candidates", "")).startswith("retrieval")
+        hard = NegativesProtocol.of(taskset).hard
         groups = training_groups(taskset, self.seed, hard_negatives=hard)
         self.ranker = LambdaMART.fit(groups.labelled, FEATURE_NAMES, seed=self.seed)
         self.models = fit_feature_models(self.train_of(taskset), taskset, self.seed)
