@@ -345,7 +345,8 @@ def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[st
 
 def plot_logs(work_dirs: list[Path], out: Path) -> Path:
     """Training curves of train-ranker runs: step loss (moving average over 25 batches)
-    and the validation first-step MRR, against episodes seen."""
+    and the validation MRR (first step; served, where the run measured it), against
+    episodes seen."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,16 +362,17 @@ def plot_logs(work_dirs: list[Path], out: Path) -> Path:
         ce = np.convolve([r["ce"] for r in log], np.ones(25) / 25, mode="valid")
         name = Path(work).name.removesuffix(".work")
         ax_loss.plot(eps[24:], ce, label=name)
-        val = [(e, r["val_mrr_first_step"]) for e, r in zip(eps, log, strict=True)
-               if "val_mrr_first_step" in r]  # fmt: skip
-        if val:
-            ax_val.plot(*zip(*val, strict=True), marker="o", label=name)
+        for key, style in (("val_mrr_first_step", "o-"), ("val_mrr_served", "s--")):
+            val = [(e, r[key]) for e, r in zip(eps, log, strict=True) if key in r]
+            if val:
+                kind = "served" if key == "val_mrr_served" else "first step"
+                ax_val.plot(*zip(*val, strict=True), style, label=f"{name} ({kind})")
         rl = next((e for e, r in zip(eps, log, strict=True) if r["stage"] == "rl"), None)
         if rl is not None:
             ax_loss.axvline(rl, ls=":", c="grey")
     ax_loss.set(xlabel="episodes", ylabel="step cross-entropy (25-batch mean)",
                 title="supervised | RL (dotted line)")  # fmt: skip
-    ax_val.set(xlabel="episodes", ylabel="validation MRR (first step)", title="validation users")
+    ax_val.set(xlabel="episodes", ylabel="validation MRR", title="validation users")
     for ax in (ax_loss, ax_val):
         ax.legend()
         ax.grid(alpha=0.3)

@@ -93,11 +93,23 @@ def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path) -> None:
                            eval_every=10_000, checkpoint_every=100, fusion_alpha=3.0)  # fmt: skip
     trainer = SupervisedTrainer(backend.model, hybrid, close_calls(200, 1), close_calls(40, 2),
                                 cfg, tmp_path)  # fmt: skip
-    before = trainer.validate()["val_mrr_first_step"]
+    before = trainer.validate()
     trainer.run(resume=False)
-    after = trainer.validate()["val_mrr_first_step"]
+    after = trainer.validate()
     # the score alone puts the truth second (MRR 0.5); an LM that reads the vectors, first
-    assert before < 0.8 and after > 0.9
+    assert before["val_mrr_first_step"] < 0.8 and after["val_mrr_first_step"] > 0.9
+    assert before["val_mrr_served"] < 0.8 and after["val_mrr_served"] > 0.9
+    # the served validation is what the exported model gives when the engine serves it
+    from ranking.engine import load_ranker
+    from ranking.metrics import reciprocal_rank
+
+    served = load_ranker(trainer.export(tmp_path / "model"), device="cpu", fusion_alpha=3.0)
+    val = close_calls(40, 2)
+    results = served.rank_batch([e.request for e in val])
+    mrr = np.mean(
+        [reciprocal_rank(r.order, e.ground_truth) for r, e in zip(results, val, strict=True)]
+    )
+    assert after["val_mrr_served"] == pytest.approx(mrr, abs=1.5 / len(val))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,10 @@ class SupervisedConfig:
     # > 0: train the fused policy (ranking.fusion): every step's logits get -fusion_alpha x
     # z(candidate score) before the losses, the bias the served engine adds at that weight
     fusion_alpha: float = 0.0
+    # validation also ranks each episode as served (greedy elimination, fused at
+    # fusion_alpha): `val_mrr_served`, the number `recsys eval` would give; the first-step
+    # MRR alone can rise while the served ranking falls (docs/training.md)
+    validate_served: bool = True
 
     @property
     def total_steps(self) -> int:
@@ -291,7 +295,32 @@ class SupervisedTrainer:
             orders = first_step_orders(self.model, self.hybrid, chunk, self.split)
             for order, p in zip(orders, chunk, strict=True):
                 rr.append(1.0 / (order.index(p.gt) + 1))
-        return {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
+        out = {"val_mrr_first_step": sum(rr) / max(1, len(rr)), "val_n": len(rr)}
+        if self.cfg.validate_served:
+            out["val_mrr_served"] = self.served_mrr()
+        return out
+
+    def served_mrr(self) -> float:
+        """MRR of the validation episodes ranked as the engine serves the model being trained
+        (incremental mode, greedy, fused at `fusion_alpha` where the candidates carry
+        scores): the same weights, through the serving code path, not a proxy."""
+        from ranking.backends.transformers_backend import TransformersBackend
+        from ranking.engine import Ranker
+        from ranking.metrics import reciprocal_rank
+
+        device = str(next(self.model.parameters()).device)
+        # a fresh backend each time: no KV cache outlives the weights it was computed with
+        backend = TransformersBackend(self.model.get_base_model(), self.hybrid.tokenizer,
+                                      "in-training", device=device)  # fmt: skip
+        backend.attach_hybrid(self.hybrid)
+        ranker = Ranker(backend, batch_size=16, fusion_alpha=self.cfg.fusion_alpha)
+        episodes = self.val[: self.cfg.val_episodes]
+        with torch.no_grad():
+            results = ranker.rank_batch([replace(e.request, mode="incremental") for e in episodes])
+        rr = [
+            reciprocal_rank(r.order, e.ground_truth) for r, e in zip(results, episodes, strict=True)
+        ]
+        return sum(rr) / max(1, len(rr))
 
     def run(
         self, resume: bool = True, stop_at: int | None = None, deadline: float | None = None
