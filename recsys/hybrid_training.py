@@ -337,6 +337,7 @@ def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[st
         rate = done / max(1e-9, time.perf_counter() - start)
         eta = (total - step) / rate if rate else float("inf")
         extra = f" val_mrr {rec['val_mrr_first_step']:.4f}" if "val_mrr_first_step" in rec else ""
+        extra += f" served {rec['val_mrr_served']:.4f}" if "val_mrr_served" in rec else ""
         echo(f"[{rec['stage']}] step {step}/{total} loss {rec['loss']:.4f} "
              f"{rec['episodes_per_s']:.1f} ep/s  eta {eta / 60:.1f} min{extra}")  # fmt: skip
 
