@@ -1,0 +1,55 @@
+"""Probes behind docs/training.md "Honest item vectors" (rec-movie, seed 7).
+
+python benchmarks/residual_probe.py honest-copy MODEL OUT
+    copy a hybrid model folder with its vectors replaced by the honest table
+    (`train-ranker --honest-vectors`: LightFM on the log without each training user's
+    last 10 items, rotated into the served coordinates)
+python benchmarks/residual_probe.py val MODEL [MODEL...]
+    the served ranking's MRR (fused at alpha 10, and the LM alone) on the residual
+    validation episodes (validation users' last 10 items), through the engine
+"""
+
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ranking.engine import load_ranker
+from ranking.metrics import reciprocal_rank
+from recsys.hybrid_residual import build_residual_episodes
+from recsys.hybrid_training import HybridTrainOptions
+
+DATA = Path("../shared/data")
+
+
+def episodes(honest: bool):
+    opts = HybridTrainOptions(task="rec-movie", residual_alpha=10, honest_vectors=honest)
+    return build_residual_episodes("rec-movie", DATA, opts)
+
+
+def honest_copy(model: str, out: str) -> None:
+    table = episodes(honest=True).train_vectors
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model, out)
+    assert np.load(Path(out) / "vectors.npy").shape == table.shape
+    np.save(Path(out) / "vectors.npy", table)
+    print(f"wrote {out}")
+
+
+def served_on_val(models: list[str]) -> None:
+    val = episodes(honest=False).val
+    for model in models:
+        ranker = load_ranker(model, device="cpu")
+        for alpha in (10.0, 0.0):
+            out = ranker.rank_batch([replace(e.request, fusion_alpha=alpha) for e in val])
+            rr = [reciprocal_rank(r.order, e.ground_truth) for r, e in zip(out, val, strict=True)]
+            print(f"{model}  alpha {alpha:g}: MRR {100 * np.mean(rr):.2f} on {len(val)} episodes")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "honest-copy":
+        honest_copy(sys.argv[2], sys.argv[3])
+    else:
+        served_on_val(sys.argv[2:])
