@@ -75,9 +75,13 @@ class TransformersBackend(LMBackend):
         self._split = None  # ranking.hybrid_split.HybridSplit: its lower layers memoised
         self._split_built = None  # kept while the split is off, memo and all
 
-    def attach_hybrid(self, hybrid) -> None:  # type: ignore[no-untyped-def]
-        """Serve a hybrid model: its prompt style, and its item tokens' label logits."""
+    def attach_hybrid(self, hybrid, split=None) -> None:  # type: ignore[no-untyped-def]
+        """Serve a hybrid model: its prompt style, and its item tokens' label logits; `split`:
+        an existing memo of its lower layers (a trainer's, whose model may carry only the
+        memo: ranking.rl.bundle) instead of one built from the model."""
         self.hybrid = hybrid
+        if split is not None:
+            self._split_built = split
         self.prompt_style = hybrid.style
         self.split_hybrid(True)
 

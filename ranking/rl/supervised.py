@@ -312,7 +312,7 @@ class SupervisedTrainer:
         # a fresh backend each time: no KV cache outlives the weights it was computed with
         backend = TransformersBackend(self.model.get_base_model(), self.hybrid.tokenizer,
                                       "in-training", device=device)  # fmt: skip
-        backend.attach_hybrid(self.hybrid)
+        backend.attach_hybrid(self.hybrid, split=self.split)
         ranker = Ranker(backend, batch_size=16, fusion_alpha=self.cfg.fusion_alpha)
         episodes = self.val[: self.cfg.val_episodes]
         with torch.no_grad():
