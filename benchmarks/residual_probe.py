@@ -38,8 +38,8 @@ def honest_copy(model: str, out: str) -> None:
     print(f"wrote {out}")
 
 
-def served_on_val(models: list[str]) -> None:
-    val = episodes(honest=False).val
+def served_on_val(models: list[str], first: int | None = None) -> None:
+    val = episodes(honest=False).val[:first]
     for model in models:
         ranker = load_ranker(model, device="cpu")
         for alpha in (10.0, 0.0):
@@ -51,5 +51,7 @@ def served_on_val(models: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "honest-copy":
         honest_copy(sys.argv[2], sys.argv[3])
+    elif sys.argv[2] == "--first":
+        served_on_val(sys.argv[4:], int(sys.argv[3]))
     else:
         served_on_val(sys.argv[2:])
