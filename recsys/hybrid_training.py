@@ -362,12 +362,13 @@ def plot_logs(work_dirs: list[Path], out: Path) -> Path:
         eps = np.cumsum([r.get("batch", 8) for r in log])
         ce = np.convolve([r["ce"] for r in log], np.ones(25) / 25, mode="valid")
         name = Path(work).name.removesuffix(".work")
-        ax_loss.plot(eps[24:], ce, label=name)
+        (line,) = ax_loss.plot(eps[24:], ce, label=name)
         for key, style in (("val_mrr_first_step", "o-"), ("val_mrr_served", "s--")):
             val = [(e, r[key]) for e, r in zip(eps, log, strict=True) if key in r]
             if val:
                 kind = "served" if key == "val_mrr_served" else "first step"
-                ax_val.plot(*zip(*val, strict=True), style, label=f"{name} ({kind})")
+                ax_val.plot(*zip(*val, strict=True), style, color=line.get_color(),
+                            label=f"{name} ({kind})")  # fmt: skip
         rl = next((e for e, r in zip(eps, log, strict=True) if r["stage"] == "rl"), None)
         if rl is not None:
             ax_loss.axvline(rl, ls=":", c="grey")

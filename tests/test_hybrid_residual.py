@@ -5,6 +5,7 @@ vectors can settle."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -224,3 +225,18 @@ def test_train_hybrid_with_a_residual_weight_needs_the_residual_builder(tmp_path
 def test_train_ranker_refuses_bad_residual_options(args, message, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, ["train-ranker", "--task", "rec-movie", *args])
     assert code != 0 and message in err and "Traceback" not in err
+
+
+def test_training_plot_of_a_served_validation_log_and_a_folder_without_one(tmp_path) -> None:
+    from recsys.hybrid_training import plot_logs
+
+    work = tmp_path / "run.work"
+    work.mkdir()
+    rows = [{"step": s, "stage": "rl", "ce": 1.0 / (s + 1), "batch": 8} for s in range(60)]
+    rows[29] |= {"val_mrr_first_step": 0.7, "val_mrr_served": 0.6}
+    rows[59] |= {"val_mrr_first_step": 0.8, "val_mrr_served": 0.65}
+    (work / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = plot_logs([work], tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="no training log"):
+        plot_logs([tmp_path], tmp_path / "x.png")
