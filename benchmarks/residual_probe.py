@@ -38,11 +38,13 @@ def honest_copy(model: str, out: str) -> None:
     print(f"wrote {out}")
 
 
-def served_on_val(models: list[str], first: int | None = None) -> None:
+def served_on_val(
+    models: list[str], first: int | None = None, alphas: tuple[float, ...] = (10.0, 0.0)
+) -> None:
     val = episodes(honest=False).val[:first]
     for model in models:
         ranker = load_ranker(model, device="cpu")
-        for alpha in (10.0, 0.0):
+        for alpha in alphas:
             out = ranker.rank_batch([replace(e.request, fusion_alpha=alpha) for e in val])
             rr = [reciprocal_rank(r.order, e.ground_truth) for r, e in zip(out, val, strict=True)]
             print(f"{model}  alpha {alpha:g}: MRR {100 * np.mean(rr):.2f} on {len(val)} episodes")
@@ -51,7 +53,12 @@ def served_on_val(models: list[str], first: int | None = None) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "honest-copy":
         honest_copy(sys.argv[2], sys.argv[3])
-    elif sys.argv[2] == "--first":
-        served_on_val(sys.argv[4:], int(sys.argv[3]))
     else:
-        served_on_val(sys.argv[2:])
+        args, first, alphas = sys.argv[2:], None, (10.0, 0.0)
+        while args[0].startswith("--"):
+            if args[0] == "--first":
+                first = int(args[1])
+            else:
+                alphas = tuple(float(a) for a in args[1].split(","))
+            args = args[2:]
+        served_on_val(args, first, alphas)
