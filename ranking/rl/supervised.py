@@ -45,7 +45,7 @@ from ranking.rl.sequence import TokenizerOnly, step_positions
 
 CHECKPOINT = "checkpoint"
 # settings a resumed run may change without leaving the path it was on
-_HARMLESS = {"eval_every", "checkpoint_every", "val_episodes"}
+_HARMLESS = {"eval_every", "checkpoint_every", "val_episodes", "validate_served"}
 
 
 class CheckpointMismatch(ValueError):
