@@ -1,4 +1,5 @@
-"""Probes behind docs/training.md "Honest item vectors" (rec-movie, seed 7).
+"""Probes behind docs/training.md "Honest item vectors" (seed 7; rec-movie unless
+`--task T` comes first).
 
 python benchmarks/residual_probe.py honest-copy MODEL OUT
     copy a hybrid model folder with its vectors replaced by the honest table
@@ -22,11 +23,14 @@ from recsys.hybrid_residual import build_residual_episodes
 from recsys.hybrid_training import HybridTrainOptions
 
 DATA = Path("../shared/data")
+TASK = "rec-movie"
+POSITIONS = 10  # the run's --residual-positions
 
 
 def episodes(honest: bool):
-    opts = HybridTrainOptions(task="rec-movie", residual_alpha=10, honest_vectors=honest)
-    return build_residual_episodes("rec-movie", DATA, opts)
+    opts = HybridTrainOptions(task=TASK, residual_alpha=10, honest_vectors=honest,
+                              residual_positions=POSITIONS)  # fmt: skip
+    return build_residual_episodes(TASK, DATA, opts)
 
 
 def honest_copy(model: str, out: str) -> None:
@@ -51,6 +55,12 @@ def served_on_val(
 
 
 if __name__ == "__main__":
+    while sys.argv[1].startswith("--"):  # --task T, --positions N (the run's)
+        if sys.argv[1] == "--task":
+            TASK = sys.argv[2]
+        else:
+            POSITIONS = int(sys.argv[2])
+        del sys.argv[1:3]
     if sys.argv[1] == "honest-copy":
         honest_copy(sys.argv[2], sys.argv[3])
     else:
