@@ -1,17 +1,20 @@
-"""Probes behind docs/training.md "Honest item vectors" (seed 7; rec-movie unless
-`--task T` comes first).
+"""Probes behind docs/training.md "Honest item vectors" (seed 7).
 
-python benchmarks/residual_probe.py honest-copy MODEL OUT
+python benchmarks/residual_probe.py [--task T] [--positions N] honest-copy MODEL OUT
     copy a hybrid model folder with its vectors replaced by the honest table
     (`train-ranker --honest-vectors`: LightFM on the log without each training user's
-    last 10 items, rotated into the served coordinates)
-python benchmarks/residual_probe.py val MODEL [MODEL...]
-    the served ranking's MRR (fused at alpha 10, and the LM alone) on the residual
-    validation episodes (validation users' last 10 items), through the engine
+    last N items, rotated into the served coordinates)
+python benchmarks/residual_probe.py [--task T] [--positions N] val [--first K]
+        [--alphas A,B,...] MODEL [MODEL...]
+    the served ranking's MRR (fused at each weight A; default 10 and 0, the LM alone) on
+    the residual validation episodes (validation users' last N items; the first K: the
+    ones a training run's `val_mrr_served` uses, K = 200), through the engine
+
+T: rec-movie by default; N: the run's --residual-positions, 10 by default.
 """
 
+import argparse
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,18 +26,16 @@ from recsys.hybrid_residual import build_residual_episodes
 from recsys.hybrid_training import HybridTrainOptions
 
 DATA = Path("../shared/data")
-TASK = "rec-movie"
-POSITIONS = 10  # the run's --residual-positions
 
 
-def episodes(honest: bool):
-    opts = HybridTrainOptions(task=TASK, residual_alpha=10, honest_vectors=honest,
-                              residual_positions=POSITIONS)  # fmt: skip
-    return build_residual_episodes(TASK, DATA, opts)
+def episodes(task: str, positions: int, honest: bool):
+    opts = HybridTrainOptions(task=task, residual_alpha=10, honest_vectors=honest,
+                              residual_positions=positions)  # fmt: skip
+    return build_residual_episodes(task, DATA, opts)
 
 
-def honest_copy(model: str, out: str) -> None:
-    table = episodes(honest=True).train_vectors
+def honest_copy(task: str, positions: int, model: str, out: str) -> None:
+    table = episodes(task, positions, honest=True).train_vectors
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(model, out)
     assert np.load(Path(out) / "vectors.npy").shape == table.shape
@@ -43,9 +44,9 @@ def honest_copy(model: str, out: str) -> None:
 
 
 def served_on_val(
-    models: list[str], first: int | None = None, alphas: tuple[float, ...] = (10.0, 0.0)
+    task: str, positions: int, models: list[str], first: int | None, alphas: list[float]
 ) -> None:
-    val = episodes(honest=False).val[:first]
+    val = episodes(task, positions, honest=False).val[:first]
     for model in models:
         ranker = load_ranker(model, device="cpu")
         for alpha in alphas:
@@ -54,21 +55,25 @@ def served_on_val(
             print(f"{model}  alpha {alpha:g}: MRR {100 * np.mean(rr):.2f} on {len(val)} episodes")
 
 
-if __name__ == "__main__":
-    while sys.argv[1].startswith("--"):  # --task T, --positions N (the run's)
-        if sys.argv[1] == "--task":
-            TASK = sys.argv[2]
-        else:
-            POSITIONS = int(sys.argv[2])
-        del sys.argv[1:3]
-    if sys.argv[1] == "honest-copy":
-        honest_copy(sys.argv[2], sys.argv[3])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="rec-movie")
+    parser.add_argument("--positions", type=int, default=10, help="the run's positions")
+    sub = parser.add_subparsers(dest="command", required=True)
+    copy = sub.add_parser("honest-copy")
+    copy.add_argument("model")
+    copy.add_argument("out")
+    val = sub.add_parser("val")
+    val.add_argument("--first", type=int, default=None)
+    val.add_argument("--alphas", default="10,0", help="comma-separated fusion weights")
+    val.add_argument("models", nargs="+")
+    args = parser.parse_args()
+    if args.command == "honest-copy":
+        honest_copy(args.task, args.positions, args.model, args.out)
     else:
-        args, first, alphas = sys.argv[2:], None, (10.0, 0.0)
-        while args[0].startswith("--"):
-            if args[0] == "--first":
-                first = int(args[1])
-            else:
-                alphas = tuple(float(a) for a in args[1].split(","))
-            args = args[2:]
-        served_on_val(args, first, alphas)
+        alphas = [float(a) for a in args.alphas.split(",")]
+        served_on_val(args.task, args.positions, args.models, args.first, alphas)
+
+
+if __name__ == "__main__":
+    main()

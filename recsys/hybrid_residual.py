@@ -41,6 +41,7 @@ the served vectors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -54,6 +55,9 @@ from recsys.hybrid_training import (
     scored_episode,
     task_and_vectors,
 )
+
+if TYPE_CHECKING:
+    from retrieval.features import FeatureModels
 
 
 def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
@@ -105,12 +109,12 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
 
 
 def honest_vectors(
-    models: object, item_ids: list[str], served: np.ndarray
+    models: FeatureModels, item_ids: list[str], served: np.ndarray
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The truncated log's CF vectors in the served vectors' coordinates (module doc), the
     served table's other columns (title components) as they are, and how alike the two fits
     are after the rotation (R^2 over the catalogue)."""
-    if sorted(models.items, key=models.items.__getitem__) != item_ids:  # type: ignore[attr-defined]
+    if models.item_order != item_ids:
         raise ValueError("the truncated fit's catalogue differs from the served vectors'")
     own = cf_vectors(models)
     cf = own.shape[1]

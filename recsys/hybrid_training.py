@@ -136,7 +136,7 @@ def task_and_vectors(
     taskset = build_task(task, default_data(task, data_dir), opts.seed)
     assert taskset.train is not None and taskset.catalogue is not None
     models = fit_feature_models(taskset.train, taskset, opts.seed)
-    item_ids = sorted(models.items, key=lambda i: models.items[i])
+    item_ids = models.item_order
     vectors = cf_vectors(models)
     if opts.vectors == "lightfm+text":
         titles = taskset.catalogue

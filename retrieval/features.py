@@ -133,6 +133,11 @@ class FeatureModels:
     activity: dict[str, int]
     meta: Mapping[str, ItemMeta] = field(default_factory=dict)
 
+    @property
+    def item_order(self) -> list[str]:
+        """The item ids in row order (of the CF factors and every item x item matrix)."""
+        return sorted(self.items, key=self.items.__getitem__)
+
     @classmethod
     def fit(
         cls,
@@ -179,7 +184,7 @@ class FeatureModels:
         """features.json (ids, activity, item metadata), features.npz (CF, popularity) and
         one scipy .npz per item x item matrix, into `folder`."""
         folder = Path(folder)
-        items = sorted(self.items, key=self.items.__getitem__)
+        items = self.item_order
         users = sorted(self.users, key=self.users.__getitem__)
         doc = {
             "items": items,

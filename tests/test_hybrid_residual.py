@@ -172,11 +172,12 @@ def test_honest_vectors_come_from_the_truncated_fit_in_the_served_coordinates(
     assert not np.allclose(episodes.train_vectors, episodes.vectors)
     assert episodes.info["honest_vectors"]["r2"] < 1.0
     from recsys.eval.ltr import fit_feature_models
-    from recsys.eval.tasks import build_task, user_fold
+    from recsys.eval.tasks import HELDOUT_FRACTION, build_task, user_fold
     from recsys.hybrid_training import cf_vectors
 
     taskset = build_task("rec-movie", data, 7)
-    scored = {u for u in taskset.train["user_id"].unique() if user_fold(str(u), 7) >= 0.35}
+    train_users = taskset.train["user_id"].unique()
+    scored = {u for u in train_users if user_fold(str(u), 7) >= HELDOUT_FRACTION}
     own = cf_vectors(fit_feature_models(truncated(taskset.train, scored, 3), taskset, 7))
     got = episodes.train_vectors
     assert np.allclose(got @ got.T, own @ own.T, atol=1e-2 * np.abs(own @ own.T).max())
