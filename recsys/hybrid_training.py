@@ -70,6 +70,7 @@ class HybridTrainOptions:
     ce_weight: float = 0.5  # RL stage: weight of the supervised loss kept
     # residual episodes ranked with item vectors fitted without them (recsys.hybrid_residual)
     honest_vectors: bool = False
+    trajectory: str = "teacher"  # the states trained on (ranking.rl.supervised)
 
 
 @dataclass
@@ -254,7 +255,8 @@ def train_hybrid(
     cfg = SupervisedConfig(supervised_steps=opts.supervised_steps, rl_steps=opts.rl_steps,
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
                            seed=opts.seed, batch_offset=opts.batch_offset,
-                           fusion_alpha=opts.residual_alpha, ce_weight=opts.ce_weight)  # fmt: skip
+                           fusion_alpha=opts.residual_alpha, ce_weight=opts.ce_weight,
+                           trajectory=opts.trajectory)  # fmt: skip
     if opts.bundle is not None:
         return _write_bundle(opts, data, base, config, cfg, echo)
     torch.manual_seed(opts.seed)

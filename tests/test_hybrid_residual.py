@@ -13,13 +13,16 @@ import polars as pl
 import pytest
 import torch
 
+from ranking.engine import Ranker
 from ranking.fusion import fuse_step, fusion_bias
 from ranking.rl.episodes import Episode
 from ranking.rl.supervised import (
+    Prepared,
     StyledTokenizer,
     SupervisedConfig,
     SupervisedTrainer,
     batch_step_logprobs,
+    on_path,
     prepare,
 )
 from ranking.types import Candidate, RankRequest
@@ -88,10 +91,12 @@ def close_calls(n: int, seed: int) -> list[Episode]:
     return out
 
 
-def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path) -> None:
+@pytest.mark.parametrize("trajectory", ["teacher", "served"])
+def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path, trajectory: str) -> None:
     backend, hybrid = fresh_hybrid(tiny_model_dir)
     cfg = SupervisedConfig(supervised_steps=0, rl_steps=40, batch_size=8, lr=3e-2, warmup_steps=5,
-                           eval_every=10_000, checkpoint_every=100, fusion_alpha=3.0)  # fmt: skip
+                           eval_every=10_000, checkpoint_every=100, fusion_alpha=3.0,
+                           trajectory=trajectory)  # fmt: skip
     trainer = SupervisedTrainer(backend.model, hybrid, close_calls(200, 1), close_calls(40, 2),
                                 cfg, tmp_path)  # fmt: skip
     before = trainer.validate()
@@ -111,6 +116,38 @@ def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path) -> None:
         [reciprocal_rank(r.order, e.ground_truth) for r, e in zip(results, val, strict=True)]
     )
     assert after["val_mrr_served"] == pytest.approx(mrr, abs=1.5 / len(val))
+
+
+def test_on_path_targets_are_the_teachers_choice_among_those_left() -> None:
+    p = Prepared(seq=None, order=(1, 2, 0, 3), gt=3)  # the teacher: 1, 2, 0, the truth last
+    # served: 2 first, then the truth, then 1: the teacher would take 1, 1, then 1 of {0, 1}
+    moved = on_path(p, [2, 3, 1, 0])
+    assert moved.order == (2, 3, 1, 0) and moved.targets == (1, 1, 1)
+    assert on_path(p, [1, 2, 0, 3]).targets == (1, 2, 0) == p.step_targets()
+    with pytest.raises(ValueError, match="not a permutation of the episode's candidates"):
+        on_path(p, [1, 2, 2, 3])
+
+
+def test_served_trajectory_batches_follow_the_engines_ranking(tiny_model_dir, tmp_path) -> None:
+    """trajectory="served": each drawn episode is forced along the elimination order the
+    engine serves with the weights being trained (the reverse of its ranking), not the
+    teacher's; its targets never eliminate the truth."""
+    backend, hybrid = fresh_hybrid(tiny_model_dir, seed=5)
+    cfg = SupervisedConfig(supervised_steps=0, rl_steps=4, batch_size=6, eval_every=10_000,
+                           fusion_alpha=0.5, trajectory="served")  # fmt: skip
+    train = close_calls(30, 1)
+    trainer = SupervisedTrainer(backend.model, hybrid, train, close_calls(5, 2), cfg, tmp_path)
+    batch = trainer._batch(0)
+    drawn = [train[i] for i in trainer.drawn(0)]
+    served = Ranker(backend, fusion_alpha=0.5).rank_batch([e.request for e in drawn])
+    teacher_paths = 0
+    for p, result in zip(batch, served, strict=True):
+        assert [p.seq.ids[c] for c in p.order] == result.order[::-1]
+        assert p.gt not in p.targets and len(p.targets) == len(p.order) - 1
+        teacher_paths += p.order[-1] == p.gt
+    assert teacher_paths < len(batch)  # an untrained LM loses the truth somewhere
+    with pytest.raises(ValueError, match="trajectory 'sampled': use one of teacher, served"):
+        SupervisedConfig(trajectory="sampled")
 
 
 @pytest.fixture(scope="module")

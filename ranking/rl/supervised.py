@@ -11,6 +11,15 @@ that is not the ground truth and 0 for the ground truth, so E[r_t] = 1 - pi_t(gt
 loss mean_t pi_t(gt) along the teacher-forced trajectory is that expectation's exact
 negative (no sampling), plus `ce_weight` x the stage-1 loss to stay on the teacher path.
 
+Teacher forcing shows the model only states the served policy rarely reaches: the truth
+always survives to the last step, and what was eliminated before is always the teacher's
+choice. `trajectory="served"` trains on the served policy's own states instead (DAgger,
+Ross, Gordon & Bagnell 2011, arXiv 1011.0686): each batch is first ranked as the engine
+serves the weights being trained (greedy, fused), the steps are teacher-forced along that
+elimination order (the truth wherever it fell; once it is out the expected-step term is 0),
+and each step's cross-entropy target is the teacher's choice among the candidates still in
+play (the teacher's order, truth last, restricted to them).
+
 Speed: the base model is frozen, LoRA adapters sit on the layers from `inject_layer` up
 and the projector feeds that layer, so a step is one forward pass of a batch of short
 prompts (soft tokens instead of titles) plus the backward of the top layers only. Every
@@ -45,6 +54,7 @@ from ranking.rl.sequence import TokenizerOnly, step_positions
 
 CHECKPOINT = "checkpoint"
 # settings a resumed run may change without leaving the path it was on
+TRAJECTORIES = ("teacher", "served")
 _HARMLESS = {"eval_every", "checkpoint_every", "val_episodes", "validate_served"}
 
 
@@ -77,6 +87,15 @@ class SupervisedConfig:
     # fusion_alpha): `val_mrr_served`, the number `recsys eval` would give; the first-step
     # MRR alone can rise while the served ranking falls (docs/training.md)
     validate_served: bool = True
+    # the states trained on: "teacher" (forced along the teacher's order) or "served" (along
+    # the order the engine serves the weights being trained; module doc)
+    trajectory: str = "teacher"
+
+    def __post_init__(self) -> None:
+        if self.trajectory not in TRAJECTORIES:
+            raise ValueError(
+                f"trajectory {self.trajectory!r}: use one of {', '.join(TRAJECTORIES)}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -85,13 +104,31 @@ class SupervisedConfig:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One episode laid out as tokens: the sequence, the teacher order, the truth and the
-    fusion bias of its candidates (None: the LM alone)."""
+    """One episode laid out as tokens: the sequence, the elimination order it is forced
+    along, the truth, the fusion bias of its candidates (None: the LM alone) and each step's
+    cross-entropy target (None: the order itself)."""
 
     seq: LabelSequence
-    order: tuple[int, ...]  # candidate indices, first eliminated first (truth last)
+    order: tuple[int, ...]  # candidate indices, first eliminated first (teacher: truth last)
     gt: int
     bias: torch.Tensor | None = None  # [n], in sequence order
+    targets: tuple[int, ...] | None = None  # [n - 1]
+
+    def step_targets(self) -> tuple[int, ...]:
+        return self.order[:-1] if self.targets is None else self.targets
+
+
+def on_path(p: Prepared, path: Sequence[int]) -> Prepared:
+    """`p` forced along the elimination order `path` instead of its teacher's, each step's
+    target the teacher's first choice among the candidates still in play (module doc)."""
+    if sorted(path) != sorted(p.order):
+        raise ValueError(f"path {list(path)} is not a permutation of the episode's candidates")
+    rank = {c: i for i, c in enumerate(p.order)}
+    left, targets = set(p.order), []
+    for c in path[:-1]:
+        targets.append(min(left, key=rank.__getitem__))
+        left.discard(c)
+    return replace(p, order=tuple(path), targets=tuple(targets))
 
 
 class StyledTokenizer(TokenizerOnly):
@@ -248,9 +285,29 @@ class SupervisedTrainer:
             self.scheduler.load_state_dict(scheduler)
             self.step = step
 
-    def _batch(self, step: int) -> list[Prepared]:
+    def drawn(self, step: int) -> list[int]:
+        """The training episodes of batch `step`: a pure function of (seed, offset, step)."""
         rng = random.Random(self.cfg.seed * 1_000_003 + self.cfg.batch_offset + step)
-        return [self._prepare(rng.randrange(len(self.train))) for _ in range(self.cfg.batch_size)]
+        return [rng.randrange(len(self.train)) for _ in range(self.cfg.batch_size)]
+
+    def _batch(self, step: int) -> list[Prepared]:
+        drawn = self.drawn(step)
+        batch = [self._prepare(i) for i in drawn]
+        if self.cfg.trajectory == "served":
+            paths = self.served_paths([self.train[i] for i in drawn], batch)
+            batch = [on_path(p, path) for p, path in zip(batch, paths, strict=True)]
+        return batch
+
+    def served_paths(
+        self, episodes: Sequence[Episode], batch: Sequence[Prepared]
+    ) -> list[list[int]]:
+        """Each episode's elimination order as the engine serves the current weights (the
+        reverse of its ranking), in the indices of its prepared sequence."""
+        out = []
+        for result, p in zip(self._served(episodes), batch, strict=True):
+            index = {cid: i for i, cid in enumerate(p.seq.ids)}
+            out.append([index[c] for c in reversed(result.order)])
+        return out
 
     def _prepare(self, i: int) -> Prepared:
         if i not in self._prepared:
@@ -263,7 +320,9 @@ class SupervisedTrainer:
         rl = step >= self.cfg.supervised_steps
         t0 = time.perf_counter()
         lps = batch_step_logprobs(self.model, self.hybrid, batch, self.split)
-        ce = torch.stack([distill_loss(lp, p.order) for lp, p in zip(lps, batch, strict=True)])
+        ce = torch.stack(
+            [distill_loss(lp, p.step_targets()) for lp, p in zip(lps, batch, strict=True)]
+        )
         exp = torch.stack(
             [expected_reward_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)]
         )
@@ -302,11 +361,21 @@ class SupervisedTrainer:
 
     def served_mrr(self) -> float:
         """MRR of the validation episodes ranked as the engine serves the model being trained
-        (incremental mode, greedy, fused at `fusion_alpha` where the candidates carry
-        scores): the same weights, through the serving code path, not a proxy."""
+        (`_served`): the same weights, through the serving code path, not a proxy."""
+        from ranking.metrics import reciprocal_rank
+
+        episodes = self.val[: self.cfg.val_episodes]
+        results = self._served(episodes)
+        rr = [
+            reciprocal_rank(r.order, e.ground_truth) for r, e in zip(results, episodes, strict=True)
+        ]
+        return sum(rr) / max(1, len(rr))
+
+    def _served(self, episodes: Sequence[Episode]) -> list[Any]:
+        """The engine's rankings of `episodes` with the weights being trained (incremental
+        mode, greedy, fused at `fusion_alpha` where the candidates carry scores)."""
         from ranking.backends.transformers_backend import TransformersBackend
         from ranking.engine import Ranker
-        from ranking.metrics import reciprocal_rank
 
         device = str(next(self.model.parameters()).device)
         # a fresh backend each time: no KV cache outlives the weights it was computed with
@@ -314,13 +383,14 @@ class SupervisedTrainer:
                                       "in-training", device=device)  # fmt: skip
         backend.attach_hybrid(self.hybrid, split=self.split)
         ranker = Ranker(backend, batch_size=16, fusion_alpha=self.cfg.fusion_alpha)
-        episodes = self.val[: self.cfg.val_episodes]
-        with torch.no_grad():
-            results = ranker.rank_batch([replace(e.request, mode="incremental") for e in episodes])
-        rr = [
-            reciprocal_rank(r.order, e.ground_truth) for r, e in zip(results, episodes, strict=True)
-        ]
-        return sum(rr) / max(1, len(rr))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return ranker.rank_batch([replace(e.request, mode="incremental")
+                                          for e in episodes])  # fmt: skip
+        finally:
+            self.model.train(was_training)
 
     def run(
         self, resume: bool = True, stop_at: int | None = None, deadline: float | None = None

@@ -78,14 +78,25 @@ def register(app: typer.Typer) -> None:
             help="with --residual-alpha: rank the episodes with item vectors fitted without "
             "their items (the served model keeps the whole log's; docs/training.md)",
         ),
+        trajectory: str = typer.Option(
+            "teacher",
+            "--trajectory",
+            help="the states trained on: teacher (forced along the teacher's order, the "
+            "truth last) | served (along the order the engine serves the weights being "
+            "trained, each step's target the teacher's choice among those left: DAgger; "
+            "docs/training.md)",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
+        from ranking.rl.supervised import TRAJECTORIES
         from recsys.errors import UserError
         from recsys.hybrid_training import VECTOR_KINDS, HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
 
         if vectors not in VECTOR_KINDS:
             raise UserError(f"--vectors {vectors!r}: use one of {', '.join(VECTOR_KINDS)}")
+        if trajectory not in TRAJECTORIES:
+            raise UserError(f"--trajectory {trajectory!r}: use one of {', '.join(TRAJECTORIES)}")
         if not 0 <= residual_alpha <= 1000:
             raise UserError(f"--residual-alpha {residual_alpha}: use a weight in [0, 1000]")
         if not 0 <= ce_weight <= 100:
@@ -122,6 +133,7 @@ def register(app: typer.Typer) -> None:
             residual_positions=residual_positions,
             ce_weight=ce_weight,
             honest_vectors=honest_vectors,
+            trajectory=trajectory,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
