@@ -316,9 +316,9 @@ class SupervisedTrainer:
 
     def train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
+        t0 = time.perf_counter()  # the served trajectory's ranking of the batch counts too
         batch = self._batch(step)
         rl = step >= self.cfg.supervised_steps
-        t0 = time.perf_counter()
         lps = batch_step_logprobs(self.model, self.hybrid, batch, self.split)
         ce = torch.stack(
             [distill_loss(lp, p.step_targets()) for lp, p in zip(lps, batch, strict=True)]
