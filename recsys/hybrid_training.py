@@ -71,6 +71,7 @@ class HybridTrainOptions:
     # residual episodes ranked with item vectors fitted without them (recsys.hybrid_residual)
     honest_vectors: bool = False
     trajectory: str = "teacher"  # the states trained on (ranking.rl.supervised)
+    reward: str = "step"  # the RL stage's reward term (ranking.rl.supervised.REWARDS)
 
 
 @dataclass
@@ -256,7 +257,7 @@ def train_hybrid(
                            batch_size=opts.batch_size, lr=opts.lr, lora_r=opts.lora_r,
                            seed=opts.seed, batch_offset=opts.batch_offset,
                            fusion_alpha=opts.residual_alpha, ce_weight=opts.ce_weight,
-                           trajectory=opts.trajectory)  # fmt: skip
+                           trajectory=opts.trajectory, reward=opts.reward)  # fmt: skip
     if opts.bundle is not None:
         return _write_bundle(opts, data, base, config, cfg, echo)
     torch.manual_seed(opts.seed)

@@ -91,12 +91,12 @@ def close_calls(n: int, seed: int) -> list[Episode]:
     return out
 
 
-@pytest.mark.parametrize("trajectory", ["teacher", "served"])
-def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path, trajectory: str) -> None:
+@pytest.mark.parametrize(("trajectory", "reward"), [("teacher", "step"), ("served", "rr")])
+def test_a_fused_run_learns_the_close_calls(tiny_model_dir, tmp_path, trajectory, reward) -> None:
     backend, hybrid = fresh_hybrid(tiny_model_dir)
     cfg = SupervisedConfig(supervised_steps=0, rl_steps=40, batch_size=8, lr=3e-2, warmup_steps=5,
                            eval_every=10_000, checkpoint_every=100, fusion_alpha=3.0,
-                           trajectory=trajectory)  # fmt: skip
+                           trajectory=trajectory, reward=reward)  # fmt: skip
     trainer = SupervisedTrainer(backend.model, hybrid, close_calls(200, 1), close_calls(40, 2),
                                 cfg, tmp_path)  # fmt: skip
     before = trainer.validate()
@@ -148,6 +148,8 @@ def test_served_trajectory_batches_follow_the_engines_ranking(tiny_model_dir, tm
     assert teacher_paths < len(batch)  # an untrained LM loses the truth somewhere
     with pytest.raises(ValueError, match="trajectory 'sampled': use one of teacher, served"):
         SupervisedConfig(trajectory="sampled")
+    with pytest.raises(ValueError, match="reward 'ndcg': use one of step, rr"):
+        SupervisedConfig(reward="ndcg")
 
 
 @pytest.fixture(scope="module")

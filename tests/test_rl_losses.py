@@ -13,6 +13,7 @@ from ranking.rl.losses import (
     logged_policy_loss,
     outcome_advantages,
     process_advantages,
+    rr_weighted_loss,
 )
 from ranking.rl.policy import fusion_bias, mask_eliminated
 
@@ -36,6 +37,21 @@ def test_expected_reward_loss_is_mean_ground_truth_probability():
     logits = torch.zeros(1, 3, requires_grad=True)
     expected_reward_loss(torch.log_softmax(logits, -1), 1).backward()
     assert logits.grad[0, 1] > 0 and logits.grad[0, 0] < 0
+
+
+def test_rr_weighted_loss_weighs_each_step_by_its_reciprocal_rank_gain():
+    # two steps: 3 then 2 candidates in play, ground truth index 1
+    lp = torch.tensor([[LOG(0.5), LOG(0.2), LOG(0.3)], [-math.inf, LOG(0.6), LOG(0.4)]])
+    assert rr_weighted_loss(lp, 1).item() == pytest.approx(0.2 / (3 * 2) + 0.6 / (2 * 1))
+    # a truth certain to go at every step of 20 candidates: the weights telescope to 1 - 1/20
+    n = 20
+    rows = torch.full((n - 1, n), -30.0)
+    for t in range(n - 1):
+        rows[t, :t] = -math.inf
+        rows[t, n - 1] = 0.0
+    assert rr_weighted_loss(rows, n - 1).item() == pytest.approx(1 - 1 / n, rel=1e-5)
+    # a truth already out contributes nothing
+    assert rr_weighted_loss(lp[1:], 0).item() == 0.0
 
 
 def test_distill_loss_is_cross_entropy_toward_teacher():

@@ -22,6 +22,19 @@ def expected_reward_loss(step_lp: torch.Tensor, gt_index: int) -> torch.Tensor:
     return p_gt.mean()
 
 
+def rr_weighted_loss(step_lp: torch.Tensor, gt_index: int) -> torch.Tensor:
+    """The step reward weighted by what each step is worth to the reciprocal rank:
+    sum_t pi_t(gt) / (n_t (n_t - 1)), n_t the candidates in play at step t.
+
+    Eliminated at step t the truth ranks n_t; surviving it, at best n_t - 1, a gain of
+    1/(n_t - 1) - 1/n_t = 1/(n_t (n_t - 1)) in reciprocal rank. `expected_reward_loss` weighs
+    every step alike, so with 20 candidates the first step (worth 1/380 of RR) counts as much
+    as the last (worth 1/2): it trains the long tail MRR barely sees. The weights sum to
+    1 - 1/n_0 (telescoping). Steps where the ground truth is out of play contribute 0."""
+    in_play = torch.isfinite(step_lp).sum(1).clamp(min=2).to(step_lp.dtype)
+    return (step_lp[:, gt_index].exp() / (in_play * (in_play - 1))).sum()
+
+
 def distill_loss(step_lp: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
     """Dense supervision: cross-entropy of each step toward the teacher's elimination
     (the trajectory must be teacher-forced along `target` itself): -mean_t log pi_t(target_t)."""

@@ -48,13 +48,16 @@ from ranking.hybrid import Hybrid
 from ranking.hybrid_split import HybridSplit
 from ranking.modes.incremental import LabelSequence, build_sequence
 from ranking.rl.episodes import Episode
-from ranking.rl.losses import distill_loss, expected_reward_loss
+from ranking.rl.losses import distill_loss, expected_reward_loss, rr_weighted_loss
 from ranking.rl.policy import mask_eliminated
 from ranking.rl.sequence import TokenizerOnly, step_positions
 
 CHECKPOINT = "checkpoint"
 # settings a resumed run may change without leaving the path it was on
 TRAJECTORIES = ("teacher", "served")
+# stage 2's reward term: the IRanker step reward, every step alike, or weighted by what each
+# step is worth to the reciprocal rank (ranking.rl.losses)
+REWARDS = {"step": expected_reward_loss, "rr": rr_weighted_loss}
 _HARMLESS = {"eval_every", "checkpoint_every", "val_episodes", "validate_served"}
 
 
@@ -90,12 +93,15 @@ class SupervisedConfig:
     # the states trained on: "teacher" (forced along the teacher's order) or "served" (along
     # the order the engine serves the weights being trained; module doc)
     trajectory: str = "teacher"
+    reward: str = "step"  # one of REWARDS
 
     def __post_init__(self) -> None:
         if self.trajectory not in TRAJECTORIES:
             raise ValueError(
                 f"trajectory {self.trajectory!r}: use one of {', '.join(TRAJECTORIES)}"
             )
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward {self.reward!r}: use one of {', '.join(REWARDS)}")
 
     @property
     def total_steps(self) -> int:
@@ -324,7 +330,7 @@ class SupervisedTrainer:
             [distill_loss(lp, p.step_targets()) for lp, p in zip(lps, batch, strict=True)]
         )
         exp = torch.stack(
-            [expected_reward_loss(lp, p.gt) for lp, p in zip(lps, batch, strict=True)]
+            [REWARDS[self.cfg.reward](lp, p.gt) for lp, p in zip(lps, batch, strict=True)]
         )
         loss = (exp.mean() + self.cfg.ce_weight * ce.mean()) if rl else ce.mean()
         self.optimizer.zero_grad(set_to_none=True)

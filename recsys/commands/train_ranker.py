@@ -86,9 +86,15 @@ def register(app: typer.Typer) -> None:
             "trained, each step's target the teacher's choice among those left: DAgger; "
             "docs/training.md)",
         ),
+        reward: str = typer.Option(
+            "step",
+            "--reward",
+            help="RL stage's reward term: step (IRanker: every elimination step alike) | rr "
+            "(each step weighted by what it is worth to the reciprocal rank)",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
-        from ranking.rl.supervised import TRAJECTORIES
+        from ranking.rl.supervised import REWARDS, TRAJECTORIES
         from recsys.errors import UserError
         from recsys.hybrid_training import VECTOR_KINDS, HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
@@ -97,6 +103,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--vectors {vectors!r}: use one of {', '.join(VECTOR_KINDS)}")
         if trajectory not in TRAJECTORIES:
             raise UserError(f"--trajectory {trajectory!r}: use one of {', '.join(TRAJECTORIES)}")
+        if reward not in REWARDS:
+            raise UserError(f"--reward {reward!r}: use one of {', '.join(REWARDS)}")
         if not 0 <= residual_alpha <= 1000:
             raise UserError(f"--residual-alpha {residual_alpha}: use a weight in [0, 1000]")
         if not 0 <= ce_weight <= 100:
@@ -134,6 +142,7 @@ def register(app: typer.Typer) -> None:
             ce_weight=ce_weight,
             honest_vectors=honest_vectors,
             trajectory=trajectory,
+            reward=reward,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
