@@ -347,10 +347,11 @@ def _progress_line(total: int, echo: Callable[[str], None]) -> Callable[[dict[st
     return show
 
 
-def plot_logs(work_dirs: list[Path], out: Path) -> Path:
+def plot_logs(work_dirs: list[Path], out: Path, references: dict[str, float] | None = None) -> Path:
     """Training curves of train-ranker runs: step loss (moving average over 25 batches)
     and the validation MRR (first step; served, where the run measured it), against
-    episodes seen."""
+    episodes seen; `references`: named validation MRRs drawn as horizontal lines (e.g. the
+    model a run started from, served on the same episodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -375,6 +376,8 @@ def plot_logs(work_dirs: list[Path], out: Path) -> Path:
         rl = next((e for e, r in zip(eps, log, strict=True) if r["stage"] == "rl"), None)
         if rl is not None:
             ax_loss.axvline(rl, ls=":", c="grey")
+    for k, (name, mrr) in enumerate((references or {}).items()):
+        ax_val.axhline(mrr, ls=(0, (1, 2 + k)), c="black", lw=1, label=name)
     ax_loss.set(xlabel="episodes", ylabel="step cross-entropy (25-batch mean)",
                 title="supervised | RL (dotted line)")  # fmt: skip
     ax_val.set(xlabel="episodes", ylabel="validation MRR", title="validation users")

@@ -260,6 +260,8 @@ def test_train_hybrid_with_a_residual_weight_needs_the_residual_builder(tmp_path
         (["--residual-alpha", "1e9"], "use a weight in [0, 1000]"),
         (["--residual-positions", "0"], "--residual-positions 0: use 1 to 1000"),
         (["--ce-weight", "-0.5"], "--ce-weight -0.5: use a weight in [0, 100]"),
+        (["--trajectory", "sampled"], "--trajectory 'sampled': use one of teacher, served"),
+        (["--reward", "ndcg"], "--reward 'ndcg': use one of step, rr"),
     ],
 )
 def test_train_ranker_refuses_bad_residual_options(args, message, monkeypatch, capsys) -> None:
@@ -276,7 +278,22 @@ def test_training_plot_of_a_served_validation_log_and_a_folder_without_one(tmp_p
     rows[29] |= {"val_mrr_first_step": 0.7, "val_mrr_served": 0.6}
     rows[59] |= {"val_mrr_first_step": 0.8, "val_mrr_served": 0.65}
     (work / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = plot_logs([work], tmp_path / "curves.png")
+    out = plot_logs([work], tmp_path / "curves.png", references={"control served": 0.7})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(UserError, match="no training log"):
         plot_logs([tmp_path], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("0.77", "--reference '0.77': use NAME=MRR, e.g. 'control served=0.7752'"),
+        ("control=high", "--reference 'control=high': use NAME=MRR"),
+        ("control=7.5", "--reference 'control=7.5': an MRR is in [0, 1]"),
+    ],
+)
+def test_training_plot_refuses_bad_references(reference, message, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(
+        monkeypatch, capsys, ["train-ranker-plot", ".", "--reference", reference]
+    )
+    assert code != 0 and message in err and "Traceback" not in err

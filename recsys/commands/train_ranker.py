@@ -153,8 +153,30 @@ def register(app: typer.Typer) -> None:
     def train_ranker_plot(
         work: list[Path] = typer.Argument(..., help="train-ranker work folders (OUT.work)"),
         out: Path = typer.Option(Path("docs/hybrid_training.png"), "--out", "-o"),
+        reference: list[str] = typer.Option(
+            [],
+            "--reference",
+            help="NAME=MRR: a validation MRR drawn as a line (e.g. the starting model served "
+            "on the same episodes, `benchmarks/residual_probe.py val`); repeatable",
+        ),
     ) -> None:
         """Plot the training curves of train-ranker runs."""
         from recsys.hybrid_training import plot_logs
 
-        typer.echo(f"wrote {plot_logs(list(work), out)}")
+        refs = dict(_reference(r) for r in reference)
+        typer.echo(f"wrote {plot_logs(list(work), out, refs)}")
+
+
+def _reference(text: str) -> tuple[str, float]:
+    from recsys.errors import UserError
+
+    name, _, value = text.rpartition("=")
+    try:
+        mrr = float(value) if name else None
+    except ValueError:
+        mrr = None
+    if mrr is None:
+        raise UserError(f"--reference {text!r}: use NAME=MRR, e.g. 'control served=0.7752'")
+    if not 0 <= mrr <= 1:
+        raise UserError(f"--reference {text!r}: an MRR is in [0, 1]")
+    return name, mrr
