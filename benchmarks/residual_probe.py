@@ -8,7 +8,8 @@ python benchmarks/residual_probe.py [--task T] [--positions N] val [--first K]
         [--alphas A,B,...] MODEL [MODEL...]
     the served ranking's MRR (fused at each weight A; default 10 and 0, the LM alone) on
     the residual validation episodes (validation users' last N items; the first K: the
-    ones a training run's `val_mrr_served` uses, K = 200), through the engine
+    ones a training run's `val_mrr_served` uses, K = 200), through the engine; every model
+    after the first also paired against the first (bootstrap 95% interval)
 
 T: rec-movie by default; N: the run's --residual-positions, 10 by default.
 """
@@ -24,6 +25,7 @@ from ranking.engine import load_ranker
 from ranking.metrics import reciprocal_rank
 from recsys.hybrid_residual import build_residual_episodes
 from recsys.hybrid_training import HybridTrainOptions
+from recsys.stats import paired_difference
 
 DATA = Path("../shared/data")
 
@@ -46,13 +48,21 @@ def honest_copy(task: str, positions: int, model: str, out: str) -> None:
 def served_on_val(
     task: str, positions: int, models: list[str], first: int | None, alphas: list[float]
 ) -> None:
+    """Each model's served MRR per weight; from the second model on, its paired difference
+    (bootstrap 95% interval over the episodes) against the first, the control."""
     val = episodes(task, positions, honest=False).val[:first]
+    control: dict[float, list[float]] = {}
     for model in models:
         ranker = load_ranker(model, device="cpu")
         for alpha in alphas:
             out = ranker.rank_batch([replace(e.request, fusion_alpha=alpha) for e in val])
             rr = [reciprocal_rank(r.order, e.ground_truth) for r, e in zip(out, val, strict=True)]
-            print(f"{model}  alpha {alpha:g}: MRR {100 * np.mean(rr):.2f} on {len(val)} episodes")
+            line = f"{model}  alpha {alpha:g}: MRR {100 * np.mean(rr):.2f} on {len(val)} episodes"
+            if alpha in control:
+                d = paired_difference(np.multiply(rr, 100), np.multiply(control[alpha], 100))
+                line += f", {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] vs {models[0]}"
+            control.setdefault(alpha, rr)
+            print(line)
 
 
 def main() -> None:
