@@ -342,7 +342,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     sample_candidates = {u: candidates[u] for u in sample}
     final_orders = {u: retrieval_orders[u] for u in sample}
     model_version = None
-    if config.rerank:
+    rerank = config.rerank and not _skip_retrieval_order(config, engine, echo)
+    if rerank:
         requests = rank_requests(gen, sample_candidates, data.titles, history=config.history)
         ranker = stages.run(
             "load_ranker",
@@ -376,7 +377,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
             {u: retrieval_orders[u] for u in sample}, targets, config.k
         ),
     }
-    if config.rerank:
+    if rerank:
         metrics[f"retrieval + IRanker, {len(sample)} sampled users"] = evaluate(
             final_orders, targets, config.k
         )
@@ -420,6 +421,20 @@ def _check(config: DemoConfig) -> None:
         )
 
 
+def _skip_retrieval_order(config: DemoConfig, engine: Engine, echo: Callable[[str], None]) -> bool:
+    """True when the ranker is served at the retrieval order (the zero-shot default): its
+    ranking is the retrieval order, so it is neither loaded nor called."""
+    from recsys import runtime
+
+    spec = runtime.serves_retrieval_order(engine=engine, model=config.model)
+    if spec is not None:
+        echo(
+            f"re-ranking skipped: {spec!r} is served at the retrieval order (zero-shot, no "
+            "trained weight); --model a trained ranker (models/README.md) to re-rank"
+        )
+    return spec is not None
+
+
 def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
     from recsys import runtime
 
@@ -446,7 +461,7 @@ def format_report(report: DemoReport) -> str:
         f"{report.n_interactions} interactions (last one per user held out)"
     )
     lines.append(f"retrieval artifact: index/{report.retrieval_version}")
-    lines.append(f"ranker: {report.model_version or 'none (--no-rerank)'}")
+    lines.append(f"ranker: {report.model_version or 'none (retrieval order)'}")
     lines.append("")
     lines.append("== examples ==")
     for ex in report.examples:

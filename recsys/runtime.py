@@ -113,6 +113,23 @@ def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
     return backend
 
 
+def serves_retrieval_order(
+    settings: Settings | None = None, *, engine: Engine | None = None, model: str | None = None
+) -> str | None:
+    """The resolved model spec when the ranker `model` names (the settings' when None) is
+    served at the retrieval order -- a zero-shot packaged model with no weight set, which
+    ranks without a model call -- else None. A job that ranks only at the served weight
+    skips loading it then (the default LM costs ~25 s to load and is never called)."""
+    from ranking.fusion import RETRIEVAL_ORDER
+    from recsys.resolver import serving_fusion_alpha
+
+    s = settings or get_settings()
+    config = RankerConfig.from_settings(s, model=model)
+    resolved = resolve(s, config.model, engine)
+    alpha = serving_fusion_alpha(config.fusion_alpha, resolved.fusion_alpha)
+    return resolved.model if alpha == RETRIEVAL_ORDER else None
+
+
 def resolve(
     settings: Settings | None = None, model: str | None = None, engine: Engine | None = None
 ) -> ResolvedRanker:

@@ -117,7 +117,7 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     count = count_rows(Interaction, engine=engine)
     again = CliRunner().invoke(app, [*args[:-2], "--no-rerank"])
     assert again.exit_code == 0, again.output
-    assert "ranker: none (--no-rerank)" in again.output
+    assert "ranker: none (retrieval order)" in again.output
     assert count_rows(Interaction, engine=engine) == count
 
 
@@ -143,18 +143,24 @@ def test_demo_bad_input_is_one_line_and_exit_2(demo_env, monkeypatch, capsys, ex
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_demo_with_the_default_model_re_ranks_to_the_retrieval_order(
-    demo_env, monkeypatch, tiny_backend
+@pytest.mark.parametrize(("fusion_alpha", "loads"), [(None, False), ("10", True)])
+def test_demo_with_the_default_model_serves_the_retrieval_order(
+    demo_env, monkeypatch, tiny_backend, fusion_alpha, loads
 ):
-    """The zero-shot default is served at the retrieval order (recsys.resolver): the demo's
-    re-ranked stage stores and scores exactly the retrieval lists. The packaged model's
-    weights are stood in for by the tiny model: what is checked is the served weight."""
+    """The zero-shot default is served at the retrieval order (recsys.resolver): the demo
+    neither loads nor calls it and stores exactly the retrieval lists. An explicit weight
+    (RECSYS_FUSION_ALPHA) gives the LM a say: then it is loaded and re-ranks. The packaged
+    model's weights are stood in for by the tiny model."""
     import ranking.loading
     from recsys.db.engine import get_engine
     from recsys.db.runs import recommendations_for
+    from recsys.settings import get_settings
     from retrieval.artifacts import ArtifactStore
     from retrieval.generator import CandidateGenerator
 
+    if fusion_alpha is not None:
+        monkeypatch.setenv("RECSYS_FUSION_ALPHA", fusion_alpha)
+        get_settings.cache_clear()
     loaded = []
     monkeypatch.setattr(
         ranking.loading, "load_backend", lambda model, **kw: loaded.append(model) or tiny_backend
@@ -165,11 +171,15 @@ def test_demo_with_the_default_model_re_ranks_to_the_retrieval_order(
             "--report", str(demo_env / "report.json")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert loaded == ["default"]
     report = json.loads((demo_env / "report.json").read_text())
-    metrics = report["metrics"]
-    only = metrics[f"retrieval only, {N_USERS} sampled users"]
-    assert metrics[f"retrieval + IRanker, {N_USERS} sampled users"] == only
+    reranked = f"retrieval + IRanker, {N_USERS} sampled users"
+    assert loaded == (["default"] if loads else [])
+    skipped = "re-ranking skipped: 'default' is served at the retrieval order"
+    assert (skipped in result.output) != loads
+    assert (reranked in report["metrics"]) == loads and ("rerank" in report["timings"]) == loads
+    if loads:
+        return
+    assert report["model_version"] is None and "ranker: none (retrieval order)" in result.output
     gen = CandidateGenerator.load(
         ArtifactStore(demo_env / "var" / "artifacts"), report["retrieval_version"]
     )
