@@ -1,13 +1,16 @@
 """Probe behind docs/training.md "Ensembles at serving time" (seed 7, training users only).
 
-python benchmarks/panel_probe.py rank TASK MODEL N K OUT.pkl
-    rank the first N training users' instances (N = 0: all) with MODEL alone and fused
+python benchmarks/panel_probe.py rank TASK MODEL N K OUT.pkl [USERS]
+    rank the first N training users' instances (N = 0: all; USERS = heldout: the held-out
+    users', for a weight chosen on training users) with MODEL alone and fused
     with LambdaMART at alpha 10, once per candidate order: the task's order, then K - 1
     seeded shuffles; pickles LambdaMART's scores and every ranking
 python benchmarks/panel_probe.py compare OUT.pkl [OTHER.pkl ...]
     MRR x 100 and paired bootstrap intervals against LambdaMART: each order, the Borda
     count of the orders, and z(LambdaMART) + b z(mean Borda of each file's LM) for a grid
     of weights (the files must rank the same instances)
+python benchmarks/panel_probe.py weights W1,W2,... OUT.pkl [OTHER.pkl ...]
+    the same static panel at the given weights only (one per file), against LambdaMART
 """
 
 import dataclasses
@@ -28,10 +31,10 @@ from recsys.eval.rankers import make_baseline
 SEED, ALPHA = 7, 10.0
 
 
-def rank(task: str, model: str, n: int, k: int, out: str) -> None:
+def rank(task: str, model: str, n: int, k: int, out: str, users: str = "train") -> None:
     ts = tasks.for_users(
         tasks.build_task(task, tasks.default_data(task, Path("../shared/data")), SEED),
-        "train",
+        users,
         SEED,
     ).limited(n or None, SEED)
     signal = make_baseline("lambdamart", seed=SEED)
@@ -76,7 +79,7 @@ def borda(orders: list[list[str]], ids: list[str]) -> np.ndarray:
     return np.array([np.mean([len(ids) - p[c] for p in pos]) for c in ids])
 
 
-def compare(files: list[str]) -> None:
+def compare(files: list[str], fixed: tuple[float, ...] | None = None) -> None:
     runs = [pickle.loads(Path(f).read_bytes()) for f in files]
     base_rows = runs[0]
     assert all([r["id"] for r in run] == [r["id"] for r in base_rows] for run in runs)
@@ -100,7 +103,7 @@ def compare(files: list[str]) -> None:
         )
 
     show("LambdaMART", base)
-    for f, run in zip(files, runs, strict=True):
+    for f, run in [] if fixed else zip(files, runs, strict=True):
         for key in ("alone", "served"):
             for j in range(len(run[0][key])):
                 show(f"{Path(f).stem} {key} order {j}", rr([r[key][j] for r in run]))
@@ -115,7 +118,7 @@ def compare(files: list[str]) -> None:
                 ),
             )
     grid = (0.0, 0.25, 0.5, 0.75, 1.0)
-    for weights in itertools.product(grid, repeat=len(runs)):
+    for weights in [fixed] if fixed else itertools.product(grid, repeat=len(runs)):
         s = [
             zscores(r["score"])
             + sum(
@@ -132,6 +135,8 @@ def compare(files: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "rank":
-        rank(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+        rank(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:8])
+    elif sys.argv[1] == "weights":
+        compare(sys.argv[3:], tuple(float(w) for w in sys.argv[2].split(",")))
     else:
         compare(sys.argv[2:])
