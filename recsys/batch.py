@@ -98,6 +98,8 @@ def run_batch(
     done = runs.users_in_run(run_id, engine=engine)
     todo = [u for u in users if u not in done]
     ranker = _ranker(config, engine) if config.rerank and todo else None
+    if ranker is None and config.rerank and todo:
+        log.info("batch %s: the ranker is served at the retrieval order; not loaded", run_id)
     model_version = ranker.model_id if ranker else f"retrieval:{version}"
     written = 0
     stage = "batch re-rank" if ranker is not None else "batch retrieval"
@@ -188,8 +190,12 @@ def build_index(config: BatchConfig, *, engine: Engine | None = None) -> str:
 
 
 def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def]
+    """The ranker, or None when it is served at the retrieval order (the zero-shot default):
+    its lists would be the retrieval order, so it is neither loaded nor called."""
     from recsys import runtime
 
+    if runtime.serves_retrieval_order(engine=engine, model=config.model) is not None:
+        return None
     return runtime.load_ranker(
         engine=engine, model=config.model, device=config.device, batch_size=config.batch_size
     )

@@ -155,6 +155,28 @@ def test_shards_split_users_without_overlap(engine, tmp_path, tiny_model_dir):
         assert written[s] == {u for u in engine.seen if in_shard(u, s, 3)}
 
 
+def test_the_default_model_is_not_loaded_and_the_lists_are_the_retrieval_order(
+    engine, tmp_path, monkeypatch
+):
+    """The zero-shot default is served at the retrieval order: loading it would cost the
+    job the LM's load for lists equal to the retrieval order's."""
+    import ranking.loading
+    from retrieval.artifacts import ArtifactStore
+    from retrieval.generator import CandidateGenerator
+
+    def refuse(model, **kw):
+        raise AssertionError(f"loaded {model!r}")
+
+    monkeypatch.setattr(ranking.loading, "load_backend", refuse)
+    report = run_batch(config(tmp_path, "default"), engine=engine)
+    assert report.model_version == f"retrieval:{report.retrieval_version}"
+    gen = CandidateGenerator.load(ArtifactStore(tmp_path / "artifacts"), report.retrieval_version)
+    assert report.users_written == N_USERS
+    for user in engine.seen:
+        stored = [r.item_id for r in recommendations_for(user, "nightly", engine=engine)]
+        assert stored == [str(c.item) for c in gen.candidates(user, 5)]
+
+
 def test_bad_shard_is_refused(engine, tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match=r"shard 3 is not in 0\.\.2"):
         run_batch(config(tmp_path, tiny_model_dir, shard=3, shards=3), engine=engine)
