@@ -262,6 +262,8 @@ def test_train_hybrid_with_a_residual_weight_needs_the_residual_builder(tmp_path
         (["--ce-weight", "-0.5"], "--ce-weight -0.5: use a weight in [0, 100]"),
         (["--trajectory", "sampled"], "--trajectory 'sampled': use one of teacher, served"),
         (["--reward", "ndcg"], "--reward 'ndcg': use one of step, rr"),
+        (["--hard-negatives", "20"], "--hard-negatives 20: use 0 to 19"),
+        (["--hard-negatives", "-1"], "--hard-negatives -1: use 0 to 19"),
     ],
 )
 def test_train_ranker_refuses_bad_residual_options(args, message, monkeypatch, capsys) -> None:
@@ -297,3 +299,37 @@ def test_training_plot_refuses_bad_references(reference, message, monkeypatch, c
         monkeypatch, capsys, ["train-ranker-plot", ".", "--reference", reference]
     )
     assert code != 0 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("hard", [0, 4, 12, 19])
+def test_an_episode_draws_its_hard_negatives_from_the_users_cf_top(hard) -> None:
+    """`--hard-negatives N`: N of the 19 negatives from the hard pool, the rest from
+    elsewhere in the unseen pool; the truth is among the 20 candidates once."""
+    from recsys.hybrid_training import _episode
+
+    class Teacher:  # the ensemble's scores: any order will do here
+        def ensemble(self, user, history, ids):
+            return np.arange(len(ids), dtype=float)
+
+    items = [f"h{k}" for k in range(8)]
+    pool = np.array([f"i{k}" for k in range(200)])
+    hard_pool = pool[:30]
+    titles = {i: i for i in [*items, *pool]}
+    opts = HybridTrainOptions(task="rec-movie", hard_negatives=hard)
+
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return _episode("rec-movie", "u", items, 7, pool, hard_pool, rng, Teacher(), titles, opts)
+
+    ep = draw(0)
+    ids = [c.id for c in ep.request.candidates]
+    negatives = [i for i in ids if i != ep.ground_truth]
+    assert ep.ground_truth == "h7" and ids.count("h7") == 1 and len(set(ids)) == 20
+    # at least N from the hard pool (the uniform rest may land there too); all 19 when N is
+    assert sum(i in set(hard_pool) for i in negatives) >= hard
+    # ... and the rest uniform: with N = 0 the 30 hard items are no likelier than the others
+    if hard == 0:
+        draws = [c.id for seed in range(200) for c in draw(seed).request.candidates]
+        draws = [d for d in draws if d != "h7"]
+        share = np.mean([d in set(hard_pool) for d in draws])
+        assert abs(share - 30 / 200) < 0.03

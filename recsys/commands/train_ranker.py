@@ -86,6 +86,12 @@ def register(app: typer.Typer) -> None:
             "trained, each step's target the teacher's choice among those left: DAgger; "
             "docs/training.md)",
         ),
+        hard_negatives: int = typer.Option(
+            4,
+            "--hard-negatives",
+            help="of each episode's 19 negatives, how many come from the user's CF top-100 "
+            "(the rest uniform from unseen items)",
+        ),
         reward: str = typer.Option(
             "step",
             "--reward",
@@ -96,6 +102,7 @@ def register(app: typer.Typer) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         from ranking.rl.supervised import REWARDS, TRAJECTORIES
         from recsys.errors import UserError
+        from recsys.eval.instances import N_NEGATIVES
         from recsys.hybrid_training import VECTOR_KINDS, HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
 
@@ -109,6 +116,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--residual-alpha {residual_alpha}: use a weight in [0, 1000]")
         if not 0 <= ce_weight <= 100:
             raise UserError(f"--ce-weight {ce_weight}: use a weight in [0, 100]")
+        if not 0 <= hard_negatives <= N_NEGATIVES:
+            raise UserError(f"--hard-negatives {hard_negatives}: use 0 to {N_NEGATIVES}")
         if not 1 <= residual_positions <= 1000:
             raise UserError(f"--residual-positions {residual_positions}: use 1 to 1000")
         if honest_vectors and not residual_alpha:
@@ -143,6 +152,7 @@ def register(app: typer.Typer) -> None:
             honest_vectors=honest_vectors,
             trajectory=trajectory,
             reward=reward,
+            hard_negatives=hard_negatives,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
