@@ -98,8 +98,6 @@ def run_batch(
     done = runs.users_in_run(run_id, engine=engine)
     todo = [u for u in users if u not in done]
     ranker = _ranker(config, engine) if config.rerank and todo else None
-    if ranker is None and config.rerank and todo:
-        log.info("batch %s: the ranker is served at the retrieval order; not loaded", run_id)
     model_version = ranker.model_id if ranker else f"retrieval:{version}"
     written = 0
     stage = "batch re-rank" if ranker is not None else "batch retrieval"
@@ -194,7 +192,9 @@ def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def
     its lists would be the retrieval order, so it is neither loaded nor called."""
     from recsys import runtime
 
-    if runtime.serves_retrieval_order(engine=engine, model=config.model) is not None:
+    spec = runtime.serves_retrieval_order(engine=engine, model=config.model)
+    if spec is not None:
+        log.info("ranker %r is served at the retrieval order: not loaded", spec)
         return None
     return runtime.load_ranker(
         engine=engine, model=config.model, device=config.device, batch_size=config.batch_size
