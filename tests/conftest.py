@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.data",
     "tests.fixtures.clock",
+    "tests.fixtures.settings",
 ]

@@ -26,17 +26,6 @@ def request_json(req: RankRequest, **extra) -> str:
     return json.dumps({**body, **extra})
 
 
-@pytest.fixture
-def fresh_settings(monkeypatch):
-    """get_settings() re-read from the environment (no RECSYS_FUSION_ALPHA unless set)."""
-    from recsys.settings import get_settings
-
-    monkeypatch.delenv("RECSYS_FUSION_ALPHA", raising=False)
-    get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
-
-
 def test_cli_rank_accepts_fusion_alpha(fresh_settings, capsys, tiny_model_dir):
     req = scored_request(6, shuffle=2)
     args = ["rank", "-r", "-", "--model", str(tiny_model_dir), "--device", "cpu"]

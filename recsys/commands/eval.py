@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 MAX_DIFF_FILES = 50  # eval-diff: at most 49 results against one
+MAX_SWEEP = 12  # eval: at most this many --fusion-alpha values in one run
 
 
 def parse_data_options(values: list[str], tasks: list[str]) -> dict[str, Path]:
@@ -45,6 +46,21 @@ def _check_fusion_alpha(alpha: float | None, ranker: str) -> float | None:
             f"--fusion-alpha does not apply to {STACKED} (it learns the combination); leave it out"
         )
     return alpha
+
+
+def _check_sweep(alphas: list[float], ranker: str) -> list[float]:
+    """Repeated --fusion-alpha: one run per weight, each a weight an engine mode can fuse
+    with; none given: [] (the served default, resolved by the caller)."""
+    from recsys.errors import UserError
+    from recsys.eval.harness import BASELINES
+
+    if len(alphas) > MAX_SWEEP:
+        raise UserError(f"{len(alphas)} --fusion-alpha values; a sweep takes at most {MAX_SWEEP}")
+    if len(set(alphas)) < len(alphas):
+        raise UserError(f"--fusion-alpha values repeat ({alphas}); give each weight once")
+    if len(alphas) > 1 and ranker in BASELINES:
+        raise UserError(f"--fusion-alpha applies to engine modes, not {ranker!r}")
+    return [float(_check_fusion_alpha(a, ranker)) for a in alphas]  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer) -> None:
@@ -95,11 +111,13 @@ def register(app: typer.Typer) -> None:
         write_tasks: Path | None = typer.Option(
             None, "--write-tasks", help="also write each task's instances (JSON lines) here"
         ),
-        fusion_alpha: float | None = typer.Option(
-            None,
+        fusion_alpha: list[float] = typer.Option(
+            [],
             "--fusion-alpha",
             help="score fusion weight for engine modes (default: RECSYS_FUSION_ALPHA, then "
-            "the registered version's, then 0); see docs/ranking.md",
+            "the registered version's, then 0); repeat it for a sweep, one run per weight "
+            "on the same instances (`recsys eval-crossfit` chooses among them); see "
+            "docs/ranking.md",
         ),
         fusion_signal: str = typer.Option(
             "transitions",
@@ -135,7 +153,8 @@ def register(app: typer.Typer) -> None:
         if "all" in task and "rec-music" not in paths:
             names.remove("rec-music")
             skipped_tasks["rec-music"] = "no data shipped; pass --data rec-music=PATH (RecBole)"
-        model_path, alpha = model, _check_fusion_alpha(fusion_alpha, ranker)
+        sweep = _check_sweep(fusion_alpha, ranker)
+        model_path, alpha = model, (sweep[0] if sweep else None)
         if ranker not in harness.BASELINES:
             resolved = runtime.resolve(settings, model)
             model_path = resolved.model
@@ -169,9 +188,13 @@ def register(app: typer.Typer) -> None:
             chosen = built.limited(limit, seed)
             if candidates == "retrieval":
                 chosen = tasks.with_retrieval_candidates(chosen)
-            run = harness.evaluate(evaluator, chosen, progress=progress, seed=seed)
-            runs.append(run.to_dict())
-            typer.echo(f"{name}: n={run.n} {harness.headline(run):.2f} ({run.wall_s:.1f}s)")
+            for weight in sweep if len(sweep) > 1 else [None]:
+                if weight is not None:  # a sweep: the same ranker, one weight per run
+                    evaluator.request_fields["fusion_alpha"] = weight
+                run = harness.evaluate(evaluator, chosen, progress=progress, seed=seed)
+                runs.append(run.to_dict())
+                typer.echo(f"{name}: {run.ranker} n={run.n} {harness.headline(run):.2f} "
+                           f"({run.wall_s:.1f}s)")  # fmt: skip
         typer.echo(report.run_table(runs))
         if skipped_tasks:
             typer.echo(f"not run: {skipped_tasks}")
@@ -183,6 +206,7 @@ def register(app: typer.Typer) -> None:
                     "limit": limit, "users": users, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
+                    **({"fusion_alphas": sweep} if len(sweep) > 1 else {}),
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime()),
                 },
@@ -241,6 +265,46 @@ def register(app: typer.Typer) -> None:
         if plot is not None:
             compare.plot_differences(diffs, plot, goal)
             typer.echo(f"wrote {plot}")
+
+    @app.command("eval-crossfit")
+    def eval_crossfit(
+        files: list[Path] = typer.Argument(
+            ...,
+            help="results JSONs whose runs (one task, same instances) are the variants "
+            "to choose among, e.g. a sweep `recsys eval --fusion-alpha 3 --fusion-alpha 5`",
+        ),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="write the combined run here (`recsys eval-diff` pairs it)"
+        ),
+        folds: int = typer.Option(5, "--folds", help="user folds (2-20)"),
+        metric: str = typer.Option("mrr", "--metric", help="what the choice maximises"),
+        seed: int = typer.Option(7, "--seed", help="the fold split and the bootstrap"),
+    ) -> None:
+        """Choose a variant per user fold on the other folds and report each fold from its
+        choice: a number no choice was tuned on (docs/eval.md, "Choosing a weight")."""
+        import json
+
+        from recsys.errors import UserError
+        from recsys.eval import crossfit, report
+
+        if len(files) > MAX_DIFF_FILES:
+            raise UserError(f"{len(files)} results files; eval-crossfit reads at most "
+                            f"{MAX_DIFF_FILES}")  # fmt: skip
+        fit = crossfit.cross_fit(report.load_runs(files), folds=folds, metric=metric, seed=seed)
+        typer.echo(f"| variant | {metric} x 100, every instance (in-sample: diagnosis only) |")
+        typer.echo("| --- | --- |")
+        for name, value in fit.in_sample.items():
+            typer.echo(f"| {name} | {100 * value:.2f} |")
+        m = fit.run["metrics"][metric]
+        typer.echo(f"chosen per fold: {', '.join(fit.chosen)}")
+        typer.echo(f"{fit.run['task']}: cross-fitted {metric} {100 * m['mean']:.2f} "
+                   f"[{100 * m['low']:.2f}, {100 * m['high']:.2f}] (n={fit.run['n']})")  # fmt: skip
+        payload = {"config": {"crossfit": [str(f) for f in files], "folds": folds,
+                              "metric": metric, "seed": seed}, "not_run": {},
+                   "runs": [fit.run]}  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out}")
 
     @app.command("eval-table")
     def eval_table(

@@ -52,6 +52,7 @@ class EngineRanker:
         self.fusion_signal, self.signal_seed = fusion_signal, signal_seed
         self.request_fields = request_fields
         self.scorer: Any = None
+        self.scored_task: TaskSet | None = None  # the task set `scorer` was fitted on
         self.prompt_tokens: list[int] = []  # per ranked request (reported in the run's info)
 
     @property
@@ -72,8 +73,10 @@ class EngineRanker:
 
     def prepare(self, taskset: TaskSet) -> None:
         """Zero-shot: nothing to learn, except the fusion signal when the task's candidates
-        carry no scores."""
-        self.scorer = None
+        carry no scores (fitted once per task set: a `--fusion-alpha` sweep reuses it)."""
+        if self.scorer is not None and self.scored_task is taskset:
+            return
+        self.scorer, self.scored_task = None, None
         scored = all(c.score is not None for i in taskset.instances for c in i.candidates)
         if not self.fusion_alpha or scored:
             return
@@ -90,10 +93,10 @@ class EngineRanker:
                 f"--fusion-alpha needs candidate scores and {taskset.name!r} has none; "
                 f"--fusion-signal {self.fusion_signal}: {exc}"
             ) from None
-        self.scorer = scorer
+        self.scorer, self.scored_task = scorer, taskset
 
     def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]:
-        if self.scorer is not None:
+        if self.scorer is not None and self.fusion_alpha:
             instances = [
                 dataclasses.replace(i, candidates=scored_candidates(i, self.scorer.scores(i)))
                 for i in instances
