@@ -73,6 +73,33 @@ class HybridTrainOptions:
     trajectory: str = "teacher"  # the states trained on (ranking.rl.supervised)
     reward: str = "step"  # the RL stage's reward term (ranking.rl.supervised.REWARDS)
 
+    def __post_init__(self) -> None:
+        """Every option checked here, named as `recsys train-ranker` spells it, so a bad one
+        fails before the minutes-long episode build (a UserError, not a stack trace)."""
+        from ranking.rl.supervised import REWARDS, TRAJECTORIES
+        from recsys.eval.instances import N_NEGATIVES
+
+        checks = [
+            (self.vectors in VECTOR_KINDS, f"--vectors {self.vectors!r}: use one of "
+             f"{', '.join(VECTOR_KINDS)}"),
+            (self.trajectory in TRAJECTORIES, f"--trajectory {self.trajectory!r}: use one of "
+             f"{', '.join(TRAJECTORIES)}"),
+            (self.reward in REWARDS, f"--reward {self.reward!r}: use one of {', '.join(REWARDS)}"),
+            (0 <= self.residual_alpha <= 1000,
+             f"--residual-alpha {self.residual_alpha}: use a weight in [0, 1000]"),
+            (0 <= self.ce_weight <= 100, f"--ce-weight {self.ce_weight}: use a weight in [0, 100]"),
+            (0 <= self.hard_negatives <= N_NEGATIVES,
+             f"--hard-negatives {self.hard_negatives}: use 0 to {N_NEGATIVES}"),
+            (1 <= self.residual_positions <= 1000,
+             f"--residual-positions {self.residual_positions}: use 1 to 1000"),
+            (not self.honest_vectors or bool(self.residual_alpha),
+             "--honest-vectors applies to --residual-alpha runs (their episodes are the items "
+             "a separate fit leaves out); add --residual-alpha A"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
 
 @dataclass
 class EpisodeSet:

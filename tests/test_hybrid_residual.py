@@ -6,6 +6,7 @@ vectors can settle."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -269,6 +270,21 @@ def test_train_hybrid_with_a_residual_weight_needs_the_residual_builder(tmp_path
 def test_train_ranker_refuses_bad_residual_options(args, message, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, ["train-ranker", "--task", "rec-movie", *args])
     assert code != 0 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(hard_negatives=25), "--hard-negatives 25: use 0 to 19"),
+        (dict(vectors="bpr"), "--vectors 'bpr': use one of lightfm, lightfm+text"),
+        (dict(reward="ndcg"), "--reward 'ndcg': use one of step, rr"),
+        (dict(honest_vectors=True), "--honest-vectors applies to --residual-alpha runs"),
+    ],
+)
+def test_train_options_are_checked_for_library_callers_too(options, message) -> None:
+    """The same checks as the CLI's (it builds these options before anything else)."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        HybridTrainOptions(task="rec-movie", **options)
 
 
 def test_training_plot_of_a_served_validation_log_and_a_folder_without_one(tmp_path) -> None:

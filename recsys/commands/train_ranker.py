@@ -100,31 +100,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
-        from ranking.rl.supervised import REWARDS, TRAJECTORIES
-        from recsys.errors import UserError
-        from recsys.eval.instances import N_NEGATIVES
-        from recsys.hybrid_training import VECTOR_KINDS, HybridTrainOptions, train_hybrid
+        # HybridTrainOptions checks every flag before the minutes-long episode build
+        from recsys.hybrid_training import HybridTrainOptions, train_hybrid
         from recsys.settings import get_settings
 
-        if vectors not in VECTOR_KINDS:
-            raise UserError(f"--vectors {vectors!r}: use one of {', '.join(VECTOR_KINDS)}")
-        if trajectory not in TRAJECTORIES:
-            raise UserError(f"--trajectory {trajectory!r}: use one of {', '.join(TRAJECTORIES)}")
-        if reward not in REWARDS:
-            raise UserError(f"--reward {reward!r}: use one of {', '.join(REWARDS)}")
-        if not 0 <= residual_alpha <= 1000:
-            raise UserError(f"--residual-alpha {residual_alpha}: use a weight in [0, 1000]")
-        if not 0 <= ce_weight <= 100:
-            raise UserError(f"--ce-weight {ce_weight}: use a weight in [0, 100]")
-        if not 0 <= hard_negatives <= N_NEGATIVES:
-            raise UserError(f"--hard-negatives {hard_negatives}: use 0 to {N_NEGATIVES}")
-        if not 1 <= residual_positions <= 1000:
-            raise UserError(f"--residual-positions {residual_positions}: use 1 to 1000")
-        if honest_vectors and not residual_alpha:
-            raise UserError(
-                "--honest-vectors applies to --residual-alpha runs (their episodes are the "
-                "items a separate fit leaves out); add --residual-alpha A"
-            )
         settings = get_settings()
         opts = HybridTrainOptions(
             task=task,
