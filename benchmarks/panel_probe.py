@@ -27,6 +27,7 @@ from ranking.metrics import reciprocal_rank
 from recsys.eval import tasks
 from recsys.eval.baselines import scored_candidates
 from recsys.eval.rankers import make_baseline
+from recsys.stats import paired_difference
 
 SEED, ALPHA = 7, 10.0
 
@@ -93,13 +94,12 @@ def compare(files: list[str], fixed: tuple[float, ...] | None = None) -> None:
         )
 
     base = rr([by(r["ids"], r["score"]) for r in base_rows])
-    idx = np.random.default_rng(0).integers(0, len(base), (2000, len(base)))
 
     def show(label, v):
-        d = (v - base)[idx].mean(1)
+        d = paired_difference(v, base, n_boot=2000, seed=0)
         print(
-            f"{label:34s} {100 * v.mean():6.2f}  vs LambdaMART {100 * (v - base).mean():+5.2f} "
-            f"[{100 * np.percentile(d, 2.5):+5.2f}, {100 * np.percentile(d, 97.5):+5.2f}]"
+            f"{label:34s} {100 * v.mean():6.2f}  vs LambdaMART {100 * d.mean:+5.2f} "
+            f"[{100 * d.low:+5.2f}, {100 * d.high:+5.2f}]"
         )
 
     show("LambdaMART", base)
