@@ -91,6 +91,12 @@ def test_cli_crossfit_writes_a_results_file_eval_diff_reads(monkeypatch, capsys,
     assert combined["info"]["crossfit"]["folds"] == 2 and combined["n"] == 4
     code, stdout, _ = run_cli(monkeypatch, capsys, ["eval-diff", str(out), str(sweep)])
     assert code == 0 and "crossfit(2 folds, mrr)" in stdout
+    # a sweep file as A: each of its runs paired and labelled on its own
+    rows = tmp_path / "diffs.json"
+    args = ["eval-diff", str(sweep), str(out), "--slices", "all", "--out", str(rows)]
+    assert run_cli(monkeypatch, capsys, args)[0] == 0
+    assert [d["label"] for d in json.loads(rows.read_text())] == [
+        "sweep incremental+fusion@3", "sweep incremental+fusion@5"]  # fmt: skip
 
 
 def test_cli_crossfit_bad_file_exits_2(monkeypatch, capsys, tmp_path) -> None:

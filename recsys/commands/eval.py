@@ -259,7 +259,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(compare.HEADER)
             for d in table:
                 typer.echo(d.row())
-            diffs += [replace(d, label=path.stem) for d in table]
+            # a file with several runs of a task (a --fusion-alpha sweep): label each run
+            several = len(table) > len({(d.task, d.slice) for d in table})
+            diffs += [replace(d, label=f"{path.stem} {d.a}" if several else path.stem)
+                      for d in table]  # fmt: skip
         if out is not None:
             out.write_text(json.dumps([asdict(d) for d in diffs], indent=2) + "\n", "utf-8")
         if plot is not None:
