@@ -350,3 +350,35 @@ def test_an_episode_draws_its_hard_negatives_from_the_users_cf_top(hard) -> None
         draws = [d for d in draws if d != "h7"]
         share = np.mean([d in hard_set for d in draws])
         assert abs(share - 30 / 200) < 0.03
+
+
+def test_export_only_writes_the_model_the_run_exported(tiny_model_dir, tmp_path) -> None:
+    """A run's own export and `--export-only` of its last checkpoint are the same model:
+    identical weights, vectors and rankings (a shipped folder must rank as evaluated)."""
+    from safetensors.torch import load_file
+
+    from ranking.loading import load_backend
+
+    data = tiny_ml100k(tmp_path / "movielens-100k", users=30)
+    opts = HybridTrainOptions(task="rec-movie", out=tmp_path / "m", base=str(tiny_model_dir),
+                              supervised_steps=2, rl_steps=2, batch_size=2, inject_layer=1,
+                              device="cpu")  # fmt: skip
+    train_hybrid(opts, data.parent, echo=lambda _: None)
+    first = tmp_path / "first"
+    (tmp_path / "m").rename(first)
+    train_hybrid(replace(opts, export_only=True), data.parent, echo=lambda _: None)
+    second = tmp_path / "m"
+    adapter = "adapter/adapter_model.safetensors"
+    a, b = load_file(str(first / adapter)), load_file(str(second / adapter))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pa = torch.load(first / "projector.pt", weights_only=True)
+    pb = torch.load(second / "projector.pt", weights_only=True)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert np.array_equal(np.load(first / "vectors.npy"), np.load(second / "vectors.npy"))
+    items = json.loads((first / "hybrid.json").read_text())["items"][:8]
+    request = RankRequest(task="rec-movie", history=(), candidates=tuple(
+        Candidate(id=i, text=i) for i in items))  # fmt: skip
+    ranked = [Ranker(load_backend(str(f), device="cpu", cache=False)).rank(request)
+              for f in (first, second)]  # fmt: skip
+    assert ranked[0].order == ranked[1].order
+    assert ranked[0].log_propensity == pytest.approx(ranked[1].log_propensity, abs=0)
