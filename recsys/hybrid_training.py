@@ -254,6 +254,7 @@ def train_hybrid(
     from ranking.hybrid import Hybrid, HybridConfig
     from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer, saved_config
     from recsys import runtime
+    from recsys.provenance import code_version
 
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -317,7 +318,7 @@ def train_hybrid(
             "trained_with": asdict(trainer.cfg) if not opts.export_only else saved_config(work),
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
-            "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            "wall_s": round(time.perf_counter() - t0, 1), "code": code_version()}  # fmt: skip
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card

@@ -141,6 +141,7 @@ def register(app: typer.Typer) -> None:
         from recsys import runtime
         from recsys.errors import UserError
         from recsys.eval import harness, report, tasks
+        from recsys.provenance import code_version
         from recsys.resolver import serving_fusion_alpha
         from recsys.settings import get_settings
 
@@ -209,6 +210,7 @@ def register(app: typer.Typer) -> None:
                     **({"fusion_alphas": sweep} if len(sweep) > 1 else {}),
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime()),
+                    "code": code_version(),
                 },
                 "not_run": skipped_tasks,
                 "runs": runs,

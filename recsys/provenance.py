@@ -1,0 +1,38 @@
+"""Which code produced a result: the git commit of the checkout and the Python files that
+differed from it, recorded in every results file (`recsys eval --out`) and model card
+(`recsys train-ranker`).
+
+A number measured while code was being changed may not reproduce from any commit; a
+non-empty `uncommitted` list says so when the number is read later, instead of a
+re-measurement finding out (docs/RESULTS.md 0c has two such cases).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+MAX_LISTED = 20  # uncommitted files named; the count is always exact
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def code_version(root: Path = ROOT) -> dict[str, Any]:
+    """{"commit": HEAD or None outside a git checkout, "uncommitted": the .py files that are
+    modified, added or untracked (at most MAX_LISTED), "uncommitted_count": how many}."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "uncommitted": [], "uncommitted_count": 0}
+    status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", "*.py") or ""
+    changed = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
+    return {"commit": commit.strip(), "uncommitted": changed[:MAX_LISTED],
+            "uncommitted_count": len(changed)}  # fmt: skip

@@ -1,0 +1,58 @@
+"""Which code produced a result (recsys.provenance), as results files and cards record it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from recsys.provenance import MAX_LISTED, code_version
+from tests.fixtures.cli import run_cli
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), "-c", "user.email=t@example.com", "-c",
+                    "user.name=t", *args], check=True, capture_output=True)  # fmt: skip
+
+
+def test_a_clean_checkout_then_its_uncommitted_python_files(tmp_path) -> None:
+    git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("text\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    version = code_version(tmp_path)
+    assert len(version["commit"]) == 40 and version["uncommitted"] == []
+    (tmp_path / "a.py").write_text("x = 2\n")  # modified
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "b.py").write_text("")  # untracked, in a new folder
+    (tmp_path / "notes.md").write_text("edited\n")  # not code: not listed
+    assert code_version(tmp_path)["uncommitted"] == ["a.py", "pkg/b.py"]
+
+
+def test_the_list_is_capped_and_the_count_exact(tmp_path) -> None:
+    git(tmp_path, "init", "-q")
+    for n in range(MAX_LISTED + 5):
+        (tmp_path / f"m{n:02d}.py").write_text("")
+    (tmp_path / "keep.txt").write_text("")
+    git(tmp_path, "add", "keep.txt")
+    git(tmp_path, "commit", "-qm", "first")
+    version = code_version(tmp_path)
+    assert len(version["uncommitted"]) == MAX_LISTED
+    assert version["uncommitted_count"] == MAX_LISTED + 5
+
+
+def test_outside_a_checkout_there_is_no_commit(tmp_path) -> None:
+    assert code_version(tmp_path / "nowhere") == {
+        "commit": None, "uncommitted": [], "uncommitted_count": 0}  # fmt: skip
+
+
+def test_results_files_record_the_code(monkeypatch, capsys, tmp_path) -> None:
+    from tests.fixtures.data import tiny_ml100k
+
+    data = tiny_ml100k(tmp_path / "ml")
+    out = tmp_path / "results.json"
+    args = ["eval", "--task", "rec-movie", "--ranker", "random", "--data", str(data),
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert run_cli(monkeypatch, capsys, args)[0] == 0
+    assert json.loads(out.read_text())["config"]["code"] == code_version()
