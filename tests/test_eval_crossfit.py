@@ -65,6 +65,7 @@ BAD = [
      "measured different instances"),
     ([{"task": "t", "ranker": "A"}, {"task": "t", "ranker": "B"}], {}, "per-instance rows"),
     ([run("A", [1.0, 1.0]), run("B", [1.0, 1.0])], {"metric": "auc"}, "unknown metric 'auc'"),
+    ([run("A", [1.0, 1.0]), run("B", [1.0, 1.0])], {"metric": "cold"}, "use one of mrr, "),
     ([run("A", [1.0, 1.0]), run("B", [1.0, 1.0])], {"folds": 3}, "--folds must be between 2"),
     ([run("A", [1.0] * 30), run("B", [1.0] * 30)], {"folds": 1}, "--folds must be between 2"),
 ]  # fmt: skip

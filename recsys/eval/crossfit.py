@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import UserError
-from recsys.eval.harness import summarise
+from recsys.eval.harness import METRICS, summarise
 
 MAX_FOLDS = 20
 
@@ -78,9 +78,8 @@ def check_runs(runs: Sequence[dict[str, Any]], metric: str) -> list[str]:
     if any(s != ids[0] for s in ids[1:]):
         raise UserError("the runs measured different instances; cross-fitting needs the same "
                         "instances in every run (same --users, --limit, --seed)")  # fmt: skip
-    first = next(iter(_rows(runs[0]).values()))
-    if metric not in first:
-        raise UserError(f"unknown metric {metric!r}; the rows have {sorted(first)}")
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     return sorted(ids[0])
 
 
