@@ -56,3 +56,19 @@ def test_results_files_record_the_code(monkeypatch, capsys, tmp_path) -> None:
             "--out", str(out), "--no-progress"]  # fmt: skip
     assert run_cli(monkeypatch, capsys, args)[0] == 0
     assert json.loads(out.read_text())["config"]["code"] == code_version()
+
+
+def test_eval_diff_notes_results_measured_with_uncommitted_code(monkeypatch, capsys, tmp_path):
+    rows = [{"id": "t:0", "user": "0", "cold": False, "mrr": 1.0}]
+    run = {"task": "t", "ranker": "A", "instances": rows}
+    dirty = {"commit": "a" * 40, "uncommitted": ["recsys/eval/ltr.py"], "uncommitted_count": 1}
+    files = {"dirty": {"code": dirty}, "clean": {"code": {**dirty, "uncommitted": [],
+             "uncommitted_count": 0}}, "old": {}}  # fmt: skip
+    for name, config in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"config": config, "runs": [run]}))
+    args = ["eval-diff", *(str(tmp_path / f"{n}.json") for n in files)]
+    code, _, err = run_cli(monkeypatch, capsys, args)
+    assert code == 0
+    assert err.count("uncommitted") == 1
+    assert "dirty.json was measured with 1 uncommitted .py file(s) on top of aaaaaaaaaaaa" in err
+    assert "recsys/eval/ltr.py" in err

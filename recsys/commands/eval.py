@@ -252,6 +252,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"{len(files)} results files; eval-diff compares at most "
                             f"{MAX_DIFF_FILES - 1} against one")  # fmt: skip
         base = report.load_runs([files[-1]])
+        for note in report.uncommitted_notes(files):
+            typer.echo(note, err=True)
         diffs = []
         for path in files[:-1]:
             table = compare.paired_table(report.load_runs([path]), base, metric)

@@ -37,6 +37,24 @@ def run_table(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def uncommitted_notes(paths: Iterable[str | Path]) -> list[str]:
+    """One line per results file measured with uncommitted code (its `config.code`,
+    recsys.provenance): such a number may not reproduce from any commit. Files from before
+    the field existed, or unreadable ones (`load_runs` names those), give none."""
+    notes = []
+    for path in paths:
+        try:
+            code = json.loads(Path(path).read_text("utf-8")).get("config", {}).get("code") or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if code.get("uncommitted_count"):
+            listed = ", ".join(code.get("uncommitted", []))
+            notes.append(f"note: {path} was measured with {code['uncommitted_count']} uncommitted "
+                         f".py file(s) on top of {str(code.get('commit'))[:12]} ({listed}); "
+                         "it may not reproduce from any commit")  # fmt: skip
+    return notes
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     runs = []
     for path in paths:
