@@ -27,10 +27,13 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def code_version(root: Path = ROOT) -> dict[str, Any]:
-    """{"commit": HEAD or None outside a git checkout, "uncommitted": the .py files that are
-    modified, added or untracked (at most MAX_LISTED), "uncommitted_count": how many}."""
+    """{"commit": HEAD, or None unless `root` is the top of a git checkout, "uncommitted":
+    the .py files that are modified, added or untracked (at most MAX_LISTED),
+    "uncommitted_count": how many}."""
+    top = _git(root, "rev-parse", "--show-toplevel")
     commit = _git(root, "rev-parse", "HEAD")
-    if commit is None:
+    # an installed package inside some other checkout (a venv in a project) is not that code
+    if commit is None or top is None or Path(top.strip()).resolve() != root.resolve():
         return {"commit": None, "uncommitted": [], "uncommitted_count": 0}
     status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", "*.py") or ""
     changed = sorted(line[3:].strip() for line in status.splitlines() if line.strip())

@@ -42,9 +42,15 @@ def test_the_list_is_capped_and_the_count_exact(tmp_path) -> None:
     assert version["uncommitted_count"] == MAX_LISTED + 5
 
 
-def test_outside_a_checkout_there_is_no_commit(tmp_path) -> None:
-    assert code_version(tmp_path / "nowhere") == {
-        "commit": None, "uncommitted": [], "uncommitted_count": 0}  # fmt: skip
+def test_outside_a_checkout_or_inside_another_there_is_no_commit(tmp_path) -> None:
+    none = {"commit": None, "uncommitted": [], "uncommitted_count": 0}
+    assert code_version(tmp_path / "nowhere") == none
+    git(tmp_path, "init", "-q")  # e.g. a project whose venv holds the installed package
+    (tmp_path / "site-packages").mkdir()
+    (tmp_path / "x.txt").write_text("")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    assert code_version(tmp_path / "site-packages") == none
 
 
 def test_results_files_record_the_code(monkeypatch, capsys, tmp_path) -> None:
