@@ -30,12 +30,11 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
     """{"commit": HEAD, or None unless `root` is the top of a git checkout, "uncommitted":
     the .py files that are modified, added or untracked (at most MAX_LISTED),
     "uncommitted_count": how many}."""
-    top = _git(root, "rev-parse", "--show-toplevel")
-    commit = _git(root, "rev-parse", "HEAD")
+    lines = (_git(root, "rev-parse", "--show-toplevel", "HEAD") or "").splitlines()
     # an installed package inside some other checkout (a venv in a project) is not that code
-    if commit is None or top is None or Path(top.strip()).resolve() != root.resolve():
+    if len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
         return {"commit": None, "uncommitted": [], "uncommitted_count": 0}
     status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", "*.py") or ""
     changed = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
-    return {"commit": commit.strip(), "uncommitted": changed[:MAX_LISTED],
+    return {"commit": lines[1].strip(), "uncommitted": changed[:MAX_LISTED],
             "uncommitted_count": len(changed)}  # fmt: skip

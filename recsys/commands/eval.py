@@ -251,12 +251,14 @@ def register(app: typer.Typer) -> None:
         if len(files) > MAX_DIFF_FILES:
             raise UserError(f"{len(files)} results files; eval-diff compares at most "
                             f"{MAX_DIFF_FILES - 1} against one")  # fmt: skip
-        base = report.load_runs([files[-1]])
-        for note in report.uncommitted_notes(files):
-            typer.echo(note, err=True)
+        results = [report.read_results(path) for path in files]  # each file read once
+        for path, data in zip(files, results, strict=True):
+            if (note := report.uncommitted_note(path, data)) is not None:
+                typer.echo(note, err=True)
+        base = results[-1]["runs"]
         diffs = []
-        for path in files[:-1]:
-            table = compare.paired_table(report.load_runs([path]), base, metric)
+        for path, data in zip(files[:-1], results[:-1], strict=True):
+            table = compare.paired_table(data["runs"], base, metric)
             table = [d for d in table if slices in ("both", d.slice)]
             if len(files) > 2:
                 typer.echo(f"\nA = {path}, B = {files[-1]}")

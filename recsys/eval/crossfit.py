@@ -11,9 +11,9 @@ and fold k's instances are reported from r*(k). Every reported instance thus com
 choice made without it, so the combined run is an honest estimate of "choose the weight on
 users like these, serve it on new ones" (cross-fitting; Chernozhukov et al. 2018,
 "Double/debiased machine learning", section 3; Hastie, Tibshirani & Friedman, ESL 7.10 on
-why a choice must not see the instances it is judged on). The best run on all instances
-(`in_sample_best`) is reported beside it for diagnosis only: it tuned on the instances it
-is measured on, and is optimistic.
+why a choice must not see the instances it is judged on). Every run's mean on all
+instances (`CrossFit.in_sample`) is reported beside it for diagnosis only: the best of
+them tuned on the instances it is measured on, and is optimistic.
 
 The combined run has the layout of a `recsys eval --out` run, so `recsys eval-diff` pairs
 it with any other result on the same instances.
@@ -37,8 +37,8 @@ MAX_FOLDS = 20
 @dataclass(frozen=True)
 class CrossFit:
     run: dict[str, Any]  # the combined run (eval JSON layout)
-    chosen: list[str]  # per fold, the ranker name chosen on the other folds
-    in_sample: dict[str, float]  # ranker -> mean metric on every instance (diagnosis only)
+    chosen: list[str]  # per fold, the variant (`variant_names`) chosen on the other folds
+    in_sample: dict[str, float]  # variant -> mean metric on every instance (diagnosis only)
 
 
 def user_folds(users: Sequence[str], k: int, seed: int) -> dict[str, int]:

@@ -37,33 +37,33 @@ def run_table(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def uncommitted_notes(paths: Iterable[str | Path]) -> list[str]:
-    """One line per results file measured with uncommitted code (its `config.code`,
-    recsys.provenance): such a number may not reproduce from any commit. Files from before
-    the field existed, or unreadable ones (`load_runs` names those), give none."""
-    notes = []
-    for path in paths:
-        try:
-            code = json.loads(Path(path).read_text("utf-8")).get("config", {}).get("code") or {}
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if code.get("uncommitted_count"):
-            listed = ", ".join(code.get("uncommitted", []))
-            notes.append(f"note: {path} was measured with {code['uncommitted_count']} uncommitted "
-                         f".py file(s) on top of {str(code.get('commit'))[:12]} ({listed}); "
-                         "it may not reproduce from any commit")  # fmt: skip
-    return notes
+def read_results(path: str | Path) -> dict[str, Any]:
+    """One `recsys eval --out` file (config and runs), or a UserError naming it."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+        if not isinstance(data["runs"], list):
+            raise TypeError(f"'runs' is a {type(data['runs']).__name__}, not a list")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a `recsys eval --out` results file ({exc})") from None
+    return data
+
+
+def uncommitted_note(path: str | Path, results: dict[str, Any]) -> str | None:
+    """A line when the results were measured with uncommitted code (their `config.code`,
+    recsys.provenance): such a number may not reproduce from any commit. None for clean
+    results and for files from before the field existed."""
+    config = results.get("config")
+    code = (config.get("code") if isinstance(config, dict) else None) or {}
+    if not code.get("uncommitted_count"):
+        return None
+    listed = ", ".join(code.get("uncommitted", []))
+    return (f"note: {path} was measured with {code['uncommitted_count']} uncommitted .py "
+            f"file(s) on top of {str(code.get('commit'))[:12]} ({listed}); it may not "
+            "reproduce from any commit")  # fmt: skip
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    runs = []
-    for path in paths:
-        try:
-            data = json.loads(Path(path).read_text("utf-8"))
-            runs.extend(data["runs"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a `recsys eval --out` results file ({exc})") from None
-    return runs
+    return [run for path in paths for run in read_results(path)["runs"]]
 
 
 def summary_table(runs: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None) -> str:
