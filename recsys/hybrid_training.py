@@ -258,7 +258,7 @@ def train_hybrid(
 
     work = opts.work_dir or opts.out.with_name(opts.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, code = time.perf_counter(), code_version()  # the code this run loaded, not later edits
     if opts.residual_alpha and episodes is None and not opts.export_only:
         raise UserError(
             "residual_alpha trains on scored episodes: pass episodes="
@@ -318,7 +318,7 @@ def train_hybrid(
             "trained_with": asdict(trainer.cfg) if not opts.export_only else saved_config(work),
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
-            "wall_s": round(time.perf_counter() - t0, 1), "code": code_version()}  # fmt: skip
+            "wall_s": round(time.perf_counter() - t0, 1), "code": code}  # fmt: skip
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     echo(f"wrote {folder}")
     return card

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         None, description="checkpoints, indexes; default <var_dir>/artifacts"
     )
     data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="evaluation data sets")
+    fit_cache_dir: Path | None = Field(
+        None, description="fitted eval baselines kept between runs; default <var_dir>/cache"
+    )
 
     # job queue
     broker_url: str | None = Field(
@@ -143,6 +146,10 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_dir(self) -> Path:
         return self.artifact_dir or self.var_dir / "artifacts"
+
+    @property
+    def resolved_fit_cache_dir(self) -> Path:
+        return self.fit_cache_dir or self.var_dir / "cache"
 
 
 def _is_loopback(host: str) -> bool:

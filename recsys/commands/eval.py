@@ -131,6 +131,13 @@ def register(app: typer.Typer) -> None:
             help="rec tasks: all | heldout (the users `recsys train-ranker` never trains on) "
             "| train",
         ),
+        use_fit_cache: bool = typer.Option(
+            True,
+            "--fit-cache/--no-fit-cache",
+            help="keep the slow fitted baselines (LambdaMART, as a ranker or fusion signal) "
+            "between runs under RECSYS_FIT_CACHE_DIR (default <var_dir>/cache), keyed by "
+            "data, options and code: docs/eval.md",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Measure a ranker on the evaluation tasks; print a table, write JSON."""
@@ -141,11 +148,13 @@ def register(app: typer.Typer) -> None:
         from recsys import runtime
         from recsys.errors import UserError
         from recsys.eval import harness, report, tasks
+        from recsys.eval.fit_cache import FitCache
         from recsys.provenance import code_version
         from recsys.resolver import serving_fusion_alpha
         from recsys.settings import get_settings
 
         settings = get_settings()
+        code = code_version()  # at the start: the code this process loaded, not edits since
         names = tasks.expand_tasks(task)
         if candidates not in ("random", "retrieval"):
             raise UserError(f"--candidates must be random or retrieval, got {candidates!r}")
@@ -167,6 +176,7 @@ def register(app: typer.Typer) -> None:
             alpha = serving_fusion_alpha(setting, measured)
             if ranker == harness.STACKED:  # it learns how to combine; the LM ranks alone
                 alpha = 0.0
+        cache = FitCache(settings.resolved_fit_cache_dir) if use_fit_cache else None
         evaluator = harness.make_ranker(
             ranker,
             model=model_path,
@@ -176,6 +186,7 @@ def register(app: typer.Typer) -> None:
             reason_max_new_tokens=max_new_tokens or settings.reason_max_new_tokens,
             fusion_alpha=alpha or 0.0,
             fusion_signal=fusion_signal,
+            fit_cache=cache,
         )
         runs = []
         for name in names:
@@ -197,6 +208,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{name}: {run.ranker} n={run.n} {harness.headline(run):.2f} "
                            f"({run.wall_s:.1f}s)")  # fmt: skip
         typer.echo(report.run_table(runs))
+        if cache is not None and (cache.hits or cache.misses):
+            typer.echo(f"fit cache {cache.root}: {cache.hits} loaded, {cache.misses} fitted")
         if skipped_tasks:
             typer.echo(f"not run: {skipped_tasks}")
         if out is not None:
@@ -208,9 +221,11 @@ def register(app: typer.Typer) -> None:
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
                     **({"fusion_alphas": sweep} if len(sweep) > 1 else {}),
+                    "fit_cache": None if cache is None else {"loaded": cache.hits,
+                                                             "fitted": cache.misses},
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime()),
-                    "code": code_version(),
+                    "code": code,
                 },
                 "not_run": skipped_tasks,
                 "runs": runs,

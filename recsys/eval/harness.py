@@ -20,6 +20,7 @@ from ranking.metrics import expected_random_mrr, ndcg_at_k
 from ranking.types import MODES, RankResult
 from recsys.errors import UserError
 from recsys.eval.baselines import EvalRanker, scored_candidates
+from recsys.eval.fit_cache import FitCache
 from recsys.eval.rankers import BASELINES, make_baseline
 from recsys.eval.tasks import Instance, TaskSet
 from recsys.stats import bootstrap_mean
@@ -46,10 +47,12 @@ class EngineRanker:
         *,
         fusion_signal: str = "transitions",
         signal_seed: int = 7,
+        signal_cache: FitCache | None = None,
         **request_fields: Any,
     ) -> None:
         self.ranker, self.mode = ranker, mode
         self.fusion_signal, self.signal_seed = fusion_signal, signal_seed
+        self.signal_cache = signal_cache
         self.request_fields = request_fields
         self.scorer: Any = None
         self.scored_task: TaskSet | None = None  # the task set `scorer` was fitted on
@@ -85,7 +88,7 @@ class EngineRanker:
                 f"--fusion-alpha needs candidate scores and {taskset.name!r} has none; pass "
                 "--fusion-signal transitions|lightfm (rec tasks) or --fusion-alpha 0"
             )
-        scorer = make_baseline(self.fusion_signal, seed=self.signal_seed)
+        scorer = make_baseline(self.fusion_signal, seed=self.signal_seed, cache=self.signal_cache)
         try:
             scorer.prepare(taskset)
         except UserError as exc:
@@ -122,15 +125,17 @@ def make_ranker(
     reason_max_new_tokens: int | None = None,
     fusion_alpha: float = 0.0,
     fusion_signal: str = "transitions",
+    fit_cache: FitCache | None = None,
 ) -> EvalRanker:
     """A baseline by name, or an engine mode loading `model` (already resolved to
     'default' or a path by the caller) with the default score-fusion weight
     `fusion_alpha` (see EngineRanker for where candidate scores come from); options left
-    None are the settings' (recsys.runtime)."""
+    None are the settings' (recsys.runtime). `fit_cache`: where slow baselines (as rankers
+    or fusion signals) keep what they fitted (recsys.eval.fit_cache)."""
     if name in BASELINES:
         if fusion_alpha:
             raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
-        return make_baseline(name, seed=seed)
+        return make_baseline(name, seed=seed, cache=fit_cache)
     if name not in MODES and name != STACKED:
         raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)}, "
                         f"{STACKED!r} (LambdaMART stacked on the LM: --model) "
@@ -148,7 +153,9 @@ def make_ranker(
         from recsys.eval.stacked import StackedLMRanker
 
         return StackedLMRanker(engine, seed=seed)
-    return EngineRanker(engine, name, fusion_signal=fusion_signal, signal_seed=seed)
+    return EngineRanker(
+        engine, name, fusion_signal=fusion_signal, signal_seed=seed, signal_cache=fit_cache
+    )
 
 
 def relevant_ids(instance: Instance, min_grade: float) -> set[str]:

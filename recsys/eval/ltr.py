@@ -22,19 +22,24 @@ the training groups through `LambdaMARTBaseline.fit_groups`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+import retrieval
 from ranking.types import Candidate
+from recsys.eval import fit_cache
 from recsys.eval.baselines import _RecBaseline
+from recsys.eval.fit_cache import FitCache
 from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES, Instance, TaskSet, rng_for
 from retrieval import ltr_stage
 from retrieval.features import FEATURE_NAMES, FeatureModels, ItemMeta
 from retrieval.ltr import LambdaMART
-from retrieval.ltr_stage import cf_ranked, mixed_negatives
+from retrieval.ltr_stage import LTRStage, cf_ranked, mixed_negatives
 
 __all__ = ["LambdaMARTBaseline", "cf_ranked", "mixed_negatives", "split_last", "training_groups"]
 
@@ -138,11 +143,39 @@ class LambdaMARTBaseline(_RecBaseline):
     name = "lambdamart"
     model = "lightgbm-lambdamart"
 
-    def __init__(self, seed: int = 7) -> None:
+    def __init__(self, seed: int = 7, cache: FitCache | None = None) -> None:
         self.seed = seed
+        self.cache = cache  # fitted signals reused across runs (recsys.eval.fit_cache)
 
     def fit(self, taskset: TaskSet) -> None:
+        if self.cache is None:
+            self.fit_groups(taskset)
+            return
+        stage = self.cache.load_or_fit(
+            f"lambdamart-{taskset.name}",
+            self.fit_key(taskset),
+            lambda: self._fitted_stage(taskset),
+            lambda stage, folder: stage.save(folder),
+            LTRStage.load,
+        )
+        self.ranker, self.models = stage.ranker, stage.models
+
+    def _fitted_stage(self, taskset: TaskSet) -> LTRStage:
         self.fit_groups(taskset)
+        return LTRStage(self.ranker, self.models)
+
+    def fit_key(self, taskset: TaskSet) -> str:
+        """Everything `fit` reads: the log, catalogue, genres, negatives protocol, seed, the
+        fitting code and its libraries' versions."""
+        train = self.train_of(taskset)
+        protocol = NegativesProtocol.of(taskset)
+        return fit_cache.fit_key(
+            fit_cache.frame_digest(train, ("user_id", "item_id")),
+            json.dumps([taskset.catalogue, taskset.genres], sort_keys=True),
+            f"hard={protocol.hard},count={protocol.count},seed={self.seed},h={HISTORY_LEN}",
+            fit_cache.source_digest(Path(retrieval.__file__).parent, Path(__file__)),
+            fit_cache.library_versions(),
+        )
 
     def fit_groups(self, taskset: TaskSet) -> TrainingGroups:
         """`fit`, returning the training groups it fitted on (for a stack on top)."""

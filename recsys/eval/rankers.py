@@ -14,6 +14,7 @@ from recsys.eval.baselines import (
     ScoringBaseline,
     TransitionsBaseline,
 )
+from recsys.eval.fit_cache import FitCache
 from recsys.eval.ltr import LambdaMARTBaseline
 
 BASELINES = {
@@ -31,10 +32,14 @@ BASELINES = {
 
 
 SEEDED = (RandomBaseline, LightFMBaseline, EnsembleBaseline, LambdaMARTBaseline)
+CACHED = (LambdaMARTBaseline,)  # the slow fits (minutes) worth keeping between runs
 
 
-def make_baseline(name: str, seed: int = 7) -> ScoringBaseline:
+def make_baseline(name: str, seed: int = 7, cache: FitCache | None = None) -> ScoringBaseline:
+    """The baseline `name`; `cache`: where the slow ones keep what they fitted."""
     if name not in BASELINES:
         raise UserError(f"unknown baseline {name!r}; use one of {sorted(BASELINES)}")
     cls = BASELINES[name]
+    if cls in CACHED:
+        return cls(seed=seed, cache=cache)
     return cls(seed=seed) if cls in SEEDED else cls()
