@@ -273,6 +273,8 @@ def register(app: typer.Typer) -> None:
         base = results[-1]["runs"]
         diffs = []
         for path, data in zip(files[:-1], results[:-1], strict=True):
+            for note in report.signal_notes(path, data, files[-1], results[-1]):
+                typer.echo(note, err=True)
             table = compare.paired_table(data["runs"], base, metric)
             table = [d for d in table if slices in ("both", d.slice)]
             if len(files) > 2:

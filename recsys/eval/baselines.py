@@ -19,6 +19,7 @@ order, so a tie is broken at random and never in favour of the target.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import zlib
@@ -49,12 +50,31 @@ class EvalRanker(Protocol):
     def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]: ...
 
 
+class ScoreDigest:
+    """SHA-256 over the scores given, instance after instance (float64 bytes). Two runs with
+    the same digest on the same instances scored them identically: `recsys eval` records it
+    so a served run's fusion signal can be checked against the baseline file it is paired
+    with (`recsys eval-diff` says when they differ)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.count = 0
+
+    def add(self, scores: np.ndarray | Sequence[float]) -> None:
+        self._sha.update(np.ascontiguousarray(scores, dtype=np.float64).tobytes())
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()[:32]
+
+
 class ScoringBaseline(ABC):
     """A baseline that scores every candidate independently and sorts (stable)."""
 
     name = "baseline"
     model = "baseline"
     tasks: tuple[str, ...] | None = None  # task prefixes it applies to (None: all)
+    digest: ScoreDigest | None = None  # the scores of the run since `prepare`
 
     def prepare(self, taskset: TaskSet) -> None:
         if self.tasks is not None and not taskset.name.startswith(self.tasks):
@@ -63,6 +83,7 @@ class ScoringBaseline(ABC):
                 f"(only to {', '.join(t + '*' for t in self.tasks)})"
             )
         self.fit(taskset)
+        self.digest = ScoreDigest()
 
     def fit(self, taskset: TaskSet) -> None:  # noqa: B027 (optional hook)
         """Learn from taskset.train; most baselines need nothing."""
@@ -81,6 +102,8 @@ class ScoringBaseline(ABC):
         each_ms = (time.perf_counter() - start) * 1000 / max(len(instances), 1)
         out = []
         for inst, scores in zip(instances, scored, strict=True):
+            if self.digest is not None:
+                self.digest.add(scores)
             order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
             out.append(
                 RankResult(

@@ -19,7 +19,7 @@ import numpy as np
 from ranking.metrics import expected_random_mrr, ndcg_at_k
 from ranking.types import MODES, RankResult
 from recsys.errors import UserError
-from recsys.eval.baselines import EvalRanker, scored_candidates
+from recsys.eval.baselines import EvalRanker, ScoreDigest, scored_candidates
 from recsys.eval.fit_cache import FitCache
 from recsys.eval.rankers import BASELINES, make_baseline
 from recsys.eval.tasks import Instance, TaskSet
@@ -57,6 +57,7 @@ class EngineRanker:
         self.scorer: Any = None
         self.scored_task: TaskSet | None = None  # the task set `scorer` was fitted on
         self.prompt_tokens: list[int] = []  # per ranked request (reported in the run's info)
+        self.signal_digest = ScoreDigest()
 
     @property
     def fusion_alpha(self) -> float:
@@ -77,6 +78,7 @@ class EngineRanker:
     def prepare(self, taskset: TaskSet) -> None:
         """Zero-shot: nothing to learn, except the fusion signal when the task's candidates
         carry no scores (fitted once per task set: a `--fusion-alpha` sweep reuses it)."""
+        self.signal_digest = ScoreDigest()  # this run's fusion scores (reported in its info)
         if self.scorer is not None and self.scored_task is taskset:
             return
         self.scorer, self.scored_task = None, None
@@ -100,9 +102,12 @@ class EngineRanker:
 
     def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]:
         if self.scorer is not None and self.fusion_alpha:
+            signal = [self.scorer.scores(i) for i in instances]
+            for scores in signal:
+                self.signal_digest.add(scores)
             instances = [
-                dataclasses.replace(i, candidates=scored_candidates(i, self.scorer.scores(i)))
-                for i in instances
+                dataclasses.replace(i, candidates=scored_candidates(i, scores))
+                for i, scores in zip(instances, signal, strict=True)
             ]
         requests = [i.to_request(self.mode, **self.request_fields) for i in instances]
         self.prompt_tokens.extend(self._prompt_tokens(r) for r in requests)
@@ -275,7 +280,7 @@ def evaluate(
         metrics=metrics,
         random_mrr=float(np.mean([expected_random_mrr(len(i.candidates)) for i in instances])),
         skipped=dict(taskset.skipped),
-        info={**taskset.info, **_prompt_info(ranker)},
+        info={**taskset.info, **_prompt_info(ranker), **_digest_info(ranker)},
         invalid_answers=sum(r.invalid_answers for r in results),
         fallbacks=sum(bool(r.fallback) for r in results),
         bad_permutations=bad,
@@ -286,6 +291,17 @@ def evaluate(
         instances=per_instance,
         slices=slices,
     )
+
+
+def _digest_info(ranker: EvalRanker) -> dict[str, str]:
+    """`scores_sha256` of a scoring baseline, `fusion_signal_sha256` of an engine mode that
+    fused with a fitted signal (recsys.eval.baselines.ScoreDigest), when any were given."""
+    out = {}
+    for attr, key in (("digest", "scores_sha256"), ("signal_digest", "fusion_signal_sha256")):
+        digest = getattr(ranker, attr, None)
+        if isinstance(digest, ScoreDigest) and digest.count:
+            out[key] = digest.hexdigest()
+    return out
 
 
 def _prompt_info(ranker: EvalRanker) -> dict[str, float]:

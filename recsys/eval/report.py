@@ -62,6 +62,35 @@ def uncommitted_note(path: str | Path, results: dict[str, Any]) -> str | None:
             "reproduce from any commit")  # fmt: skip
 
 
+def signal_notes(
+    path_a: str | Path, results_a: dict[str, Any], path_b: str | Path, results_b: dict[str, Any]
+) -> list[str]:
+    """Lines for each task where A fused with a signal and B ran that signal as a ranker on
+    the same instances, but B's scores differ from those A fused with (their recorded
+    digests, recsys.eval.baselines.ScoreDigest): the pair then compares A with another fit
+    of its signal than the one it used (a different data set, code or environment)."""
+    config = results_a.get("config") or {}
+    signal = config.get("fusion_signal")
+    by_task = {r["task"]: r for r in results_b.get("runs", [])}
+    notes = []
+    for run in results_a.get("runs", []):
+        other = by_task.get(run["task"])
+        fused = (run.get("info") or {}).get("fusion_signal_sha256")
+        scored = ((other or {}).get("info") or {}).get("scores_sha256")
+        if not (fused and scored) or other["ranker"] != signal:
+            continue
+        same_instances = [r["id"] for r in run.get("instances", [])] == [
+            r["id"] for r in other.get("instances", [])
+        ]
+        if same_instances and fused != scored:
+            notes.append(
+                f"note: {path_a} ({run['task']}, {run['ranker']}) fused with a {signal} "
+                f"that scored these instances differently from the one in {path_b}; the "
+                "difference includes the two fits' difference"
+            )
+    return notes
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return [run for path in paths for run in read_results(path)["runs"]]
 
