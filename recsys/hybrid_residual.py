@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions) -> EpisodeSet:
     """The module doc's episodes, with the LM's item vectors (as `build_episodes`)."""
+    from recsys.eval.fit_cache import FitCache
     from recsys.eval.ltr import LambdaMARTBaseline, NegativesProtocol, fit_feature_models
     from recsys.eval.tasks import HELDOUT_FRACTION, HISTORY_LEN, rng_for, user_fold
     from retrieval.ltr_stage import draw_negatives
@@ -69,7 +70,8 @@ def build_residual_episodes(task: str, data_dir: Path, opts: HybridTrainOptions)
     taskset, _, item_ids, vectors = task_and_vectors(task, data_dir, opts)
     train, titles = taskset.train, taskset.catalogue
     assert train is not None and titles is not None
-    signal = LambdaMARTBaseline(seed=opts.seed)
+    cache = FitCache(opts.fit_cache_dir) if opts.fit_cache_dir is not None else None
+    signal = LambdaMARTBaseline(seed=opts.seed, cache=cache)  # what `recsys eval` fuses with
     signal.fit(taskset)
     negatives = NegativesProtocol.of(taskset)
     users = dict(train.group_by("user_id", maintain_order=True).agg("item_id").iter_rows())

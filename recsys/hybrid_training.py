@@ -64,6 +64,7 @@ class HybridTrainOptions:
     bundle: Path | None = None  # pack the run for another machine (ranking.rl.bundle) instead
     vectors: str = "lightfm"  # one of VECTOR_KINDS
     cache_dir: Path | None = None  # title embeddings cached here (lightfm+text)
+    fit_cache_dir: Path | None = None  # fitted LambdaMART kept here (recsys.eval.fit_cache)
     # > 0: train the policy fused with LambdaMART at this weight (recsys.hybrid_residual)
     residual_alpha: float = 0.0
     residual_positions: int = 10  # its episodes: each training user's last N items

@@ -179,6 +179,24 @@ def test_residual_episodes_are_the_training_users_last_items_scored_honestly(res
     assert len(episodes.vectors) == len(episodes.item_ids)
 
 
+def test_residual_episodes_reuse_a_cached_signal(residual, tmp_path, monkeypatch) -> None:
+    from recsys.eval.ltr import LambdaMARTBaseline
+
+    fits = []
+    original = LambdaMARTBaseline.fit_groups
+    monkeypatch.setattr(LambdaMARTBaseline, "fit_groups",
+                        lambda self, ts: fits.append(1) or original(self, ts))  # fmt: skip
+    episodes, data = residual
+    opts = HybridTrainOptions(task="rec-movie", residual_alpha=10, residual_positions=3,
+                              fit_cache_dir=tmp_path / "fitted")  # fmt: skip
+    built = [build_residual_episodes("rec-movie", data.parent, opts) for _ in range(2)]
+    assert len(fits) == 1 and len(list((tmp_path / "fitted").iterdir())) == 1
+    for b in built:  # the loaded signal scores every episode as the fitted one
+        assert [[c.score for c in e.request.candidates] for e in b.train] == [
+            [c.score for c in e.request.candidates] for e in episodes.train
+        ]
+
+
 def test_aligned_recovers_a_rotation_and_keeps_every_inner_product() -> None:
     rng = np.random.default_rng(0)
     source = rng.normal(size=(40, 5))

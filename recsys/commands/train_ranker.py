@@ -125,6 +125,7 @@ def register(app: typer.Typer) -> None:
             bundle=bundle,
             vectors=vectors,
             cache_dir=settings.resolved_artifact_dir / "embedding-cache",
+            fit_cache_dir=settings.resolved_fit_cache_dir,
             residual_alpha=residual_alpha,
             residual_positions=residual_positions,
             ce_weight=ce_weight,
