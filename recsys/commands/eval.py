@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
                 chosen = tasks.with_retrieval_candidates(chosen)
             for weight in sweep if len(sweep) > 1 else [None]:
                 if weight is not None:  # a sweep: the same ranker, one weight per run
-                    evaluator.request_fields["fusion_alpha"] = weight
+                    evaluator.use_fusion_alpha(weight)
                 run = harness.evaluate(evaluator, chosen, progress=progress, seed=seed)
                 runs.append(run.to_dict())
                 typer.echo(f"{name}: {run.ranker} n={run.n} {harness.headline(run):.2f} "

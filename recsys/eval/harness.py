@@ -66,6 +66,11 @@ class EngineRanker:
         alpha = self.ranker.fusion_alpha if alpha is None else alpha
         return 0.0 if self.mode == "reason" else float(alpha)
 
+    def use_fusion_alpha(self, alpha: float) -> None:
+        """Fuse at `alpha` from the next run on; the fitted signal is kept (a sweep fits it
+        once per task)."""
+        self.request_fields["fusion_alpha"] = alpha
+
     @property
     def name(self) -> str:
         alpha = self.fusion_alpha
