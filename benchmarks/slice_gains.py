@@ -13,30 +13,37 @@ python benchmarks/slice_gains.py gate TASK SWEEP.json B.json
 """
 
 import itertools
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from recsys.eval import crossfit, tasks
+from recsys.eval import crossfit, report, tasks
 from recsys.settings import get_settings
 from recsys.stats import paired_difference
 
 SEED = 7
 
 
+def task_runs(path: str, task: str) -> list[dict]:
+    return [r for r in report.read_results(path)["runs"] if r["task"] == task]
+
+
 def rows(path: str, task: str, ranker: str | None) -> dict[str, float]:
-    runs = [r for r in json.loads(Path(path).read_text())["runs"] if r["task"] == task]
+    runs = task_runs(path, task)
     run = next(r for r in runs if r["ranker"] == ranker) if ranker else runs[-1]
     return {i["id"]: i["mrr"] for i in run["instances"]}
 
 
+def task_and_activity(task: str) -> tuple[tasks.TaskSet, dict[str, int]]:
+    """The task as `recsys eval` builds it (seed 7) and each user's training-log length."""
+    ts = tasks.build_task(task, tasks.default_data(task, get_settings().data_dir), SEED)
+    return ts, dict(ts.train.group_by("user_id").len().iter_rows())
+
+
 def main(task: str, file_a: str, file_b: str, ranker: str | None = None) -> None:
     a, b = rows(file_a, task, ranker), rows(file_b, task, None)
-    ts = tasks.build_task(task, tasks.default_data(task, get_settings().data_dir), SEED)
+    ts, activity = task_and_activity(task)
     popularity = dict(ts.train.group_by("item_id").len().iter_rows())
-    activity = dict(ts.train.group_by("user_id").len().iter_rows())
     inst = [i for i in ts.instances if i.id in a and i.id in b]
     keys = {
         "target popularity": np.array([popularity.get(i.target, 0) for i in inst], float),
@@ -60,10 +67,9 @@ def main(task: str, file_a: str, file_b: str, ranker: str | None = None) -> None
 
 
 def gate(task: str, sweep: str, file_b: str) -> None:
-    runs = [r for r in json.loads(Path(sweep).read_text())["runs"] if r["task"] == task]
+    runs = task_runs(sweep, task)
     b = rows(file_b, task, None)
-    ts = tasks.build_task(task, tasks.default_data(task, get_settings().data_dir), SEED)
-    activity = dict(ts.train.group_by("user_id").len().iter_rows())
+    ts, activity = task_and_activity(task)
     threshold = float(np.median([activity.get(i.user_id, 0) for i in ts.instances]))
     tables = [{i["id"]: i for i in r["instances"]} for r in runs]
     ids = sorted(tables[0])
