@@ -53,7 +53,7 @@ def test_the_key_follows_the_log_the_seed_and_the_negatives() -> None:
     assert base.fit_key(dataclasses.replace(ts, info=retrieval_info)) != key
 
 
-def test_digests_see_content_not_identity(tmp_path: Path) -> None:
+def test_digests_see_content_not_identity() -> None:
     a = pl.DataFrame({"user_id": ["1", "1"], "item_id": ["x", "y"]})
     assert frame_digest(a, ["user_id", "item_id"]) == frame_digest(
         a.clone(), ["user_id", "item_id"]
@@ -64,8 +64,11 @@ def test_digests_see_content_not_identity(tmp_path: Path) -> None:
     assert frame_digest(pl.DataFrame({"item_id": ["x", "y"]}), ["item_id"]) != frame_digest(
         b, ["item_id"]
     )
-    package = Path(__file__).resolve().parents[1] / "recsys" / "eval" / "fit_cache.py"
-    assert source_digest(package) == source_digest(package)
+    folder = Path(__file__).resolve().parents[1] / "recsys" / "eval"
+    one = source_digest(folder / "fit_cache.py")
+    assert one == source_digest(folder / "fit_cache.py")
+    assert one != source_digest(folder / "ltr.py")  # another file's source
+    assert one != source_digest(folder)  # a folder: every .py file under it
 
 
 def test_a_broken_entry_is_refitted_and_replaced(tmp_path: Path) -> None:
