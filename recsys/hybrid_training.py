@@ -8,9 +8,13 @@ Data, for task T (rec-movie, rec-game; `recsys eval --task T --seed S` builds th
   titles' all-MiniLM-L6-v2 embeddings, standardised (what a title says, without its tokens
   in the prompt);
 * users: held-out users (`recsys eval --users heldout`, a seeded hash of the user id) are
-  never trained on; a further 5% of users are the validation set;
+  never trained on; a further 5% of users are the validation set. `--users all` trains on
+  the held-out users' logs as well (the same-log protocol, docs/training.md): their
+  evaluated targets are not in the log, so no evaluated target is trained on, and the
+  LM then sees what LambdaMART's feature models and training groups already see;
 * episodes: every prefix of each training user's sequence with at least `min_history`
-  items before it — the next item is the truth, the 20 items before it the history, 19
+  items before it (`--positions N`: the last N only; `--min-items M`: users with at least
+  M items in the log only) — the next item is the truth, the 20 items before it the history, 19
   negatives the user never interacted with (4 hard ones from the CF top-100, the rest
   uniform), shuffled; the teacher eliminates the negatives in the reverse order of the
   z(LightFM) + z(transitions) ensemble, the truth last.
@@ -36,6 +40,7 @@ from recsys.errors import UserError
 
 VAL_FRACTION = 0.05  # of the non-held-out users, by the same hash, above the held-out share
 VECTOR_KINDS = ("lightfm", "lightfm+text")
+TRAIN_USERS = ("train", "all")  # `--users`: the non-held-out users, or every user of the log
 TEXT_DIMS = 32  # principal components of the title embeddings kept
 
 
@@ -73,6 +78,9 @@ class HybridTrainOptions:
     honest_vectors: bool = False
     trajectory: str = "teacher"  # the states trained on (ranking.rl.supervised)
     reward: str = "step"  # the RL stage's reward term (ranking.rl.supervised.REWARDS)
+    users: str = "train"  # one of TRAIN_USERS
+    positions: int = 0  # > 0: each user's last N items only
+    min_items: int = 0  # users with fewer items in the training log are skipped
 
     def __post_init__(self) -> None:
         """Every option checked here, named as `recsys train-ranker` spells it, so a bad one
@@ -93,6 +101,13 @@ class HybridTrainOptions:
              f"--hard-negatives {self.hard_negatives}: use 0 to {N_NEGATIVES}"),
             (1 <= self.residual_positions <= 1000,
              f"--residual-positions {self.residual_positions}: use 1 to 1000"),
+            (self.users in TRAIN_USERS, f"--users {self.users!r}: use one of "
+             f"{', '.join(TRAIN_USERS)}"),
+            (0 <= self.positions <= 1000, f"--positions {self.positions}: use 0 (all) to 1000"),
+            (0 <= self.min_items <= 10000, f"--min-items {self.min_items}: use 0 to 10000"),
+            (self.users == "train" or not self.residual_alpha,
+             "--users all applies to the plain and served-trajectory runs, not --residual-alpha "
+             "(whose episodes are the training users' own); drop one of them"),
             (not self.honest_vectors or bool(self.residual_alpha),
              "--honest-vectors applies to --residual-alpha runs (their episodes are the items "
              "a separate fit leaves out); add --residual-alpha A"),
@@ -130,16 +145,13 @@ def build_episodes(
     users = train.group_by("user_id", maintain_order=True).agg("item_id")
     for user, items in [] if vectors_only else users.iter_rows():
         fold = user_fold(str(user), opts.seed)
-        if fold < HELDOUT_FRACTION:
-            continue  # held-out users: evaluation only
-        is_val = fold < HELDOUT_FRACTION + VAL_FRACTION
+        if (fold < HELDOUT_FRACTION and opts.users == "train") or len(items) < opts.min_items:
+            continue  # held-out users: evaluation only (unless --users all)
+        is_val = HELDOUT_FRACTION <= fold < HELDOUT_FRACTION + VAL_FRACTION
         rng = rng_for(opts.seed, f"hybrid:{user}")
         pool = catalogue[~np.isin(catalogue, items)]
         hard_pool = cf_ranked(models, str(user), pool, 100)
-        positions = range(opts.min_history, len(items))
-        if is_val:
-            positions = range(len(items) - 1, len(items))  # their last training item only
-        for t in positions:
+        for t in episode_positions(len(items), is_val, opts):
             ep = _episode(task, str(user), items, t, pool, hard_pool, rng, models, titles, opts)
             if ep is None:
                 skipped += 1
@@ -149,8 +161,21 @@ def build_episodes(
         raise UserError(f"{task}: no training episodes (users with > {opts.min_history} items?)")
     info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
             "skipped": skipped, "item_vectors": VECTOR_INFO[opts.vectors],
-            "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed}  # fmt: skip
+            "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed, "users": opts.users,
+            "positions": opts.positions or "all", "min_items": opts.min_items}  # fmt: skip
     return EpisodeSet(out_train, out_val, item_ids, vectors, info)
+
+
+def episode_positions(n_items: int, is_val: bool, opts: HybridTrainOptions) -> range:
+    """The indices t of a user's log whose item is an episode's truth (items[:t] before it):
+    a validation user's last item only; else every t >= `min_history`, or the last
+    `positions` of them."""
+    if is_val:
+        return range(n_items - 1, n_items)
+    first = (
+        opts.min_history if not opts.positions else max(opts.min_history, n_items - opts.positions)
+    )
+    return range(first, n_items)
 
 
 def task_and_vectors(

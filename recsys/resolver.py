@@ -127,6 +127,21 @@ def _registered(text: str, engine: Engine | None) -> ResolvedRanker:
     return ResolvedRanker(str(path), info.version, fusion_alpha=alpha, training_alpha=alpha)
 
 
+def trained_on_users(model_path: str | None) -> str | None:
+    """Whose logs a hybrid model folder was trained on (its card's `options.users`: "train",
+    or "all" when the held-out users' logs were in it too); None for anything else. An
+    evaluation on held-out users records it, so a same-log run is never read as a
+    held-out-user one."""
+    card = Path(model_path or "") / "card.json"
+    if not model_path or not card.is_file():
+        return None
+    try:
+        options = json.loads(card.read_text("utf-8")).get("options") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"{card} is not a readable model card ({exc}); fix or remove it") from None
+    return str(options.get("users", "train"))
+
+
 def _folder_alpha(path: Path) -> float | None:
     """A model folder's measured serving weight (card.json `fusion_alpha`)."""
     card = path / "card.json"

@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         from recsys.eval import harness, report, tasks
         from recsys.eval.fit_cache import FitCache
         from recsys.provenance import code_version
-        from recsys.resolver import serving_fusion_alpha
+        from recsys.resolver import serving_fusion_alpha, trained_on_users
         from recsys.settings import get_settings
 
         settings = get_settings()
@@ -176,6 +176,11 @@ def register(app: typer.Typer) -> None:
             alpha = serving_fusion_alpha(setting, measured)
             if ranker == harness.STACKED:  # it learns how to combine; the LM ranks alone
                 alpha = 0.0
+        model_users = None if ranker in harness.BASELINES else trained_on_users(model_path)
+        if users == "heldout" and model_users == "all":
+            typer.echo(f"note: {model} was trained on every user's log, the held-out users' "
+                       "included (their evaluated targets excluded): this measures the "
+                       "same-log protocol, not users the LM never saw")  # fmt: skip
         cache = FitCache(settings.resolved_fit_cache_dir) if use_fit_cache else None
         evaluator = harness.make_ranker(
             ranker,
@@ -216,7 +221,8 @@ def register(app: typer.Typer) -> None:
             payload = {
                 "config": {
                     "tasks": names, "ranker": ranker, "model": model, "model_path": model_path,
-                    "model_id": evaluator.model, "data": {k: str(v) for k, v in paths.items()},
+                    "model_id": evaluator.model, "model_trained_on": model_users,
+                    "data": {k: str(v) for k, v in paths.items()},
                     "limit": limit, "users": users, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,

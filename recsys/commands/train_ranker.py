@@ -98,6 +98,19 @@ def register(app: typer.Typer) -> None:
             help="RL stage's reward term: step (IRanker: every elimination step alike) | rr "
             "(each step weighted by what it is worth to the reciprocal rank)",
         ),
+        users: str = typer.Option(
+            "train",
+            "--users",
+            help="whose logs the episodes come from: train (every user but the held-out "
+            "ones) | all (the held-out users' logs too; their evaluated targets are not in "
+            "the log: the same-log protocol, docs/training.md)",
+        ),
+        positions: int = typer.Option(
+            0, "--positions", help="episodes from each user's last N items only (0: every prefix)"
+        ),
+        min_items: int = typer.Option(
+            0, "--min-items", help="users with fewer items in the training log give no episodes"
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         # HybridTrainOptions checks every flag before the minutes-long episode build
@@ -133,6 +146,9 @@ def register(app: typer.Typer) -> None:
             trajectory=trajectory,
             reward=reward,
             hard_negatives=hard_negatives,
+            users=users,
+            positions=positions,
+            min_items=min_items,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
