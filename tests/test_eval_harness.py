@@ -65,6 +65,9 @@ class Scripted:
     def prepare(self, taskset):
         self.prepared = taskset.name
 
+    def run_info(self):
+        return {"scripted": True}
+
     def rank_instances(self, instances):
         return [RankResult(order=self.orders(i), steps=[], mode="x", model="x", elapsed_ms=1.0,
                            invalid_answers=self.invalid, fallback=self.fallback)
@@ -76,7 +79,7 @@ def test_evaluate_counts_invalid_fallback_and_broken_permutations() -> None:
     ts = TaskSet("rec-movie", insts)
     best_first = Scripted(lambda i: ["c2", "c0", "c1", "c3", "c4"], invalid=2, fallback=True)
     run = harness.evaluate(best_first, ts, chunk=3, progress=False)
-    assert best_first.prepared == "rec-movie"
+    assert best_first.prepared == "rec-movie" and run.info["scripted"] is True
     assert run.n == 10 and run.metrics["mrr"]["mean"] == 1.0
     assert run.metrics["mrr"]["low"] == 1.0
     assert (run.invalid_answers, run.fallbacks, run.bad_permutations) == (20, 10, 0)

@@ -25,7 +25,7 @@ import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -48,6 +48,11 @@ class EvalRanker(Protocol):
     def prepare(self, taskset: TaskSet) -> None: ...
 
     def rank_instances(self, instances: Sequence[Instance]) -> list[RankResult]: ...
+
+    def run_info(self) -> dict[str, Any]:
+        """What the run since `prepare` records about the ranker in its results `info`
+        (score digests, prompt tokens); the harness calls it once, after the last batch."""
+        ...
 
 
 class ScoreDigest:
@@ -84,6 +89,12 @@ class ScoringBaseline(ABC):
             )
         self.fit(taskset)
         self.digest = ScoreDigest()
+
+    def run_info(self) -> dict[str, Any]:
+        """`scores_sha256`: the digest of every score given since `prepare`."""
+        if self.digest is None or not self.digest.count:
+            return {}
+        return {"scores_sha256": self.digest.hexdigest()}
 
     def fit(self, taskset: TaskSet) -> None:  # noqa: B027 (optional hook)
         """Learn from taskset.train; most baselines need nothing."""

@@ -118,6 +118,20 @@ class EngineRanker:
         self.prompt_tokens.extend(self._prompt_tokens(r) for r in requests)
         return self.ranker.rank_batch(requests)
 
+    def run_info(self) -> dict[str, Any]:
+        """The run's prompt tokens per request (mean, max) and `fusion_signal_sha256`, the
+        digest of the fitted signal it fused with (when it fused with one); the token count
+        starts afresh for the next run."""
+        out: dict[str, Any] = {}
+        if self.prompt_tokens:
+            tokens = self.prompt_tokens
+            out |= {"prompt_tokens_mean": round(float(np.mean(tokens)), 1),
+                    "prompt_tokens_max": max(tokens)}  # fmt: skip
+            self.prompt_tokens = []
+        if self.signal_digest.count:
+            out["fusion_signal_sha256"] = self.signal_digest.hexdigest()
+        return out
+
     def _prompt_tokens(self, request: Any) -> int:
         """Tokens of the request's (first) prompt as this model is prompted."""
         from ranking.modes.incremental import build_sequence
@@ -285,7 +299,7 @@ def evaluate(
         metrics=metrics,
         random_mrr=float(np.mean([expected_random_mrr(len(i.candidates)) for i in instances])),
         skipped=dict(taskset.skipped),
-        info={**taskset.info, **_prompt_info(ranker), **_digest_info(ranker)},
+        info={**taskset.info, **ranker.run_info()},
         invalid_answers=sum(r.invalid_answers for r in results),
         fallbacks=sum(bool(r.fallback) for r in results),
         bad_permutations=bad,
@@ -296,26 +310,6 @@ def evaluate(
         instances=per_instance,
         slices=slices,
     )
-
-
-def _digest_info(ranker: EvalRanker) -> dict[str, str]:
-    """`scores_sha256` of a scoring baseline, `fusion_signal_sha256` of an engine mode that
-    fused with a fitted signal (recsys.eval.baselines.ScoreDigest), when any were given."""
-    out = {}
-    for attr, key in (("digest", "scores_sha256"), ("signal_digest", "fusion_signal_sha256")):
-        digest = getattr(ranker, attr, None)
-        if isinstance(digest, ScoreDigest) and digest.count:
-            out[key] = digest.hexdigest()
-    return out
-
-
-def _prompt_info(ranker: EvalRanker) -> dict[str, float]:
-    tokens = getattr(ranker, "prompt_tokens", None)
-    if not tokens:
-        return {}
-    out = {"prompt_tokens_mean": round(float(np.mean(tokens)), 1), "prompt_tokens_max": max(tokens)}
-    tokens.clear()  # the next task's run starts counting afresh
-    return out
 
 
 def summarise(rows: Sequence[dict[str, float]], seed: int) -> dict[str, dict[str, float]]:
