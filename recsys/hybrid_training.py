@@ -105,9 +105,10 @@ class HybridTrainOptions:
              f"{', '.join(TRAIN_USERS)}"),
             (0 <= self.positions <= 1000, f"--positions {self.positions}: use 0 (all) to 1000"),
             (0 <= self.min_items <= 10000, f"--min-items {self.min_items}: use 0 to 10000"),
-            (self.users == "train" or not self.residual_alpha,
-             "--users all applies to the plain and served-trajectory runs, not --residual-alpha "
-             "(whose episodes are the training users' own); drop one of them"),
+            (not self.residual_alpha
+             or (self.users == "train" and not self.positions and not self.min_items),
+             "--users all, --positions and --min-items apply to the plain and served-trajectory "
+             "runs; a --residual-alpha run takes its episodes from --residual-positions"),
             (not self.honest_vectors or bool(self.residual_alpha),
              "--honest-vectors applies to --residual-alpha runs (their episodes are the items "
              "a separate fit leaves out); add --residual-alpha A"),

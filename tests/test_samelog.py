@@ -81,7 +81,8 @@ def test_episode_positions(n_items, is_val, options, expected) -> None:
         (["--users", "heldout"], "--users 'heldout': use one of train, all"),
         (["--positions", "-1"], "--positions -1: use 0 (all) to 1000"),
         (["--min-items", "-2"], "--min-items -2: use 0 to 10000"),
-        (["--users", "all", "--residual-alpha", "5"], "--users all applies to the plain"),
+        (["--users", "all", "--residual-alpha", "5"], "--users all, --positions and --min-items"),
+        (["--positions", "3", "--residual-alpha", "5"], "takes its episodes from --residual-pos"),
     ],
 )
 def test_train_ranker_refuses_bad_user_options(args, message, monkeypatch, capsys) -> None:
