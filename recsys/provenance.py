@@ -38,3 +38,20 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
     changed = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
     return {"commit": lines[1].strip(), "uncommitted": changed[:MAX_LISTED],
             "uncommitted_count": len(changed)}  # fmt: skip
+
+
+def numeric_kernels() -> list[str]:
+    """The BLAS libraries numpy computes with, as "library version architecture"
+    (threadpoolctl; e.g. "openblas 0.3.31.188.0 SkylakeX"). OpenBLAS picks its
+    kernels by CPU generation, and sums in another order on another one: a fit that
+    thresholds on those sums (LambdaMART's trees) can come out different on another machine
+    from the same code and data (docs/eval.md, "Which fit a served run fused with")."""
+    import numpy  # noqa: F401 (loads its BLAS, which threadpoolctl reports only once loaded)
+
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # a dependency of scikit-learn; absent only in a stripped install
+        return []
+    fields = ("internal_api", "version", "architecture")
+    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return sorted(" ".join(str(lib.get(k) or "-") for k in fields) for lib in blas)

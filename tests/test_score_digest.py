@@ -88,3 +88,40 @@ def test_eval_diff_says_when_the_signal_was_another_fit(
 
     assert "scored these instances differently" not in diff("transitions")
     assert "scored these instances differently" in diff("transitions3")
+
+
+def _with_kernels(results_file: dict, kernels: list[str] | None) -> dict:
+    config = dict(results_file["config"])
+    if kernels is not None:
+        config["kernels"] = kernels
+    return {**results_file, "config": config}
+
+
+@pytest.mark.parametrize(
+    ("kernels_a", "kernels_b", "hint"),
+    [
+        (["openblas 0.3.31 SkylakeX"], ["openblas 0.3.31 Haswell"], True),
+        (["openblas 0.3.31 SkylakeX"], ["openblas 0.3.31 SkylakeX"], False),  # same machine kind
+        (["openblas 0.3.31 SkylakeX"], None, False),  # a file from before kernels were recorded
+    ],
+)
+def test_a_note_names_other_numeric_kernels(kernels_a, kernels_b, hint) -> None:
+    a = _with_kernels(SERVED, kernels_a)
+    b = _with_kernels(results("lambdamart", {"scores_sha256": "bb"}), kernels_b)
+    (note,) = signal_notes("A.json", a, "B.json", b)
+    assert ("other numeric kernels: openblas 0.3.31 SkylakeX vs openblas 0.3.31 Haswell" in note
+            ) == hint  # fmt: skip
+
+
+def test_numeric_kernels_name_the_blas_architecture_in_use() -> None:
+    """OpenBLAS chooses its kernels by CPU (OPENBLAS_CORETYPE overrides the choice): what a
+    results file records is the one this process computes with."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from recsys.provenance import numeric_kernels; print(numeric_kernels())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "openblas" in out and "Haswell" in out

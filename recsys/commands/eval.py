@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         from recsys.errors import UserError
         from recsys.eval import harness, report, tasks
         from recsys.eval.fit_cache import FitCache
-        from recsys.provenance import code_version
+        from recsys.provenance import code_version, numeric_kernels
         from recsys.resolver import serving_fusion_alpha, trained_on_users
         from recsys.settings import get_settings
 
@@ -231,7 +231,7 @@ def register(app: typer.Typer) -> None:
                                                              "fitted": cache.misses},
                     "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                        time.gmtime()),
-                    "code": code,
+                    "code": code, "kernels": numeric_kernels(),
                 },
                 "not_run": skipped_tasks,
                 "runs": runs,

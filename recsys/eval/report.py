@@ -86,9 +86,20 @@ def signal_notes(
             notes.append(
                 f"note: {path_a} ({run['task']}, {run['ranker']}) fused with a {signal} "
                 f"that scored these instances differently from the one in {path_b}; the "
-                "difference includes the two fits' difference"
+                "difference includes the two fits' difference" + _kernel_hint(config, results_b)
             )
     return notes
+
+
+def _kernel_hint(config_a: dict[str, Any], results_b: dict[str, Any]) -> str:
+    """Why two fits of the same code and data may differ, when both files say: they were
+    computed with other numeric kernels (recsys.provenance.numeric_kernels)."""
+    kernels_a = config_a.get("kernels")
+    kernels_b = (results_b.get("config") or {}).get("kernels")
+    if not kernels_a or not kernels_b or kernels_a == kernels_b:
+        return ""
+    return (f" (computed with other numeric kernels: {'; '.join(kernels_a)} vs "
+            f"{'; '.join(kernels_b)})")  # fmt: skip
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
