@@ -9,6 +9,8 @@ re-measurement finding out (docs/RESULTS.md 0c has two such cases).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,32 @@ def code_version(root: Path = ROOT) -> dict[str, Any]:
             "uncommitted_count": len(changed)}  # fmt: skip
 
 
+COMPILED = ("lightfm",)  # packages whose compiled code a fit runs, built on the machine
+
+
+def extension_digest(package: str) -> str:
+    """SHA-256 (12 hex) of a package's compiled extension modules, "absent" without them.
+
+    lightfm-next has no binary wheel: pip compiles it where it installs, by default with
+    `-march=native -ffast-math`, so LightFM's factors (and every LambdaMART fitted on its
+    scores) depend on the CPU it was built on. The Makefile builds it portably
+    (LIGHTFM_NO_CFLAGS=1); this digest tells two builds apart in results and cache keys."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "absent"
+    digest = hashlib.sha256()
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    for so in sorted(folder.glob("*.so")):
+        digest.update(so.name.encode() + b"\0" + so.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def numeric_kernels() -> list[str]:
     """The BLAS libraries numpy computes with, as "library version architecture"
-    (threadpoolctl; e.g. "openblas 0.3.31.188.0 SkylakeX"). OpenBLAS picks its
-    kernels by CPU generation, and sums in another order on another one: a fit that
-    thresholds on those sums (LambdaMART's trees) can come out different on another machine
-    from the same code and data (docs/eval.md, "Which fit a served run fused with")."""
+    (threadpoolctl; e.g. "openblas 0.3.31.188.0 SkylakeX"), and the build of each compiled
+    package a fit runs ("lightfm build 1a2b3c4d5e6f", `extension_digest`). Another build of
+    LightFM fits other factors, and a LambdaMART on them can come out different from the
+    same code and data (docs/eval.md, "Which fit a served run fused with")."""
     import numpy  # noqa: F401 (loads its BLAS, which threadpoolctl reports only once loaded)
 
     try:
@@ -54,4 +76,5 @@ def numeric_kernels() -> list[str]:
         return []
     fields = ("internal_api", "version", "architecture")
     blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    return sorted(" ".join(str(lib.get(k) or "-") for k in fields) for lib in blas)
+    builds = [f"{name} build {extension_digest(name)}" for name in COMPILED]
+    return sorted(" ".join(str(lib.get(k) or "-") for k in fields) for lib in blas) + builds

@@ -78,3 +78,28 @@ def test_eval_diff_notes_results_measured_with_uncommitted_code(monkeypatch, cap
     assert err.count("uncommitted") == 1
     assert "dirty.json was measured with 1 uncommitted .py file(s) on top of aaaaaaaaaaaa" in err
     assert "recsys/eval/ltr.py" in err
+
+
+def test_extension_digest_tells_two_builds_of_a_compiled_package_apart(tmp_path, monkeypatch):
+    from recsys.provenance import extension_digest
+
+    package = tmp_path / "fakefm"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"built with -march=a")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = extension_digest("fakefm")
+    assert first == extension_digest("fakefm") and len(first) == 12
+    (package / "_fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"built with -march=b")
+    assert extension_digest("fakefm") != first
+    assert extension_digest("no_such_package_here") == "absent"
+
+
+def test_the_fit_cache_key_changes_with_the_lightfm_build(monkeypatch) -> None:
+    """A fit cache shared by machines whose LightFM builds differ keeps one entry each."""
+    from recsys import provenance
+    from recsys.eval.fit_cache import library_versions
+
+    before = library_versions()
+    monkeypatch.setattr(provenance, "extension_digest", lambda name: "another-build")
+    assert library_versions() != before and "lightfm-build=another-build" in library_versions()

@@ -37,7 +37,11 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def library_versions(names: Iterable[str] = LIBRARIES) -> str:
-    out = []
+    """Each library's version, and each compiled package's build (LightFM is compiled
+    where it is installed: recsys.provenance.extension_digest)."""
+    from recsys.provenance import COMPILED, extension_digest
+
+    out = [f"{name}-build={extension_digest(name)}" for name in COMPILED]
     for name in names:
         try:
             out.append(f"{name}={metadata.version(name)}")
