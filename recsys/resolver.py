@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -132,26 +133,39 @@ def trained_on_users(model_path: str | None) -> str | None:
     or "all" when the held-out users' logs were in it too); None for anything else. An
     evaluation on held-out users records it, so a same-log run is never read as a
     held-out-user one."""
-    card = Path(model_path or "") / "card.json"
-    if not model_path or not card.is_file():
+    card = _card(Path(model_path)) if model_path else None
+    if card is None:
         return None
-    try:
-        options = json.loads(card.read_text("utf-8")).get("options") or {}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"{card} is not a readable model card ({exc}); fix or remove it") from None
+    options = card.get("options") or {}
+    if not isinstance(options, dict):
+        raise _unreadable(Path(model_path or "") / "card.json", "'options' is not an object")
     return str(options.get("users", "train"))
 
 
 def _folder_alpha(path: Path) -> float | None:
     """A model folder's measured serving weight (card.json `fusion_alpha`)."""
-    card = path / "card.json"
-    if not card.is_file():
+    card = _card(path)
+    if card is None:
+        return None
+    return _checked_alpha(card.get("fusion_alpha"), str(path / "card.json"))
+
+
+def _card(folder: Path) -> dict[str, Any] | None:
+    """A model folder's card.json as a dict; None when it has none."""
+    path = folder / "card.json"
+    if not path.is_file():
         return None
     try:
-        alpha = json.loads(card.read_text("utf-8")).get("fusion_alpha")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UserError(f"{card} is not a readable model card ({exc}); fix or remove it") from None
-    return _checked_alpha(alpha, str(card))
+        card = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    if not isinstance(card, dict):
+        raise _unreadable(path, "not a JSON object")
+    return card
+
+
+def _unreadable(card: Path, why: object) -> UserError:
+    return UserError(f"{card} is not a readable model card ({why}); fix or remove it")
 
 
 def _checked_alpha(alpha: object, where: str) -> float | None:

@@ -106,7 +106,14 @@ def test_trained_on_users_reads_the_card(card, expected, tmp_path) -> None:
     assert trained_on_users(None) is None
 
 
-def test_an_unreadable_card_is_named(tmp_path) -> None:
-    (tmp_path / "card.json").write_text("{not json")
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("{not json", "Expecting property name"), ("[1, 2]", "not a JSON object"),
+     ('{"options": 3}', "'options' is not an object")],
+)  # fmt: skip
+def test_an_unreadable_card_is_named(text, why, tmp_path) -> None:
+    (tmp_path / "card.json").write_text(text)
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'card.json'} is not a readable")):
+        trained_on_users(str(tmp_path))
+    with pytest.raises(UserError, match=re.escape(why)):
         trained_on_users(str(tmp_path))
