@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ranking.backends.base import LMBackend
+from ranking.backends.committee import CommitteeBackend, is_committee_dir, read_committee
 from ranking.errors import ModelLoadError
 from ranking.hybrid import is_hybrid_dir
 from ranking.model_spec import ModelSpec, resolve_model
@@ -61,6 +62,8 @@ def load_backend(
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
     spec = resolve_model(model)
+    if is_committee_dir(spec.path):
+        return _load_committee(spec, device, backend, dtype, cache, threads, engine_options)
     dev = resolve_device(device)
     engine_key = tuple(sorted((engine_options or {}).items())) if backend == "vllm" else ()
     key = (str(spec.path), spec.gguf_file, dev, backend, dtype, engine_key)
@@ -75,6 +78,35 @@ def load_backend(
         if cache:
             _LOADED[key] = loaded
         return loaded
+
+
+def _load_committee(
+    spec: ModelSpec,
+    device: str,
+    backend: str,
+    dtype: str,
+    cache: bool,
+    threads: int | None,
+    engine_options: Mapping[str, Any] | None,
+) -> LMBackend:
+    """A committee folder: each member loaded as any spec (and cached as one), pooled."""
+    committee = read_committee(spec.path)
+    members = []
+    for member in committee.members:
+        if is_committee_dir(resolve_model(member).path):
+            raise ModelLoadError(f"{spec.path}: member {member!r} is itself a committee")
+        members.append(
+            load_backend(
+                member,
+                device,
+                backend,
+                dtype=dtype,
+                cache=cache,
+                threads=threads,
+                engine_options=engine_options,
+            )
+        )
+    return CommitteeBackend(members, committee.weights, model_id=spec.model_id)
 
 
 def set_threads(threads: int | None) -> None:

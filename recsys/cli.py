@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "replay",
     "models",
     "convert",
+    "committee",
     "db",
     "apikey",
     "jobs",

@@ -1,0 +1,84 @@
+"""Committee folders with a card (`recsys committee`): the application's side of
+ranking.backends.committee.
+
+The card says what the committee is for a resolver and an evaluation: its serving weight
+(`fusion_alpha`, as a trained model's card), its members and weights, and whose logs its
+members read (`options.users`: "all" when any member's did, so an evaluation on held-out
+users labels it as a same-log model, recsys.resolver.trained_on_users).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ranking.backends.committee import (
+    MANIFEST,
+    CommitteeSpec,
+    is_committee_dir,
+    write_committee,
+)
+from ranking.errors import ModelLoadError
+from ranking.model_spec import resolve_model
+from recsys.errors import UserError
+from recsys.resolver import checked_alpha, trained_on_users
+
+CARD = "card.json"
+
+
+def make_committee(
+    out: str | os.PathLike[str],
+    members: Sequence[str],
+    weights: Sequence[float] | None = None,
+    *,
+    fusion_alpha: float | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write OUT/committee.json (members as paths relative to OUT) and OUT/card.json."""
+    folder = Path(out)
+    if (folder / MANIFEST).exists() and not overwrite:
+        raise UserError(f"{folder} already holds a committee; pass --overwrite to replace it")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; name a folder for the committee")
+    try:
+        spec = CommitteeSpec.of(members, weights)
+        for member in members:
+            if is_committee_dir(resolve_model(member).path):
+                raise UserError(f"member {member!r} is itself a committee; list its members")
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+    checked_alpha(fusion_alpha, "--fusion-alpha")
+    stored = CommitteeSpec(tuple(_relative(m, folder) for m in members), spec.weights)
+    write_committee(folder, stored)
+    _write_card(folder, stored, fusion_alpha, _users(members))
+    return folder
+
+
+def _relative(member: str, folder: Path) -> str:
+    """A member folder as a path relative to the committee (the pair moves together)."""
+    path = Path(member).expanduser()
+    if not path.exists():
+        return member  # a packaged name such as 'default'
+    return os.path.relpath(path.resolve(), folder.resolve())
+
+
+def _users(members: Sequence[str]) -> str:
+    """ "all" when any member read the held-out users' logs (its card says so)."""
+    seen = {trained_on_users(m) or "train" for m in members if Path(m).expanduser().is_dir()}
+    return "all" if "all" in seen else "train"
+
+
+def _write_card(folder: Path, spec: CommitteeSpec, fusion_alpha: float | None, users: str) -> None:
+    card = {
+        "kind": "committee",
+        "members": [
+            {"model": m, "weight": w} for m, w in zip(spec.members, spec.weights, strict=True)
+        ],
+        "fusion_alpha": fusion_alpha,
+        "options": {"users": users},
+    }
+    tmp = folder / f".{CARD}.tmp"
+    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(folder / CARD)
