@@ -22,8 +22,9 @@ from ranking.backends.committee import (
 )
 from ranking.errors import ModelLoadError
 from ranking.model_spec import resolve_model
+from ranking.types import is_valid_alpha
 from recsys.errors import UserError
-from recsys.resolver import checked_alpha, trained_on_users
+from recsys.resolver import trained_on_users
 
 CARD = "card.json"
 
@@ -49,7 +50,8 @@ def make_committee(
                 raise UserError(f"member {member!r} is itself a committee; list its members")
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
-    checked_alpha(fusion_alpha, "--fusion-alpha")
+    if fusion_alpha is not None and not is_valid_alpha(fusion_alpha):
+        raise UserError(f"--fusion-alpha must be a finite number >= 0; got {fusion_alpha}")
     stored = CommitteeSpec(tuple(_relative(m, folder) for m in members), spec.weights)
     write_committee(folder, stored)
     _write_card(folder, stored, fusion_alpha, _users(members))

@@ -124,7 +124,7 @@ def _registered(text: str, engine: Engine | None) -> ResolvedRanker:
             f"ranker {info.version!r} has artifact {info.artifact_uri!r}, which is not a local "
             "path that exists here; copy the artifact or register its local path"
         )
-    alpha = checked_alpha((info.metrics or {}).get("fusion_alpha"), f"ranker {info.version!r}")
+    alpha = _checked_alpha((info.metrics or {}).get("fusion_alpha"), f"ranker {info.version!r}")
     return ResolvedRanker(str(path), info.version, fusion_alpha=alpha, training_alpha=alpha)
 
 
@@ -147,7 +147,7 @@ def _folder_alpha(path: Path) -> float | None:
     card = _card(path)
     if card is None:
         return None
-    return checked_alpha(card.get("fusion_alpha"), str(path / "card.json"))
+    return _checked_alpha(card.get("fusion_alpha"), str(path / "card.json"))
 
 
 def _card(folder: Path) -> dict[str, Any] | None:
@@ -168,7 +168,7 @@ def _unreadable(card: Path, why: object) -> UserError:
     return UserError(f"{card} is not a readable model card ({why}); fix or remove it")
 
 
-def checked_alpha(alpha: object, where: str) -> float | None:
+def _checked_alpha(alpha: object, where: str) -> float | None:
     from ranking.types import is_valid_alpha
 
     if alpha is None:

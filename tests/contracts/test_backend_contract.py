@@ -16,7 +16,10 @@ pass over the whole context (no cache, no batching, no padding):
 
 Cases: `transformers` (the plain Hugging Face path), `fast_cpu` (its one-token steps through
 ranking.backends.llama_step), `fake` (ScriptedBackend scripted with the reference answers:
-what the tests' stand-in promises), `vllm` (skips where vllm is not installed).
+what the tests' stand-in promises), `committee` (ranking.backends.committee: a transformers
+and a fast CPU member of the reference's weights, unequal weights: pooling identical
+members must give each one; it generates no free text and says so), `vllm` (skips where
+vllm is not installed).
 GarbageBackend breaks this contract on purpose (tests/test_ranking_properties.py).
 """
 
@@ -32,15 +35,17 @@ import pytest
 import torch
 
 from ranking.backends.base import Generation, LMBackend
+from ranking.backends.committee import CommitteeBackend
 from ranking.backends.fake import ScriptedBackend
 from ranking.backends.fast_cpu import FastCpuBackend
 from ranking.backends.transformers_backend import TransformersBackend
 from ranking.engine import Ranker
+from ranking.errors import RequestError
 from ranking.modes.incremental import build_sequence
 from tests.fixtures.models import prompt_ids
 from tests.fixtures.requests import make_request
 
-BACKENDS = ["transformers", "fast_cpu", "fake", "vllm"]
+BACKENDS = ["transformers", "fast_cpu", "fake", "committee", "vllm"]
 # vLLM computes in its own kernels (and chunks large allowed sets): agreement to 1e-3, as
 # tests/test_vllm_backend.py measured; the others compute the same float32 function
 EXACT_ATOL, VLLM_ATOL = 1e-5, 1e-3
@@ -123,6 +128,12 @@ def case(request, reference) -> Case:
         return Case(name, request.getfixturevalue("vllm_tiny_backend"), VLLM_ATOL)
     if name == "fake":
         return Case(name, reference_backend(reference), EXACT_ATOL)
+    if name == "committee":
+        members = [
+            TransformersBackend(reference.model, reference.tokenizer, model_id="t"),
+            FastCpuBackend(reference.model, reference.tokenizer, model_id="f"),
+        ]
+        return Case(name, CommitteeBackend(members, [0.3, 0.7]), EXACT_ATOL)
     cls = FastCpuBackend if name == "fast_cpu" else TransformersBackend
     # the reference's own weights: the backend must add nothing but speed
     backend = cls(reference.model, reference.tokenizer, model_id="tiny-head64")
@@ -189,8 +200,19 @@ def test_continuation_logprobs_match_at_every_prefix(case, reference):
 # ---------------------------------------------------------------- generation
 
 
+def generates(case: Case) -> bool:
+    """False for a committee, after checking it refuses free text with a clear error."""
+    if case.name != "committee":
+        return True
+    with pytest.raises(RequestError, match="reason mode"):
+        case.backend.generate([case.backend.chat_prompt(PROMPTS[0])], max_new_tokens=MAX_NEW)
+    return False
+
+
 def test_greedy_generation_is_the_argmax_continuation(case, reference):
     backend = case.backend
+    if not generates(case):
+        return
     prompts = [backend.chat_prompt(p) for p in PROMPTS]
     gens = backend.generate(prompts, max_new_tokens=MAX_NEW)
     assert len(gens) == len(prompts)
@@ -204,6 +226,8 @@ def test_greedy_generation_is_the_argmax_continuation(case, reference):
 
 def test_a_seeded_sample_repeats(case, reference):
     backend = case.backend
+    if not generates(case):
+        return
     prompt = [backend.chat_prompt(PROMPTS[1])]
     first = backend.generate(prompt, max_new_tokens=MAX_NEW, temperature=1.0, seed=11)
     if case.name == "fake":  # a script moves on with every call: a re-run starts a new one
