@@ -192,10 +192,9 @@ def _ranker(config: BatchConfig, engine: Engine):  # type: ignore[no-untyped-def
     its lists would be the retrieval order, so it is neither loaded nor called."""
     from recsys import runtime
 
-    spec = runtime.serves_retrieval_order(engine=engine, model=config.model)
-    if spec is not None:
-        log.info("ranker %r is served at the retrieval order: not loaded", spec)
+    options = dict(model=config.model, device=config.device, batch_size=config.batch_size)
+    served = runtime.served_ranker(engine=engine, **options)
+    if served.follows_retrieval:
+        log.info("ranker %r is served at the retrieval order: not loaded", served.resolved.model)
         return None
-    return runtime.load_ranker(
-        engine=engine, model=config.model, device=config.device, batch_size=config.batch_size
-    )
+    return runtime.load_ranker(engine=engine, served=served, **options)

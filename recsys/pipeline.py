@@ -342,13 +342,14 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     sample_candidates = {u: candidates[u] for u in sample}
     final_orders = {u: retrieval_orders[u] for u in sample}
     model_version = None
-    rerank = config.rerank and not _skip_retrieval_order(config, engine, echo)
+    served = _served_ranker(config, engine, echo) if config.rerank else None
+    rerank = served is not None
     if rerank:
         requests = rank_requests(gen, sample_candidates, data.titles, history=config.history)
         ranker = stages.run(
             "load_ranker",
             f"load ranker {config.model!r}" if config.model else "load ranker (RECSYS_MODEL)",
-            lambda: _load_ranker(config, engine),
+            lambda: _load_ranker(config, engine, served),
         )
         model_version = ranker.model_id
         results = stages.run(
@@ -421,25 +422,28 @@ def _check(config: DemoConfig) -> None:
         )
 
 
-def _skip_retrieval_order(config: DemoConfig, engine: Engine, echo: Callable[[str], None]) -> bool:
-    """True when the ranker is served at the retrieval order (the zero-shot default): its
-    ranking is the retrieval order, so it is neither loaded nor called."""
+def _served_ranker(config: DemoConfig, engine: Engine, echo: Callable[[str], None]):  # type: ignore[no-untyped-def]
+    """The ranker resolved once, or None when it is served at the retrieval order (the
+    zero-shot default): its ranking is the retrieval order, so it is neither loaded nor
+    called."""
     from recsys import runtime
 
-    spec = runtime.serves_retrieval_order(engine=engine, model=config.model)
-    if spec is not None:
-        echo(
-            f"re-ranking skipped: {spec!r} is served at the retrieval order (zero-shot, no "
-            "trained weight); --model a trained ranker (models/README.md) to re-rank"
-        )
-    return spec is not None
+    served = runtime.served_ranker(engine=engine, model=config.model)
+    if not served.follows_retrieval:
+        return served
+    echo(
+        f"re-ranking skipped: {served.resolved.model!r} is served at the retrieval order "
+        "(zero-shot, no trained weight); --model a trained ranker (models/README.md) to re-rank"
+    )
+    return None
 
 
-def _load_ranker(config: DemoConfig, engine: Engine):  # type: ignore[no-untyped-def]
+def _load_ranker(config: DemoConfig, engine: Engine, served=None):  # type: ignore[no-untyped-def]
     from recsys import runtime
 
-    return runtime.load_ranker(engine=engine, model=config.model, device=config.device,
-                               dtype=config.dtype, batch_size=config.batch_size)  # fmt: skip
+    return runtime.load_ranker(engine=engine, served=served, model=config.model,
+                               device=config.device, dtype=config.dtype,
+                               batch_size=config.batch_size)  # fmt: skip
 
 
 def _sample(users: list[str], n: int, seed: int) -> list[str]:

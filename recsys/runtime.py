@@ -113,21 +113,35 @@ def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
     return backend
 
 
-def serves_retrieval_order(
-    settings: Settings | None = None, *, engine: Engine | None = None, model: str | None = None
-) -> str | None:
-    """The resolved model spec when the ranker `model` names (the settings' when None) is
-    served at the retrieval order -- a zero-shot packaged model with no weight set, which
-    ranks without a model call -- else None. A job that ranks only at the served weight
-    skips loading it then (the default LM costs ~25 s to load and is never called)."""
-    from ranking.fusion import RETRIEVAL_ORDER
+@dataclass(frozen=True)
+class ServedRanker:
+    """A ranker spec resolved once (registry included) and the weight it is served at: what
+    a job decides with (skip the LM?) and then loads, so both see the same version even if
+    the registry is promoted in between."""
+
+    resolved: ResolvedRanker
+    fusion_alpha: float
+
+    @property
+    def follows_retrieval(self) -> bool:
+        """Served at the retrieval order (a zero-shot packaged model with no weight set): it
+        ranks without a model call, so a job that ranks only at the served weight need not
+        load it (the default LM costs ~25 s to load and is never called)."""
+        from ranking.fusion import RETRIEVAL_ORDER
+
+        return self.fusion_alpha == RETRIEVAL_ORDER
+
+
+def served_ranker(
+    settings: Settings | None = None, *, engine: Engine | None = None, **overrides: Any
+) -> ServedRanker:
+    """Resolve the ranker the settings (and `overrides`, as load_ranker's) name."""
     from recsys.resolver import serving_fusion_alpha
 
     s = settings or get_settings()
-    config = RankerConfig.from_settings(s, model=model)
+    config = RankerConfig.from_settings(s, **overrides)
     resolved = resolve(s, config.model, engine)
-    alpha = serving_fusion_alpha(config.fusion_alpha, resolved.fusion_alpha)
-    return resolved.model if alpha == RETRIEVAL_ORDER else None
+    return ServedRanker(resolved, serving_fusion_alpha(config.fusion_alpha, resolved.fusion_alpha))
 
 
 def resolve(
@@ -162,20 +176,24 @@ def _registry_engine(settings: Settings, spec: str) -> Engine:
 
 
 def load_ranker(
-    settings: Settings | None = None, *, engine: Engine | None = None, **overrides: Any
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    served: ServedRanker | None = None,
+    **overrides: Any,
 ) -> Ranker:
-    """The served ranker: the spec resolved (registry included), its backend loaded, the
-    fusion weight chosen (recsys.resolver.serving_fusion_alpha)."""
+    """The served ranker: the spec resolved (registry included; `served` when the caller
+    already resolved it), its backend loaded, the fusion weight chosen
+    (recsys.resolver.serving_fusion_alpha)."""
     from ranking.engine import Ranker
-    from recsys.resolver import serving_fusion_alpha
 
     s = settings or get_settings()
     config = RankerConfig.from_settings(s, **overrides)
-    resolved = resolve(s, config.model, engine)
-    backend = _backend(s, replace(config, model=resolved.model), cache=True)
+    served = served or served_ranker(s, engine=engine, **overrides)
+    backend = _backend(s, replace(config, model=served.resolved.model), cache=True)
     return Ranker(
         backend,
         batch_size=config.batch_size,
         reason_max_new_tokens=config.reason_max_new_tokens,
-        fusion_alpha=serving_fusion_alpha(config.fusion_alpha, resolved.fusion_alpha),
+        fusion_alpha=served.fusion_alpha,
     )

@@ -361,3 +361,25 @@ def test_cli_eval_fusion_alpha_end_to_end(fresh_settings, capsys, tmp_path, tiny
     assert run["ranker"] == "incremental+fusion@2" and run["n"] == 2
     assert run["bad_permutations"] == 0
     assert "| rec-movie | incremental+fusion@2 | 2 |" in stdout
+
+
+def test_a_job_loads_the_version_it_decided_with(fresh_settings, sqlite_engine, tiny_model_dir):
+    """`served_ranker` resolves 'promoted' once; loading from it sees that version even
+    when another is promoted in between (the batch job decides, then loads)."""
+    from recsys.db.registry import promote_model, register_model
+    from recsys.runtime import load_ranker, served_ranker
+
+    eng, model = sqlite_engine, str(tiny_model_dir)
+    register_model("ranker", "v1", model, metrics={"fusion_alpha": 3.0}, engine=eng)
+    register_model("ranker", "v2", model, metrics={"fusion_alpha": 7.0}, engine=eng)
+    promote_model("ranker", "v1", engine=eng)
+    served = served_ranker(engine=eng, model="promoted")
+    assert (served.resolved.version, served.fusion_alpha, served.follows_retrieval) == (
+        "v1",
+        3.0,
+        False,
+    )
+    promote_model("ranker", "v2", engine=eng)
+    assert load_ranker(engine=eng, served=served, device="cpu").fusion_alpha == 3.0
+    assert load_ranker(engine=eng, model="promoted", device="cpu").fusion_alpha == 7.0
+    assert served_ranker(model="default").follows_retrieval
