@@ -9,6 +9,7 @@ re-measurement finding out (docs/RESULTS.md 0c has two such cases).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import subprocess
@@ -58,8 +59,21 @@ def extension_digest(package: str) -> str:
     digest = hashlib.sha256()
     folder = Path(next(iter(spec.submodule_search_locations)))
     for so in sorted(folder.glob("*.so")):
-        digest.update(so.name.encode() + b"\0" + so.read_bytes())
+        stat = so.stat()
+        digest.update(
+            so.name.encode()
+            + b"\0"
+            + _file_sha256(str(so), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        )
     return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> bytes:
+    """A file's SHA-256, read once per (path, inode, size, modification time): every
+    fit-cache key and results file asks for the LightFM build, and a reinstall writes new
+    files (pip removes the old ones), hence a new inode."""
+    return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 def numeric_kernels() -> list[str]:

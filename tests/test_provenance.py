@@ -90,7 +90,9 @@ def test_extension_digest_tells_two_builds_of_a_compiled_package_apart(tmp_path,
     monkeypatch.syspath_prepend(str(tmp_path))
     first = extension_digest("fakefm")
     assert first == extension_digest("fakefm") and len(first) == 12
-    (package / "_fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"built with -march=b")
+    # a reinstall writes a new file in place of the old one (as pip does)
+    (package / "new.so.tmp").write_bytes(b"built with -march=b")
+    (package / "new.so.tmp").replace(package / "_fast.cpython-311-x86_64-linux-gnu.so")
     assert extension_digest("fakefm") != first
     assert extension_digest("no_such_package_here") == "absent"
 
