@@ -116,6 +116,12 @@ def _timed_rank(ranker, request, step: str = "fast") -> tuple[float, object, int
     return ms, res, getattr(backend, "forward_calls", 0) - calls
 
 
+def _dtype(backend) -> str:
+    """The weights' dtype (a committee's: its first member's)."""
+    model = getattr(backend, "model", None) or backend.members[0].model
+    return str(next(model.parameters()).dtype).replace("torch.", "")
+
+
 def _prefill_ms(ranker, request) -> tuple[float, int]:
     from ranking.modes.incremental import build_sequence
 
@@ -248,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": _command(),
         "model": ranker.model_id,
         "device": args.device,
-        "dtype": str(next(ranker.backend.model.parameters()).dtype).replace("torch.", ""),
+        "dtype": _dtype(ranker.backend),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -227,3 +227,20 @@ def test_the_committee_command_bad_input(monkeypatch, capsys, tmp_path, extra, m
     code, _, err = run_cli(monkeypatch, capsys, ["committee", str(tmp_path / "out"), *args])
     assert code == 2 and message in err, err
     assert not (tmp_path / "out" / "committee.json").exists()
+
+
+def test_clearing_a_committee_clears_every_member(tiny_backend) -> None:
+    tiny_backend.clear_cache()
+    ids = tiny_backend.encode("a prompt long enough to cache")
+    scripted_member = ScriptedBackend()  # keeps no cache
+    scripted_member.tokenizer = tiny_backend.tokenizer
+    committee = CommitteeBackend([tiny_backend, scripted_member], [1, 1])
+    tiny_backend.next_token_logprobs([ids], [[5, 6]])
+    before = tiny_backend.tokens_computed
+    tiny_backend.next_token_logprobs([ids], [[5, 6]])
+    cached = tiny_backend.tokens_computed - before
+    assert cached < len(ids)  # the prompt came from the cache
+    committee.clear_cache()  # the scripted member has nothing to clear: skipped
+    before = tiny_backend.tokens_computed
+    tiny_backend.next_token_logprobs([ids], [[5, 6]])
+    assert tiny_backend.tokens_computed - before == len(ids)  # computed whole again

@@ -128,6 +128,13 @@ class CommitteeBackend(LMBackend):
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return self.members[0].chat_prompt(user, system)
 
+    def clear_cache(self) -> None:
+        """Drop every member's cached keys and values (those that keep any)."""
+        for member in self.members:
+            clear = getattr(member, "clear_cache", None)
+            if clear is not None:
+                clear()
+
     def generate(
         self,
         prompts: Sequence[str],
