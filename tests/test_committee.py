@@ -240,6 +240,9 @@ def test_clearing_a_committee_clears_every_member(tiny_backend) -> None:
     tiny_backend.next_token_logprobs([ids], [[5, 6]])
     cached = tiny_backend.tokens_computed - before
     assert cached < len(ids)  # the prompt came from the cache
+    calls = tiny_backend.forward_calls
+    committee.next_token_logprobs([ids], [[5, 6]])
+    assert committee.forward_calls == calls + 1 == tiny_backend.forward_calls  # the members'
     committee.clear_cache()  # the scripted member has nothing to clear: skipped
     before = tiny_backend.tokens_computed
     tiny_backend.next_token_logprobs([ids], [[5, 6]])

@@ -128,6 +128,11 @@ class CommitteeBackend(LMBackend):
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return self.members[0].chat_prompt(user, system)
 
+    @property
+    def forward_calls(self) -> int:
+        """Forward passes of all members together (for benchmarks; 0 where none counts)."""
+        return sum(getattr(m, "forward_calls", 0) for m in self.members)
+
     def clear_cache(self) -> None:
         """Drop every member's cached keys and values (those that keep any)."""
         for member in self.members:
