@@ -93,19 +93,22 @@ def _load_committee(
     committee = read_committee(spec.path)
     members = []
     for member in committee.members:
-        if is_committee_dir(resolve_model(member).path):
-            raise ModelLoadError(f"{spec.path}: member {member!r} is itself a committee")
-        members.append(
-            load_backend(
-                member,
-                device,
-                backend,
-                dtype=dtype,
-                cache=cache,
-                threads=threads,
-                engine_options=engine_options,
+        try:
+            if is_committee_dir(resolve_model(member).path):
+                raise ModelLoadError(f"member {member!r} is itself a committee")
+            members.append(
+                load_backend(
+                    member,
+                    device,
+                    backend,
+                    dtype=dtype,
+                    cache=cache,
+                    threads=threads,
+                    engine_options=engine_options,
+                )
             )
-        )
+        except ModelLoadError as exc:  # name the committee whose member could not load
+            raise ModelLoadError(f"committee {str(spec.path)!r}: {exc}") from None
     return CommitteeBackend(members, committee.weights, model_id=spec.model_id)
 
 

@@ -148,6 +148,20 @@ def test_bad_committee_folders(tmp_path, manifest: str, message: str) -> None:
         read_committee(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        (["../missing"], r"committee '.*bad': model path '.*missing' does not exist"),
+        (["../inner"], r"committee '.*bad': member '.*inner' is itself a committee"),
+    ],
+)
+def test_a_committee_member_that_cannot_load_names_the_committee(tmp_path, members, message):
+    write_committee(tmp_path / "inner", CommitteeSpec.of(["default"]))
+    write_committee(tmp_path / "bad", CommitteeSpec.of(members))
+    with pytest.raises(ModelLoadError, match=message):
+        load_backend(tmp_path / "bad", device="cpu", cache=False)
+
+
 def test_a_committee_folder_of_hybrids_serves_the_pooled_ranking(tiny_model_dir, tmp_path):
     """Two trained-looking hybrids saved, a committee folder of them loaded by spec: its
     steps are the pooled steps of the two loaded alone, in every request of a ranking."""

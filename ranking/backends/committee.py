@@ -105,9 +105,14 @@ def read_committee(folder: str | os.PathLike[str]) -> CommitteeSpec:
 
 
 def _member_path(folder: Path, spec: str) -> str:
-    if spec.startswith(("/", "~")) or not (folder / spec).exists():
-        return spec  # absolute, or a packaged name such as 'default'
-    return str((folder / spec).resolve())
+    """A member spec as written in the manifest: a relative path is relative to the
+    committee's folder; an absolute path, or a packaged name such as 'default', as is."""
+    if spec.startswith("~") or Path(spec).is_absolute():
+        return spec
+    candidate = folder / spec
+    if candidate.exists() or "/" in spec or spec.startswith("."):
+        return str(candidate.resolve())
+    return spec
 
 
 class CommitteeBackend(LMBackend):
