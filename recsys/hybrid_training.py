@@ -80,6 +80,7 @@ class HybridTrainOptions:
     reward: str = "step"  # the RL stage's reward term (ranking.rl.supervised.REWARDS)
     users: str = "train"  # one of TRAIN_USERS
     positions: int = 0  # > 0: each user's last N items only
+    val_positions: int = 1  # each validation user's last N items are validation episodes
     min_items: int = 0  # users with fewer items in the training log are skipped
 
     def __post_init__(self) -> None:
@@ -105,10 +106,14 @@ class HybridTrainOptions:
              f"{', '.join(TRAIN_USERS)}"),
             (0 <= self.positions <= 1000, f"--positions {self.positions}: use 0 (all) to 1000"),
             (0 <= self.min_items <= 10000, f"--min-items {self.min_items}: use 0 to 10000"),
+            (1 <= self.val_positions <= 100,
+             f"--val-positions {self.val_positions}: use 1 to 100"),
             (not self.residual_alpha
-             or (self.users == "train" and not self.positions and not self.min_items),
-             "--users all, --positions and --min-items apply to the plain and served-trajectory "
-             "runs; a --residual-alpha run takes its episodes from --residual-positions"),
+             or (self.users == "train" and not self.positions and not self.min_items
+                 and self.val_positions == 1),
+             "--users all, --positions, --min-items and --val-positions apply to the plain and "
+             "served-trajectory runs; a --residual-alpha run takes its episodes from "
+             "--residual-positions"),
             (not self.honest_vectors or bool(self.residual_alpha),
              "--honest-vectors applies to --residual-alpha runs (their episodes are the items "
              "a separate fit leaves out); add --residual-alpha A"),
@@ -163,16 +168,17 @@ def build_episodes(
     info = {"task": task, "train_episodes": len(out_train), "val_episodes": len(out_val),
             "skipped": skipped, "item_vectors": VECTOR_INFO[opts.vectors],
             "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed, "users": opts.users,
-            "positions": opts.positions or "all", "min_items": opts.min_items}  # fmt: skip
+            "positions": opts.positions or "all", "min_items": opts.min_items,
+            "val_positions": opts.val_positions}  # fmt: skip
     return EpisodeSet(out_train, out_val, item_ids, vectors, info)
 
 
 def episode_positions(n_items: int, is_val: bool, opts: HybridTrainOptions) -> range:
     """The indices t of a user's log whose item is an episode's truth (items[:t] before it):
-    a validation user's last item only; else every t >= `min_history`, or the last
-    `positions` of them."""
+    a validation user's last `val_positions` items (never fewer than `min_history` before);
+    else every t >= `min_history`, or the last `positions` of them."""
     if is_val:
-        return range(n_items - 1, n_items)
+        return range(max(opts.min_history, n_items - opts.val_positions), n_items)
     first = (
         opts.min_history if not opts.positions else max(opts.min_history, n_items - opts.positions)
     )

@@ -23,8 +23,12 @@ def data(tmp_path_factory):
 
 
 def _episodes(data, **options):
+    return _episode_set(data, **options).train
+
+
+def _episode_set(data, **options):
     opts = HybridTrainOptions(task="rec-movie", **options)
-    return build_episodes("rec-movie", data.parent, opts).train
+    return build_episodes("rec-movie", data.parent, opts)
 
 
 def _evaluated(data):
@@ -54,6 +58,21 @@ def test_all_users_adds_the_heldout_logs_and_never_an_evaluated_target(data) -> 
         assert t >= len(log[ep.user]) - 3  # --positions 3: the last three items only
 
 
+def test_val_positions_adds_each_validation_users_earlier_items(data) -> None:
+    one, three = _episode_set(data, positions=3), _episode_set(data, positions=3, val_positions=3)
+    assert one.val, "the fixture has validation users"
+    assert [ep.request.request_id for ep in three.train] == [
+        ep.request.request_id for ep in one.train
+    ]  # training episodes unchanged
+    per_user = {ep.user: [] for ep in three.val}
+    for ep in three.val:
+        per_user[ep.user].append(int(ep.request.request_id.rsplit(":", 1)[1]))
+    assert set(per_user) == {ep.user for ep in one.val}
+    last = {ep.user: int(ep.request.request_id.rsplit(":", 1)[1]) for ep in one.val}
+    assert all(ts == [last[u] - 2, last[u] - 1, last[u]] for u, ts in per_user.items())
+    assert three.info["val_positions"] == 3 and len(three.val) == 3 * len(one.val)
+
+
 def test_min_items_skips_users_with_shorter_logs(data) -> None:
     assert len(_episodes(data, min_items=21)) == len(_episodes(data))  # every log holds 21
     with pytest.raises(UserError, match="no training episodes"):
@@ -67,6 +86,8 @@ def test_min_items_skips_users_with_shorter_logs(data) -> None:
         (30, False, {"positions": 10}, range(20, 30)),
         (8, False, {"positions": 10}, range(5, 8)),  # never fewer than min_history before
         (30, True, {"positions": 10}, range(29, 30)),  # a validation user: the last item
+        (30, True, {"val_positions": 4}, range(26, 30)),  # --val-positions 4: the last four
+        (7, True, {"val_positions": 4}, range(5, 7)),  # never fewer than min_history before
         (30, False, {"min_history": 2, "positions": 40}, range(2, 30)),
     ],
 )
@@ -81,7 +102,9 @@ def test_episode_positions(n_items, is_val, options, expected) -> None:
         (["--users", "heldout"], "--users 'heldout': use one of train, all"),
         (["--positions", "-1"], "--positions -1: use 0 (all) to 1000"),
         (["--min-items", "-2"], "--min-items -2: use 0 to 10000"),
-        (["--users", "all", "--residual-alpha", "5"], "--users all, --positions and --min-items"),
+        (["--users", "all", "--residual-alpha", "5"], "--users all, --positions, --min-items"),
+        (["--val-positions", "0"], "--val-positions 0: use 1 to 100"),
+        (["--val-positions", "3", "--residual-alpha", "5"], "and --val-positions apply to"),
         (["--positions", "3", "--residual-alpha", "5"], "takes its episodes from --residual-pos"),
     ],
 )

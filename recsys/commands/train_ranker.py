@@ -111,6 +111,12 @@ def register(app: typer.Typer) -> None:
         min_items: int = typer.Option(
             0, "--min-items", help="users with fewer items in the training log give no episodes"
         ),
+        val_positions: int = typer.Option(
+            1,
+            "--val-positions",
+            help="validation episodes from each validation user's last N items (1: the last "
+            "item only; more: a steadier validation curve, at N times its cost)",
+        ),
     ) -> None:
         """Train a hybrid ranker; checkpoints and log under OUT.work, resumable."""
         # HybridTrainOptions checks every flag before the minutes-long episode build
@@ -149,6 +155,7 @@ def register(app: typer.Typer) -> None:
             users=users,
             positions=positions,
             min_items=min_items,
+            val_positions=val_positions,
         )
         from recsys.hybrid_residual import build_residual_episodes
 
