@@ -1,0 +1,132 @@
+"""Do title semantics carry what LambdaMART's features lack? LambdaMART with its 15 features
+against the same fit with three sentence-embedding similarities added, on the held-out
+users. The plan, fixed before any number existed: docs/results/text-features/README.md.
+
+    python benchmarks/text_feature_probe.py --task rec-movie
+
+writes benchmarks/results/text-features-TASK.{json,md} and the 18-feature ranker's results
+in the `recsys eval --out` layout (docs/results/text-features/TASK-lambdamart-text.json).
+
+Features per candidate c, history h_1..h_n, on L2-normalised all-MiniLM-L6-v2 title
+embeddings e: text_mean = cos(e_c, mean_j e_hj), text_max = max_j cos(e_c, e_hj),
+text_last = cos(e_c, e_hn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from one_row import write_rows  # benchmarks/ is on sys.path when a script runs
+
+SEED = 7
+TEXT_FEATURES = ("text_mean", "text_max", "text_last")
+
+
+def text_features(
+    emb: Mapping[str, np.ndarray], history: Sequence[str], candidates: Sequence[str]
+) -> np.ndarray:
+    """(len(candidates), 3) in TEXT_FEATURES order; zeros without a history."""
+    c = np.stack([emb[i] for i in candidates])
+    if not history:
+        return np.zeros((len(candidates), len(TEXT_FEATURES)))
+    h = np.stack([emb[i] for i in history])
+    mean = h.mean(0)
+    mean = mean / (np.linalg.norm(mean) or 1.0)
+    sims = c @ h.T
+    return np.column_stack([c @ mean, sims.max(1), sims[:, -1]])
+
+
+def reciprocal_ranks(scored: Sequence[np.ndarray], targets: Sequence[int]) -> np.ndarray:
+    """As the baselines rank: descending score, ties in candidate order (stable)."""
+    out = []
+    for s, t in zip(scored, targets, strict=True):
+        order = np.argsort(-np.asarray(s, dtype=np.float64), kind="stable")
+        out.append(1.0 / (int(np.where(order == t)[0][0]) + 1))
+    return np.array(out)
+
+
+def main() -> None:
+    from recsys.eval.harness import BOOTSTRAP_SAMPLES, COLD_START_MAX, target_counts
+    from recsys.eval.instances import for_users
+    from recsys.eval.ltr import NegativesProtocol, fit_feature_models, training_groups
+    from recsys.eval.tasks import build_task, default_data
+    from recsys.settings import get_settings
+    from recsys.stats import paired_difference
+    from retrieval.embeddings import TextEmbedder
+    from retrieval.features import FEATURE_NAMES
+    from retrieval.ltr import LambdaMART
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--ltr", type=Path, default=Path("docs/results/portable/lambdamart.json"))
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/results/text-features"))
+    args = parser.parse_args()
+
+    settings = get_settings()
+    full = build_task(args.task, default_data(args.task, settings.data_dir), SEED)
+    heldout = for_users(full, "heldout", SEED)
+    titles = full.catalogue or {}
+    ids = sorted(titles)
+    cache = settings.resolved_artifact_dir / "embedding-cache"
+    vectors = TextEmbedder(cache_dir=cache).embed([titles[i] for i in ids], progress=True)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    emb = dict(zip(ids, vectors, strict=True))
+
+    groups = training_groups(heldout, SEED, hard_negatives=NegativesProtocol.of(heldout).hard)
+    with_text = [
+        (np.column_stack([x, text_features(emb, i.history_ids, i.ids)]), y)
+        for (x, y), i in zip(groups.labelled, groups.instances, strict=True)
+    ]
+    base = LambdaMART.fit(groups.labelled, FEATURE_NAMES, seed=SEED)
+    text = LambdaMART.fit(with_text, (*FEATURE_NAMES, *TEXT_FEATURES), seed=SEED)
+    models = fit_feature_models(full.train, full, SEED)  # the whole training log (step 5)
+
+    insts = heldout.instances
+    x_eval = [models.features(i.user_id, i.history_ids, i.ids) for i in insts]
+    t_eval = [text_features(emb, i.history_ids, i.ids) for i in insts]
+    targets = [i.ids.index(i.target) for i in insts]
+    rr_base = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
+    rr_text = reciprocal_ranks(
+        [text.scores(np.column_stack([x, t])) for x, t in zip(x_eval, t_eval, strict=True)],
+        targets,
+    )
+    runs = json.loads(args.ltr.read_text())["runs"]
+    file_rr = {
+        r["id"]: r["mrr"] for r in next(x for x in runs if x["task"] == args.task)["instances"]
+    }
+    mismatch = int(sum(abs(file_rr[i.id] - v) > 1e-5 for i, v in zip(insts, rr_base, strict=True)))
+    counts = target_counts(heldout) or {}
+    cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
+
+    def diff(mask: np.ndarray) -> str:
+        ci = paired_difference(rr_text[mask], rr_base[mask], n_boot=BOOTSTRAP_SAMPLES, seed=0)
+        d = 100 * (rr_text[mask] - rr_base[mask]).mean()
+        return f"{d:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]"
+
+    header = ["task", "slice", "n", "LambdaMART (15)", "+ text (18)", "18 - 15 [95% CI]"]
+    table = [
+        [args.task, name, str(int(m.sum())), f"{100 * rr_base[m].mean():.2f}",
+         f"{100 * rr_text[m].mean():.2f}", diff(m)]
+        for name, m in (("all", np.ones(len(insts), bool)), ("cold-start", cold)) if m.any()
+    ]  # fmt: skip
+    gain = text.importance()  # split-gain shares of the 18-feature fit
+    result = {"task": args.task, "n": len(insts), "mismatches_15_vs_eval": mismatch,
+              "rows": [dict(zip(header, r, strict=True)) for r in table],
+              "gain_importance_18": gain}  # fmt: skip
+    write_rows(Path(f"benchmarks/results/text-features-{args.task}"), result, header, table)
+    print("15-feature fit vs the eval's LambdaMART, users differing:", mismatch)
+    run = {"task": args.task, "ranker": "lambdamart-text", "model": "lightgbm-lambdamart+minilm",
+           "n": len(insts), "metrics": {"mrr": {"mean": float(rr_text.mean())}},
+           "instances": [{"id": i.id, "user": str(i.user_id), "cold": bool(c), "mrr": float(v)}
+                         for i, c, v in zip(insts, cold, rr_text, strict=True)]}  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"{args.task}-lambdamart-text.json"
+    path.write_text(json.dumps({"runs": [run]}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
