@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,36 @@ def reciprocal_ranks(scored: Sequence[np.ndarray], targets: Sequence[int]) -> np
     return np.array(out)
 
 
+def differing(
+    path: Path, task: str, ranker: str | None, instances: Sequence, rr: np.ndarray
+) -> int:
+    """Instances whose reciprocal rank differs from a results file's run (6 decimals kept)."""
+    runs = [
+        r for r in json.loads(path.read_text())["runs"]
+        if r["task"] == task and (ranker is None or r["ranker"] == ranker)
+    ]  # fmt: skip
+    rows = {r["id"]: r["mrr"] for r in runs[0]["instances"]}
+    return int(sum(abs(rows[i.id] - v) > 1e-5 for i, v in zip(instances, rr, strict=True)))
+
+
+def served_over(
+    model: str, alpha: float, instances: Sequence, scores: Sequence[np.ndarray]
+) -> np.ndarray:
+    """Reciprocal ranks of `model` ranking each instance fused at `alpha` with `scores`."""
+    from recsys import runtime
+    from recsys.eval.baselines import scored_candidates
+
+    engine = runtime.load_ranker(model=model, fusion_alpha=0.0)
+    requests = [
+        replace(i, candidates=scored_candidates(i, s)).to_request("incremental", fusion_alpha=alpha)
+        for i, s in zip(instances, scores, strict=True)
+    ]
+    results = engine.rank_batch(requests, progress=True)
+    return np.array(
+        [1.0 / (r.order.index(i.target) + 1) for r, i in zip(results, instances, strict=True)]
+    )
+
+
 def main() -> None:
     from recsys.eval.harness import BOOTSTRAP_SAMPLES, COLD_START_MAX, target_counts
     from recsys.eval.instances import for_users
@@ -64,6 +95,12 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--ltr", type=Path, default=Path("docs/results/portable/lambdamart.json"))
     parser.add_argument("--out-dir", type=Path, default=Path("docs/results/text-features"))
+    parser.add_argument("--served-model", help="also serve this LM fused with the 18 features")
+    parser.add_argument("--served-alpha", type=float, default=5.0, help="its fusion weight")
+    parser.add_argument(
+        "--served-file", type=Path, help="check: the eval's served run, 15 features"
+    )
+    parser.add_argument("--served-ranker", help="its run's name in that file (a sweep)")
     args = parser.parse_args()
 
     settings = get_settings()
@@ -90,22 +127,28 @@ def main() -> None:
     t_eval = [text_features(emb, i.history_ids, i.ids) for i in insts]
     targets = [i.ids.index(i.target) for i in insts]
     rr_base = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
-    rr_text = reciprocal_ranks(
-        [text.scores(np.column_stack([x, t])) for x, t in zip(x_eval, t_eval, strict=True)],
-        targets,
-    )
-    runs = json.loads(args.ltr.read_text())["runs"]
-    file_rr = {
-        r["id"]: r["mrr"] for r in next(x for x in runs if x["task"] == args.task)["instances"]
-    }
-    mismatch = int(sum(abs(file_rr[i.id] - v) > 1e-5 for i, v in zip(insts, rr_base, strict=True)))
+    text_scores = [
+        text.scores(np.column_stack([x, t])) for x, t in zip(x_eval, t_eval, strict=True)
+    ]
+    rr_text = reciprocal_ranks(text_scores, targets)
+    mismatch = differing(args.ltr, args.task, "lambdamart", insts, rr_base)
     counts = target_counts(heldout) or {}
     cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
 
-    def diff(mask: np.ndarray) -> str:
-        ci = paired_difference(rr_text[mask], rr_base[mask], n_boot=BOOTSTRAP_SAMPLES, seed=0)
-        d = 100 * (rr_text[mask] - rr_base[mask]).mean()
+    def diff(mask: np.ndarray, a: np.ndarray = rr_text, b: np.ndarray = rr_base) -> str:
+        ci = paired_difference(a[mask], b[mask], n_boot=BOOTSTRAP_SAMPLES, seed=0)
+        d = 100 * (a[mask] - b[mask]).mean()
         return f"{d:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]"
+
+    rr_served, served_mismatch = None, None
+    if args.served_model:  # plan 2: the LM fused with the 18-feature scores
+        rr_served = served_over(args.served_model, args.served_alpha, insts, text_scores)
+        if args.served_file:  # the probe's serving path against the eval's, 15 features
+            again = served_over(args.served_model, args.served_alpha, insts,
+                                [base.scores(x) for x in x_eval])  # fmt: skip
+            served_mismatch = differing(args.served_file, args.task, args.served_ranker,
+                                        insts, again)  # fmt: skip
+            print("served with the 15 features vs the eval's, users differing:", served_mismatch)
 
     header = ["task", "slice", "n", "LambdaMART (15)", "+ text (18)", "18 - 15 [95% CI]"]
     table = [
@@ -113,8 +156,17 @@ def main() -> None:
          f"{100 * rr_text[m].mean():.2f}", diff(m)]
         for name, m in (("all", np.ones(len(insts), bool)), ("cold-start", cold)) if m.any()
     ]  # fmt: skip
+    if rr_served is not None:
+        for name, m in (("all", np.ones(len(insts), bool)), ("cold-start", cold)):
+            if m.any():
+                table.append([args.task, f"{name}: {args.served_model} at {args.served_alpha:g} "
+                              "fused with the 18", str(int(m.sum())),
+                              f"{100 * rr_base[m].mean():.2f}", f"{100 * rr_served[m].mean():.2f}",
+                              f"served - 18: {diff(m, rr_served, rr_text)}; "
+                              f"served - 15: {diff(m, rr_served, rr_base)}"])  # fmt: skip
     gain = text.importance()  # split-gain shares of the 18-feature fit
     result = {"task": args.task, "n": len(insts), "mismatches_15_vs_eval": mismatch,
+              "served_15_mismatches_vs_eval": served_mismatch,
               "rows": [dict(zip(header, r, strict=True)) for r in table],
               "gain_importance_18": gain}  # fmt: skip
     write_rows(Path(f"benchmarks/results/text-features-{args.task}"), result, header, table)
