@@ -25,6 +25,21 @@ numpy/scipy files.
 | platform_share | share of history items on c's platform (NaN: no platform in its title) |
 | title_overlap | Jaccard of c's title words with the history's title words |
 | user_activity | log(1 + the user's interactions in the fitted log) |
+
+With item text vectors (`fit(..., text_vectors=...)`, e.g. the retrieval stage's MiniLM title
+embeddings) three more columns follow, `TEXT_FEATURE_NAMES`, on the L2-normalised vectors
+e (items without one: zeros):
+
+| feature | value |
+| --- | --- |
+| text_mean | cos(e_c, mean_j e_hj): c against the history as a whole |
+| text_max | max_j cos(e_c, e_hj): c against its closest history item |
+| text_last | cos(e_c, e_hn): c against the last item |
+
+Why: the other features know an item only by its interactions, its genres, year, platform
+and title words; an item with few interactions (cold start) then looks like noise. On
+rec-game's held-out cold-start targets these three columns add +5.8 MRR points to
+LambdaMART (docs/RESULTS.md 0h).
 """
 
 from __future__ import annotations
@@ -47,6 +62,8 @@ FEATURE_NAMES = (
     "log_pop", "z_lightfm", "z_transitions", "ensemble", "genre_overlap", "year_gap",
     "platform_share", "title_overlap", "user_activity",
 )  # fmt: skip
+
+TEXT_FEATURE_NAMES = ("text_mean", "text_max", "text_last")
 
 _MATRICES = ("trans10", "trans1", "cooc")  # the item x item models, one .npz file each
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -132,6 +149,12 @@ class FeatureModels:
     cooc: sp.csr_matrix  # item x item cosine of binary user co-occurrence
     activity: dict[str, int]
     meta: Mapping[str, ItemMeta] = field(default_factory=dict)
+    text: np.ndarray | None = None  # (items, d) L2-normalised, row order; None: no text columns
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The columns `features` gives: FEATURE_NAMES, then TEXT_FEATURE_NAMES with text."""
+        return FEATURE_NAMES if self.text is None else (*FEATURE_NAMES, *TEXT_FEATURE_NAMES)
 
     @property
     def item_order(self) -> list[str]:
@@ -150,9 +173,11 @@ class FeatureModels:
         epochs: int = 30,
         seed: int = 7,
         window: int = 10,
+        text_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> FeatureModels:
         """`users`/`items`: the log, grouped by user and in time order within a user;
-        `catalogue`: every item a candidate may be (items without interactions get zeros)."""
+        `catalogue`: every item a candidate may be (items without interactions get zeros);
+        `text_vectors`: item id -> vector, for the text columns (module doc)."""
         index = {it: i for i, it in enumerate(sorted(set(catalogue) | set(items)))}
         user_index = {u: i for i, u in enumerate(dict.fromkeys(users))}
         codes = np.array([index[i] for i in items], dtype=np.int64)
@@ -176,6 +201,7 @@ class FeatureModels:
                 u: int(c) for u, c in zip(*np.unique(users, return_counts=True), strict=True)
             },
             meta=dict(meta or {}),
+            text=None if text_vectors is None else _text_matrix(index, text_vectors),
         )
 
     # -- persistence (JSON + numpy/scipy files, no pickle) ------------------------------------
@@ -195,6 +221,8 @@ class FeatureModels:
         }
         (folder / "features.json").write_text(json.dumps(doc), encoding="utf-8")
         arrays = {f"cf_{k}": v for k, v in self.cf.to_arrays().items()}
+        if self.text is not None:
+            arrays["text"] = self.text
         np.savez(folder / "features.npz", popularity=self.popularity, **arrays)
         for name in _MATRICES:
             sp.save_npz(folder / f"{name}.npz", getattr(self, name).tocsr())
@@ -221,13 +249,14 @@ class FeatureModels:
             popularity=arrays["popularity"],
             activity=dict(doc["activity"]),
             meta={i: _meta_from_doc(m) for i, m in doc["meta"].items()},
+            text=arrays.get("text"),
             **mats,
         )
 
     def features(
         self, user: str | None, history: Sequence[str], candidates: Sequence[str]
     ) -> np.ndarray:
-        """(len(candidates), len(FEATURE_NAMES)) float64; unknown items score zero."""
+        """(len(candidates), len(self.feature_names)) float64; unknown items score zero."""
         c = self._codes(history, candidates)
         lfm, trans = self._cf_and_transitions(user, c)
         last1 = _row_sum(self.trans1, c.hist[-1:], c.safe) * c.known
@@ -239,6 +268,8 @@ class FeatureModels:
         activity = math.log1p(self.activity.get(user or "", 0))
         cols = [lfm, trans, last1, last5, trans / (pop + 1), knn, np.log1p(pop), z_l, z_t,
                 z_l + z_t, *content.T, np.full(len(candidates), activity)]  # fmt: skip
+        if self.text is not None:
+            cols.extend(self._text_columns(c))
         return np.column_stack(cols).astype(np.float64)
 
     def ensemble(
@@ -264,6 +295,18 @@ class FeatureModels:
             return self.cf.item_biases[items].astype(np.float64)
         return self.cf.scores(u, items).astype(np.float64)
 
+    def _text_columns(self, c: _Codes) -> list[np.ndarray]:
+        """text_mean, text_max, text_last (module doc); zeros without a known history."""
+        assert self.text is not None
+        cand = self.text[c.safe] * c.known[:, None]
+        if not c.hist:
+            return [np.zeros(len(c.safe))] * len(TEXT_FEATURE_NAMES)
+        hist = self.text[c.hist]
+        mean = hist.mean(axis=0)
+        mean = mean / (np.linalg.norm(mean) or 1.0)
+        sims = cand @ hist.T
+        return [cand @ mean, sims.max(axis=1), sims[:, -1]]
+
     def _content(self, history: Sequence[str], candidate: str) -> tuple[float, ...]:
         c = self.meta.get(candidate)
         hs = [self.meta[h] for h in history if h in self.meta]
@@ -276,6 +319,20 @@ class FeatureModels:
         words = frozenset().union(*(h.words for h in hs))
         union = len(c.words | words)
         return (genre, gap, share, len(c.words & words) / union if union else 0.0)
+
+
+def _text_matrix(index: Mapping[str, int], vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(len(index), d) float32 in row order, L2-normalised; zeros for items without one."""
+    dims = {np.asarray(v).shape for v in vectors.values()}
+    if len(dims) != 1 or len(next(iter(dims))) != 1:
+        raise RetrievalError(f"text vectors must all be 1-d of one length; got shapes {dims}")
+    out = np.zeros((len(index), next(iter(dims))[0]), dtype=np.float32)
+    for item, row in index.items():
+        v = vectors.get(item)
+        if v is not None:
+            norm = float(np.linalg.norm(v))
+            out[row] = np.asarray(v, dtype=np.float32) / (norm or 1.0)
+    return out
 
 
 def _meta_doc(m: ItemMeta) -> list:

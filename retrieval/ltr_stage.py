@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
-from retrieval.features import FEATURE_NAMES, FeatureModels, ItemMeta
+from retrieval.features import FeatureModels, ItemMeta
 from retrieval.ltr import LambdaMART
 
 HISTORY_LEN = 20  # history items a query shows (the eval protocol's)
@@ -203,11 +203,13 @@ class LTRStage:
         history: int = HISTORY_LEN,
         factors: int = 64,
         epochs: int = 30,
+        text_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> TrainingSet:
         """Steps 1-3 of the module protocol. `titles`: item id -> title for every item a
         candidate may be (items of the log without a title are added); `genres`: item id ->
         "A|B|C" (optional). Each query gets `negatives` negatives, `hard` of them (default
-        half plus one; 0: none) from the user's inner CF top-`hard_depth`."""
+        half plus one; 0: none) from the user's inner CF top-`hard_depth`. `text_vectors`
+        (item id -> vector) add the text features (`retrieval.features`)."""
         if not len(users):
             raise RetrievalError(
                 "the LambdaMART stage needs a non-empty interaction log to train on"
@@ -238,8 +240,9 @@ class LTRStage:
         inner_users = [u for u, k in zip(log_users, keep, strict=True) if k]
         inner_items = [i for i, k in zip(log_items, keep, strict=True) if k]
         models = FeatureModels.fit(
-            inner_users, inner_items, catalogue, meta, factors=factors, epochs=epochs, seed=seed
-        )
+            inner_users, inner_items, catalogue, meta, factors=factors, epochs=epochs, seed=seed,
+            text_vectors=text_vectors,
+        )  # fmt: skip
         seen: dict[str, set[str]] = {}
         for u, i in zip(log_users, log_items, strict=True):
             seen.setdefault(u, set()).add(i)
@@ -273,19 +276,24 @@ class LTRStage:
         factors: int = 64,
         epochs: int = 30,
         params: Mapping[str, Any] | None = None,
+        text_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> LTRStage:
-        """The whole protocol (module doc); `params` override LightGBM's (retrieval.ltr)."""
+        """The whole protocol (module doc); `params` override LightGBM's (retrieval.ltr);
+        `text_vectors` (item id -> vector) add the text features (`retrieval.features`)."""
         ts = cls.training_set(
             users, items, timestamps, titles, genres, seed=seed, negatives=negatives,
             hard=hard, hard_depth=hard_depth, history=history, factors=factors, epochs=epochs,
+            text_vectors=text_vectors,
         )  # fmt: skip
         groups = [
             (ts.models.features(q.user, q.history, q.candidates), q.labels()) for q in ts.queries
         ]
-        ranker = LambdaMART.fit(groups, FEATURE_NAMES, seed=seed, **dict(params or {}))
+        names = ts.models.feature_names
+        ranker = LambdaMART.fit(groups, names, seed=seed, **dict(params or {}))
         full = FeatureModels.fit(
-            ts.users, ts.items, ts.catalogue, ts.meta, factors=factors, epochs=epochs, seed=seed
-        )
+            ts.users, ts.items, ts.catalogue, ts.meta, factors=factors, epochs=epochs, seed=seed,
+            text_vectors=text_vectors,
+        )  # fmt: skip
         info = {
             "queries": len(ts.queries),
             "rows": int(sum(len(q.candidates) for q in ts.queries)),
@@ -296,6 +304,7 @@ class LTRStage:
             "factors": factors,
             "epochs": epochs,
             "seed": seed,
+            "text_features": text_vectors is not None,
         }
         return cls(ranker, full, history, info)
 
@@ -331,9 +340,10 @@ class LTRStage:
         except (OSError, ValueError) as exc:
             raise RetrievalError(f"{folder}: not a saved LambdaMART stage ({exc})") from None
         ranker = LambdaMART.load(folder / MODEL_FILE)
-        if tuple(doc.get("feature_names", ())) != FEATURE_NAMES:
+        models = FeatureModels.load(folder)
+        if tuple(doc.get("feature_names", ())) != models.feature_names:
             raise RetrievalError(
                 f"{folder}: the stage was trained on features {doc.get('feature_names')}, "
-                f"this code computes {list(FEATURE_NAMES)}; rebuild the index"
+                f"this code computes {list(models.feature_names)}; rebuild the index"
             )
-        return cls(ranker, FeatureModels.load(folder), int(doc["history"]), doc.get("info", {}))
+        return cls(ranker, models, int(doc["history"]), doc.get("info", {}))

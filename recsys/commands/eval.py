@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
             help="engine mode (incremental|score|reason|direct), lambdamart-lm (LambdaMART "
             "stacked on the LM of --model) or baseline "
             "(random|bm25|first-stage|popularity|lightfm|cf|transitions|ensemble|lambdamart|"
-            "knn-router)",
+            "lambdamart-text|knn-router)",
         ),
         model: str = typer.Option(
             "default",

@@ -15,7 +15,7 @@ from recsys.eval.baselines import (
     TransitionsBaseline,
 )
 from recsys.eval.fit_cache import FitCache
-from recsys.eval.ltr import LambdaMARTBaseline
+from recsys.eval.ltr import LambdaMARTBaseline, LambdaMARTTextBaseline
 
 BASELINES = {
     "random": RandomBaseline,
@@ -28,11 +28,14 @@ BASELINES = {
     "ensemble": EnsembleBaseline,
     "knn-router": KNNRouterBaseline,
     "lambdamart": LambdaMARTBaseline,
+    "lambdamart-text": LambdaMARTTextBaseline,
 }
 
 
-SEEDED = (RandomBaseline, LightFMBaseline, EnsembleBaseline, LambdaMARTBaseline)
-CACHED = (LambdaMARTBaseline,)  # the slow fits (minutes) worth keeping between runs
+SEEDED = (RandomBaseline, LightFMBaseline, EnsembleBaseline, LambdaMARTBaseline,
+          LambdaMARTTextBaseline)  # fmt: skip
+# the slow fits (minutes) worth keeping between runs
+CACHED = (LambdaMARTBaseline, LambdaMARTTextBaseline)
 
 
 def make_baseline(name: str, seed: int = 7, cache: FitCache | None = None) -> ScoringBaseline:
