@@ -46,12 +46,14 @@ def _size(folder: Path) -> int:
 
 
 def variant(text: str) -> dict:
-    """ "negatives:hard:depth" (hard "half": negatives // 2 + 1) -> GeneratorConfig fields."""
-    negatives, hard, depth = text.split(":")
+    """ "negatives:hard:depth[:text]" (hard "half": negatives // 2 + 1; ":text": the stage's
+    title-embedding features too) -> GeneratorConfig fields."""
+    negatives, hard, depth, *rest = text.split(":")
     return {
         "ltr_negatives": int(negatives),
         "ltr_hard": None if hard == "half" else int(hard),
         "ltr_hard_depth": int(depth),
+        "ltr_text": rest == ["text"],
     }
 
 

@@ -49,12 +49,18 @@ class BatchConfig:
     cf_factors: int = 64
     cf_epochs: int = 30
     ltr: bool = True  # a built index gets the LambdaMART stage (docs/retrieval.md)
+    ltr_text: bool = False  # ... with its title-embedding features (docs/retrieval.md)
     task: str = "rec-movie"
     artifact_dir: Path = Path("var/artifacts")
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)  # job parameters arrive as JSON strings
+        if self.ltr_text and (not self.ltr or self.embeddings == "off"):
+            raise UserError(
+                "--ltr-text adds title-embedding features to the LambdaMART stage: it needs "
+                "--ltr and --embeddings minilm|hashing"
+            )
 
 
 @dataclass
@@ -156,7 +162,8 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
         data.texts,
         embedder=embedder,
         config=GeneratorConfig(
-            cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, ltr=config.ltr
+            cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, ltr=config.ltr,
+            ltr_text=config.ltr_text,
         ),
         progress=config.progress,
         titles=data.titles,

@@ -76,6 +76,9 @@ class GeneratorConfig:
     ltr_negatives: int = 19
     ltr_hard: int | None = None
     ltr_hard_depth: int = 50
+    # the stage's text features too (retrieval.features): the text profile's title
+    # embeddings as item vectors; needs an embedder
+    ltr_text: bool = False
 
 
 class CandidateGenerator:
@@ -157,6 +160,10 @@ class CandidateGenerator:
             raise RetrievalError("users, items and timestamps must be non-empty and equally long")
         if config.ltr and config.ltr_pool < 1:
             raise RetrievalError(f"ltr_pool must be >= 1, got {config.ltr_pool}")
+        if config.ltr_text and embedder is None:
+            raise RetrievalError(
+                "ltr_text needs the title embeddings: build with an embedder, or turn ltr_text off"
+            )
         item_ids = list(dict.fromkeys([*catalogue, *items]))
         user_ids = list(dict.fromkeys(users))
         item_pos = {it: i for i, it in enumerate(item_ids)}
@@ -198,7 +205,7 @@ class CandidateGenerator:
                 users, items, timestamps, names, genres, seed=config.seed,
                 negatives=config.ltr_negatives, hard=config.ltr_hard,
                 hard_depth=config.ltr_hard_depth, factors=config.cf_factors,
-                epochs=config.cf_epochs,
+                epochs=config.cf_epochs, text_vectors=_ltr_text(config, item_ids, text_vectors),
             )  # fmt: skip
             _record(timings, "ltr", started, cpu)
         return cls(
@@ -408,3 +415,12 @@ def _recent_items(
     for pos in order:
         recent[int(users[pos])].append(int(items[pos]))
     return [list(dict.fromkeys(r[::-1]))[:keep][::-1] for r in recent]
+
+
+def _ltr_text(
+    config: GeneratorConfig, item_ids: list[str], vectors: np.ndarray | None
+) -> dict[str, np.ndarray] | None:
+    """Item id -> title embedding for the LambdaMART stage's text features, when on."""
+    if not config.ltr_text or vectors is None:
+        return None
+    return dict(zip(item_ids, vectors, strict=True))

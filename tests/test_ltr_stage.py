@@ -311,3 +311,36 @@ def test_the_batch_builds_the_stage_unless_told_not_to(engine, sqlite_url, tmp_p
             assert (CandidateGenerator.load(cli_store, newest.version).ltr is not None) is has_stage
     finally:
         get_settings.cache_clear()
+
+
+def test_the_stage_reads_the_title_embeddings_when_asked(world, tmp_path) -> None:
+    from retrieval.embeddings import HashingEncoder, TextEmbedder
+    from retrieval.features import TEXT_FEATURE_NAMES
+
+    (users, items, stamps), _, titles = world
+    config = GeneratorConfig(**SMALL, ltr=True, ltr_text=True)
+    gen = CandidateGenerator.build(users, items, stamps, titles, config=config,
+                                   embedder=TextEmbedder(HashingEncoder(dim=16)))  # fmt: skip
+    assert gen.ltr is not None and gen.ltr.ranker.feature_names[-3:] == TEXT_FEATURE_NAMES
+    order = gen.candidates("u3", 5)
+    store = ArtifactStore(tmp_path)
+    gen.save(store, "v1")
+    loaded = CandidateGenerator.load(store, "v1", embedder=TextEmbedder(HashingEncoder(dim=16)))
+    assert loaded.config.ltr_text is True and loaded.candidates("u3", 5) == order
+    with pytest.raises(RetrievalError, match="ltr_text needs the title embeddings"):
+        CandidateGenerator.build(users, items, stamps, titles, config=config)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ltr_text": True, "embeddings": "off"}, "--ltr-text adds title-embedding features"),
+        ({"ltr_text": True, "ltr": False}, "it needs --ltr and --embeddings minilm|hashing"),
+    ],
+)
+def test_batch_refuses_text_features_it_cannot_compute(options, message) -> None:
+    from recsys.batch import BatchConfig
+    from recsys.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        BatchConfig(**options)

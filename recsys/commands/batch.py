@@ -32,6 +32,11 @@ def register(app: typer.Typer) -> None:
         ltr: bool = typer.Option(
             True, help="build the index with the LambdaMART stage (fusion -> LambdaMART -> LM)"
         ),
+        ltr_text: bool = typer.Option(
+            False,
+            help="the LambdaMART stage also reads title-embedding similarities (needs "
+            "--embeddings minilm|hashing; docs/retrieval.md)",
+        ),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Write a recommendation list for every user (resumable: users already in the run
@@ -46,6 +51,8 @@ def register(app: typer.Typer) -> None:
             index, count = (int(x) for x in shard.split("/"))
         except ValueError:
             raise UserError(f"--shard {shard!r} must look like I/N, e.g. 0/4") from None
+        # the options' own checks, before the index build or a fan-out can start
+        BatchConfig(embeddings=embeddings, ltr=ltr, ltr_text=ltr_text)
         settings = get_settings()
         ensure_schema(url)
         if shards is not None:
@@ -59,6 +66,7 @@ def register(app: typer.Typer) -> None:
                 limit_users=limit_users,
                 embeddings=embeddings,
                 ltr=ltr,
+                ltr_text=ltr_text,
             )
             return
         report = run_batch(
@@ -74,6 +82,7 @@ def register(app: typer.Typer) -> None:
                 index_version=index_version,
                 embeddings=embeddings,
                 ltr=ltr,
+                ltr_text=ltr_text,
                 artifact_dir=Path(settings.resolved_artifact_dir),
             ),
             engine=get_engine(url),
