@@ -63,13 +63,14 @@ def differing(
 
 
 def served_over(
-    model: str, alpha: float, instances: Sequence, scores: Sequence[np.ndarray]
+    model: str | object, alpha: float, instances: Sequence, scores: Sequence[np.ndarray]
 ) -> np.ndarray:
-    """Reciprocal ranks of `model` ranking each instance fused at `alpha` with `scores`."""
+    """Reciprocal ranks of `model` (a spec, or a loaded ranker) ranking each instance fused
+    at `alpha` with `scores`."""
     from recsys import runtime
     from recsys.eval.baselines import scored_candidates
 
-    engine = runtime.load_ranker(model=model, fusion_alpha=0.0)
+    engine = runtime.load_ranker(model=model, fusion_alpha=0.0) if isinstance(model, str) else model
     requests = [
         replace(i, candidates=scored_candidates(i, s)).to_request("incremental", fusion_alpha=alpha)
         for i, s in zip(instances, scores, strict=True)
@@ -78,6 +79,58 @@ def served_over(
     return np.array(
         [1.0 / (r.order.index(i.target) + 1) for r, i in zip(results, instances, strict=True)]
     )
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    from recsys.eval.harness import BOOTSTRAP_SAMPLES
+    from recsys.stats import paired_difference
+
+    ci = paired_difference(a, b, n_boot=BOOTSTRAP_SAMPLES, seed=0)
+    return {"diff": 100 * float((a - b).mean()), "low": 100 * ci.low, "high": 100 * ci.high}
+
+
+def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets) -> None:  # type: ignore[no-untyped-def]
+    """Plan 3: both LambdaMARTs refitted with each LightGBM seed on the same groups, the LM
+    served over each 18-feature fit; per seed and mean / range."""
+    from recsys import runtime
+    from retrieval.features import FEATURE_NAMES
+    from retrieval.ltr import LambdaMART
+
+    engine = runtime.load_ranker(model=args.served_model, fusion_alpha=0.0)
+    x_text = [np.column_stack([x, t]) for x, t in zip(x_eval, t_eval, strict=True)]
+    rows = []
+    for seed in (int(v) for v in args.lgb_seeds.split(",")):
+        base = LambdaMART.fit(plain, FEATURE_NAMES, seed=seed)
+        text = LambdaMART.fit(with_text, (*FEATURE_NAMES, *TEXT_FEATURES), seed=seed)
+        rr15 = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
+        scores = [text.scores(x) for x in x_text]
+        rr18 = reciprocal_ranks(scores, targets)
+        served = served_over(engine, args.served_alpha, insts, scores)
+        rows.append({"seed": seed, "lambdamart": 100 * rr15.mean(),
+                     "lambdamart_text": 100 * rr18.mean(), "served": 100 * served.mean(),
+                     "text_minus_plain": paired(rr18, rr15),
+                     "served_minus_text": paired(served, rr18)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+    def cell(d: dict) -> str:
+        return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+    table = [[args.task, str(r["seed"]), f"{r['lambdamart']:.2f}", f"{r['lambdamart_text']:.2f}",
+              f"{r['served']:.2f}", cell(r["text_minus_plain"]), cell(r["served_minus_text"])]
+             for r in rows]  # fmt: skip
+    summary = {}
+    for key in ("text_minus_plain", "served_minus_text"):
+        diffs = [r[key]["diff"] for r in rows]
+        summary[key] = {"mean": float(np.mean(diffs)), "min": min(diffs), "max": max(diffs)}
+    means = [f"{np.mean([r[k] for r in rows]):.2f}"
+             for k in ("lambdamart", "lambdamart_text", "served")]  # fmt: skip
+    spreads = [f"{v['mean']:+.2f} ({v['min']:+.2f}, {v['max']:+.2f})" for v in summary.values()]
+    table.append([args.task, "mean (min, max)", *means, *spreads])
+    header = ["task", "LightGBM seed", "LambdaMART (15)", "lambdamart-text (18)",
+              f"served over 18 at {args.served_alpha:g}", "18 - 15", "served - 18"]  # fmt: skip
+    result = {"task": args.task, "model": args.served_model, "alpha": args.served_alpha,
+              "rows": rows, "summary": summary}  # fmt: skip
+    write_rows(Path(f"benchmarks/results/text-features-seeds-{args.task}"), result, header, table)
 
 
 def main() -> None:
@@ -101,6 +154,7 @@ def main() -> None:
         "--served-file", type=Path, help="check: the eval's served run, 15 features"
     )
     parser.add_argument("--served-ranker", help="its run's name in that file (a sweep)")
+    parser.add_argument("--lgb-seeds", help="plan 3: refit with these LightGBM seeds, e.g. 1,2,3")
     args = parser.parse_args()
 
     settings = get_settings()
@@ -126,6 +180,11 @@ def main() -> None:
     x_eval = [models.features(i.user_id, i.history_ids, i.ids) for i in insts]
     t_eval = [text_features(emb, i.history_ids, i.ids) for i in insts]
     targets = [i.ids.index(i.target) for i in insts]
+    if args.lgb_seeds:
+        if not args.served_model:
+            raise SystemExit("--lgb-seeds serves --served-model over each fit: give one")
+        seed_spread(args, groups.labelled, with_text, x_eval, t_eval, insts, targets)
+        return
     rr_base = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
     text_scores = [
         text.scores(np.column_stack([x, t])) for x, t in zip(x_eval, t_eval, strict=True)
