@@ -89,14 +89,16 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"diff": 100 * float((a - b).mean()), "low": 100 * ci.low, "high": 100 * ci.high}
 
 
-def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets) -> None:  # type: ignore[no-untyped-def]
+def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets, cold) -> None:  # type: ignore[no-untyped-def]
     """Plan 3: both LambdaMARTs refitted with each LightGBM seed on the same groups, the LM
-    served over each 18-feature fit; per seed and mean / range."""
+    served over each fit (not with --fits-only); per seed and mean / range. `cold`: the
+    cold-start slice's mask, for 18 - 15 on it."""
     from recsys import runtime
     from retrieval.features import FEATURE_NAMES
     from retrieval.ltr import LambdaMART
 
-    engine = runtime.load_ranker(model=args.served_model, fusion_alpha=0.0)
+    engine = None if args.fits_only else runtime.load_ranker(model=args.served_model,
+                                                             fusion_alpha=0.0)  # fmt: skip
     x_text = [np.column_stack([x, t]) for x, t in zip(x_eval, t_eval, strict=True)]
     rows = []
     for seed in (int(v) for v in args.lgb_seeds.split(",")):
@@ -105,32 +107,47 @@ def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets) -> None:
         rr15 = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
         scores = [text.scores(x) for x in x_text]
         rr18 = reciprocal_ranks(scores, targets)
-        served = served_over(engine, args.served_alpha, insts, scores)
-        rows.append({"seed": seed, "lambdamart": 100 * rr15.mean(),
-                     "lambdamart_text": 100 * rr18.mean(), "served": 100 * served.mean(),
-                     "text_minus_plain": paired(rr18, rr15),
-                     "served_minus_text": paired(served, rr18)})  # fmt: skip
+        row = {"seed": seed, "lambdamart": 100 * rr15.mean(),
+               "lambdamart_text": 100 * rr18.mean(), "text_minus_plain": paired(rr18, rr15),
+               "text_minus_plain_cold": paired(rr18[cold], rr15[cold])}  # fmt: skip
+        if engine is not None:
+            served = served_over(engine, args.served_alpha, insts, scores)
+            served15 = served_over(engine, args.served_alpha, insts,
+                                   [base.scores(x) for x in x_eval])  # fmt: skip
+            row |= {"served": 100 * served.mean(), "served_over_plain": 100 * served15.mean(),
+                    "served_minus_text": paired(served, rr18),
+                    "served_over_plain_minus_plain": paired(served15, rr15)}  # fmt: skip
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
 
     def cell(d: dict) -> str:
         return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
 
-    table = [[args.task, str(r["seed"]), f"{r['lambdamart']:.2f}", f"{r['lambdamart_text']:.2f}",
-              f"{r['served']:.2f}", cell(r["text_minus_plain"]), cell(r["served_minus_text"])]
-             for r in rows]  # fmt: skip
+    diffs: tuple[str, ...] = ("text_minus_plain", "text_minus_plain_cold")
+    levels: tuple[str, ...] = ("lambdamart", "lambdamart_text")
+    if engine is not None:
+        diffs += ("served_minus_text", "served_over_plain_minus_plain")
+        levels += ("served", "served_over_plain")
+    table = [[args.task, str(r["seed"]), *(f"{r[k]:.2f}" for k in levels),
+              *(cell(r[k]) for k in diffs)] for r in rows]  # fmt: skip
     summary = {}
-    for key in ("text_minus_plain", "served_minus_text"):
+    for key in diffs:
         diffs = [r[key]["diff"] for r in rows]
         summary[key] = {"mean": float(np.mean(diffs)), "min": min(diffs), "max": max(diffs)}
-    means = [f"{np.mean([r[k] for r in rows]):.2f}"
-             for k in ("lambdamart", "lambdamart_text", "served")]  # fmt: skip
+    means = [f"{np.mean([r[k] for r in rows]):.2f}" for k in levels]
     spreads = [f"{v['mean']:+.2f} ({v['min']:+.2f}, {v['max']:+.2f})" for v in summary.values()]
     table.append([args.task, "mean (min, max)", *means, *spreads])
-    header = ["task", "LightGBM seed", "LambdaMART (15)", "lambdamart-text (18)",
-              f"served over 18 at {args.served_alpha:g}", "18 - 15", "served - 18"]  # fmt: skip
+    header = ["task", "LightGBM seed", "LambdaMART (15)", "lambdamart-text (18)"]
+    if engine is not None:
+        header += [f"served over 18 at {args.served_alpha:g}", "served over 15"]
+    header += ["18 - 15", f"18 - 15, cold-start ({int(cold.sum())})"]
+    if engine is not None:
+        header += ["served over 18 - 18", "served over 15 - 15"]
     result = {"task": args.task, "model": args.served_model, "alpha": args.served_alpha,
               "rows": rows, "summary": summary}  # fmt: skip
-    write_rows(Path(f"benchmarks/results/text-features-seeds-{args.task}"), result, header, table)
+    name = "fits" if engine is None else Path(args.served_model).name
+    write_rows(Path(f"benchmarks/results/text-features-seeds-{args.task}-{name}"), result,
+               header, table)  # fmt: skip
 
 
 def main() -> None:
@@ -155,6 +172,7 @@ def main() -> None:
     )
     parser.add_argument("--served-ranker", help="its run's name in that file (a sweep)")
     parser.add_argument("--lgb-seeds", help="plan 3: refit with these LightGBM seeds, e.g. 1,2,3")
+    parser.add_argument("--fits-only", action="store_true", help="with --lgb-seeds: no LM")
     args = parser.parse_args()
 
     settings = get_settings()
@@ -181,9 +199,11 @@ def main() -> None:
     t_eval = [text_features(emb, i.history_ids, i.ids) for i in insts]
     targets = [i.ids.index(i.target) for i in insts]
     if args.lgb_seeds:
-        if not args.served_model:
+        if not (args.served_model or args.fits_only):
             raise SystemExit("--lgb-seeds serves --served-model over each fit: give one")
-        seed_spread(args, groups.labelled, with_text, x_eval, t_eval, insts, targets)
+        counts = target_counts(heldout) or {}
+        cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
+        seed_spread(args, groups.labelled, with_text, x_eval, t_eval, insts, targets, cold)
         return
     rr_base = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
     text_scores = [
