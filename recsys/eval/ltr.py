@@ -221,8 +221,8 @@ class LambdaMARTBaseline(_RecBaseline):
 class LambdaMARTTextBaseline(LambdaMARTBaseline):
     """LambdaMART with the text features too: title-embedding similarities of each candidate
     to the history (retrieval.features `TEXT_FEATURE_NAMES`; all-MiniLM-L6-v2, the
-    retrieval stage's encoder). docs/RESULTS.md 0h: level overall, +5.8 on rec-game's
-    cold-start targets."""
+    retrieval stage's encoder). docs/RESULTS.md 0h: level overall, about +3 on rec-game's
+    cold-start targets (five-seed mean)."""
 
     name = "lambdamart-text"
     model = "lightgbm-lambdamart+minilm"
