@@ -162,7 +162,9 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
         data.texts,
         embedder=embedder,
         config=GeneratorConfig(
-            cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, ltr=config.ltr,
+            cf_factors=config.cf_factors,
+            cf_epochs=config.cf_epochs,
+            ltr=config.ltr,
             ltr_text=config.ltr_text,
         ),
         progress=config.progress,
