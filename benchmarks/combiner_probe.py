@@ -25,7 +25,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from one_row import write_rows  # benchmarks/ is on sys.path when a script runs
+from eval_files import cell, paired, rr_by_instance, run_of  # benchmarks/ is on sys.path
+from one_row import write_rows
+
+from ranking.fusion import zscores
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 FOLDS, SEED = 5, 7
@@ -35,11 +38,6 @@ def reciprocal_rank(score: np.ndarray, ltr: np.ndarray, target: int) -> float:
     """1 / rank of `target` by descending score, ties broken by LambdaMART, then index."""
     order = np.lexsort((np.arange(len(score)), -ltr, -score))
     return 1.0 / (int(np.where(order == target)[0][0]) + 1)
-
-
-def zscore(x: np.ndarray) -> np.ndarray:
-    sd = x.std(ddof=1)
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def collect(task: str, model: str) -> list[dict]:
@@ -80,15 +78,15 @@ def collect(task: str, model: str) -> list[dict]:
 
 def rr_c1(rows: list[dict], w: float) -> np.ndarray:
     return np.array([
-        reciprocal_rank(zscore(r["ltr"]) + w * zscore(r["keep"]), r["ltr"], r["target"])
+        reciprocal_rank(zscores(r["ltr"]) + w * zscores(r["keep"]), r["ltr"], r["target"])
         for r in rows
     ])  # fmt: skip
 
 
 def rr_c2(rows: list[dict], w_hi: float, w_lo: float, cut: float) -> np.ndarray:
     return np.array([
-        reciprocal_rank(zscore(r["ltr"]) + (w_hi if r["p_last"] >= cut else w_lo)
-                        * zscore(r["keep"]), r["ltr"], r["target"])
+        reciprocal_rank(zscores(r["ltr"]) + (w_hi if r["p_last"] >= cut else w_lo)
+                        * zscores(r["keep"]), r["ltr"], r["target"])
         for r in rows
     ])  # fmt: skip
 
@@ -123,14 +121,6 @@ def as_run(task: str, name: str, model: str, rows: list[dict], rr: np.ndarray) -
             "metrics": {"mrr": {"mean": float(rr.mean())}}, "instances": inst}  # fmt: skip
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> str:
-    from recsys.eval.harness import BOOTSTRAP_SAMPLES
-    from recsys.stats import paired_difference
-
-    ci = paired_difference(a, b, n_boot=BOOTSTRAP_SAMPLES, seed=0)
-    return f"{100 * (a - b).mean():+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True)
@@ -146,9 +136,7 @@ def main() -> None:
     ids = [r["id"] for r in rows]
 
     def file_rr(path: Path, ranker: str | None) -> np.ndarray:
-        runs = [x for x in json.loads(path.read_text())["runs"] if x["task"] == args.task
-                and (ranker is None or x["ranker"] == ranker)]  # fmt: skip
-        by_id = {i["id"]: i["mrr"] for i in runs[0]["instances"]}
+        by_id = rr_by_instance(run_of(path, args.task, ranker))
         return np.array([by_id[i] for i in ids])
 
     ltr_file = file_rr(args.ltr, "lambdamart")
@@ -163,8 +151,8 @@ def main() -> None:
         (args.out_dir / f"{args.task}-{name}.json").write_text(json.dumps({"runs": [run]}) + "\n")
     header = ["task", "ranker", "n", "MRR x 100", "- LambdaMART [95% CI]", "- served [95% CI]"]
     table = [
-        [args.task, name, str(len(rows)), f"{100 * rr.mean():.2f}", compare(rr, c0),
-         compare(rr, served)]
+        [args.task, name, str(len(rows)), f"{100 * rr.mean():.2f}", cell(paired(rr, c0)),
+         cell(paired(rr, served))]
         for name, rr in (("C0 LambdaMART (probe)", c0), ("LM alone", lm),
                          ("served (step fusion, card weight)", served),
                          ("C1 cross-fitted", fit["C1"]), ("C2 cross-fitted", fit["C2"]))

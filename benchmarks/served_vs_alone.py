@@ -20,11 +20,11 @@ rec-game files fused with the first fit, docs/results/heldout/lambdamart.json).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from one_row import write_rows  # benchmarks/ is on sys.path when a script runs
+from eval_files import rr_by_instance, run_of  # benchmarks/ is on sys.path
+from one_row import write_rows
 
 H, C, P = "docs/results/heldout", "docs/results/committee", "docs/results/portable"
 LTR = {"rec-movie": f"{H}/lambdamart.json", "rec-game": f"{H}/lambdamart.json"}
@@ -71,20 +71,6 @@ PAIRS: list[tuple[str, str, str, str, str, str]] = [
 REFERENCES = ("random", "popularity", "lightfm", "transitions", "ensemble")
 
 
-def run_of(path: str, task: str, ranker: str | None = None) -> dict:
-    """The run of `task` (and `ranker`, for a file holding a sweep) in a results file."""
-    runs = [r for r in json.loads(Path(path).read_text())["runs"] if r["task"] == task]
-    if ranker is not None:
-        runs = [r for r in runs if r["ranker"] == ranker]
-    if len(runs) != 1:
-        raise SystemExit(f"{path}: {len(runs)} runs of {task} {ranker or ''}; expected one")
-    return runs[0]
-
-
-def reciprocal_ranks(run: dict) -> dict[str, float]:
-    return {row["id"]: float(row["mrr"]) for row in run["instances"]}
-
-
 def measure(task: str, model: str, alone: str, served: str, ranker: str, ltr: str) -> dict:
     from recsys.eval.compare import paired
 
@@ -94,7 +80,7 @@ def measure(task: str, model: str, alone: str, served: str, ranker: str, ltr: st
         None, runs["ltr"]["info"].get("scores_sha256"),
     ):  # fmt: skip
         raise SystemExit(f"{served}: fused with another LambdaMART fit than {ltr}'s")
-    rr = {k: reciprocal_ranks(r) for k, r in runs.items()}
+    rr = {k: rr_by_instance(r) for k, r in runs.items()}
     ids = sorted(set(rr["alone"]) & set(rr["served"]) & set(rr["ltr"]))
     lm, srv, base = (np.array([rr[k][i] for i in ids]) for k in ("alone", "served", "ltr"))
     diff = paired(runs["served"], runs["ltr"])
@@ -112,8 +98,8 @@ def measure(task: str, model: str, alone: str, served: str, ranker: str, ltr: st
 def reference(task: str, name: str, ltr: str) -> dict:
     """A classical ranker's row: alone, correlation and oracle switch; nothing served."""
     a, b = (
-        reciprocal_ranks(run_of(f"{H}/{name}.json", task, name)),
-        reciprocal_ranks(run_of(ltr, task, "lambdamart")),
+        rr_by_instance(run_of(f"{H}/{name}.json", task, name)),
+        rr_by_instance(run_of(ltr, task, "lambdamart")),
     )
     ids = sorted(set(a) & set(b))
     x, y = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])

@@ -21,7 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from one_row import write_rows  # benchmarks/ is on sys.path when a script runs
+from eval_files import cell, paired, rr_by_instance, run_of  # benchmarks/ is on sys.path
+from one_row import write_rows
 
 SEED = 7
 TEXT_FEATURES = ("text_mean", "text_max", "text_last")
@@ -54,11 +55,7 @@ def differing(
     path: Path, task: str, ranker: str | None, instances: Sequence, rr: np.ndarray
 ) -> int:
     """Instances whose reciprocal rank differs from a results file's run (6 decimals kept)."""
-    runs = [
-        r for r in json.loads(path.read_text())["runs"]
-        if r["task"] == task and (ranker is None or r["ranker"] == ranker)
-    ]  # fmt: skip
-    rows = {r["id"]: r["mrr"] for r in runs[0]["instances"]}
+    rows = rr_by_instance(run_of(path, task, ranker))
     return int(sum(abs(rows[i.id] - v) > 1e-5 for i, v in zip(instances, rr, strict=True)))
 
 
@@ -79,14 +76,6 @@ def served_over(
     return np.array(
         [1.0 / (r.order.index(i.target) + 1) for r, i in zip(results, instances, strict=True)]
     )
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    from recsys.eval.harness import BOOTSTRAP_SAMPLES
-    from recsys.stats import paired_difference
-
-    ci = paired_difference(a, b, n_boot=BOOTSTRAP_SAMPLES, seed=0)
-    return {"diff": 100 * float((a - b).mean()), "low": 100 * ci.low, "high": 100 * ci.high}
 
 
 def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets, cold) -> None:  # type: ignore[no-untyped-def]
@@ -120,9 +109,6 @@ def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets, cold) ->
         rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
 
-    def cell(d: dict) -> str:
-        return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-
     diffs: tuple[str, ...] = ("text_minus_plain", "text_minus_plain_cold")
     levels: tuple[str, ...] = ("lambdamart", "lambdamart_text")
     if engine is not None:
@@ -151,12 +137,11 @@ def seed_spread(args, plain, with_text, x_eval, t_eval, insts, targets, cold) ->
 
 
 def main() -> None:
-    from recsys.eval.harness import BOOTSTRAP_SAMPLES, COLD_START_MAX, target_counts
+    from recsys.eval.harness import COLD_START_MAX, target_counts
     from recsys.eval.instances import for_users
     from recsys.eval.ltr import NegativesProtocol, fit_feature_models, training_groups
     from recsys.eval.tasks import build_task, default_data
     from recsys.settings import get_settings
-    from recsys.stats import paired_difference
     from retrieval.embeddings import TextEmbedder
     from retrieval.features import FEATURE_NAMES
     from retrieval.ltr import LambdaMART
@@ -190,34 +175,30 @@ def main() -> None:
         (np.column_stack([x, text_features(emb, i.history_ids, i.ids)]), y)
         for (x, y), i in zip(groups.labelled, groups.instances, strict=True)
     ]
-    base = LambdaMART.fit(groups.labelled, FEATURE_NAMES, seed=SEED)
-    text = LambdaMART.fit(with_text, (*FEATURE_NAMES, *TEXT_FEATURES), seed=SEED)
     models = fit_feature_models(full.train, full, SEED)  # the whole training log (step 5)
 
     insts = heldout.instances
     x_eval = [models.features(i.user_id, i.history_ids, i.ids) for i in insts]
     t_eval = [text_features(emb, i.history_ids, i.ids) for i in insts]
     targets = [i.ids.index(i.target) for i in insts]
+    counts = target_counts(heldout) or {}
+    cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
     if args.lgb_seeds:
         if not (args.served_model or args.fits_only):
             raise SystemExit("--lgb-seeds serves --served-model over each fit: give one")
-        counts = target_counts(heldout) or {}
-        cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
         seed_spread(args, groups.labelled, with_text, x_eval, t_eval, insts, targets, cold)
         return
+    base = LambdaMART.fit(groups.labelled, FEATURE_NAMES, seed=SEED)
+    text = LambdaMART.fit(with_text, (*FEATURE_NAMES, *TEXT_FEATURES), seed=SEED)
     rr_base = reciprocal_ranks([base.scores(x) for x in x_eval], targets)
     text_scores = [
         text.scores(np.column_stack([x, t])) for x, t in zip(x_eval, t_eval, strict=True)
     ]
     rr_text = reciprocal_ranks(text_scores, targets)
     mismatch = differing(args.ltr, args.task, "lambdamart", insts, rr_base)
-    counts = target_counts(heldout) or {}
-    cold = np.array([counts.get(i.target, 0) < COLD_START_MAX for i in insts])
 
     def diff(mask: np.ndarray, a: np.ndarray = rr_text, b: np.ndarray = rr_base) -> str:
-        ci = paired_difference(a[mask], b[mask], n_boot=BOOTSTRAP_SAMPLES, seed=0)
-        d = 100 * (a[mask] - b[mask]).mean()
-        return f"{d:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]"
+        return cell(paired(a[mask], b[mask]))
 
     rr_served, served_mismatch = None, None
     if args.served_model:  # plan 2: the LM fused with the 18-feature scores
