@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from recsys.errors import UserError
 from recsys.progress import Progress
+from retrieval.ltr import MAX_BAG, valid_bag
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class BatchConfig:
     cf_epochs: int = 30
     ltr: bool = True  # a built index gets the LambdaMART stage (docs/retrieval.md)
     ltr_text: bool = False  # ... with its title-embedding features (docs/retrieval.md)
+    ltr_bag: int = 1  # ... averaging this many LightGBM fits (docs/retrieval.md)
     task: str = "rec-movie"
     artifact_dir: Path = Path("var/artifacts")
     progress: bool = True
@@ -61,6 +63,11 @@ class BatchConfig:
                 "--ltr-text adds title-embedding features to the LambdaMART stage: it needs "
                 "--ltr and --embeddings minilm|hashing"
             )
+        if not valid_bag(self.ltr_bag):
+            raise UserError(f"--ltr-bag {self.ltr_bag!r}: give a whole number of LightGBM fits "
+                            f"from 1 to {MAX_BAG} (1: one fit, as before)")  # fmt: skip
+        if self.ltr_bag > 1 and not self.ltr:
+            raise UserError("--ltr-bag averages the LambdaMART stage's fits: it needs --ltr")
 
 
 @dataclass
@@ -166,6 +173,7 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
             cf_epochs=config.cf_epochs,
             ltr=config.ltr,
             ltr_text=config.ltr_text,
+            ltr_bag=config.ltr_bag,
         ),
         progress=config.progress,
         titles=data.titles,

@@ -37,6 +37,7 @@ from retrieval.embeddings import TextEmbedder
 from retrieval.errors import RetrievalError
 from retrieval.fusion import FusedCandidate, fuse
 from retrieval.index import VectorIndex, choose_params
+from retrieval.ltr import MAX_BAG, valid_bag
 from retrieval.ltr_stage import LTRStage
 from retrieval.sources import (
     CFSource,
@@ -79,6 +80,8 @@ class GeneratorConfig:
     # the stage's text features too (retrieval.features): the text profile's title
     # embeddings as item vectors; needs an embedder
     ltr_text: bool = False
+    # LightGBM fits the stage averages (retrieval.ltr): steadier from one retrain to the next
+    ltr_bag: int = 1
 
 
 class CandidateGenerator:
@@ -160,6 +163,8 @@ class CandidateGenerator:
             raise RetrievalError("users, items and timestamps must be non-empty and equally long")
         if config.ltr and config.ltr_pool < 1:
             raise RetrievalError(f"ltr_pool must be >= 1, got {config.ltr_pool}")
+        if config.ltr and not valid_bag(config.ltr_bag):
+            raise RetrievalError(f"ltr_bag must be from 1 to {MAX_BAG}, got {config.ltr_bag}")
         if config.ltr_text and embedder is None:
             raise RetrievalError(
                 "ltr_text needs the title embeddings: build with an embedder, or turn ltr_text off"
@@ -206,6 +211,7 @@ class CandidateGenerator:
                 negatives=config.ltr_negatives, hard=config.ltr_hard,
                 hard_depth=config.ltr_hard_depth, factors=config.cf_factors,
                 epochs=config.cf_epochs, text_vectors=_ltr_text(config, item_ids, text_vectors),
+                bag=config.ltr_bag,
             )  # fmt: skip
             _record(timings, "ltr", started, cpu)
         return cls(

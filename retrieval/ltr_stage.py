@@ -277,9 +277,11 @@ class LTRStage:
         epochs: int = 30,
         params: Mapping[str, Any] | None = None,
         text_vectors: Mapping[str, np.ndarray] | None = None,
+        bag: int = 1,
     ) -> LTRStage:
         """The whole protocol (module doc); `params` override LightGBM's (retrieval.ltr);
-        `text_vectors` (item id -> vector) add the text features (`retrieval.features`)."""
+        `text_vectors` (item id -> vector) add the text features (`retrieval.features`);
+        `bag`: LightGBM fits averaged (`retrieval.ltr.LambdaMART.fit`)."""
         ts = cls.training_set(
             users, items, timestamps, titles, genres, seed=seed, negatives=negatives,
             hard=hard, hard_depth=hard_depth, history=history, factors=factors, epochs=epochs,
@@ -289,7 +291,7 @@ class LTRStage:
             (ts.models.features(q.user, q.history, q.candidates), q.labels()) for q in ts.queries
         ]
         names = ts.models.feature_names
-        ranker = LambdaMART.fit(groups, names, seed=seed, **dict(params or {}))
+        ranker = LambdaMART.fit(groups, names, seed=seed, bag=bag, **dict(params or {}))
         full = FeatureModels.fit(
             ts.users, ts.items, ts.catalogue, ts.meta, factors=factors, epochs=epochs, seed=seed,
             text_vectors=text_vectors,
@@ -305,6 +307,7 @@ class LTRStage:
             "epochs": epochs,
             "seed": seed,
             "text_features": text_vectors is not None,
+            "bag": bag,
         }
         return cls(ranker, full, history, info)
 

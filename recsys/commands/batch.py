@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
             help="the LambdaMART stage also reads title-embedding similarities (needs "
             "--embeddings minilm|hashing; docs/retrieval.md)",
         ),
+        ltr_bag: int = typer.Option(
+            1,
+            help="the LambdaMART stage averages this many LightGBM fits (seeds seed..seed+N-1): "
+            "steadier quality from one rebuild to the next, N times the fit and scoring time",
+        ),
         url: str | None = typer.Option(None, "--url", help="database URL"),
     ) -> None:
         """Write a recommendation list for every user (resumable: users already in the run
@@ -52,7 +57,7 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             raise UserError(f"--shard {shard!r} must look like I/N, e.g. 0/4") from None
         # the options' own checks, before the index build or a fan-out can start
-        BatchConfig(embeddings=embeddings, ltr=ltr, ltr_text=ltr_text)
+        BatchConfig(embeddings=embeddings, ltr=ltr, ltr_text=ltr_text, ltr_bag=ltr_bag)
         settings = get_settings()
         ensure_schema(url)
         if shards is not None:
@@ -67,6 +72,7 @@ def register(app: typer.Typer) -> None:
                 embeddings=embeddings,
                 ltr=ltr,
                 ltr_text=ltr_text,
+                ltr_bag=ltr_bag,
             )
             return
         report = run_batch(
@@ -83,6 +89,7 @@ def register(app: typer.Typer) -> None:
                 embeddings=embeddings,
                 ltr=ltr,
                 ltr_text=ltr_text,
+                ltr_bag=ltr_bag,
                 artifact_dir=Path(settings.resolved_artifact_dir),
             ),
             engine=get_engine(url),

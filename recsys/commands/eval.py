@@ -138,6 +138,12 @@ def register(app: typer.Typer) -> None:
             "between runs under RECSYS_FIT_CACHE_DIR (default <var_dir>/cache), keyed by "
             "data, options and code: docs/eval.md",
         ),
+        lgb_bag: int = typer.Option(
+            1,
+            "--lgb-bag",
+            help="LambdaMART (ranker or fusion signal) averages this many LightGBM fits, seeds "
+            "seed..seed+N-1 (docs/eval.md); 1: one fit",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Measure a ranker on the evaluation tasks; print a table, write JSON."""
@@ -192,6 +198,7 @@ def register(app: typer.Typer) -> None:
             fusion_alpha=alpha or 0.0,
             fusion_signal=fusion_signal,
             fit_cache=cache,
+            lgb_bag=lgb_bag,
         )
         runs = []
         for name in names:
@@ -226,6 +233,7 @@ def register(app: typer.Typer) -> None:
                     "limit": limit, "users": users, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
+                    "lgb_bag": lgb_bag,
                     **({"fusion_alphas": sweep} if len(sweep) > 1 else {}),
                     "fit_cache": None if cache is None else {"loaded": cache.hits,
                                                              "fitted": cache.misses},

@@ -21,7 +21,7 @@ from ranking.types import MODES, RankResult
 from recsys.errors import UserError
 from recsys.eval.baselines import EvalRanker, ScoreDigest, scored_candidates
 from recsys.eval.fit_cache import FitCache
-from recsys.eval.rankers import BASELINES, make_baseline
+from recsys.eval.rankers import BASELINES, CACHED, check_bag, make_baseline
 from recsys.eval.tasks import Instance, TaskSet
 from recsys.stats import bootstrap_mean
 
@@ -48,11 +48,12 @@ class EngineRanker:
         fusion_signal: str = "transitions",
         signal_seed: int = 7,
         signal_cache: FitCache | None = None,
+        signal_bag: int = 1,
         **request_fields: Any,
     ) -> None:
         self.ranker, self.mode = ranker, mode
         self.fusion_signal, self.signal_seed = fusion_signal, signal_seed
-        self.signal_cache = signal_cache
+        self.signal_cache, self.signal_bag = signal_cache, signal_bag
         self.request_fields = request_fields
         self.scorer: Any = None
         self.scored_task: TaskSet | None = None  # the task set `scorer` was fitted on
@@ -95,7 +96,9 @@ class EngineRanker:
                 f"--fusion-alpha needs candidate scores and {taskset.name!r} has none; pass "
                 "--fusion-signal transitions|lightfm (rec tasks) or --fusion-alpha 0"
             )
-        scorer = make_baseline(self.fusion_signal, seed=self.signal_seed, cache=self.signal_cache)
+        scorer = make_baseline(
+            self.fusion_signal, seed=self.signal_seed, cache=self.signal_cache, bag=self.signal_bag
+        )
         try:
             scorer.prepare(taskset)
         except UserError as exc:
@@ -150,20 +153,26 @@ def make_ranker(
     fusion_alpha: float = 0.0,
     fusion_signal: str = "transitions",
     fit_cache: FitCache | None = None,
+    lgb_bag: int = 1,
 ) -> EvalRanker:
     """A baseline by name, or an engine mode loading `model` (already resolved to
     'default' or a path by the caller) with the default score-fusion weight
     `fusion_alpha` (see EngineRanker for where candidate scores come from); options left
     None are the settings' (recsys.runtime). `fit_cache`: where slow baselines (as rankers
-    or fusion signals) keep what they fitted (recsys.eval.fit_cache)."""
+    or fusion signals) keep what they fitted (recsys.eval.fit_cache); `lgb_bag`: the LightGBM
+    fits such a LambdaMART averages."""
     if name in BASELINES:
         if fusion_alpha:
             raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
-        return make_baseline(name, seed=seed, cache=fit_cache)
+        return make_baseline(name, seed=seed, cache=fit_cache, bag=lgb_bag)
     if name not in MODES and name != STACKED:
         raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)}, "
                         f"{STACKED!r} (LambdaMART stacked on the LM: --model) "
                         f"or a baseline {sorted(BASELINES)}")  # fmt: skip
+    check_bag(lgb_bag)
+    if lgb_bag != 1 and (name == STACKED or BASELINES.get(fusion_signal) not in CACHED):
+        raise UserError("--lgb-bag averages LambdaMART fits: with an LM it needs --fusion-signal "
+                        "lambdamart or lambdamart-text")  # fmt: skip
     from recsys import runtime
 
     engine = runtime.load_ranker(
@@ -178,8 +187,9 @@ def make_ranker(
 
         return StackedLMRanker(engine, seed=seed)
     return EngineRanker(
-        engine, name, fusion_signal=fusion_signal, signal_seed=seed, signal_cache=fit_cache
-    )
+        engine, name, fusion_signal=fusion_signal, signal_seed=seed, signal_cache=fit_cache,
+        signal_bag=lgb_bag,
+    )  # fmt: skip
 
 
 def relevant_ids(instance: Instance, min_grade: float) -> set[str]:

@@ -160,9 +160,12 @@ class LambdaMARTBaseline(_RecBaseline):
     name = "lambdamart"
     model = "lightgbm-lambdamart"
 
-    def __init__(self, seed: int = 7, cache: FitCache | None = None) -> None:
+    def __init__(self, seed: int = 7, cache: FitCache | None = None, bag: int = 1) -> None:
         self.seed = seed
         self.cache = cache  # fitted signals reused across runs (recsys.eval.fit_cache)
+        self.bag = bag  # LightGBM fits averaged, seeds seed .. seed+bag-1 (retrieval.ltr)
+        if bag != 1:  # what the results files record as the run's model
+            self.model = f"{type(self).model}-bag{bag}"
 
     def text_vectors(self, taskset: TaskSet) -> dict[str, np.ndarray] | None:
         """Item id -> title embedding for the text features; None without them."""
@@ -198,7 +201,8 @@ class LambdaMARTBaseline(_RecBaseline):
             fit_cache.frame_digest(train, ("user_id", "item_id")),
             json.dumps([taskset.catalogue, taskset.genres], sort_keys=True),
             f"hard={protocol.hard},count={protocol.count},seed={self.seed},h={HISTORY_LEN}"
-            + self.text_key(),
+            + self.text_key()
+            + (f",bag={self.bag}" if self.bag != 1 else ""),
             fit_cache.source_digest(Path(retrieval.__file__).parent, Path(__file__)),
             fit_cache.library_versions(),
         )
@@ -209,7 +213,7 @@ class LambdaMARTBaseline(_RecBaseline):
         text = self.text_vectors(taskset)
         groups = training_groups(taskset, self.seed, hard_negatives=hard, text_vectors=text)
         names = groups.models.feature_names
-        self.ranker = LambdaMART.fit(groups.labelled, names, seed=self.seed)
+        self.ranker = LambdaMART.fit(groups.labelled, names, seed=self.seed, bag=self.bag)
         self.models = fit_feature_models(self.train_of(taskset), taskset, self.seed, text)
         return groups
 
@@ -228,9 +232,13 @@ class LambdaMARTTextBaseline(LambdaMARTBaseline):
     model = "lightgbm-lambdamart+minilm"
 
     def __init__(
-        self, seed: int = 7, cache: FitCache | None = None, encoder: Encoder | None = None
+        self,
+        seed: int = 7,
+        cache: FitCache | None = None,
+        bag: int = 1,
+        encoder: Encoder | None = None,
     ) -> None:
-        super().__init__(seed, cache)
+        super().__init__(seed, cache, bag)
         self.encoder = encoder  # None: all-MiniLM-L6-v2 (tests pass a small one)
 
     def text_key(self) -> str:
