@@ -2,7 +2,8 @@
 on MovieLens 100K, leave-last-out.
 
     .venv/bin/python -m benchmarks.bench_ltr_stage [--data PATH] [--embeddings minilm|hashing]
-        [--pools 20,50,100] [--users N] [--variants 19:half:50,...] [--split test|valid]
+        [--pools 20,50,100] [--users N] [--variants 19:half:50[:text][:bag5],...]
+        [--split test|valid]
         [--out benchmarks/results]
 
 Each user's last interaction is held out (`recsys.pipeline.leave_last_out`); two generators
@@ -46,14 +47,20 @@ def _size(folder: Path) -> int:
 
 
 def variant(text: str) -> dict:
-    """ "negatives:hard:depth[:text]" (hard "half": negatives // 2 + 1; ":text": the stage's
-    title-embedding features too) -> GeneratorConfig fields."""
+    """ "negatives:hard:depth[:text][:bagN]" (hard "half": negatives // 2 + 1; ":text": the
+    stage's title-embedding features too; ":bagN": N LightGBM fits averaged) ->
+    GeneratorConfig fields."""
     negatives, hard, depth, *rest = text.split(":")
+    bags = [int(r[3:]) for r in rest if r.startswith("bag")]
+    unknown = [r for r in rest if r != "text" and not r.startswith("bag")]
+    if unknown or len(bags) > 1:
+        raise SystemExit(f"variant {text!r}: after negatives:hard:depth only :text and :bagN")
     return {
         "ltr_negatives": int(negatives),
         "ltr_hard": None if hard == "half" else int(hard),
         "ltr_hard_depth": int(depth),
-        "ltr_text": rest == ["text"],
+        "ltr_text": "text" in rest,
+        "ltr_bag": bags[0] if bags else 1,
     }
 
 
@@ -221,7 +228,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=None,
-        help="stage training variants negatives:hard:depth (hard 'half' = n//2+1), "
+        help="stage training variants negatives:hard:depth[:text][:bagN] (hard 'half' = n//2+1), "
         "comma-separated; default: GeneratorConfig's",
     )
     parser.add_argument(

@@ -145,3 +145,27 @@ def test_the_production_stage_bags_and_keeps_its_bag(tmp_path) -> None:
                                  config=GeneratorConfig(**SMALL, ltr=True, ltr_bag=0))  # fmt: skip
     stage = LTRStage.fit(users, items, stamps, titles, factors=2, epochs=1, bag=3)
     assert stage.ranker.bag == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("19:half:50", {"ltr_hard": None, "ltr_text": False, "ltr_bag": 1}),
+        ("19:9:30:bag5", {"ltr_hard": 9, "ltr_hard_depth": 30, "ltr_bag": 5}),
+        ("19:half:50:text:bag3", {"ltr_text": True, "ltr_bag": 3}),
+    ],
+)
+def test_the_stage_benchmark_reads_bag_variants(text, fields) -> None:
+    from benchmarks.bench_ltr_stage import variant
+
+    parsed = variant(text)
+    assert {k: parsed[k] for k in fields} == fields
+    GeneratorConfig(ltr=True, **parsed)  # every parsed field is a config field
+
+
+@pytest.mark.parametrize("text", ["19:half:50:texts", "19:half:50:bag2:bag3"])
+def test_the_stage_benchmark_refuses_unknown_variants(text) -> None:
+    from benchmarks.bench_ltr_stage import variant
+
+    with pytest.raises(SystemExit, match="only :text and :bagN"):
+        variant(text)
