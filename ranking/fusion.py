@@ -24,6 +24,16 @@ model is not asked at all. It is the serving default of a model with no measured
 (recsys.resolver): such a model can then never rank worse than the order it re-ranks.
 Training cannot use it (the ranker has no influence to learn from): `fusion_bias` refuses
 it.
+
+Abstention (`RankRequest.fusion_abstain_below` = k > 0, with a finite weight): a candidate
+whose signal `interactions` (the item's interactions in the log the ranker learned from) is
+below k gets no opinion of its own from the ranker. Before the bias is added, its step
+log-probability is replaced by the mean of the other in-play candidates' (`abstain`), so the
+fusion signal alone places it relative to a typical candidate. Why: a hybrid LM reads an
+item through its CF vector, and a vector fitted on a handful of interactions is noise the
+fusion would add to a signal that has content features for such items (docs/RESULTS.md 0i).
+Each step is still one distribution, so the log-propensity stays exact. Candidates without
+the signal never abstain.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from ranking.types import RankRequest
 RETRIEVAL_ORDER = math.inf
 
 NOTE_NO_SCORE = "not applied: a candidate has no retrieval score"
+ABSTAIN_SIGNAL = "interactions"  # Candidate.signals key the abstention rule reads
 NOTE_REASON_MODE = "not applied: reason mode generates free text, with no step distribution"
 
 
@@ -71,6 +82,28 @@ def fusion_bias(
     return (-alpha if eliminates else alpha) * z
 
 
+def abstaining(request: RankRequest) -> np.ndarray | None:
+    """Per candidate (input order): True where the ranker abstains (module doc); None when
+    no candidate does."""
+    below = request.fusion_abstain_below
+    if not below:
+        return None
+    counts = [c.signals.get(ABSTAIN_SIGNAL) for c in request.candidates]
+    mask = np.array([n is not None and float(n) < below for n in counts], dtype=bool)
+    return mask if mask.any() else None
+
+
+def abstain(lp: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The step's log-probs with the masked candidates' set to the mean of the others'
+    (all masked: all equal, the ranker has no opinion at all). Not renormalised: `fuse_step`
+    does that after adding the bias."""
+    if mask is None or not mask.any():
+        return lp
+    out = np.asarray(lp, dtype=np.float64).copy()
+    out[mask] = out[~mask].mean() if not mask.all() else 0.0
+    return out
+
+
 def fuse_step(lp: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """Log-probs over the candidates in play plus their biases, renormalised (log-softmax)."""
     if bias is None:
@@ -84,12 +117,13 @@ def fuse_step(lp: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
 class FusionPlan:
     """What one request's ranking fuses with: `bias` per candidate (input order; None: no
     fusion), the weight applied (`alpha`, 0.0 when none; `RETRIEVAL_ORDER`: the retrieval
-    order, no bias) and, when a weight was asked for but could not be applied, why
-    (`note`)."""
+    order, no bias), when a weight was asked for but could not be applied, why (`note`),
+    and the candidates the ranker abstains on (`abstain`, input order; None: none)."""
 
     bias: np.ndarray | None = None
     alpha: float = 0.0
     note: str | None = None
+    abstain: np.ndarray | None = None  # candidates the ranker has no opinion of (module doc)
 
     @property
     def follows_retrieval(self) -> bool:
@@ -114,4 +148,4 @@ def plan_fusion(
     bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
     if bias is None:
         return FusionPlan(note=NOTE_NO_SCORE)
-    return FusionPlan(bias=bias, alpha=float(alpha))
+    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request))

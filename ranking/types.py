@@ -43,6 +43,7 @@ TASKS = (
 MODES = ("incremental", "score", "reason", "direct")
 Mode = Literal["incremental", "score", "reason", "direct"]
 MAX_CANDIDATES = 500
+MAX_ABSTAIN = 1_000_000  # fusion_abstain_below: an item count, not a score
 
 SignalValue = float | int | str
 
@@ -75,6 +76,9 @@ class RankRequest:
     seed: int | None = None
     request_id: str | None = None
     fusion_alpha: float | None = None  # score fusion weight; None: the ranker's default
+    # with fusion, the ranker abstains on candidates whose signal `interactions` is below
+    # this (ranking.fusion); 0: never
+    fusion_abstain_below: int = 0
     # catalogue ids of the history items (same order as `history`): hybrid prompts show an
     # item's collaborative soft token by id (ranking.hybrid); empty when unknown
     history_ids: tuple[str, ...] = ()
@@ -177,6 +181,20 @@ def validate_request(req: RankRequest) -> None:
 
 
 def _validate_fusion(req: RankRequest) -> None:
+    below = req.fusion_abstain_below
+    if isinstance(below, bool) or not isinstance(below, int) or not 0 <= below <= MAX_ABSTAIN:
+        raise RequestError(
+            f"fusion_abstain_below must be a whole number from 0 to {MAX_ABSTAIN}, got "
+            f"{below!r} (0: never; k: the ranker abstains on candidates whose signal "
+            "'interactions' is below k)"
+        )
+    for c in req.candidates if below else ():
+        n = c.signals.get("interactions")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | float) or n < 0):
+            raise RequestError(
+                f"candidate {c.id!r}: signal 'interactions' must be a count >= 0 (the item's "
+                f"interactions in the ranker's training log), got {n!r}"
+            )
     alpha = req.fusion_alpha
     if alpha is None:
         return

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ranking.backends.base import LMBackend
-from ranking.fusion import FusionPlan, fuse_step
+from ranking.fusion import FusionPlan, abstain, fuse_step
 from ranking.types import Candidate, RankRequest, RankResult, Step
 
 
@@ -229,7 +229,8 @@ class Trace:
         fused with the retrieval scores when the request's plan says so."""
         lp, ok = sanitize_logprobs(raw, len(self.remaining))
         if self.fusion.bias is not None:
-            lp = fuse_step(lp, self.fusion.bias[self.remaining])
+            mask = None if self.fusion.abstain is None else self.fusion.abstain[self.remaining]
+            lp = fuse_step(abstain(lp, mask), self.fusion.bias[self.remaining])
         pos, prob = choose(lp, self.request.temperature, self.rng)
         self.take(
             pos,

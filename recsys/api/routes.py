@@ -139,6 +139,7 @@ def _rank_request(service: "Service", body: Any) -> RankRequest:
         history_ids=tuple(body.history_ids), query=body.query, mode=body.mode,
         deadline_ms=deadline, temperature=body.temperature, show_signals=body.show_signals,
         seed=body.seed, fusion_alpha=body.fusion_alpha,
+        fusion_abstain_below=body.fusion_abstain_below,
     )  # fmt: skip
     _check_prompt_tokens(service, req)
     return req

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ranking.types import MODES, TASKS
+from ranking.types import MAX_ABSTAIN, MODES, TASKS
 from recsys.settings import Settings
 
 Task = Literal[TASKS]  # type: ignore[valid-type]
@@ -132,6 +132,11 @@ def build(settings: Settings) -> SimpleNamespace:
         show_signals: bool = False
         seed: int | None = Field(None, ge=0, le=2**31 - 1)
         fusion_alpha: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+        fusion_abstain_below: int = Field(
+            0, ge=0, le=MAX_ABSTAIN,
+            description="with fusion, the ranker gives no opinion of its own on candidates "
+            "whose signal 'interactions' is below this (0: never; docs/ranking.md)",
+        )  # fmt: skip
         user_id: Id | None = Field(None, description="log the impressions for this user")
         audit: bool = Field(False, description="keep prompts and responses in the answer")
 

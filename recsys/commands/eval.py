@@ -138,6 +138,12 @@ def register(app: typer.Typer) -> None:
             "between runs under RECSYS_FIT_CACHE_DIR (default <var_dir>/cache), keyed by "
             "data, options and code: docs/eval.md",
         ),
+        fusion_abstain_below: int = typer.Option(
+            0,
+            "--fusion-abstain-below",
+            help="with fusion, the LM gives no opinion of its own on candidates with fewer "
+            "training interactions than this (ranking.fusion; docs/ranking.md); 0: never",
+        ),
         lgb_bag: int = typer.Option(
             1,
             "--lgb-bag",
@@ -199,6 +205,7 @@ def register(app: typer.Typer) -> None:
             fusion_signal=fusion_signal,
             fit_cache=cache,
             lgb_bag=lgb_bag,
+            fusion_abstain_below=fusion_abstain_below,
         )
         runs = []
         for name in names:
@@ -233,7 +240,7 @@ def register(app: typer.Typer) -> None:
                     "limit": limit, "users": users, "seed": seed, "candidates": candidates,
                     "rec_tie_break": tie_break, "batch_size": batch_size or settings.batch_size,
                     "fusion_alpha": alpha or 0.0, "fusion_signal": fusion_signal,
-                    "lgb_bag": lgb_bag,
+                    "lgb_bag": lgb_bag, "fusion_abstain_below": fusion_abstain_below,
                     **({"fusion_alphas": sweep} if len(sweep) > 1 else {}),
                     "fit_cache": None if cache is None else {"loaded": cache.hits,
                                                              "fitted": cache.misses},

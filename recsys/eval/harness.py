@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ranking.fusion import ABSTAIN_SIGNAL
 from ranking.metrics import expected_random_mrr, ndcg_at_k
-from ranking.types import MODES, RankResult
+from ranking.types import MAX_ABSTAIN, MODES, RankResult
 from recsys.errors import UserError
 from recsys.eval.baselines import EvalRanker, ScoreDigest, scored_candidates
 from recsys.eval.fit_cache import FitCache
@@ -57,6 +58,8 @@ class EngineRanker:
         self.request_fields = request_fields
         self.scorer: Any = None
         self.scored_task: TaskSet | None = None  # the task set `scorer` was fitted on
+        # item -> training interactions, the abstention rule's signal (ranking.fusion)
+        self.interactions: dict[str, int] | None = None
         self.prompt_tokens: list[int] = []  # per ranked request (reported in the run's info)
         self.signal_digest = ScoreDigest()
 
@@ -75,7 +78,10 @@ class EngineRanker:
     @property
     def name(self) -> str:
         alpha = self.fusion_alpha
-        return f"{self.mode}+fusion@{alpha:g}" if alpha else self.mode
+        if not alpha:
+            return self.mode
+        below = self.request_fields.get("fusion_abstain_below") or 0
+        return f"{self.mode}+fusion@{alpha:g}" + (f"+abstain<{below}" if below else "")
 
     @property
     def model(self) -> str:
@@ -85,6 +91,12 @@ class EngineRanker:
         """Zero-shot: nothing to learn, except the fusion signal when the task's candidates
         carry no scores (fitted once per task set: a `--fusion-alpha` sweep reuses it)."""
         self.signal_digest = ScoreDigest()  # this run's fusion scores (reported in its info)
+        self.interactions = None
+        if self.request_fields.get("fusion_abstain_below"):
+            if (counts := target_counts(taskset)) is None:
+                raise UserError(f"--fusion-abstain-below needs the items' training "
+                                f"interactions; {taskset.name!r} has no training log")  # fmt: skip
+            self.interactions = counts
         if self.scorer is not None and self.scored_task is taskset:
             return
         self.scorer, self.scored_task = None, None
@@ -117,6 +129,8 @@ class EngineRanker:
                 dataclasses.replace(i, candidates=scored_candidates(i, scores))
                 for i, scores in zip(instances, signal, strict=True)
             ]
+        if self.interactions is not None:
+            instances = [with_interactions(i, self.interactions) for i in instances]
         requests = [i.to_request(self.mode, **self.request_fields) for i in instances]
         self.prompt_tokens.extend(self._prompt_tokens(r) for r in requests)
         return self.ranker.rank_batch(requests)
@@ -154,22 +168,26 @@ def make_ranker(
     fusion_signal: str = "transitions",
     fit_cache: FitCache | None = None,
     lgb_bag: int = 1,
+    fusion_abstain_below: int = 0,
 ) -> EvalRanker:
     """A baseline by name, or an engine mode loading `model` (already resolved to
     'default' or a path by the caller) with the default score-fusion weight
     `fusion_alpha` (see EngineRanker for where candidate scores come from); options left
     None are the settings' (recsys.runtime). `fit_cache`: where slow baselines (as rankers
     or fusion signals) keep what they fitted (recsys.eval.fit_cache); `lgb_bag`: the LightGBM
-    fits such a LambdaMART averages."""
+    fits such a LambdaMART averages; `fusion_abstain_below`: ranking.fusion's abstention."""
     if name in BASELINES:
-        if fusion_alpha:
-            raise UserError(f"--fusion-alpha applies to engine modes {list(MODES)}, not {name!r}")
+        for option, value in (("--fusion-alpha", fusion_alpha),
+                              ("--fusion-abstain-below", fusion_abstain_below)):  # fmt: skip
+            if value:
+                raise UserError(f"{option} applies to engine modes {list(MODES)}, not {name!r}")
         return make_baseline(name, seed=seed, cache=fit_cache, bag=lgb_bag)
     if name not in MODES and name != STACKED:
         raise UserError(f"unknown ranker {name!r}; use an engine mode {list(MODES)}, "
                         f"{STACKED!r} (LambdaMART stacked on the LM: --model) "
                         f"or a baseline {sorted(BASELINES)}")  # fmt: skip
     check_bag(lgb_bag)
+    check_abstain(fusion_abstain_below, fusion_alpha)
     if lgb_bag != 1 and (name == STACKED or BASELINES.get(fusion_signal) not in CACHED):
         raise UserError("--lgb-bag averages LambdaMART fits: with an LM it needs --fusion-signal "
                         "lambdamart or lambdamart-text")  # fmt: skip
@@ -188,7 +206,7 @@ def make_ranker(
         return StackedLMRanker(engine, seed=seed)
     return EngineRanker(
         engine, name, fusion_signal=fusion_signal, signal_seed=seed, signal_cache=fit_cache,
-        signal_bag=lgb_bag,
+        signal_bag=lgb_bag, fusion_abstain_below=fusion_abstain_below,
     )  # fmt: skip
 
 
@@ -330,6 +348,26 @@ def summarise(rows: Sequence[dict[str, float]], seed: int) -> dict[str, dict[str
         ci = bootstrap_mean(values, n_boot=BOOTSTRAP_SAMPLES, seed=seed)
         metrics[name] = {"mean": ci.mean, "low": ci.low, "high": ci.high}
     return metrics
+
+
+def check_abstain(below: int, fusion_alpha: float) -> None:
+    """`--fusion-abstain-below` is a count within RankRequest's limit, and needs fusion."""
+    if isinstance(below, bool) or not isinstance(below, int) or not 0 <= below <= MAX_ABSTAIN:
+        raise UserError(f"--fusion-abstain-below {below!r}: give a whole number of "
+                        f"interactions from 0 to {MAX_ABSTAIN} (0: never)")  # fmt: skip
+    if below and not fusion_alpha:
+        raise UserError("--fusion-abstain-below changes how the LM is fused with its signal: "
+                        "it needs --fusion-alpha > 0")  # fmt: skip
+
+
+def with_interactions(instance: Instance, counts: dict[str, int]) -> Instance:
+    """The instance with each candidate's training interactions as its signal
+    `interactions` (ranking.fusion's abstention rule reads it)."""
+    candidates = tuple(
+        dataclasses.replace(c, signals={**c.signals, ABSTAIN_SIGNAL: counts.get(c.id, 0)})
+        for c in instance.candidates
+    )
+    return dataclasses.replace(instance, candidates=candidates)
 
 
 def target_counts(taskset: TaskSet) -> dict[str, int] | None:
