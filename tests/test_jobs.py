@@ -151,9 +151,14 @@ def test_the_nightly_batch_builds_the_index_once_and_fans_out_its_shards(worker_
     ).get(timeout=120)
     assert started["shards"] == 3
     deadline = time.monotonic() + 120
-    while not (done := [r for r in recent_job_runs(20, engine=engine) if r.kind == "batch-done"]):
-        assert time.monotonic() < deadline, "the chord's callback never ran"
+    # the callback's row exists from its start; its result only once it has finished (a
+    # loaded machine shows the row "running" for a while)
+    pending = ("queued", "running")
+    while not (done := [r for r in recent_job_runs(20, engine=engine)
+                        if r.kind == "batch-done" and r.status not in pending]):  # fmt: skip
+        assert time.monotonic() < deadline, "the chord's callback never finished"
         time.sleep(0.2)
+    assert done[0].status == "succeeded", done[0].error
     result = done[0].result
     assert result["shards"] == 3 and result["users_written"] == 25
     assert result["index_version"] == started["index_version"]
