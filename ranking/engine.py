@@ -22,7 +22,13 @@ from ranking.errors import RequestError
 from ranking.loading import load_backend
 from ranking.modes import MODES, Deadline, RankingMode, RankOptions
 from ranking.modes.base import CostModel, ModeContext
-from ranking.types import RankRequest, RankResult, is_valid_alpha
+from ranking.types import (
+    RankRequest,
+    RankResult,
+    abstain_error,
+    is_valid_abstain,
+    is_valid_alpha,
+)
 
 # A backend holds mutable state (its KV cache), so calls into one backend are serialised,
 # whichever Ranker (or thread, e.g. an API worker) makes them.
@@ -49,18 +55,22 @@ class Ranker:
         reason_max_new_tokens: int = 1024,
         speculate: int = 0,
         fusion_alpha: float = 0.0,
+        fusion_abstain_below: int = 0,
     ) -> None:
         if not is_valid_alpha(fusion_alpha, retrieval_order=True):
             raise RequestError(
                 f"fusion_alpha must be a finite number >= 0 or RETRIEVAL_ORDER (inf), "
                 f"got {fusion_alpha!r}"
             )
+        if not is_valid_abstain(fusion_abstain_below):
+            raise RequestError(abstain_error(fusion_abstain_below))
         self.backend = backend
         self.options = RankOptions(
             reason_max_new_tokens=reason_max_new_tokens,
             batch_size=max(1, batch_size),
             speculate=max(0, speculate),
             fusion_alpha=float(fusion_alpha),
+            fusion_abstain_below=fusion_abstain_below,
         )
         self.costs = CostModel()
         self.modes: dict[str, RankingMode] = {name: cls() for name, cls in MODES.items()}
@@ -168,15 +178,18 @@ def load_ranker(
     speculate: int = 0,
     fusion_alpha: float = 0.0,
     threads: int | None = None,
+    fusion_abstain_below: int = 0,
 ) -> Ranker:
     """Load the backend for `model` (see ranking.loading) and wrap it in a Ranker;
     `fusion_alpha` is the default score-fusion weight (ranking.fusion; 0: none;
     RETRIEVAL_ORDER: the retrieval order, no model call); `threads`
-    torch's CPU threads (None: torch's default)."""
+    torch's CPU threads (None: torch's default); `fusion_abstain_below` the default
+    abstention threshold (ranking.fusion; 0: never)."""
     return Ranker(
         load_backend(model, device=device, backend=backend, dtype=dtype, threads=threads),
         batch_size=batch_size,
         reason_max_new_tokens=reason_max_new_tokens,
         speculate=speculate,
         fusion_alpha=fusion_alpha,
+        fusion_abstain_below=fusion_abstain_below,
     )

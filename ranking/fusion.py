@@ -82,10 +82,10 @@ def fusion_bias(
     return (-alpha if eliminates else alpha) * z
 
 
-def abstaining(request: RankRequest) -> np.ndarray | None:
-    """Per candidate (input order): True where the ranker abstains (module doc); None when
-    no candidate does."""
-    below = request.fusion_abstain_below
+def abstaining(request: RankRequest, default: int = 0) -> np.ndarray | None:
+    """Per candidate (input order): True where the ranker abstains (module doc; `default`:
+    the ranker's threshold for requests that set none); None when no candidate does."""
+    below = default if request.fusion_abstain_below is None else request.fusion_abstain_below
     if not below:
         return None
     counts = [c.signals.get(ABSTAIN_SIGNAL) for c in request.candidates]
@@ -132,9 +132,15 @@ class FusionPlan:
 
 
 def plan_fusion(
-    request: RankRequest, default_alpha: float, *, eliminates: bool = True, fusable: bool = True
+    request: RankRequest,
+    default_alpha: float,
+    *,
+    eliminates: bool = True,
+    fusable: bool = True,
+    default_abstain: int = 0,
 ) -> FusionPlan:
-    """The request's own `fusion_alpha` wins over the ranker's default. `fusable=False`
+    """The request's own `fusion_alpha` (and `fusion_abstain_below`) win over the ranker's
+    defaults. `fusable=False`
     (free-text modes) and, for a finite weight, a candidate without a score turn fusion
     off, with a note. `RETRIEVAL_ORDER` needs no score: unscored candidates follow the
     scored ones, in the request's order."""
@@ -148,4 +154,4 @@ def plan_fusion(
     bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
     if bias is None:
         return FusionPlan(note=NOTE_NO_SCORE)
-    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request))
+    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request, default_abstain))

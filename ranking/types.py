@@ -77,8 +77,8 @@ class RankRequest:
     request_id: str | None = None
     fusion_alpha: float | None = None  # score fusion weight; None: the ranker's default
     # with fusion, the ranker abstains on candidates whose signal `interactions` is below
-    # this (ranking.fusion); 0: never
-    fusion_abstain_below: int = 0
+    # this (ranking.fusion); 0: never; None: the ranker's default
+    fusion_abstain_below: int | None = None
     # catalogue ids of the history items (same order as `history`): hybrid prompts show an
     # item's collaborative soft token by id (ranking.hybrid); empty when unknown
     history_ids: tuple[str, ...] = ()
@@ -180,15 +180,23 @@ def validate_request(req: RankRequest) -> None:
     _validate_fusion(req)
 
 
+def is_valid_abstain(below: object) -> bool:
+    """A `fusion_abstain_below` a ranker accepts: a whole number from 0 to MAX_ABSTAIN."""
+    return isinstance(below, int) and not isinstance(below, bool) and 0 <= below <= MAX_ABSTAIN
+
+
+def abstain_error(below: object) -> str:
+    return (f"fusion_abstain_below must be a whole number from 0 to {MAX_ABSTAIN}, got "
+            f"{below!r} (0: never; k: the ranker abstains on candidates whose signal "
+            "'interactions' is below k)")  # fmt: skip
+
+
 def _validate_fusion(req: RankRequest) -> None:
     below = req.fusion_abstain_below
-    if isinstance(below, bool) or not isinstance(below, int) or not 0 <= below <= MAX_ABSTAIN:
-        raise RequestError(
-            f"fusion_abstain_below must be a whole number from 0 to {MAX_ABSTAIN}, got "
-            f"{below!r} (0: never; k: the ranker abstains on candidates whose signal "
-            "'interactions' is below k)"
-        )
-    for c in req.candidates if below else ():
+    if below is not None and not is_valid_abstain(below):
+        raise RequestError(abstain_error(below))
+    # checked whenever present: a ranker's default may abstain on a request that sets none
+    for c in req.candidates if below != 0 else ():
         n = c.signals.get("interactions")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int | float) or n < 0):
             raise RequestError(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from ranking.fusion import ABSTAIN_SIGNAL
 from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
@@ -207,7 +208,8 @@ def rank_requests(
 
 def signals(gen: CandidateGenerator, cand: FusedCandidate) -> dict[str, float | int | str]:
     out: dict[str, float | int | str] = {f"{s}_rank": r for s, r in cand.ranks.items()}
-    out["popularity"] = int(gen.popularity[gen.item_pos[str(cand.item)]])
+    # the count again under the name ranking.fusion's abstention rule reads
+    out["popularity"] = out[ABSTAIN_SIGNAL] = gen.interactions(str(cand.item))
     return out
 
 

@@ -39,6 +39,7 @@ class RankerConfig:
     reason_max_new_tokens: int
     fusion_alpha: float | None  # explicit weight; None: the resolved model's own
     torch_threads: int | None
+    fusion_abstain_below: int = 0  # ranking.fusion's abstention threshold (0: never)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> RankerConfig:
@@ -52,6 +53,7 @@ class RankerConfig:
             reason_max_new_tokens=s.reason_max_new_tokens,
             fusion_alpha=s.fusion_alpha,
             torch_threads=s.torch_threads,
+            fusion_abstain_below=s.fusion_abstain_below,
         )
         unknown = set(overrides) - set(cls.__dataclass_fields__)
         if unknown:
@@ -196,4 +198,5 @@ def load_ranker(
         batch_size=config.batch_size,
         reason_max_new_tokens=config.reason_max_new_tokens,
         fusion_alpha=served.fusion_alpha,
+        fusion_abstain_below=config.fusion_abstain_below,
     )

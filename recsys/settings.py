@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="score fusion weight (docs/ranking.md); unset: the registered version's, or 0",
     )
+    fusion_abstain_below: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="with fusion, the LM gives no opinion of its own on candidates with fewer "
+        "interactions than this (docs/ranking.md 'Abstention'); 0: never",
+    )
     # vLLM engine (backend=vllm); recsys.runtime passes them to VLLMBackend
     vllm_tensor_parallel_size: int = Field(1, description="GPUs per model (tensor parallel)")
     vllm_max_model_len: int | None = Field(None, description="prompt + answer tokens; model's")

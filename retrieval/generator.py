@@ -303,6 +303,12 @@ class CandidateGenerator:
         """The user's most recent training items (ids), oldest first."""
         return [self.item_ids[i] for i in self.recent[self._user(user_id)][-limit:]]
 
+    def interactions(self, item_id: str) -> int:
+        """The item's interactions in the log the index was built on (0 for an item it does
+        not know): what the LM's abstention rule reads (ranking.fusion)."""
+        pos = self.item_pos.get(item_id)
+        return 0 if pos is None else int(self.popularity[pos])
+
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, store: ArtifactStore, version: str, meta: dict | None = None) -> Artifact:

@@ -138,12 +138,43 @@ def test_the_harness_gives_candidates_their_training_interactions(tiny_ranker) -
     assert evaluator.interactions == counts
 
 
-def test_the_api_takes_the_option(tiny_ranker) -> None:
+def test_the_api_takes_the_option_and_the_servers_default(tiny_ranker, tiny_backend) -> None:
     cold = [{**c, "signals": {"interactions": 0}} for c in REQUEST["candidates"]]
     body = {**REQUEST, "candidates": cold, "fusion_alpha": 0.5, "fusion_abstain_below": 3}
+    by_score_ids = [c["id"] for c in sorted(REQUEST["candidates"], key=lambda c: -c["score"])]
     with make_client(tiny_ranker) as client:
         answer = client.post("/v1/rank", json=body).json()
         refused = client.post("/v1/rank", json={**body, "fusion_abstain_below": -1})
-    by_score_ids = [c["id"] for c in sorted(REQUEST["candidates"], key=lambda c: -c["score"])]
     assert answer["order"] == by_score_ids
     assert refused.status_code == 422 and "fusion_abstain_below" in refused.json()["error"]
+    unset = {k: v for k, v in body.items() if k != "fusion_abstain_below"}
+    with make_client(Ranker(tiny_backend, fusion_abstain_below=3)) as client:
+        assert client.post("/v1/rank", json=unset).json()["order"] == by_score_ids
+
+
+def test_the_rankers_default_applies_to_requests_that_set_none(tiny_backend) -> None:
+    req = with_counts(scored_request(7, shuffle=4, fusion_alpha=0.01), [0] * 7, below=0)
+    unset = dataclasses.replace(req, fusion_abstain_below=None)
+    ranker = Ranker(tiny_backend, speculate=0, fusion_abstain_below=5)
+    assert ranker.rank(unset).order == by_score(req)  # the default abstains on all
+    # a request's own 0 turns it off: plain fusion, as a ranker without the default
+    same_result(ranker.rank(req), Ranker(tiny_backend, speculate=0).rank(req))
+    with pytest.raises(RequestError, match="fusion_abstain_below must be a whole number"):
+        Ranker(tiny_backend, fusion_abstain_below=-1)
+
+
+def test_settings_reach_the_served_ranker_and_the_index_gives_the_signal() -> None:
+    from recsys.pipeline import signals
+    from recsys.runtime import RankerConfig
+    from recsys.settings import Settings
+    from retrieval.fusion import FusedCandidate
+    from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+    config = RankerConfig.from_settings(Settings(fusion_abstain_below=5))
+    assert config.fusion_abstain_below == 5
+    users, items = ["u1", "u1", "u2", "u2", "u3"], ["a", "b", "a", "c", "a"]
+    titles = {i: f"item {i}" for i in "abcd"}
+    gen = CandidateGenerator.build(users, items, list(range(5)), titles,
+                                   config=GeneratorConfig(cf_factors=2, cf_epochs=1))  # fmt: skip
+    assert [gen.interactions(i) for i in ("a", "b", "c", "d", "unknown")] == [3, 1, 1, 0, 0]
+    assert signals(gen, FusedCandidate("a", 0.5))[ABSTAIN_SIGNAL] == 3

@@ -50,6 +50,7 @@ class RankOptions:
     batch_size: int = 8
     speculate: int = 0  # labels guessed per model call in incremental / direct (0: off)
     fusion_alpha: float = 0.0  # score fusion weight of requests that do not set their own
+    fusion_abstain_below: int = 0  # ranking.fusion's abstention, for requests that set none
 
 
 class Deadline:

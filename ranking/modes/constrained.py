@@ -68,11 +68,12 @@ class ConstrainedMode(RankingMode):
         backend: LMBackend,
         ctx: ModeContext,
     ) -> list[RankResult]:
-        fusion = ctx.options.fusion_alpha
+        fusion, below = ctx.options.fusion_alpha, ctx.options.fusion_abstain_below
         traces = [
-            Trace(r, d, self.eliminates, plan_fusion(r, fusion, eliminates=self.eliminates))
+            Trace(r, d, self.eliminates,
+                  plan_fusion(r, fusion, eliminates=self.eliminates, default_abstain=below))
             for r, d in zip(requests, deadlines, strict=True)
-        ]
+        ]  # fmt: skip
         prepared: list[object] = [None] * len(traces)
         speculate = ctx.options.speculate if self.speculative else 0
         if not getattr(backend, "efficient_continuation", False):

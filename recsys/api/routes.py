@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
+from ranking.fusion import ABSTAIN_SIGNAL
 from ranking.types import Candidate, RankRequest, RankResult
 from recsys.api.schemas import (
     EventsAnswer,
@@ -234,7 +235,15 @@ async def _recommend(service: "Service", body: Any, request: Request) -> Recomme
         shown = history[-HISTORY_SHOWN:]
         req = RankRequest(
             task=s.task,
-            candidates=tuple(Candidate(id=i, text=titles[i] or i, score=scores[i]) for i in order),
+            candidates=tuple(
+                Candidate(
+                    id=i,
+                    text=titles[i] or i,
+                    score=scores[i],
+                    signals={ABSTAIN_SIGNAL: gen.interactions(i)},
+                )
+                for i in order
+            ),
             history=tuple(h.title or h.item_id for h in shown),
             history_ids=tuple(h.item_id for h in shown),
             mode=body.mode,

@@ -132,10 +132,11 @@ def build(settings: Settings) -> SimpleNamespace:
         show_signals: bool = False
         seed: int | None = Field(None, ge=0, le=2**31 - 1)
         fusion_alpha: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
-        fusion_abstain_below: int = Field(
-            0, ge=0, le=MAX_ABSTAIN,
+        fusion_abstain_below: int | None = Field(
+            None, ge=0, le=MAX_ABSTAIN,
             description="with fusion, the ranker gives no opinion of its own on candidates "
-            "whose signal 'interactions' is below this (0: never; docs/ranking.md)",
+            "whose signal 'interactions' is below this (0: never; null: the server's "
+            "RECSYS_FUSION_ABSTAIN_BELOW; docs/ranking.md)",
         )  # fmt: skip
         user_id: Id | None = Field(None, description="log the impressions for this user")
         audit: bool = Field(False, description="keep prompts and responses in the answer")

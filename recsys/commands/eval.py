@@ -138,11 +138,12 @@ def register(app: typer.Typer) -> None:
             "between runs under RECSYS_FIT_CACHE_DIR (default <var_dir>/cache), keyed by "
             "data, options and code: docs/eval.md",
         ),
-        fusion_abstain_below: int = typer.Option(
-            0,
+        fusion_abstain_below: int | None = typer.Option(
+            None,
             "--fusion-abstain-below",
             help="with fusion, the LM gives no opinion of its own on candidates with fewer "
-            "training interactions than this (ranking.fusion; docs/ranking.md); 0: never",
+            "training interactions than this (ranking.fusion; docs/ranking.md); 0: never; "
+            "default: RECSYS_FUSION_ABSTAIN_BELOW where fusion is on",
         ),
         lgb_bag: int = typer.Option(
             1,
@@ -193,6 +194,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: {model} was trained on every user's log, the held-out users' "
                        "included (their evaluated targets excluded): this measures the "
                        "same-log protocol, not users the LM never saw")  # fmt: skip
+        if fusion_abstain_below is None:  # the setting, where it can apply
+            fusion_abstain_below = settings.fusion_abstain_below if alpha else 0
         cache = FitCache(settings.resolved_fit_cache_dir) if use_fit_cache else None
         evaluator = harness.make_ranker(
             ranker,
