@@ -31,9 +31,9 @@ below k gets no opinion of its own from the ranker. Before the bias is added, it
 log-probability is replaced by the mean of the other in-play candidates' (`abstain`), so the
 fusion signal alone places it relative to a typical candidate. Why: a hybrid LM reads an
 item through its CF vector, and a vector fitted on a handful of interactions is noise the
-fusion would add to a signal that has content features for such items (docs/RESULTS.md 0i).
+fusion would add to a signal that has content features for such items (docs/RESULTS.md 0j).
 Each step is still one distribution, so the log-propensity stays exact. Candidates without
-the signal never abstain.
+the signal never abstain. It is a serving rule: training (`ranking.rl`) fuses without it.
 """
 
 from __future__ import annotations
