@@ -251,6 +251,8 @@ class RankResult:
     # the retrieval order itself, every step with probability 1 and no model call)
     fusion_alpha: float = 0.0
     fusion_note: str | None = None  # why a fusion weight asked for was not applied
+    # ids of the candidates the ranker abstained on (ranking.fusion; empty: none)
+    fusion_abstained: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: as the fields, except that the retrieval order's infinite

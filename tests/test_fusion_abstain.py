@@ -57,6 +57,7 @@ def test_every_candidate_abstaining_is_the_retrieval_order(tiny_backend) -> None
     assert fused.order != by_score(req)  # at this weight the LM moves the order
     res = Ranker(tiny_backend, speculate=0).rank(with_counts(req, [0] * 7, below=5))
     assert res.order == by_score(req) and is_permutation(res.order, req)
+    assert res.fusion_abstained == tuple(req.ids) and fused.fusion_abstained == ()
     # each step is the bias alone, renormalised: the LM has no opinion left
     bias = fusion_bias([c.score for c in req.candidates], 0.01)
     remaining = list(req.ids)
@@ -80,7 +81,7 @@ def test_a_partly_abstaining_ranking_is_exact_with_and_without_speculation(tiny_
     ranker = Ranker(tiny_backend, speculate=0)
     some = with_counts(req, [100, 100, 0, 100, 100, 100], below=5)
     res = ranker.rank(some)
-    assert is_permutation(res.order, req)
+    assert is_permutation(res.order, req) and res.fusion_abstained == (req.ids[2],)
     assert res.log_propensity == pytest.approx(sum(math.log(s.prob) for s in res.steps))
     # speculation decodes the same fused, abstaining policy
     same_result(Ranker(tiny_backend, speculate=6).rank(some), res)
@@ -146,6 +147,7 @@ def test_the_api_takes_the_option_and_the_servers_default(tiny_ranker, tiny_back
         answer = client.post("/v1/rank", json=body).json()
         refused = client.post("/v1/rank", json={**body, "fusion_abstain_below": -1})
     assert answer["order"] == by_score_ids
+    assert sorted(answer["fusion_abstained"]) == sorted(by_score_ids)
     assert refused.status_code == 422 and "fusion_abstain_below" in refused.json()["error"]
     unset = {k: v for k, v in body.items() if k != "fusion_abstain_below"}
     with make_client(Ranker(tiny_backend, fusion_abstain_below=3)) as client:
@@ -178,3 +180,24 @@ def test_settings_reach_the_served_ranker_and_the_index_gives_the_signal() -> No
                                    config=GeneratorConfig(cf_factors=2, cf_epochs=1))  # fmt: skip
     assert [gen.interactions(i) for i in ("a", "b", "c", "d", "unknown")] == [3, 1, 1, 0, 0]
     assert signals(gen, FusedCandidate("a", 0.5))[ABSTAIN_SIGNAL] == 3
+
+
+def test_the_impression_log_says_where_the_lm_abstained(tiny_ranker, engine) -> None:
+    import sqlalchemy as sa
+
+    from recsys.db.models import Impression
+
+    counts = {"50": 100, "181": 0, "1": 100, "7": 2}
+    cands = [{**c, "signals": {"interactions": counts[c["id"]]}} for c in REQUEST["candidates"]]
+    body = {**REQUEST, "candidates": cands, "fusion_alpha": 0.5, "fusion_abstain_below": 3,
+            "user_id": "u1"}  # fmt: skip
+    with make_client(tiny_ranker, engine) as client:
+        answer = client.post("/v1/rank", json=body).json()
+    assert sorted(answer["fusion_abstained"]) == ["181", "7"]
+    with engine.connect() as conn:
+        query = sa.select(Impression.position, Impression.context)
+        rows = conn.execute(query.where(Impression.request_id == answer["request_id"])).all()
+    shown = answer["order"]
+    assert {shown[r.position]: r.context["abstained"] for r in rows} == {
+        "50": False, "181": True, "1": False, "7": True,
+    }  # fmt: skip

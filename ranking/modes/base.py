@@ -279,4 +279,12 @@ class Trace:
             prompt=prompt,
             fusion_alpha=self.fusion.alpha,
             fusion_note=self.fusion.note,
+            fusion_abstained=self.abstained(),
         )
+
+    def abstained(self) -> tuple[str, ...]:
+        """Ids of the candidates the fused steps gave no opinion of the ranker's own."""
+        mask = self.fusion.abstain
+        if mask is None:
+            return ()
+        return tuple(c.id for c, m in zip(self.request.candidates, mask, strict=True) if m)

@@ -195,12 +195,14 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
                "fusion_alpha": alpha_for_json(r.fusion_alpha)}  # fmt: skip
     scores = {c.id: c.score for c in req.candidates}
     given = {c.id: i for i, c in enumerate(req.candidates)}  # the prompt's order, for training
+    abstained = set(r.fusion_abstained)  # the LM had no say on these (ranking.fusion)
     shown_at = utcnow()  # when it was shown, not when the buffer got it into the database
     service.impressions.log([
         ImpressionRecord(request_id=request_id, user_id=user_id, item_id=item, position=pos,
                          policy=f"iranker-{r.mode}", propensity=propensity,
                          model_version=r.model, context={**context, "score": scores[item],
-                                                  "input_index": given[item]},
+                                                  "input_index": given[item],
+                                                  "abstained": item in abstained},
                          timestamp=shown_at)
         for pos, item in enumerate(r.order)
     ])  # fmt: skip

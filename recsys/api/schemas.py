@@ -59,6 +59,10 @@ class RankAnswer(BaseModel):
         "with probability 1, no model call)"
     )
     fusion_note: str | None
+    fusion_abstained: list[str] = Field(
+        default_factory=list,
+        description="candidates the ranker gave no opinion on (fusion_abstain_below)",
+    )
 
 
 class RecommendedItem(BaseModel):
