@@ -310,8 +310,13 @@ def test_eval_fusion_without_scores_is_a_clear_error(tiny_backend, task, signal,
         (["--ranker", "lambdamart-lm", "--fusion-alpha", "1"], "does not apply to lambdamart-lm"),
         (["--fusion-alpha", "-1"], "--fusion-alpha must be a finite number >= 0"),
         (["--fusion-alpha", "nan"], "--fusion-alpha must be a finite number >= 0"),
+        (["--ranker", "bm25", "--fusion-abstain-below", "5"],
+         "--fusion-abstain-below applies to engine modes"),
+        (["--fusion-abstain-below", "5"], "it needs --fusion-alpha > 0"),
+        (["--ranker", "bm25", "--lgb-bag", "3"], "--lgb-bag averages LambdaMART fits"),
+        (["--ranker", "lambdamart", "--lgb-bag", "0"], "--lgb-bag 0: give a whole number"),
     ],
-)
+)  # fmt: skip
 def test_cli_eval_bad_fusion_exits_2(fresh_settings, capsys, args, message):
     base = ["eval", "--task", "rec-movie", "--data", "/nonexistent", "--no-progress"]
     code, _, err = run_cli(fresh_settings, capsys, [*base, *args])

@@ -298,17 +298,20 @@ def test_the_batch_builds_the_stage_unless_told_not_to(engine, sqlite_url, tmp_p
                              artifact_dir=store.root, progress=False)  # fmt: skip
         gen = CandidateGenerator.load(store, build_index(config, engine=engine))
         assert (gen.ltr is not None) is ltr and gen.config.ltr is ltr
-    # the command line: --ltr by default, --no-ltr without the stage
+    # the command line: --ltr by default, --no-ltr without the stage, --ltr-bag N bagged
     monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     try:
-        for flags, has_stage in (([], True), (["--no-ltr"], False)):
+        runs = (([], True, 1), (["--no-ltr"], False, None), (["--ltr-bag", "2"], True, 2))
+        for flags, has_stage, bag in runs:
             args = ["batch", "--no-rerank", "--embeddings", "off", "--url", sqlite_url, *flags]
             code, _, err = run_cli(monkeypatch, capsys, args)
             assert code == 0, err
             newest = list_models("index", engine=engine)[0]  # newest first
             cli_store = ArtifactStore(tmp_path / "var" / "artifacts")
-            assert (CandidateGenerator.load(cli_store, newest.version).ltr is not None) is has_stage
+            stage = CandidateGenerator.load(cli_store, newest.version).ltr
+            assert (stage is not None) is has_stage
+            assert bag is None or stage.ranker.bag == bag
     finally:
         get_settings.cache_clear()
 
