@@ -18,7 +18,7 @@ import numpy as np
 
 from ranking.fusion import ABSTAIN_SIGNAL
 from ranking.metrics import expected_random_mrr, ndcg_at_k
-from ranking.types import MAX_ABSTAIN, MODES, RankResult
+from ranking.types import MAX_ABSTAIN, MODES, RankResult, is_valid_abstain
 from recsys.errors import UserError
 from recsys.eval.baselines import EvalRanker, ScoreDigest, scored_candidates
 from recsys.eval.fit_cache import FitCache
@@ -352,7 +352,7 @@ def summarise(rows: Sequence[dict[str, float]], seed: int) -> dict[str, dict[str
 
 def check_abstain(below: int, fusion_alpha: float) -> None:
     """`--fusion-abstain-below` is a count within RankRequest's limit, and needs fusion."""
-    if isinstance(below, bool) or not isinstance(below, int) or not 0 <= below <= MAX_ABSTAIN:
+    if not is_valid_abstain(below):
         raise UserError(f"--fusion-abstain-below {below!r}: give a whole number of "
                         f"interactions from 0 to {MAX_ABSTAIN} (0: never)")  # fmt: skip
     if below and not fusion_alpha:
