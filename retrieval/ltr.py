@@ -101,14 +101,12 @@ class LambdaMART:
         y = np.concatenate([y for _, y in groups])
         sizes = [len(y) for _, y in groups]
         names = [n.replace(" ", "_") for n in feature_names]
+        settings = {**DEFAULT_PARAMS, **params, "random_state": seed, "n_jobs": threads}
         boosters = []
         for k in range(bag):
-            model = lgb.LGBMRanker(
-                **{**DEFAULT_PARAMS, **params, "random_state": seed + k, "n_jobs": threads}
-            )
+            model = lgb.LGBMRanker(**{**settings, "random_state": seed + k})
             model.fit(x, y, group=sizes, feature_name=names)
             boosters.append(model.booster_)
-        settings = {**DEFAULT_PARAMS, **params, "random_state": seed, "n_jobs": threads}
         return cls(tuple(boosters), tuple(feature_names), {**settings, "bag": bag})
 
     def scores(self, features: np.ndarray) -> np.ndarray:
@@ -116,13 +114,9 @@ class LambdaMART:
             raise RetrievalError(
                 f"expected features of shape (n, {len(self.feature_names)}), got {features.shape}"
             )
-        # one booster's scores exactly (no division) so a bag of one is the plain fit
-        total = self.boosters[0].predict(features, num_threads=1)
-        for booster in self.boosters[1:]:
-            total = total + booster.predict(features, num_threads=1)
-        if self.bag > 1:
-            total = total / self.bag
-        return np.asarray(total, dtype=np.float64)
+        # summed in bag order, divided once: a bag of one scores exactly as its booster
+        each = [b.predict(features, num_threads=1) for b in self.boosters]
+        return np.mean(each, axis=0, dtype=np.float64)
 
     def importance(self) -> dict[str, float]:
         """Total split gain per feature over the bag, as shares summing to 1."""
