@@ -4,6 +4,7 @@
     ranker = load_ranker(model="default", device="cpu")
     result = ranker.rank(request)               # RankResult
     results = ranker.rank_batch(requests)       # forward passes batched across requests
+    lps = ranker.log_probabilities(requests, orders)  # log pi(order) under what it serves
 
 Requests of the same mode are ranked together, `batch_size` at a time: each model call
 (prefill, constrained step, or generation) serves the whole group. Each request keeps its
@@ -12,6 +13,7 @@ own deadline, counted from the moment `rank` / `rank_batch` received it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
@@ -101,6 +103,26 @@ class Ranker:
             self.modes[r.mode].check(r, self.backend)
         with _lock_for(self.backend):
             return self._rank_batch(requests, deadlines, progress, on_ranked)
+
+    def log_probabilities(
+        self,
+        requests: Sequence[RankRequest],
+        orders: Sequence[Sequence[str]],
+        on_ranked: Callable[[int], None] | None = None,
+    ) -> list[float]:
+        """log pi(order | request) of each ranking (best first, a permutation of the
+        request's ids) under the policy this ranker serves the request with: its mode, prompt
+        style, backend, fusion weight and abstention, at the request's temperature (0: the
+        model's own T = 1 distribution). Each step is forced along the order
+        (`RankRequest.forced_order`), batched as `rank_batch`; no deadline applies. -inf
+        for an order the policy never produces (under `RETRIEVAL_ORDER`, any other than the
+        retrieval order). Replay's off-policy estimates use it (recsys.replay)."""
+        forced = [
+            dataclasses.replace(r, forced_order=tuple(o), deadline_ms=None)
+            for r, o in zip(requests, orders, strict=True)
+        ]
+        results = self.rank_batch(forced, on_ranked=on_ranked)
+        return [float(res.log_propensity) for res in results]  # type: ignore[arg-type]
 
     def rank_each(self, requests: Sequence[RankRequest]) -> list[RankResult | Exception]:
         """Like `rank_batch`, but each request succeeds or fails on its own: a request a

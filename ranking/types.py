@@ -82,6 +82,12 @@ class RankRequest:
     # catalogue ids of the history items (same order as `history`): hybrid prompts show an
     # item's collaborative soft token by id (ranking.hybrid); empty when unknown
     history_ids: tuple[str, ...] = ()
+    # score this ranking (best first, a permutation of the candidate ids) instead of choosing
+    # one: each step takes its candidate, so the result's order is this one and its
+    # log_propensity the exact log-probability the served policy (fusion and abstention
+    # included) gives it. Replay's off-policy estimates use it (recsys.replay). Label modes
+    # only; empty: choose as usual
+    forced_order: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_request(self)
@@ -116,7 +122,10 @@ class RankRequest:
                 f"'history_ids' has {len(history_ids)} ids for {len(history)} history items; "
                 "give one id per history title, or none"
             )
-        skip = ("candidates", "history", "history_ids")
+        forced = data.get("forced_order") or ()
+        if not isinstance(forced, list | tuple) or not all(isinstance(f, str) for f in forced):
+            raise RequestError("'forced_order' must be a list of candidate ids, best first")
+        skip = ("candidates", "history", "history_ids", "forced_order")
         fields = {k: v for k, v in data.items() if k not in skip}
         fields.setdefault("mode", "incremental")
         if fields.get("mode") is None:
@@ -129,6 +138,7 @@ class RankRequest:
             candidates=candidates,
             history=tuple(history),
             history_ids=tuple(history_ids),
+            forced_order=tuple(forced),
             **fields,
         )
 
@@ -178,6 +188,22 @@ def validate_request(req: RankRequest) -> None:
     if req.task == "passage" and not (req.query and req.query.strip()):
         raise RequestError("task 'passage' needs a non-empty 'query'")
     _validate_fusion(req)
+    _validate_forced(req)
+
+
+def _validate_forced(req: RankRequest) -> None:
+    if not req.forced_order:
+        return
+    if sorted(req.forced_order) != sorted(req.ids):
+        raise RequestError(
+            f"forced_order must be a permutation of the {len(req.ids)} candidate ids (each "
+            f"once, best first); got {len(req.forced_order)} ids that are not"
+        )
+    if req.mode == "reason":
+        raise RequestError(
+            "forced_order needs a mode with step probabilities (incremental, score, direct); "
+            "reason mode generates free text and gives a ranking no probability"
+        )
 
 
 def is_valid_abstain(below: object) -> bool:

@@ -90,13 +90,19 @@ def task_episodes(
 
 def episode_from_logged(logged: LoggedRequest, *, show_signals: bool = False) -> Episode:
     """Logged traffic (a `recsys.db.events.LoggedRequest`) as a ranking Episode: the shown
-    candidates (with their retrieval scores), the item the user then chose as ground truth,
+    candidates (with their retrieval scores and signals), the history with its item ids
+    (hybrid prompts read them), the item the user then chose as ground truth,
     the logged order and its propensity. The one conversion; training and replay use it."""
-    candidates = tuple(Candidate(c.item_id, c.text, score=c.score) for c in logged.candidates)
+    candidates = tuple(
+        Candidate(c.item_id, c.text, score=c.score, signals=dict(c.signals))
+        for c in logged.candidates
+    )
+    ids = logged.history_ids if len(logged.history_ids) == len(logged.history) else ()
     request = RankRequest(
         task=logged.task,
         candidates=candidates,
         history=logged.history,
+        history_ids=ids,
         show_signals=show_signals,
     )
     return Episode(

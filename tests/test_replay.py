@@ -11,7 +11,7 @@ from ranking.rl.episodes import Episode
 from ranking.types import Candidate, RankRequest
 from recsys.db.events import LoggedCandidate, LoggedRequest
 from recsys.errors import UserError
-from recsys.replay.replay import incremental_log_propensity, replay
+from recsys.replay.replay import replay, served_log_propensity
 from recsys.training import episode_from_logged
 
 
@@ -75,7 +75,7 @@ def test_replaying_nothing_says_what_to_do():
 
 
 def test_logged_propensity_equals_the_engines_sampling_propensity(tiny_ranker):
-    """The engine's log_propensity of a sampled ranking equals the teacher-forced one."""
+    """The engine's log_propensity of a sampled ranking equals the one replay scores."""
     request = RankRequest(
         task="rec-movie",
         history=("Heat (1995)",),
@@ -87,9 +87,9 @@ def test_logged_propensity_equals_the_engines_sampling_propensity(tiny_ranker):
     entry = Episode(
         dataclasses.replace(request, temperature=0.0), "3", logged_order=tuple(result.order)
     )
-    teacher_forced = incremental_log_propensity(tiny_ranker.backend)(entry)
-    assert teacher_forced == pytest.approx(result.log_propensity, abs=1e-4)
-    assert teacher_forced < 0 and math.isfinite(teacher_forced)
+    (scored,) = served_log_propensity(tiny_ranker)([entry])
+    assert scored == pytest.approx(result.log_propensity, abs=1e-4)
+    assert scored < 0 and math.isfinite(scored)
 
 
 def test_off_policy_estimates_of_the_logging_policy_itself(tiny_ranker):
@@ -108,7 +108,7 @@ def test_off_policy_estimates_of_the_logging_policy_itself(tiny_ranker):
         logged,
         by_order,
         by_order,
-        target_log_propensity=incremental_log_propensity(tiny_ranker.backend),
+        target_log_propensity=served_log_propensity(tiny_ranker),
     )
     ope = report.off_policy
     assert ope["ess"] == pytest.approx(5.0, abs=1e-3)
@@ -186,9 +186,10 @@ def test_replay_command_on_logged_traffic(database_url, tmp_path):
 def test_replay_progress_counts_every_ranking_and_ends_at_1(
     tiny_model_dir, tmp_path, monkeypatch, capsys, k, exact
 ):
-    """One progress over the replay's rankings: B's re-ranking of each request, then the
-    rankings drawn (or, with few candidates, enumerated) per policy for the per-position
-    estimates; the reports rise and end at 1.0, the last line says every ranking is done."""
+    """One progress over the replay's rankings: B's re-ranking of each request, B's scoring
+    of each logged ranking (its off-policy propensity), then the rankings drawn (or, with few
+    candidates, enumerated) per policy for the per-position estimates; the reports rise and
+    end at 1.0, the last line says every ranking is done."""
     from recsys import progress
     from recsys.db import events
     from recsys.replay.run import ReplayConfig, run_replay
@@ -209,8 +210,9 @@ def test_replay_progress_counts_every_ranking_and_ends_at_1(
     reports: list[float] = []
     result = run_replay(config, engine=None, report=reports.append)  # type: ignore[arg-type]
     assert result.slate["exact"] is exact
-    # B ranks 4 requests; per policy 4 x 4! enumerated, or 4 x 3 drawn
-    total = 4 + 2 * (4 * math.factorial(k) if exact else 4 * 3)
+    # B ranks 4 requests and scores their 4 logged rankings; per policy 4 x 4! enumerated,
+    # or 4 x 3 drawn
+    total = 4 + 4 + 2 * (4 * math.factorial(k) if exact else 4 * 3)
     assert f"replay: {total}/{total} rankings (100%)" in capsys.readouterr().err
     assert len(reports) > 2 and reports[-1] == 1.0
     assert reports == sorted(set(reports))  # strictly increasing

@@ -10,7 +10,7 @@ import pytest
 
 from ranking.rl.episodes import Episode
 from ranking.types import Candidate, RankRequest
-from recsys.replay.replay import incremental_log_propensity
+from recsys.replay.replay import served_log_propensity
 from recsys.replay.run import _prob_of, slate_section
 from recsys.replay.slate_report import draw_rankings, enumerated, policy_rankings, sampled
 
@@ -62,7 +62,7 @@ def test_the_logging_policy_evaluated_on_itself_has_unit_weights(tiny_ranker):
     """Known answer: target = logging policy, exact marginals -> every weight is 1, IIPS is
     the logged click rate and the effective sample size is the number of rounds."""
     episodes = logged_episodes(tiny_ranker)
-    target_lp = incremental_log_propensity(tiny_ranker.backend)
+    target_lp = served_log_propensity(tiny_ranker)
     out = slate_section(episodes, tiny_ranker, tiny_ranker, 8, target_lp)
     assert out["exact"] and out["rounds"] == 12 and out["marginal_standard_error"] == 0
     for name in ("iips", "rips"):

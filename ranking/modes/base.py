@@ -20,6 +20,11 @@ Shared rules (documented once, here):
 * **garbage log-probs** — NaN, +-inf, wrong-length or empty arrays from a backend are
   replaced by a uniform distribution; the step is marked ``matched="fallback"`` and counted
   in ``invalid_answers``.
+* **forced order** (`request.forced_order`) — each step takes the candidate that order
+  gives it instead of choosing; its step probability is the one above, so the result's
+  `log_propensity` is the exact log-probability of that ranking under the request's policy
+  (fusion and abstention included; under `RETRIEVAL_ORDER` 0 for the retrieval order and
+  -inf for any other). Replay scores logged rankings this way.
 * **deadline** — before each model call a request whose deadline would pass (elapsed time
   plus the running estimate of that call's cost) stops; the candidates still in play are
   ordered by the last step's probabilities (least likely to be eliminated first), or, with no
@@ -145,6 +150,14 @@ def choose(lp: np.ndarray, temperature: float, rng: np.random.Generator) -> tupl
     return i, float(p[i])
 
 
+def tempered(lp: np.ndarray, temperature: float) -> np.ndarray:
+    """log softmax(lp / T): the log-probabilities a request at temperature T draws from
+    (T = 0, greedy, reports the model's own T = 1 distribution: the shared rules above)."""
+    z = np.asarray(lp, dtype=np.float64) / (temperature if temperature > 0 else 1.0)
+    m = z.max()
+    return z - (m + math.log(np.exp(z - m).sum()))
+
+
 def retrieval_order(candidates: Sequence[Candidate], indices: Sequence[int]) -> list[int]:
     """Indices sorted by retrieval score, best first; unscored after scored; stable."""
     return sorted(
@@ -179,6 +192,10 @@ class Trace:
         self.generated_tokens = 0
         self.stopped = False
         self.rng = np.random.default_rng(request.seed)
+        # `request.forced_order` as the candidate indices the steps take, in step order
+        index = {cid: i for i, cid in enumerate(request.ids)}
+        forced = [index[cid] for cid in request.forced_order]
+        self.forced = forced[::-1] if eliminates else forced
         if self.fusion.follows_retrieval:
             self.follow_retrieval()
 
@@ -188,7 +205,13 @@ class Trace:
         1, so the ranking is that order and its log-propensity 0."""
         best_first = retrieval_order(self.request.candidates, self.remaining)
         for idx in (best_first[::-1] if self.eliminates else best_first)[:-1]:
-            self.take(self.remaining.index(idx), 1.0, matched="retrieval")
+            if self.forced:  # a forced order other than this one has probability 0
+                taken = self.forced[len(self.chosen)]
+                prob = 1.0 if taken == idx else 0.0
+                self.take(self.remaining.index(taken), prob, matched="retrieval",
+                          log_prob=0.0 if prob else -math.inf)  # fmt: skip
+            else:
+                self.take(self.remaining.index(idx), 1.0, matched="retrieval")
 
     @property
     def done(self) -> bool:
@@ -203,8 +226,10 @@ class Trace:
         prompt: str | None = None,
         response: str | None = None,
         step_lp: np.ndarray | None = None,
+        log_prob: float | None = None,
     ) -> None:
-        """Record the choice of remaining[pos]."""
+        """Record the choice of remaining[pos] (`log_prob`: its exact log-probability, where
+        `prob` may have underflowed)."""
         idx = self.remaining[pos]
         if step_lp is not None:
             self.last_lp = {i: float(v) for i, v in zip(self.remaining, step_lp, strict=True)}
@@ -218,7 +243,9 @@ class Trace:
                 matched=matched,
             )
         )
-        if prob is not None:
+        if log_prob is not None:
+            self.log_propensity += log_prob
+        elif prob is not None:
             self.log_propensity += math.log(max(prob, 1e-300))
         if matched == "fallback":
             self.invalid += 1
@@ -232,13 +259,20 @@ class Trace:
         if self.fusion.bias is not None:
             mask = None if self.fusion.abstain is None else self.fusion.abstain[self.remaining]
             lp = fuse_step(abstain(lp, mask), self.fusion.bias[self.remaining])
-        pos, prob = choose(lp, self.request.temperature, self.rng)
+        log_prob = None
+        if self.forced:  # take the forced candidate, with its probability under this step
+            pos = self.remaining.index(self.forced[len(self.chosen)])
+            log_prob = float(tempered(lp, self.request.temperature)[pos])
+            prob = math.exp(log_prob)
+        else:
+            pos, prob = choose(lp, self.request.temperature, self.rng)
         self.take(
             pos,
             prob,
             matched="constrained" if ok else "fallback",
             response=response_labels[pos] if response_labels else None,
             step_lp=lp,
+            log_prob=log_prob,
         )
 
     def stop_if_late(self, estimate_ms: float) -> bool:

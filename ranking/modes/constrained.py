@@ -16,7 +16,8 @@ the exact one of the real prefix, so results and propensities are identical to o
 decoding (same choices, same random draws); only the number of model calls falls. With
 score fusion (`ranking.fusion`) every position's distribution is fused over the candidates
 in play at that position before the choice is taken, so a guess is confirmed or rejected
-by the fused policy, exactly as one-step decoding would choose.
+by the fused policy, exactly as one-step decoding would choose. A forced order
+(`RankRequest.forced_order`) guesses every remaining step, all confirmed.
 """
 
 from __future__ import annotations
@@ -75,9 +76,8 @@ class ConstrainedMode(RankingMode):
             for r, d in zip(requests, deadlines, strict=True)
         ]  # fmt: skip
         prepared: list[object] = [None] * len(traces)
-        speculate = ctx.options.speculate if self.speculative else 0
-        if not getattr(backend, "efficient_continuation", False):
-            speculate = 0
+        can_guess = self.speculative and getattr(backend, "efficient_continuation", False)
+        speculate = ctx.options.speculate if can_guess else 0
         first = True
         while True:
             live = [i for i, t in enumerate(traces) if not t.done]
@@ -106,8 +106,7 @@ class ConstrainedMode(RankingMode):
             if not live:
                 break
             guesses = {
-                i: self._guesses(traces[i], speculate) if speculate and not first else []
-                for i in live
+                i: self._guesses(traces[i], speculate, can_guess) if not first else [] for i in live
             }
             t0 = time.perf_counter()
             if any(guesses.values()):
@@ -139,9 +138,13 @@ class ConstrainedMode(RankingMode):
     # ---------------------------------------------------------------- speculation
 
     @staticmethod
-    def _guesses(trace: Trace, k: int) -> list[int]:
+    def _guesses(trace: Trace, k: int, can_guess: bool = True) -> list[int]:
         """Candidate indices most likely to be chosen next, by the last step's probabilities
-        (the real choice of this step first); at most one per remaining model step after it."""
+        (the real choice of this step first); at most one per remaining model step after it.
+        A forced order is known in advance: every remaining step is guessed, and right, so
+        scoring a ranking costs the prefill and one continuation call."""
+        if trace.forced and can_guess:
+            return trace.forced[len(trace.chosen) :][: len(trace.remaining) - 2]
         k = min(k, len(trace.remaining) - 2)
         if k <= 0 or not trace.last_lp:
             return []

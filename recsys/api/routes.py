@@ -194,6 +194,7 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
                "log_propensity": r.log_propensity,
                "fusion_alpha": alpha_for_json(r.fusion_alpha)}  # fmt: skip
     scores = {c.id: c.score for c in req.candidates}
+    signals = {c.id: c.signals for c in req.candidates}  # what a replay must serve again
     given = {c.id: i for i, c in enumerate(req.candidates)}  # the prompt's order, for training
     abstained = set(r.fusion_abstained)  # the LM had no say on these (ranking.fusion)
     shown_at = utcnow()  # when it was shown, not when the buffer got it into the database
@@ -201,6 +202,7 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
         ImpressionRecord(request_id=request_id, user_id=user_id, item_id=item, position=pos,
                          policy=f"iranker-{r.mode}", propensity=propensity,
                          model_version=r.model, context={**context, "score": scores[item],
+                                                  "signals": signals[item],
                                                   "input_index": given[item],
                                                   "abstained": item in abstained},
                          timestamp=shown_at)

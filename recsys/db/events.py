@@ -66,6 +66,9 @@ class LoggedCandidate:
     item_id: str
     text: str  # the item title (its id when untitled)
     score: float | None = None  # the retrieval score the ranker logged, if any
+    # the candidate's signals as the ranker got them (e.g. `interactions`, which fusion's
+    # abstention reads: ranking.fusion), so a replayed request is the one served
+    signals: dict[str, float | int | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class LoggedRequest:
     history: tuple[str, ...] = ()
     log_propensity: float | None = None
     policy: str = ""
+    history_ids: tuple[str, ...] = ()  # the history's item ids (hybrid prompts read them)
     model_version: str | None = None
     timestamp: datetime | None = None
 
@@ -221,8 +225,9 @@ def logged_requests(
     One record per request that has a ground truth - the first interaction of the same user
     with one of the shown items within `window` after the impression - in the order the
     requests were shown. The history holds the titles of the user's last `history_len` items
-    before the impression; the impression context supplies `task` (default rec-movie), the
-    ranking's `log_propensity` (read from the first position) and each item's `score`;
+    before the impression (and their ids); the impression context supplies `task` (default
+    rec-movie), the ranking's `log_propensity` (read from the first position) and each
+    item's `score` and `signals`;
     candidates are in the order the ranker was given them (the context's `input_index`,
     so a training prompt is the prompt that was served), `shown` in the order shown.
     `since` keeps the requests shown at or after that time."""
@@ -276,13 +281,11 @@ def logged_requests(
                 request_id=request_id,
                 user_id=first.user,
                 task=context.get("task") or "rec-movie",
-                candidates=tuple(
-                    LoggedCandidate(r.item, r.title or r.item, (r.context or {}).get("score"))
-                    for r in _as_given(rows)
-                ),
+                candidates=tuple(_logged_candidate(r) for r in _as_given(rows)),
                 shown=tuple(r.item for r in rows),
                 ground_truth=truth[request_id],
                 history=tuple(h.title or h.item_id for h in history),
+                history_ids=tuple(h.item_id for h in history),
                 log_propensity=context.get("log_propensity"),
                 policy=first.policy,
                 model_version=first.model_version,
@@ -292,6 +295,13 @@ def logged_requests(
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def _logged_candidate(row: Any) -> LoggedCandidate:
+    context = row.context or {}
+    signals = context.get("signals")
+    return LoggedCandidate(row.item, row.title or row.item, context.get("score"),
+                           dict(signals) if isinstance(signals, dict) else {})  # fmt: skip
 
 
 def _as_given(rows: Sequence[Any]) -> list[Any]:

@@ -8,8 +8,10 @@ is joined with what the user did next (the ground truth). Then:
   paired bootstrap 95% interval, so a reader sees at once whether B is better or noise.
 * **off-policy estimates** — the value of policy B *sampling at temperature 1*, for the reward
   the logged ranking earned (reciprocal rank of the ground truth), from importance weights
-  π_B(logged ranking) / π_logging(logged ranking). π_B is exact: one teacher-forced pass of
-  the incremental elimination sequence. The effective sample size says how far to trust it.
+  π_B(logged ranking) / π_logging(logged ranking). π_B is exact and is the probability under
+  what B *serves* (its prompt style, backend, fusion weight and abstention): the engine
+  forces its steps along the logged order (`Ranker.log_probabilities`). The effective sample
+  size says how far to trust it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ranking.engine import Ranker
 from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
 from ranking.rl.episodes import Episode
 from ranking.types import RankRequest
@@ -97,7 +100,7 @@ def replay(
     rank_a: Callable[[list[RankRequest]], list[Sequence[str]]],
     rank_b: Callable[[list[RankRequest]], list[Sequence[str]]],
     *,
-    target_log_propensity: Callable[[Episode], float] | None = None,
+    target_log_propensity: TargetLogPropensity | None = None,
     seed: int = 7,
 ) -> ReplayReport:
     """Compare two rank functions (requests -> orders) on logged requests: episodes with the
@@ -130,16 +133,17 @@ def replay(
 
 
 def off_policy_estimates(
-    logged: Sequence[Episode], target_log_propensity: Callable[[Episode], float]
+    logged: Sequence[Episode], target_log_propensity: TargetLogPropensity
 ) -> dict[str, Any]:
-    """IPS / clipped IPS / SNIPS of the logged-RR reward under the target policy."""
-    usable = [e for e in logged if e.logged_order and e.logged_log_propensity is not None]
+    """IPS / clipped IPS / SNIPS of the logged-RR reward under the target policy, on the
+    requests that logged a propensity for a full ranking of their candidates."""
+    usable = [e for e in logged if has_propensity(e)]
     if not usable:
         return {"note": "the logs carry no propensities: off-policy estimates need them"}
     data = LoggedData(
         rewards=np.array([reciprocal_rank(e.logged_order, e.ground_truth) for e in usable]),
         logging_propensity=np.exp([e.logged_log_propensity for e in usable]),
-        target_propensity=np.exp([target_log_propensity(e) for e in usable]),
+        target_propensity=np.exp(np.asarray(target_log_propensity(usable), dtype=np.float64)),
     )
     out: dict[str, Any] = {"rounds": len(usable), "ess": round(effective_sample_size(data), 2)}
     for est in (IPS(), ClippedIPS(), SNIPS()):
@@ -149,24 +153,33 @@ def off_policy_estimates(
     return out
 
 
-def incremental_log_propensity(backend: Any) -> Callable[[Episode], float]:
-    """log π(logged ranking) under `backend`'s incremental elimination policy at T=1: the
-    logged order read backwards is the elimination trajectory, teacher-forced in one pass.
-    Needs a backend that exposes its torch model (the transformers backend)."""
-    import torch
+# episodes -> log pi(logged ranking) under a target policy, one per episode (batched)
+TargetLogPropensity = Callable[[Sequence[Episode]], Sequence[float]]
 
-    from ranking.rl.policy import step_logprobs, taken_logprobs
-    from ranking.rl.sequence import build_sequence
 
-    def log_propensity(entry: Episode) -> float:
-        seq = build_sequence(entry.request, backend.tokenizer)
-        index = {cid: i for i, cid in enumerate(seq.ids)}
-        eliminated = [index[cid] for cid in reversed(entry.logged_order)][:-1]
-        with torch.inference_mode():
-            steps = step_logprobs(backend.model, seq, eliminated)
-            return float(taken_logprobs(steps, eliminated).sum())
+def served_log_propensity(
+    ranker: Ranker, on_ranked: Callable[[int], None] | None = None
+) -> TargetLogPropensity:
+    """log pi(logged ranking) under what `ranker` serves, sampling at T = 1: the engine
+    scores each logged order (`Ranker.log_probabilities`) with the ranker's own prompt style
+    (hybrid soft tokens included), backend (a committee's pooled steps), fusion weight and
+    abstention, in the request's mode. So the estimate is of the policy that would be
+    deployed, not of its language model alone. `on_ranked(n)`: as `Ranker.rank_batch`."""
+
+    def log_propensity(entries: Sequence[Episode]) -> list[float]:
+        requests = [dataclasses.replace(e.request, temperature=0.0) for e in entries]
+        orders = [list(e.logged_order or ()) for e in entries]
+        return ranker.log_probabilities(requests, orders, on_ranked=on_ranked)
 
     return log_propensity
+
+
+def has_propensity(entry: Episode) -> bool:
+    """The logged ranking has a propensity and orders every candidate the ranker was given
+    (the one whose probability a target policy can be asked for)."""
+    order = entry.logged_order
+    return (entry.logged_log_propensity is not None and bool(order)
+            and sorted(order) == sorted(entry.request.ids))  # fmt: skip
 
 
 def rank_function(

@@ -4,9 +4,10 @@ replay, off-policy and per-position estimates -> report.md / report.json / repla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,14 +18,18 @@ from sqlalchemy.engine import Engine
 
 from ranking.engine import Ranker
 from ranking.rl.episodes import Episode
+from ranking.types import RankRequest
 from recsys.progress import Progress
 from recsys.replay.replay import (
     ReplayReport,
-    incremental_log_propensity,
+    TargetLogPropensity,
+    has_propensity,
     plot_report,
     rank_function,
     replay,
+    served_log_propensity,
 )
+from recsys.replay.slate_report import RankingProb
 
 
 @dataclass(frozen=True)
@@ -56,23 +61,25 @@ def run_replay(
 
     records = logged_requests(window=timedelta(days=config.window_days), limit=config.limit,
                               since=config.since, engine=engine)  # fmt: skip
-    logged = [episode_from_logged(r) for r in records]
+    # every policy ranks, samples and scores in the replay's mode
+    logged = [_in_mode(episode_from_logged(r), config.mode) for r in records]
     rank_a, ranker_a = rank_function(config.a, logged, device=config.device, mode=config.mode)
     rank_b, ranker_b = rank_function(config.b, logged, device=config.device, mode=config.mode)
-    target = None
-    if config.off_policy and ranker_b is not None and hasattr(ranker_b.backend, "model"):
-        target = incremental_log_propensity(ranker_b.backend)
-    usable = [e for e in logged if e.logged_order and e.logged_log_propensity is not None]
+    usable = [e for e in logged if has_propensity(e)]
+    off_policy = config.off_policy and ranker_b is not None
     logging = None
     if config.slate_draws and ranker_b is not None and usable:
         logging = _logging_ranker(config, ranker_a)
     total = len(logged) * ((ranker_a is not None) + (ranker_b is not None))
+    total += len(usable) if off_policy else 0
     if logging is not None and ranker_b is not None:
-        total += sum(planned_rankings(usable, config.slate_draws, _prob_of(r) is not None)
-                     for r in (logging, ranker_b))  # fmt: skip
+        total += 2 * planned_rankings(usable, config.slate_draws, True)
     with Progress(total, "replay", "rankings", show=config.progress, report=report) as progress:
         counted_a = _counted(rank_a, progress) if ranker_a is not None else rank_a
         counted_b = _counted(rank_b, progress) if ranker_b is not None else rank_b
+        target = None
+        if off_policy and ranker_b is not None:
+            target = served_log_propensity(ranker_b, on_ranked=progress.update)
         result = replay(logged, counted_a, counted_b, target_log_propensity=target)
         if logging is not None and ranker_b is not None:
             result.slate = slate_section(usable, logging, ranker_b, config.slate_draws, target,
@@ -86,12 +93,16 @@ def _counted(rank: Callable[..., Any], progress: Progress) -> Callable[..., Any]
     return lambda requests: rank(requests, on_ranked=progress.update)
 
 
+def _in_mode(entry: Episode, mode: str) -> Episode:
+    return dataclasses.replace(entry, request=dataclasses.replace(entry.request, mode=mode))
+
+
 def slate_section(
     episodes: list[Episode],
     logging: Ranker,
     target: Ranker,
     draws: int,
-    target_lp: Any,
+    target_lp: TargetLogPropensity | None,
     on_ranked: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Per-position estimates (recsys.replay.slate_report) on the rounds with propensities;
@@ -105,23 +116,20 @@ def slate_section(
                                  on_ranked=on_ranked)  # fmt: skip
     weights = None
     if target_lp is not None:
-        weights = np.exp([target_lp(e) - e.logged_log_propensity for e in episodes])
+        logged_lp = np.array([e.logged_log_propensity for e in episodes], dtype=np.float64)
+        weights = np.exp(np.asarray(target_lp(episodes), dtype=np.float64) - logged_lp)
     out = slate_estimates(episodes, p0, p1, whole_ranking_weights=weights)
     return {**out, "draws": draws, "exact": exact0 and exact1}
 
 
-def _prob_of(ranker: Ranker):  # type: ignore[no-untyped-def]
-    """(request, ranking) -> its probability under the incremental policy (teacher forced),
-    when the backend exposes its model; else None (marginals are then sampled)."""
-    import dataclasses
+def _prob_of(ranker: Ranker) -> RankingProb:
+    """(request, rankings) -> each ranking's probability under what `ranker` serves, at
+    T = 1 (`Ranker.log_probabilities`), for exact marginals on small requests."""
 
-    if not hasattr(ranker.backend, "model"):
-        return None
-    log_prob = incremental_log_propensity(ranker.backend)
-
-    def prob(request, order):  # type: ignore[no-untyped-def]
-        episode = Episode(request=request, ground_truth=order[0], logged_order=list(order))
-        return math.exp(log_prob(dataclasses.replace(episode)))
+    def prob(request: RankRequest, orders: Sequence[Sequence[str]]) -> list[float]:
+        greedy = dataclasses.replace(request, temperature=0.0)
+        lps = ranker.log_probabilities([greedy] * len(orders), orders)
+        return [math.exp(lp) for lp in lps]
 
     return prob
 

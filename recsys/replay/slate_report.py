@@ -30,8 +30,8 @@ from recsys.replay.slate import IIPS, RIPS, SlateData, slate_ess
 
 EXACT_MAX_CANDIDATES = 5  # 120 permutations
 
-# (request, ranking) -> probability of that whole ranking under a policy
-RankingProb = Callable[[RankRequest, Sequence[str]], float]
+# (request, rankings) -> the probability of each whole ranking under a policy
+RankingProb = Callable[[RankRequest, Sequence[Sequence[str]]], Sequence[float]]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def sampled(rankings: Sequence[tuple[str, ...]]) -> PolicyRankings:
 
 def enumerated(request: RankRequest, prob_of: RankingProb) -> PolicyRankings:
     orders = list(itertools.permutations(request.ids))
-    p = np.array([prob_of(request, order) for order in orders])
+    p = np.asarray(prob_of(request, orders), dtype=np.float64)
     return PolicyRankings(orders, p / p.sum(), exact=True)
 
 
