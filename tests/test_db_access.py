@@ -293,7 +293,7 @@ def test_logged_requests_join_what_was_shown_with_what_followed(engine: Engine) 
                 "iranker",
                 None,
                 "v1",
-                context | {"score": 0.1 * pos},
+                context | {"score": 0.1 * pos, "signals": {"interactions": pos}},
                 shown_at,
             )
             for request in ("r1", "r2", "r3")
@@ -324,13 +324,14 @@ def test_logged_requests_join_what_was_shown_with_what_followed(engine: Engine) 
         user_id="u1",
         task="rec-game",
         candidates=(
-            events.LoggedCandidate("c", "Film c", 0.0),
-            events.LoggedCandidate("a", "Film a", pytest.approx(0.1)),
-            events.LoggedCandidate("b", "Film b", pytest.approx(0.2)),
+            events.LoggedCandidate("c", "Film c", 0.0, {"interactions": 0}),
+            events.LoggedCandidate("a", "Film a", pytest.approx(0.1), {"interactions": 1}),
+            events.LoggedCandidate("b", "Film b", pytest.approx(0.2), {"interactions": 2}),
         ),
         shown=("c", "a", "b"),  # position order
         ground_truth="a",  # the first interaction with a shown item
         history=("Film h",),
+        history_ids=("h",),  # hybrid prompts read them
         log_propensity=-1.5,
         policy="iranker",
         model_version="v1",
