@@ -315,3 +315,17 @@ def test_propensities_of_all_orders_sum_to_one(case, reference):
         assert result.log_propensity == pytest.approx(
             path_logprob(want, eliminated), abs=10 * case.atol
         )
+
+
+def test_a_forced_order_scores_the_reference_log_probability(case, reference):
+    """`Ranker.log_probabilities` (each step forced along a given ranking, replay's target
+    propensity): every one of the 24 rankings of 4 candidates scores the reference's
+    log-probability of its elimination path, on every backend."""
+    request = make_request(4)
+    want = elimination_logprobs(reference_backend(reference), build_sequence(request, case.backend))
+    orders = [list(o) for o in itertools.permutations(request.ids)]
+    got = Ranker(case.backend).log_probabilities([request] * len(orders), orders)
+    ids = request.ids
+    for order, lp in zip(orders, got, strict=True):
+        eliminated = [ids.index(c) for c in reversed(order)][:-1]
+        assert lp == pytest.approx(path_logprob(want, eliminated), abs=10 * case.atol)
