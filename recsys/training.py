@@ -37,6 +37,7 @@ from ranking.rl.episodes import (
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
 from recsys.gate import ValidationResults
+from recsys.hybrid_loop import base_kind, refuse_committee
 from recsys.progress import Progress
 
 if TYPE_CHECKING:
@@ -280,6 +281,11 @@ def run_training(
 
     settings = get_settings()
     base_alpha = _base_served_alpha(opts)
+    kind = base_kind(opts.model)
+    if kind == "committee":
+        refuse_committee(opts.model)
+    if kind == "hybrid":
+        return _run_hybrid(opts, base_alpha, settings.data_dir, report, show_progress)
     try:
         config = TrainConfig(
             algo=opts.algo,
@@ -444,6 +450,26 @@ def run_training(
         _register(name, model_dir, metrics)
     progress.close()
     return metrics
+
+
+def _run_hybrid(
+    opts: TrainingOptions,
+    base_alpha: float,
+    data_dir: Path,
+    report: Callable[[float], None] | None,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """A hybrid base's run (recsys.hybrid_loop) on this run's episodes, with its progress:
+    `batch_size` per optimizer step, then the validation users ranked twice (the candidate
+    as served, the base as served)."""
+    from recsys.hybrid_loop import run_hybrid_training
+
+    train, val = split(opts, load_episodes(opts, data_dir))
+    if not train or not val:
+        raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
+    total = opts.steps * opts.batch_size + 2 * len(val)
+    with Progress(total, "training", "episodes", show=show_progress, report=report) as progress:
+        return run_hybrid_training(opts, base_alpha, train, val, progress=progress.update)
 
 
 def _checkpoint_step(out_dir: Path) -> int:

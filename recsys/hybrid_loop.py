@@ -1,0 +1,188 @@
+"""`recsys train` (and so the closed loop, `recsys loop`) on a hybrid ranker: fine-tune a
+hybrid model folder (CF soft tokens, `ranking.hybrid`) on the same episodes a plain LM gets
+(logged traffic from the database, or a rec task's instances), gate it and register it.
+
+A hybrid reads each item through its collaborative vector, so the plain trainer
+(`ranking.rl.trainer`, text prompts) cannot tune it: it would train a prompt the model is
+never served with. This path uses the hybrid trainer (`ranking.rl.supervised`) instead:
+
+* **start**: the folder's adapter and projector (`SupervisedTrainer.init_from`), its item
+  vectors and manifest unchanged, so the candidate serves the same catalogue;
+* **objective**: the RL stage only (`--steps` batches of `--batch-size`): the expected-step
+  loss weighted by reciprocal rank (`reward="rr"`) on the *served* trajectory — the greedy
+  elimination of the weights being trained, fused at the base's training weight — where
+  the truth is the item the user chose; with `--teacher retrieval` also the cross-entropy
+  toward the reverse retrieval order, truth last (weight `CE_WEIGHT`), which keeps the
+  policy near the ranking it re-ranks while the logs are few. What trained
+  `models/hybrid-rec-*-dagger` (docs/training.md);
+* **validation, as the gate reads it** (`recsys.gate.ValidationResults`): per validation
+  user, the reciprocal rank of the candidate served at its weight, of the base folder as it
+  is served now, and of the retrieval order — each through the serving engine;
+* **resume**: the work folder's checkpoint (`<artifacts>/training/<run>/work`), exact.
+
+A request with a candidate the folder's vector table lacks (an item new since it was
+trained) is laid out as the engine serves it: letter labels instead of item tokens
+(`ranking.prompts.item_labels`); retrain with `recsys train-ranker` when the catalogue moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ranking.fusion import RETRIEVAL_ORDER
+from ranking.rl.episodes import Episode, retrieval_elimination_order
+from recsys.errors import UserError
+from recsys.gate import ValidationResults
+
+CE_WEIGHT = 0.5  # with --teacher retrieval: the cross-entropy toward the retrieval order
+
+
+def base_kind(model: str) -> str:
+    """'hybrid', 'committee' or 'plain' for a training base spec (a packaged name, a path)."""
+    from ranking.backends.committee import is_committee_dir
+    from ranking.hybrid import is_hybrid_dir
+    from ranking.model_spec import resolve_model
+
+    path = resolve_model(model).path
+    if is_committee_dir(path):
+        return "committee"
+    return "hybrid" if is_hybrid_dir(path) else "plain"
+
+
+def refuse_committee(model: str) -> None:
+    raise UserError(
+        f"{model} is a committee (several trained rankers pooled as one policy): there is no "
+        "one model to fine-tune. Fine-tune a member (`recsys train --model MEMBER`, or "
+        "`recsys train-ranker --init MEMBER`) and pool the result with `recsys committee`; "
+        "to run the loop, promote a single model"
+    )
+
+
+def with_teacher(episode: Episode) -> Episode:
+    """The episode with the reverse retrieval order as its teacher, the truth last (the
+    hybrid trainer's cross-entropy target); unchanged when a candidate has no score."""
+    order = retrieval_elimination_order(episode.request)
+    if order is None:
+        return episode
+    truth = episode.ground_truth
+    return dataclasses.replace(episode, teacher_order=(*(c for c in order if c != truth), truth))
+
+
+def run_hybrid_training(
+    opts: Any,  # recsys.training.TrainingOptions
+    base_alpha: float,
+    train: Sequence[Episode],
+    val: Sequence[Episode],
+    *,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
+    """Fine-tune the hybrid folder `opts.model` (module doc); returns the metrics a plain
+    run returns (`recsys.training.run_training`), the exported folder and version
+    included, registered when `opts.register`."""
+    import torch
+
+    from ranking.hybrid import Hybrid, read_manifest
+    from ranking.model_spec import resolve_model
+    from ranking.rl.supervised import CheckpointMismatch, SupervisedConfig, SupervisedTrainer
+    from recsys import runtime
+    from recsys.settings import get_settings
+    from recsys.training import _baseline_name, _register, reciprocal_ranks, retrieval_orders
+
+    folder = resolve_model(opts.model).path
+    if opts.fusion_alpha == 0 and base_alpha == RETRIEVAL_ORDER:
+        raise UserError(f"{opts.model}: pass the weight to train it at (--fusion-alpha)")
+    settings = get_settings()
+    config, item_ids = read_manifest(folder)
+    vectors = _vectors(folder)
+    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
+    out_dir = settings.resolved_artifact_dir / "training" / name
+    cfg = SupervisedConfig(
+        supervised_steps=0, rl_steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr,
+        seed=opts.seed, fusion_alpha=opts.fusion_alpha, trajectory="served", reward="rr",
+        ce_weight=CE_WEIGHT if opts.teacher == "retrieval" else 0.0,
+        warmup_steps=min(50, max(1, opts.steps // 10)),
+        eval_every=max(opts.steps, 1), checkpoint_every=opts.checkpoint_every or 50,
+        val_episodes=len(val),
+    )  # fmt: skip
+    base = runtime.load_backend(settings, model=config.base, device=opts.device,
+                                backend="transformers", cache=False)  # fmt: skip
+    torch.manual_seed(opts.seed)
+    hybrid = Hybrid(base.model, base.tokenizer, item_ids, vectors, config)
+    teach = [with_teacher(e) for e in train]
+    trainer = SupervisedTrainer(base.model, hybrid, teach, [with_teacher(e) for e in val], cfg,
+                                out_dir / "work",
+                                progress=lambda rec: progress(opts.batch_size))  # fmt: skip
+    started = time.time()
+    try:
+        if not (opts.resume and trainer.load_checkpoint()):
+            trainer.init_from(folder)
+        trainer.run(resume=opts.resume)
+    except CheckpointMismatch as exc:
+        raise UserError(f"{exc} (name another --run-name)") from None
+    wall = time.time() - started
+    model_dir = trainer.export(out_dir / "model")
+    # `options.users` "all": the episodes may hold any user's logs, so an evaluation on
+    # held-out users labels this model a same-log one (recsys.resolver.trained_on_users)
+    card = {"options": {"users": "all"}, "fusion_alpha": opts.fusion_alpha,
+            "tuned_from": str(folder),
+            "tuning": {k: str(v) for k, v in dataclasses.asdict(opts).items()},
+            "trained_with": dataclasses.asdict(cfg), "n_train": len(train),
+            "n_val": len(val)}  # fmt: skip
+    (model_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    del trainer, hybrid, base  # the engine loads the exported folder afresh
+    served = served_rr(model_dir, opts.fusion_alpha, val, opts.device)
+    progress(len(val))
+    retrieval = reciprocal_ranks(retrieval_orders(val), val)
+    if base_alpha == RETRIEVAL_ORDER:
+        baseline = retrieval
+    else:
+        baseline = served_rr(folder, base_alpha, val, opts.device)
+    progress(len(val))
+    validation = ValidationResults(rr=served, baseline=baseline, retrieval=retrieval)
+
+    def mrr(rr: dict[str, float]) -> float:
+        return 100 * sum(rr.values()) / max(1, len(rr))
+
+    metrics: dict[str, Any] = {
+        "task": opts.source, "signal": opts.signal, "n_train": len(train), "n_val": len(val),
+        "steps": opts.steps, "algo": "hybrid-served-rr", "base_kind": "hybrid",
+        "train_seconds": round(wall, 1), "val_mrr": mrr(served),
+        "val_mrr_zero_shot": mrr(baseline), "val_mrr_retrieval": mrr(retrieval),
+        "val_baseline": _baseline_name(base_alpha), "val_mrr_served": mrr(served),
+        **validation.to_metrics(),
+    }  # fmt: skip
+    if opts.fusion_alpha:
+        metrics["fusion_alpha"] = opts.fusion_alpha
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["artifact"], metrics["version"] = str(model_dir), name
+    if opts.register:
+        _register(name, model_dir, metrics)
+    return metrics
+
+
+def served_rr(
+    folder: Path, alpha: float, episodes: Sequence[Episode], device: str | None
+) -> dict[str, float]:
+    """Per user, the reciprocal rank of the truth when `folder` serves each episode's
+    request greedily at weight `alpha` (through the engine, as `/v1/rank` would)."""
+    from ranking.engine import Ranker
+    from ranking.loading import load_backend
+    from recsys.training import reciprocal_ranks
+
+    ranker = Ranker(load_backend(folder, device=device or "cpu", cache=False), fusion_alpha=alpha)
+    requests = [dataclasses.replace(e.request, temperature=0.0, deadline_ms=None) for e in episodes]
+    return reciprocal_ranks([r.order for r in ranker.rank_batch(requests)], episodes)
+
+
+def _vectors(folder: Path):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    path = folder / "vectors.npy"
+    if not path.is_file():
+        raise UserError(f"{folder}: no vectors.npy (is it an exported hybrid model folder?)")
+    return np.load(path)
