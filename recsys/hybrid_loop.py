@@ -11,9 +11,10 @@ never served with. This path uses the hybrid trainer (`ranking.rl.supervised`) i
 * **objective**: the RL stage only (`--steps` batches of `--batch-size`): the expected-step
   loss weighted by reciprocal rank (`reward="rr"`) on the *served* trajectory — the greedy
   elimination of the weights being trained, fused at the base's training weight — where
-  the truth is the item the user chose; with `--teacher retrieval` also the cross-entropy
-  toward the reverse retrieval order, truth last (weight `CE_WEIGHT`), which keeps the
-  policy near the ranking it re-ranks while the logs are few. What trained
+  the truth is the item the user chose; with `--teacher retrieval` (the episodes' teacher
+  order, `recsys.training.load_episodes`: the reverse retrieval order, truth last) also the
+  cross-entropy toward it (weight `CE_WEIGHT`), which keeps the policy near the ranking it
+  re-ranks while the logs are few. What trained
   `models/hybrid-rec-*-dagger` (docs/training.md);
 * **validation, as the gate reads it** (`recsys.gate.ValidationResults`): per validation
   user, the reciprocal rank of the candidate served at its weight, of the base folder as it
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking.fusion import RETRIEVAL_ORDER
-from ranking.rl.episodes import Episode, retrieval_elimination_order
+from ranking.rl.episodes import Episode
 from recsys.errors import UserError
 from recsys.gate import ValidationResults
 
@@ -61,16 +62,6 @@ def refuse_committee(model: str) -> None:
         "`recsys train-ranker --init MEMBER`) and pool the result with `recsys committee`; "
         "to run the loop, promote a single model"
     )
-
-
-def with_teacher(episode: Episode) -> Episode:
-    """The episode with the reverse retrieval order as its teacher, the truth last (the
-    hybrid trainer's cross-entropy target); unchanged when a candidate has no score."""
-    order = retrieval_elimination_order(episode.request)
-    if order is None:
-        return episode
-    truth = episode.ground_truth
-    return dataclasses.replace(episode, teacher_order=(*(c for c in order if c != truth), truth))
 
 
 def run_hybrid_training(
@@ -113,9 +104,7 @@ def run_hybrid_training(
                                 backend="transformers", cache=False)  # fmt: skip
     torch.manual_seed(opts.seed)
     hybrid = Hybrid(base.model, base.tokenizer, item_ids, vectors, config)
-    teach = [with_teacher(e) for e in train]
-    trainer = SupervisedTrainer(base.model, hybrid, teach, [with_teacher(e) for e in val], cfg,
-                                out_dir / "work",
+    trainer = SupervisedTrainer(base.model, hybrid, train, val, cfg, out_dir / "work",
                                 progress=lambda rec: progress(opts.batch_size))  # fmt: skip
     started = time.time()
     try:

@@ -114,6 +114,7 @@ def episode_to_dict(ep: Episode) -> dict[str, Any]:
         "request": {
             "task": req.task,
             "history": list(req.history),
+            "history_ids": list(req.history_ids),  # hybrid prompts read them
             "query": req.query,
             "show_signals": req.show_signals,
             "candidates": [

@@ -484,10 +484,11 @@ class SupervisedTrainer:
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        if not (folder / "projector.pt").is_file():
+            raise FileNotFoundError(f"{folder}: not an exported hybrid model folder")
         adapter = folder / "adapter" / "adapter_model.safetensors"
-        if not adapter.is_file():
-            raise FileNotFoundError(f"{adapter}: not an exported hybrid model folder")
-        set_peft_model_state_dict(self.model, load_file(str(adapter)))
+        if adapter.is_file():  # a folder saved without one serves the base's layers as they are
+            set_peft_model_state_dict(self.model, load_file(str(adapter)))
         projector = torch.load(folder / "projector.pt", map_location="cpu", weights_only=True)
         self.hybrid.projector.load_state_dict(widened(projector, self.hybrid.projector))
 
