@@ -256,7 +256,12 @@ def load_hybrid(folder: str | Path, model: nn.Module, tokenizer: Any) -> Hybrid:
     if adapter.is_dir():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        from ranking.backends.llama_step import keep_low_rank_parts
+
+        peft_model = PeftModel.from_pretrained(model, adapter)
+        keep = keep_low_rank_parts(peft_model)  # before merging: the base's 4-bit blocks
+        model = peft_model.merge_and_unload()
+        keep()
     vectors = np.load(folder / "vectors.npy")
     projector = Projector(config.vector_dim, model.config.hidden_size)
     projector.load_state_dict(

@@ -157,3 +157,39 @@ def test_building_the_step_is_logged(q4_backend, caplog):
         q4_backend.next_token_logprobs([ctx], [[330, 389]])
         q4_backend.next_token_logprobs([[*ctx, 330]], [[330, 389]])
     assert any("q4 weights" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lora_merged_into_4_bit_weights_keeps_the_blocks_and_its_factors(q4_backend, tmp_path):
+    """A hybrid folder over a 4-bit base with a LoRA adapter on its top layer, loaded as it
+    is served (adapter merged): the step reads that layer as the base's blocks plus the
+    adapter's low-rank factors (`keep_low_rank_parts`) instead of float32, and its steps
+    equal the merged model's full forward. A merged weight edited afterwards forgets them."""
+    from peft import LoraConfig, get_peft_model
+
+    from ranking.hybrid import Hybrid, HybridConfig
+    from tests.test_hybrid import ITEMS
+
+    base_dir = tmp_path / "base"
+    q4_backend.model.save_pretrained(base_dir)
+    q4_backend.tokenizer.save_pretrained(base_dir)
+    backend = load_backend(base_dir, device="cpu", cache=False)
+    vectors = np.random.default_rng(0).normal(size=(len(ITEMS), 5)).astype(np.float32)
+    config = HybridConfig(base=str(base_dir), inject_layer=1, vector_dim=5)
+    hybrid = Hybrid(backend.model, backend.tokenizer, ITEMS, vectors, config)
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = get_peft_model(backend.model, LoraConfig(r=4, lora_alpha=8, target_modules=names,
+                                                    layers_to_transform=[1]))  # fmt: skip
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # a trained adapter: B is no longer zero
+    folder = hybrid.save(tmp_path / "hybrid", adapter_model=lora)
+    served = load_backend(folder, device="cpu", cache=False)
+    ctx = prompt_ids(served, "a 4-bit hybrid with its adapter merged")
+    steps_match_brute_force(served, [ctx], [[330, 389, 253]], [[330], [389]])
+    assert served._llama_step.weights == "q4 + low-rank"
+    with torch.no_grad():  # training after the merge: the factors no longer describe it
+        served.model.model.layers[1].mlp.up_proj.weight.add_(1e-3)
+    served.clear_cache()
+    steps_match_brute_force(served, [ctx], [[330, 389]], [[389]])
+    assert served._llama_step.weights == "float32"

@@ -49,8 +49,25 @@ from ranking.backends.q4 import Q4Matrix
 SUPPORTED_MODEL_TYPES = ("llama",)
 
 
-# A projection: float32 stored [in, out], or the 4-bit blocks of an [out, in] weight.
-Matrix = torch.Tensor | Q4Matrix
+@dataclass(frozen=True)
+class Q4LowRank:
+    """A [out, in] weight W = Q4 + down-up: the file's 4-bit blocks plus a low-rank
+    correction (a LoRA adapter merged into a 4-bit model: `keep_low_rank_parts`), so
+    x W^T = q4(x) + (x @ down) @ up reads the blocks and two thin matrices instead of W in
+    float32."""
+
+    q4: Q4Matrix
+    down: torch.Tensor  # [in, r]
+    up: torch.Tensor  # [r, out]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q4.shape
+
+
+# A projection: float32 stored [in, out], the 4-bit blocks of an [out, in] weight, or those
+# blocks plus a low-rank correction.
+Matrix = torch.Tensor | Q4Matrix | Q4LowRank
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,8 @@ class LlamaStep:
         n_q4 = sum(b is not None for b in blocks)
         n_layers = len(blocks)
         self.weights = {0: "float32", n_layers: "q4"}.get(n_q4, f"q4 ({n_q4} of {n_layers} layers)")
+        if any(isinstance(m, Q4LowRank) for b in blocks if b for m in b.values()):
+            self.weights += " + low-rank"  # a merged LoRA read as blocks plus its factors
         self.allow_q4 = allow_q4
         # bytes of the step's own weight copies (what a step streams, besides the KV cache)
         arrays = [a for la in self._layers for m in _matrices(la) for a in _arrays(m)]
@@ -170,6 +189,8 @@ class LlamaStep:
         float32 copy: the expanded matrix is read from cache)."""
         if isinstance(w, torch.Tensor):
             return x @ w if residual is None else torch.addmm(residual, x, w)
+        if isinstance(w, Q4LowRank):
+            return torch.addmm(self._mm(x, w.q4, residual), x @ w.down, w.up)
         if x.shape[0] == 1:
             return q4.q4_matmul(x, w, residual)
         out, inp = w.shape
@@ -293,32 +314,90 @@ def _q4_blocks(dec: torch.nn.Module) -> list[dict[str, Q4Matrix] | None]:
     return [_layer_q4(layer) for layer in dec.layers]
 
 
-def _layer_q4(layer: torch.nn.Module) -> dict[str, Q4Matrix] | None:
+def _layer_q4(layer: torch.nn.Module) -> dict[str, Q4Matrix | Q4LowRank] | None:
     found = {}
     for name, proj in zip(_PROJECTIONS, _projections(layer), strict=True):
-        blocks = q4.find_q4(proj.weight)
+        blocks = q4.find_q4(proj.weight) or _low_rank_of(proj)
         if blocks is None:
             return None
         found[name] = blocks
     return found
 
 
+# the attribute `keep_low_rank_parts` leaves on a merged projection: (its weight's `_state`
+# at the merge, the Q4LowRank that weight equals)
+_LOW_RANK = "_q4_low_rank"
+
+
+def keep_low_rank_parts(peft_model: torch.nn.Module) -> Callable[[], None]:
+    """Call before `merge_and_unload()` of a LoRA-adapted 4-bit model, and the returned
+    function after it: each merged projection whose base weight was 4-bit blocks then
+    remembers those blocks and its adapter's factors (`Q4LowRank`), so the step keeps
+    reading the file's blocks where the merged weight alone is float32. A weight changed
+    after the merge (its `_state` differs) forgets them: the step falls back to float32."""
+    parts = []
+    for module in peft_model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        base = getattr(module, "base_layer", None)
+        if not lora_a or not lora_b or not isinstance(base, torch.nn.Linear):
+            continue
+        blocks = q4.find_q4(base.weight) if q4.available() else None
+        if blocks is None or len(lora_a) != 1:
+            continue
+        (name,) = lora_a.keys()
+        if getattr(module, "use_dora", {}).get(name):  # DoRA's merge is not W + B A
+            continue
+        down = lora_a[name].weight.detach().t().contiguous()  # [in, r]
+        up = (lora_b[name].weight.detach() * float(module.scaling[name])).t().contiguous()
+        parts.append((base, Q4LowRank(blocks, down, up)))
+
+    def attach() -> None:
+        for linear, low_rank in parts:
+            setattr(linear, _LOW_RANK, (_state(linear), low_rank))
+
+    return attach
+
+
+def _low_rank_of(proj: torch.nn.Module) -> Q4LowRank | None:
+    kept = getattr(proj, _LOW_RANK, None)
+    return kept[1] if kept is not None and kept[0] == _state(proj) else None
+
+
 _PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-def _fuse_q4(layer: torch.nn.Module, blocks: dict[str, Q4Matrix]) -> _Layer:
+def _fuse_q4(layer: torch.nn.Module, blocks: dict[str, Q4Matrix | Q4LowRank]) -> _Layer:
     """As `_fuse`, for 4-bit blocks: q|k|v and gate|up side by side, the attention scaling
-    folded into q's block scales; the norm weights stay vectors (see `_Layer`)."""
+    folded into q's block scales (and low-rank correction); the norm weights stay vectors
+    (see `_Layer`)."""
     a = layer.self_attn
     root_c = float(blocks["q"].shape[1]) ** 0.5
     return _Layer(
-        qkv=q4.concat_out(blocks["q"].scaled(float(a.scaling)), blocks["k"], blocks["v"]),
+        qkv=_side_by_side(_scaled(blocks["q"], float(a.scaling)), blocks["k"], blocks["v"]),
         o=blocks["o"],
-        gate_up=q4.concat_out(blocks["gate"], blocks["up"]),
+        gate_up=_side_by_side(blocks["gate"], blocks["up"]),
         down=blocks["down"],
         attn_norm=layer.input_layernorm.weight.detach() * root_c,
         mlp_norm=layer.post_attention_layernorm.weight.detach() * root_c,
     )
+
+
+def _scaled(m: Q4Matrix | Q4LowRank, factor: float) -> Q4Matrix | Q4LowRank:
+    if isinstance(m, Q4Matrix):
+        return m.scaled(factor)
+    return Q4LowRank(m.q4.scaled(factor), m.down, m.up * factor)
+
+
+def _side_by_side(*ms: Q4Matrix | Q4LowRank) -> Q4Matrix | Q4LowRank:
+    """The matrices' outputs side by side: the blocks concatenated and, where any has a
+    low-rank correction, theirs stacked block-diagonally (rank 0 for the others)."""
+    blocks = q4.concat_out(*(m.q4 if isinstance(m, Q4LowRank) else m for m in ms))
+    if not any(isinstance(m, Q4LowRank) for m in ms):
+        return blocks
+    inp = blocks.shape[1]
+    downs = [m.down if isinstance(m, Q4LowRank) else torch.zeros(inp, 0) for m in ms]
+    ups = [m.up if isinstance(m, Q4LowRank) else torch.zeros(0, m.shape[0]) for m in ms]
+    return Q4LowRank(blocks, torch.cat(downs, dim=1).contiguous(), torch.block_diag(*ups))
 
 
 HUGE_PAGE = 2 << 20
@@ -341,6 +420,9 @@ def _into_arena(layers: list[_Layer]) -> list[_Layer]:
         return dst
 
     def moved_matrix(m: Matrix) -> Matrix:
+        if isinstance(m, Q4LowRank):
+            down, up = (torch.from_numpy(moved(t.numpy())) for t in (m.down, m.up))
+            return Q4LowRank(moved_matrix(m.q4), down, up)  # type: ignore[arg-type]
         if isinstance(m, Q4Matrix):
             return Q4Matrix(*(moved(a) for a in _arrays(m)))
         return torch.from_numpy(moved(m.numpy()))
@@ -360,6 +442,8 @@ def _matrices(layer: _Layer) -> list[Matrix]:
 
 
 def _arrays(m: Matrix) -> list[np.ndarray]:
+    if isinstance(m, Q4LowRank):
+        return [*_arrays(m.q4), m.down.numpy(), m.up.numpy()]
     return [m.codes, m.scale, m.offset] if isinstance(m, Q4Matrix) else [m.numpy()]
 
 
