@@ -1,6 +1,8 @@
 """`recsys train` (and so the closed loop, `recsys loop`) on a hybrid ranker: fine-tune a
 hybrid model folder (CF soft tokens, `ranking.hybrid`) on the same episodes a plain LM gets
-(logged traffic from the database, or a rec task's instances), gate it and register it.
+(logged traffic from the database, or a rec task's instances) and measure it as served;
+`recsys.training` turns the result into a version's metrics and registers it, as for a
+plain run, and the gate reads them the same way.
 
 A hybrid reads each item through its collaborative vector, so the plain trainer
 (`ranking.rl.trainer`, text prompts) cannot tune it: it would train a prompt the model is
@@ -32,13 +34,14 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ranking.fusion import RETRIEVAL_ORDER
+from ranking.metrics import reciprocal_rank
 from ranking.rl.episodes import Episode
 from recsys.errors import UserError
-from recsys.gate import ValidationResults
 
 CE_WEIGHT = 0.5  # with --teacher retrieval: the cross-entropy toward the retrieval order
 
@@ -64,17 +67,29 @@ def refuse_committee(model: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class HybridRun:
+    """What a hybrid run hands back to `recsys.training` (which turns it into a version's
+    metrics and registers it): the exported folder, the per-user reciprocal ranks of it
+    and of the base as each is served (`baseline` None: the base is served at the
+    retrieval order, which the caller measures), and the training time."""
+
+    model_dir: Path
+    served: dict[str, float]
+    baseline: dict[str, float] | None
+    train_seconds: float
+
+
 def run_hybrid_training(
     opts: Any,  # recsys.training.TrainingOptions
     base_alpha: float,
     train: Sequence[Episode],
     val: Sequence[Episode],
+    out_dir: Path,
     *,
     progress: Callable[[int], None] = lambda n: None,
-) -> dict[str, Any]:
-    """Fine-tune the hybrid folder `opts.model` (module doc); returns the metrics a plain
-    run returns (`recsys.training.run_training`), the exported folder and version
-    included, registered when `opts.register`."""
+) -> HybridRun:
+    """Fine-tune the hybrid folder `opts.model` into `out_dir` (module doc)."""
     import torch
 
     from ranking.hybrid import Hybrid, read_manifest
@@ -82,16 +97,12 @@ def run_hybrid_training(
     from ranking.rl.supervised import CheckpointMismatch, SupervisedConfig, SupervisedTrainer
     from recsys import runtime
     from recsys.settings import get_settings
-    from recsys.training import _baseline_name, _register, reciprocal_ranks, retrieval_orders
 
     folder = resolve_model(opts.model).path
     if opts.fusion_alpha == 0 and base_alpha == RETRIEVAL_ORDER:
         raise UserError(f"{opts.model}: pass the weight to train it at (--fusion-alpha)")
-    settings = get_settings()
     config, item_ids = read_manifest(folder)
     vectors = _vectors(folder)
-    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
-    out_dir = settings.resolved_artifact_dir / "training" / name
     cfg = SupervisedConfig(
         supervised_steps=0, rl_steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr,
         seed=opts.seed, fusion_alpha=opts.fusion_alpha, trajectory="served", reward="rr",
@@ -100,7 +111,7 @@ def run_hybrid_training(
         eval_every=max(opts.steps, 1), checkpoint_every=opts.checkpoint_every or 50,
         val_episodes=len(val),
     )  # fmt: skip
-    base = runtime.load_backend(settings, model=config.base, device=opts.device,
+    base = runtime.load_backend(get_settings(), model=config.base, device=opts.device,
                                 backend="transformers", cache=False)  # fmt: skip
     torch.manual_seed(opts.seed)
     hybrid = Hybrid(base.model, base.tokenizer, item_ids, vectors, config)
@@ -126,32 +137,11 @@ def run_hybrid_training(
     del trainer, hybrid, base  # the engine loads the exported folder afresh
     served = served_rr(model_dir, opts.fusion_alpha, val, opts.device)
     progress(len(val))
-    retrieval = reciprocal_ranks(retrieval_orders(val), val)
-    if base_alpha == RETRIEVAL_ORDER:
-        baseline = retrieval
-    else:
+    baseline = None
+    if base_alpha != RETRIEVAL_ORDER:
         baseline = served_rr(folder, base_alpha, val, opts.device)
     progress(len(val))
-    validation = ValidationResults(rr=served, baseline=baseline, retrieval=retrieval)
-
-    def mrr(rr: dict[str, float]) -> float:
-        return 100 * sum(rr.values()) / max(1, len(rr))
-
-    metrics: dict[str, Any] = {
-        "task": opts.source, "signal": opts.signal, "n_train": len(train), "n_val": len(val),
-        "steps": opts.steps, "algo": "hybrid-served-rr", "base_kind": "hybrid",
-        "train_seconds": round(wall, 1), "val_mrr": mrr(served),
-        "val_mrr_zero_shot": mrr(baseline), "val_mrr_retrieval": mrr(retrieval),
-        "val_baseline": _baseline_name(base_alpha), "val_mrr_served": mrr(served),
-        **validation.to_metrics(),
-    }  # fmt: skip
-    if opts.fusion_alpha:
-        metrics["fusion_alpha"] = opts.fusion_alpha
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    metrics["artifact"], metrics["version"] = str(model_dir), name
-    if opts.register:
-        _register(name, model_dir, metrics)
-    return metrics
+    return HybridRun(model_dir, served, baseline, round(wall, 1))
 
 
 def served_rr(
@@ -161,11 +151,12 @@ def served_rr(
     request greedily at weight `alpha` (through the engine, as `/v1/rank` would)."""
     from ranking.engine import Ranker
     from ranking.loading import load_backend
-    from recsys.training import reciprocal_ranks
 
     ranker = Ranker(load_backend(folder, device=device or "cpu", cache=False), fusion_alpha=alpha)
     requests = [dataclasses.replace(e.request, temperature=0.0, deadline_ms=None) for e in episodes]
-    return reciprocal_ranks([r.order for r in ranker.rank_batch(requests)], episodes)
+    results = ranker.rank_batch(requests)
+    pairs = zip(results, episodes, strict=True)
+    return {e.user: reciprocal_rank(r.order, e.ground_truth) for r, e in pairs}
 
 
 def _vectors(folder: Path):  # type: ignore[no-untyped-def]

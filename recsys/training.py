@@ -459,17 +459,42 @@ def _run_hybrid(
     report: Callable[[float], None] | None,
     show_progress: bool,
 ) -> dict[str, Any]:
-    """A hybrid base's run (recsys.hybrid_loop) on this run's episodes, with its progress:
-    `batch_size` per optimizer step, then the validation users ranked twice (the candidate
-    as served, the base as served)."""
+    """A hybrid base's run (recsys.hybrid_loop) on this run's episodes, with its progress
+    (`batch_size` per optimizer step, then the validation users ranked twice: the candidate
+    and the base, each as served) and the metrics and registration of a plain run."""
     from recsys.hybrid_loop import run_hybrid_training
+    from recsys.settings import get_settings
 
     train, val = split(opts, load_episodes(opts, data_dir))
     if not train or not val:
         raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
+    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
+    out_dir = get_settings().resolved_artifact_dir / "training" / name
     total = opts.steps * opts.batch_size + 2 * len(val)
     with Progress(total, "training", "episodes", show=show_progress, report=report) as progress:
-        return run_hybrid_training(opts, base_alpha, train, val, progress=progress.update)
+        run = run_hybrid_training(opts, base_alpha, train, val, out_dir, progress=progress.update)
+    retrieval = reciprocal_ranks(retrieval_orders(val), val)
+    baseline = retrieval if run.baseline is None else run.baseline
+    validation = ValidationResults(rr=run.served, baseline=baseline, retrieval=retrieval)
+
+    def mrr(rr: dict[str, float]) -> float:
+        return 100 * sum(rr.values()) / max(1, len(rr))
+
+    metrics: dict[str, Any] = {
+        "task": opts.source, "signal": opts.signal, "n_train": len(train), "n_val": len(val),
+        "steps": opts.steps, "algo": "hybrid-served-rr", "base_kind": "hybrid",
+        "train_seconds": run.train_seconds, "val_mrr": mrr(run.served),
+        "val_mrr_zero_shot": mrr(baseline), "val_mrr_retrieval": mrr(retrieval),
+        "val_baseline": _baseline_name(base_alpha), "val_mrr_served": mrr(run.served),
+        **validation.to_metrics(),
+    }  # fmt: skip
+    if opts.fusion_alpha:
+        metrics["fusion_alpha"] = opts.fusion_alpha
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["artifact"], metrics["version"] = str(run.model_dir), name
+    if opts.register:
+        _register(name, run.model_dir, metrics)
+    return metrics
 
 
 def _checkpoint_step(out_dir: Path) -> int:
