@@ -78,8 +78,8 @@ def run_replay(
         counted_a = _counted(rank_a, progress) if ranker_a is not None else rank_a
         counted_b = _counted(rank_b, progress) if ranker_b is not None else rank_b
         target = None
-        if off_policy and ranker_b is not None:
-            target = served_log_propensity(ranker_b, on_ranked=progress.update)
+        if off_policy and ranker_b is not None:  # scored once: the slate section reuses it
+            target = _once(served_log_propensity(ranker_b, on_ranked=progress.update))
         result = replay(logged, counted_a, counted_b, target_log_propensity=target)
         if logging is not None and ranker_b is not None:
             result.slate = slate_section(usable, logging, ranker_b, config.slate_draws, target,
@@ -91,6 +91,19 @@ def run_replay(
 def _counted(rank: Callable[..., Any], progress: Progress) -> Callable[..., Any]:
     """A model policy's rank function that moves `progress` as its batches finish."""
     return lambda requests: rank(requests, on_ranked=progress.update)
+
+
+def _once(log_propensity: TargetLogPropensity) -> TargetLogPropensity:
+    """`log_propensity`, each episode scored the first time it is asked for only."""
+    seen: dict[int, float] = {}
+
+    def cached(entries: Sequence[Episode]) -> list[float]:
+        missing = [e for e in entries if id(e) not in seen]
+        if missing:
+            seen.update(zip(map(id, missing), log_propensity(missing), strict=True))
+        return [seen[id(e)] for e in entries]
+
+    return cached
 
 
 def _in_mode(entry: Episode, mode: str) -> Episode:
