@@ -99,8 +99,6 @@ def run_hybrid_training(
     from recsys.settings import get_settings
 
     folder = resolve_model(opts.model).path
-    if opts.fusion_alpha == 0 and base_alpha == RETRIEVAL_ORDER:
-        raise UserError(f"{opts.model}: pass the weight to train it at (--fusion-alpha)")
     config, item_ids = read_manifest(folder)
     vectors = _vectors(folder)
     cfg = SupervisedConfig(
@@ -109,7 +107,7 @@ def run_hybrid_training(
         ce_weight=CE_WEIGHT if opts.teacher == "retrieval" else 0.0,
         warmup_steps=min(50, max(1, opts.steps // 10)),
         eval_every=max(opts.steps, 1), checkpoint_every=opts.checkpoint_every or 50,
-        val_episodes=len(val),
+        val_episodes=len(val), validate_served=False,  # measured below, as exported
     )  # fmt: skip
     base = runtime.load_backend(get_settings(), model=config.base, device=opts.device,
                                 backend="transformers", cache=False)  # fmt: skip
