@@ -12,7 +12,13 @@ from ranking.rl.episodes import Episode
 from ranking.types import Candidate, RankRequest
 from recsys.replay.replay import served_log_propensity
 from recsys.replay.run import _prob_of, slate_section
-from recsys.replay.slate_report import draw_rankings, enumerated, policy_rankings, sampled
+from recsys.replay.slate_report import (
+    draw_rankings,
+    enumerated,
+    policy_rankings,
+    sampled,
+    slate_estimates,
+)
 
 
 def logged_episodes(ranker, n: int = 12, k: int = 4) -> list[Episode]:
@@ -79,3 +85,18 @@ def test_sampled_logging_marginals_count_the_logged_ranking(tiny_ranker):
     for e, p in zip(episodes, policies, strict=True):
         assert p.rankings[0] == tuple(e.logged_order)
         assert all(p.position(k, e.logged_order[k]) >= 1 / 6 for k in range(6))
+
+
+def test_a_policy_that_always_shows_the_click_in_one_place_has_no_sampling_error():
+    """Nine draws of 1/9 add up to 1.0000000000000002: a marginal stays a probability, and
+    a logging policy that put the clicked item at the same position in all of them has a
+    standard error of 0 (before, the loop's replay at 8 draws failed: math domain error)."""
+    request = RankRequest(task="rec-movie", candidates=tuple(
+        Candidate(c, f"Movie {c}", score=1.0) for c in "abcd"))  # fmt: skip
+    episode = Episode(request=request, ground_truth="a", user="u",
+                      logged_order=["a", "b", "c", "d"], logged_log_propensity=-0.1)  # fmt: skip
+    always = sampled([("a", "b", "c", "d")] * 9)
+    assert sum(always.weights) > 1.0 and always.position(0, "a") == 1.0
+    out = slate_estimates([episode], [always], [always], n_boot=10)
+    assert out["marginal_standard_error"] == 0.0
+    assert out["iips"]["estimate"] == pytest.approx(1.0)
