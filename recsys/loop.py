@@ -47,7 +47,7 @@ class LoopConfig:
     min_requests: int = 50
     steps: int = 50
     batch_size: int = 8
-    lr: float = 1e-5
+    lr: float | None = None  # None: the base's kind's default (recsys.training.DEFAULT_LR)
     # the paper's expected-step RL on the logged outcome; no teacher order (the retrieval
     # order a teacher would follow is what the served ranking already started from)
     algo: str = "expected"

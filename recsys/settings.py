@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     loop_schedule: str = Field("0 4 * * *", description="when the loop fine-tunes (UTC)")
     loop_min_requests: int = Field(50, ge=1, description="logged requests a turn needs")
     loop_steps: int = Field(50, ge=0, description="optimizer steps per turn")
-    loop_lr: float = Field(1e-5, gt=0, le=1, description="learning rate of a turn")
+    loop_lr: float | None = Field(
+        None, gt=0, le=1,
+        description="learning rate of a turn (unset: recsys.training.DEFAULT_LR of the base)",
+    )  # fmt: skip
     loop_offline_task: str | None = Field(
         None, description="also gate a turn's candidate on this offline task (e.g. rec-movie)"
     )

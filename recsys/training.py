@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,12 @@ def episodes_from_database(
 # ----------------------------------------------------------------------------- runs
 
 
+# the learning rate a run uses unless given one, by the base's kind (recsys.hybrid_loop
+# .base_kind): the plain LM's full-layer or LoRA updates, and a hybrid's adapter and
+# projector (what trained models/hybrid-rec-*-dagger)
+DEFAULT_LR = {"plain": 1e-5, "hybrid": 2e-4}
+
+
 @dataclass
 class TrainingOptions:
     source: str = "rec-movie"  # rec-movie | rec-game (eval instances) | db | JSONL file
@@ -141,7 +147,7 @@ class TrainingOptions:
     algo: str = "distill"
     steps: int = 50
     batch_size: int = 4
-    lr: float = 1e-5
+    lr: float | None = None  # None: DEFAULT_LR of the base's kind
     group_size: int = 4
     users: int | None = None  # cap on training users
     val_users: int = 100
@@ -284,6 +290,8 @@ def run_training(
     kind = base_kind(opts.model)
     if kind == "committee":
         refuse_committee(opts.model)
+    if opts.lr is None:
+        opts = replace(opts, lr=DEFAULT_LR[kind])
     if kind == "hybrid":
         return _run_hybrid(opts, base_alpha, settings.data_dir, report, show_progress)
     try:

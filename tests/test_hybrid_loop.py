@@ -152,3 +152,17 @@ def test_a_loop_turn_tunes_gates_and_replays_a_promoted_hybrid(
         assert report["off_policy"]["rounds"] > 0 and report["off_policy"]["ess"] > 0
     finally:
         get_settings.cache_clear()
+
+
+def test_an_unset_learning_rate_is_the_base_kinds(
+    folder, episodes_file, tmp_path, fresh_settings, tiny_model_dir
+):
+    """`--lr` / RECSYS_LOOP_LR unset: 2e-4 for a hybrid's adapter and projector, 1e-5 for a
+    plain LM (recsys.training.DEFAULT_LR); the run records the one it used."""
+    fresh_settings.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    runs = tmp_path / "var/artifacts/training"
+    run_training(options(folder, episodes_file, lr=None, run_name="hybrid"))
+    card = json.loads((runs / "hybrid/model/card.json").read_text())
+    assert card["trained_with"]["lr"] == 2e-4
+    run_training(options(tiny_model_dir, episodes_file, lr=None, run_name="plain"))
+    assert json.loads((runs / "plain/options.json").read_text())["lr"] == 1e-5

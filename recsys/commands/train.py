@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
         signals: bool = typer.Option(
             False, "--signals/--titles-only", help="render retrieval signals in the prompt"
         ),
-        lr: float = typer.Option(1e-5, "--lr"),
+        lr: float | None = typer.Option(
+            None, "--lr", help="learning rate (default: 1e-5, or 2e-4 for a hybrid folder)"
+        ),
         batch_size: int = typer.Option(4, "--batch-size", help="episodes per update"),
         group_size: int = typer.Option(4, "--group-size", help="GRPO trajectories per episode"),
         teacher: str = typer.Option(
