@@ -8,6 +8,7 @@ serialised and audited later.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -109,22 +110,14 @@ class RankRequest:
         if not isinstance(raw_candidates, list):
             raise RequestError("'candidates' must be a list of {id, text[, score, signals]}")
         candidates = tuple(_candidate_from_dict(i, c) for i, c in enumerate(raw_candidates))
-        history = data.get("history") or ()
-        if not isinstance(history, list | tuple) or not all(isinstance(h, str) for h in history):
-            raise RequestError("'history' must be a list of strings (item titles)")
-        history_ids = data.get("history_ids") or ()
-        if not isinstance(history_ids, list | tuple) or not all(
-            isinstance(h, str) for h in history_ids
-        ):
-            raise RequestError("'history_ids' must be a list of strings (catalogue item ids)")
+        history = _strings(data, "history", "a list of strings (item titles)")
+        history_ids = _strings(data, "history_ids", "a list of strings (catalogue item ids)")
         if history_ids and len(history_ids) != len(history):
             raise RequestError(
                 f"'history_ids' has {len(history_ids)} ids for {len(history)} history items; "
                 "give one id per history title, or none"
             )
-        forced = data.get("forced_order") or ()
-        if not isinstance(forced, list | tuple) or not all(isinstance(f, str) for f in forced):
-            raise RequestError("'forced_order' must be a list of candidate ids, best first")
+        forced = _strings(data, "forced_order", "a list of candidate ids, best first")
         skip = ("candidates", "history", "history_ids", "forced_order")
         fields = {k: v for k, v in data.items() if k not in skip}
         fields.setdefault("mode", "incremental")
@@ -136,11 +129,24 @@ class RankRequest:
             raise RequestError(f"'task' is required; one of {list(TASKS)}")
         return cls(
             candidates=candidates,
-            history=tuple(history),
-            history_ids=tuple(history_ids),
-            forced_order=tuple(forced),
+            history=history,
+            history_ids=history_ids,
+            forced_order=forced,
             **fields,
         )
+
+
+def _strings(data: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
+    """`data[key]` as a tuple of strings (absent or null: empty); RequestError otherwise."""
+    value = data.get(key) or ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise RequestError(f"'{key}' must be {what}")
+    return tuple(value)
+
+
+def is_permutation_of(order: Sequence[str], ids: Sequence[str]) -> bool:
+    """`order` lists each of `ids` exactly once (a ranking of them)."""
+    return len(order) == len(ids) and sorted(order) == sorted(ids)
 
 
 def _candidate_from_dict(index: int, raw: Any) -> Candidate:
@@ -194,7 +200,7 @@ def validate_request(req: RankRequest) -> None:
 def _validate_forced(req: RankRequest) -> None:
     if not req.forced_order:
         return
-    if sorted(req.forced_order) != sorted(req.ids):
+    if not is_permutation_of(req.forced_order, req.ids):
         raise RequestError(
             f"forced_order must be a permutation of the {len(req.ids)} candidate ids (each "
             f"once, best first); got {len(req.forced_order)} ids that are not"

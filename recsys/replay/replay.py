@@ -26,7 +26,7 @@ import numpy as np
 from ranking.engine import Ranker
 from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
 from ranking.rl.episodes import Episode
-from ranking.types import RankRequest
+from ranking.types import RankRequest, is_permutation_of
 from recsys.replay.estimators import (
     IPS,
     SNIPS,
@@ -179,7 +179,7 @@ def has_propensity(entry: Episode) -> bool:
     (the one whose probability a target policy can be asked for)."""
     order = entry.logged_order
     return (entry.logged_log_propensity is not None and bool(order)
-            and sorted(order) == sorted(entry.request.ids))  # fmt: skip
+            and is_permutation_of(order, entry.request.ids))  # fmt: skip
 
 
 def rank_function(
