@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking.fusion import RETRIEVAL_ORDER
-from ranking.metrics import reciprocal_rank
-from ranking.rl.episodes import Episode
+from ranking.rl.episodes import Episode, reciprocal_ranks
 from recsys.errors import UserError
 
 CE_WEIGHT = 0.5  # with --teacher retrieval: the cross-entropy toward the retrieval order
@@ -152,9 +151,7 @@ def served_rr(
 
     ranker = Ranker(load_backend(folder, device=device or "cpu", cache=False), fusion_alpha=alpha)
     requests = [dataclasses.replace(e.request, temperature=0.0, deadline_ms=None) for e in episodes]
-    results = ranker.rank_batch(requests)
-    pairs = zip(results, episodes, strict=True)
-    return {e.user: reciprocal_rank(r.order, e.ground_truth) for r, e in pairs}
+    return reciprocal_ranks([r.order for r in ranker.rank_batch(requests)], episodes)
 
 
 def _vectors(folder: Path):  # type: ignore[no-untyped-def]

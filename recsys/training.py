@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ranking.fusion import RETRIEVAL_ORDER
-from ranking.metrics import reciprocal_rank
 from ranking.rl.episodes import (
     Episode,
     read_episodes,
+    reciprocal_ranks,
     retrieval_elimination_order,
     split_by_user,
     teacher_elimination_order,
@@ -246,10 +246,6 @@ def split(opts: TrainingOptions, eps: list[Episode]) -> tuple[list[Episode], lis
     if opts.users:
         train = train[: opts.users]
     return train, val[: opts.val_users]
-
-
-def reciprocal_ranks(orders: Sequence[Sequence[str]], eps: Sequence[Episode]) -> dict[str, float]:
-    return {e.user: reciprocal_rank(o, e.ground_truth) for o, e in zip(orders, eps, strict=True)}
 
 
 def retrieval_orders(eps: Sequence[Episode]) -> list[list[str]]:

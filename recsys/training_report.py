@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from ranking.rl.episodes import reciprocal_ranks
 from recsys.errors import UserError
-from recsys.training import reciprocal_ranks, retrieval_orders, task_episodes
+from recsys.training import retrieval_orders, task_episodes
 
 
 def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking.errors import RequestError
+from ranking.metrics import reciprocal_rank
 from ranking.types import RankRequest
 
 
@@ -101,6 +102,11 @@ def split_by_user(
         u = int.from_bytes(digest[:8], "big") / 2**64
         (val if u < val_fraction else train).append(ep)
     return train, val
+
+
+def reciprocal_ranks(orders: Sequence[Sequence[str]], eps: Sequence[Episode]) -> dict[str, float]:
+    """Per episode's user, the reciprocal rank of its ground truth in the matching order."""
+    return {e.user: reciprocal_rank(o, e.ground_truth) for o, e in zip(orders, eps, strict=True)}
 
 
 def episode_to_dict(ep: Episode) -> dict[str, Any]:
