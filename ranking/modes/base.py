@@ -166,6 +166,14 @@ def retrieval_order(candidates: Sequence[Candidate], indices: Sequence[int]) -> 
     )
 
 
+def _step_order(request: RankRequest, eliminates: bool) -> list[int]:
+    """The candidate indices `request.forced_order` has the steps take: its order reversed
+    when each step eliminates the worst, as it is when each places the best."""
+    index = {cid: i for i, cid in enumerate(request.ids)}
+    forced = [index[cid] for cid in request.forced_order]
+    return forced[::-1] if eliminates else forced
+
+
 class Trace:
     """One request's run: what was chosen, with which probability, and how it ends.
 
@@ -193,9 +201,7 @@ class Trace:
         self.stopped = False
         self.rng = np.random.default_rng(request.seed)
         # `request.forced_order` as the candidate indices the steps take, in step order
-        index = {cid: i for i, cid in enumerate(request.ids)}
-        forced = [index[cid] for cid in request.forced_order]
-        self.forced = forced[::-1] if eliminates else forced
+        self.forced = _step_order(request, eliminates) if request.forced_order else []
         if self.fusion.follows_retrieval:
             self.follow_retrieval()
 
