@@ -82,10 +82,15 @@ def fusion_bias(
     return (-alpha if eliminates else alpha) * z
 
 
+def abstain_threshold(request: RankRequest, default: int = 0) -> int:
+    """The request's own `fusion_abstain_below`, else the ranker's `default`."""
+    return default if request.fusion_abstain_below is None else request.fusion_abstain_below
+
+
 def abstaining(request: RankRequest, default: int = 0) -> np.ndarray | None:
     """Per candidate (input order): True where the ranker abstains (module doc; `default`:
     the ranker's threshold for requests that set none); None when no candidate does."""
-    below = default if request.fusion_abstain_below is None else request.fusion_abstain_below
+    below = abstain_threshold(request, default)
     if not below:
         return None
     counts = [c.signals.get(ABSTAIN_SIGNAL) for c in request.candidates]
@@ -124,6 +129,7 @@ class FusionPlan:
     alpha: float = 0.0
     note: str | None = None
     abstain: np.ndarray | None = None  # candidates the ranker has no opinion of (module doc)
+    abstain_below: int = 0  # the threshold that chose them (0: none), for the logs
 
     @property
     def follows_retrieval(self) -> bool:
@@ -154,4 +160,5 @@ def plan_fusion(
     bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
     if bias is None:
         return FusionPlan(note=NOTE_NO_SCORE)
-    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request, default_abstain))
+    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request, default_abstain),
+                      abstain_below=abstain_threshold(request, default_abstain))  # fmt: skip

@@ -285,6 +285,9 @@ class RankResult:
     fusion_note: str | None = None  # why a fusion weight asked for was not applied
     # ids of the candidates the ranker abstained on (ranking.fusion; empty: none)
     fusion_abstained: tuple[str, ...] = ()
+    # the abstention threshold the fused steps applied (0: none); logged, so a replay of
+    # the logging policy applies it again
+    fusion_abstain_below: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: as the fields, except that the retrieval order's infinite

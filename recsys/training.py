@@ -112,6 +112,8 @@ def episode_from_logged(logged: LoggedRequest, *, show_signals: bool = False) ->
         user=logged.user_id,
         logged_order=logged.shown or None,
         logged_log_propensity=logged.log_propensity,
+        logged_fusion_alpha=logged.fusion_alpha,
+        logged_abstain_below=logged.fusion_abstain_below,
     )
 
 

@@ -161,40 +161,86 @@ def test_off_policy_weights_are_one_when_the_fused_logging_policy_is_the_target(
     assert alone["ess"] < 5.9
 
 
-def test_logged_traffic_replays_as_it_was_served(tiny_backend, engine) -> None:
-    """Served through the API (fusion and abstention from the server's defaults, signals on
-    the candidates), logged, read back: the request replay rebuilds carries the signals and
-    the history's ids, and scoring the shown ranking gives back the logged propensity."""
+def serve_log_and_read_back(engine, served: Ranker, **overrides):
+    """One request ranked through the API by `served` (with the request's own `overrides`),
+    logged, clicked (the item shown second) and read back as logged traffic:
+    (the answer, its LoggedRequest)."""
     from recsys.db.catalogue import ItemRecord, ensure_items
     from recsys.db.engine import write_connection
     from recsys.db.events import InteractionRecord, log_interactions, logged_requests
     from recsys.db.models import utcnow
-    from recsys.training import episode_from_logged
     from tests.test_api import REQUEST, make_client
 
     titles = {c["id"]: c["text"] for c in REQUEST["candidates"]}
-    history = {"h1": "Toy Story (1995)", "h2": "Heat (1995)"}
     with write_connection(engine) as conn:
-        ensure_items(conn, [ItemRecord(i, title=t) for i, t in {**titles, **history}.items()])
+        ensure_items(conn, [ItemRecord(i, title=t) for i, t in {**titles, **HISTORY}.items()])
     before = utcnow() - timedelta(days=1)
     log_interactions([InteractionRecord("u1", h, "click", before + timedelta(minutes=k))
-                      for k, h in enumerate(history)], engine=engine)  # fmt: skip
-    counts = {"50": 100, "181": 0, "1": 100, "7": 2}
-    cands = [{**c, "signals": {"interactions": counts[c["id"]]}} for c in REQUEST["candidates"]]
-    body = {**REQUEST, "candidates": cands, "history": list(history.values()), "user_id": "u1",
-            "temperature": 1.0, "seed": 4}  # fmt: skip
-    served = Ranker(tiny_backend, fusion_alpha=0.5, fusion_abstain_below=3)
+                      for k, h in enumerate(HISTORY)], engine=engine)  # fmt: skip
+    cands = [{**c, "signals": {"interactions": COUNTS[c["id"]]}} for c in REQUEST["candidates"]]
+    body = {**REQUEST, "candidates": cands, "history": list(HISTORY.values()), "user_id": "u1",
+            "temperature": 1.0, "seed": 4, **overrides}  # fmt: skip
     with make_client(served, engine) as client:
         answer = client.post("/v1/rank", json=body).json()
-    assert answer["fusion_abstained"]  # abstention took part in what was logged
     later = utcnow() + timedelta(minutes=1)
     log_interactions([InteractionRecord("u1", answer["order"][1], "click", later)], engine=engine)
     (record,) = logged_requests(engine=engine)
+    return answer, record
+
+
+HISTORY = {"h1": "Toy Story (1995)", "h2": "Heat (1995)"}
+COUNTS = {"50": 100, "181": 0, "1": 100, "7": 2}
+
+
+def test_logged_traffic_replays_as_it_was_served(tiny_backend, engine) -> None:
+    """A request served through the API with fusion and abstention (signals on the
+    candidates), logged, read back: the request replay rebuilds carries the signals and
+    the history's ids, and scoring the shown ranking gives back the logged propensity."""
+    from recsys.training import episode_from_logged
+
+    served = Ranker(tiny_backend, fusion_alpha=0.5, fusion_abstain_below=3)
+    answer, record = serve_log_and_read_back(engine, served)
+    assert answer["fusion_abstained"]  # abstention took part in what was logged
+    assert (record.fusion_alpha, record.fusion_abstain_below) == (0.5, 3)
     episode = episode_from_logged(record)
     req = episode.request
-    assert req.history == tuple(history.values()) and req.history_ids == tuple(history)
+    assert req.history == tuple(HISTORY.values()) and req.history_ids == tuple(HISTORY)
     assert {c.id: c.signals for c in req.candidates} == {
-        i: {"interactions": n} for i, n in counts.items()
+        i: {"interactions": n} for i, n in COUNTS.items()
     }
     (lp,) = served_log_propensity(served)([episode])
     assert lp == pytest.approx(answer["log_propensity"], abs=1e-5)
+
+
+def test_a_requests_own_fusion_is_replayed_for_the_logging_policy_only(tiny_backend, engine):
+    """A request that set its own fusion weight and abstention threshold is logged with
+    them. The logging policy is scored (and its per-position marginals computed) on the
+    request as served (`Episode.as_logged`); a target policy ranks with its own defaults.
+    Known answer: a target equal to the logging policy as served gets per-position weights
+    of 1, so IIPS and RIPS equal the logged reward exactly; with the logging ranker's
+    defaults instead (as before the settings were logged) they do not."""
+    from recsys.replay.run import slate_section
+    from recsys.training import episode_from_logged
+
+    served = Ranker(tiny_backend, fusion_alpha=0.5, fusion_abstain_below=3)
+    answer, record = serve_log_and_read_back(engine, served, fusion_alpha=2.0,
+                                             fusion_abstain_below=1)  # fmt: skip
+    assert (answer["fusion_alpha"], answer["fusion_abstain_below"]) == (2.0, 1)
+    assert answer["fusion_abstained"] == ["181"]  # the default threshold, 3, would add "7"
+    assert (record.fusion_alpha, record.fusion_abstain_below) == (2.0, 1)
+    episode = episode_from_logged(record)
+    assert episode.request.fusion_alpha is None  # a target ranks with its own defaults
+    as_served, as_default = served_log_propensity(served)([episode.as_logged(), episode])
+    assert as_served == pytest.approx(answer["log_propensity"], abs=1e-5)
+    assert abs(as_default - answer["log_propensity"]) > 1e-3
+
+    same = Ranker(tiny_backend, fusion_alpha=2.0, fusion_abstain_below=1)
+    slate = slate_section([episode], served, same, draws=4, target_lp=None)
+    assert slate["exact"]  # 4 candidates: every ranking enumerated
+    reward = slate["logging policy (on-policy mean)"]
+    assert reward == pytest.approx(0.5)  # the item shown second was clicked
+    for est in ("iips", "rips"):
+        assert slate[est]["estimate"] == pytest.approx(reward, abs=1e-6)
+    unlogged = dataclasses.replace(episode, logged_fusion_alpha=None, logged_abstain_below=None)
+    before = slate_section([unlogged], served, same, draws=4, target_lp=None)
+    assert before["rips"]["estimate"] != pytest.approx(reward, abs=1e-3)

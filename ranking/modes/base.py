@@ -320,6 +320,7 @@ class Trace:
             fusion_alpha=self.fusion.alpha,
             fusion_note=self.fusion.note,
             fusion_abstained=self.abstained(),
+            fusion_abstain_below=self.fusion.abstain_below,
         )
 
     def abstained(self) -> tuple[str, ...]:

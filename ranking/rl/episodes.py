@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ class Episode:
     teacher_order: tuple[str, ...] | None = None
     logged_order: tuple[str, ...] | None = None
     logged_log_propensity: float | None = None
+    # the fusion weight and abstention threshold the logging policy served this request
+    # with (None: not logged; older impressions), which a request may have overridden
+    logged_fusion_alpha: float | None = None
+    logged_abstain_below: int | None = None
 
     def __post_init__(self) -> None:
         ids = self.request.ids
@@ -45,6 +51,21 @@ class Episode:
     @property
     def gt_index(self) -> int:
         return self.request.ids.index(self.ground_truth)
+
+    def as_logged(self) -> Episode:
+        """This episode with the request as the logging policy served it: its logged fusion
+        weight and abstention threshold set on the request (a replay of the *logging*
+        policy must use them; a target policy ranks with its own defaults)."""
+        changes: dict[str, object] = {}
+        # an infinite weight (the retrieval order) is only ever a ranker's default, which a
+        # request cannot ask for: the logging ranker's own default serves it again
+        if self.logged_fusion_alpha is not None and math.isfinite(self.logged_fusion_alpha):
+            changes["fusion_alpha"] = self.logged_fusion_alpha
+        if self.logged_abstain_below is not None:
+            changes["fusion_abstain_below"] = self.logged_abstain_below
+        if not changes:
+            return self
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, **changes))
 
 
 def retrieval_elimination_order(request: RankRequest) -> tuple[str, ...] | None:

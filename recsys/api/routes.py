@@ -192,7 +192,8 @@ def _log(service: "Service", request_id: str, user_id: str, req: RankRequest, r:
     # the context carries what off-policy training and replay read back (logged_requests)
     context = {"task": req.task, "mode": r.mode, "fallback": r.fallback,
                "log_propensity": r.log_propensity,
-               "fusion_alpha": alpha_for_json(r.fusion_alpha)}  # fmt: skip
+               "fusion_alpha": alpha_for_json(r.fusion_alpha),
+               "fusion_abstain_below": r.fusion_abstain_below}  # fmt: skip
     scores = {c.id: c.score for c in req.candidates}
     signals = {c.id: c.signals for c in req.candidates}  # what a replay must serve again
     given = {c.id: i for i, c in enumerate(req.candidates)}  # the prompt's order, for training

@@ -63,6 +63,9 @@ class RankAnswer(BaseModel):
         default_factory=list,
         description="candidates the ranker gave no opinion on (fusion_abstain_below)",
     )
+    fusion_abstain_below: int = Field(
+        0, description="the abstention threshold applied with fusion (0: none)"
+    )
 
 
 class RecommendedItem(BaseModel):

@@ -9,6 +9,7 @@ event), so logging the same event twice stores it once.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ranking.types import is_valid_abstain, is_valid_alpha
 from recsys.db.bulk import StagedLoad
 from recsys.db.catalogue import ItemRecord, ensure_items, ensure_users
 from recsys.db.engine import write_connection
@@ -90,6 +92,10 @@ class LoggedRequest:
     history_ids: tuple[str, ...] = ()  # the history's item ids (hybrid prompts read them)
     model_version: str | None = None
     timestamp: datetime | None = None
+    # the fusion weight (+inf: the retrieval order) and abstention threshold the ranking was
+    # served with; None where the impression did not log them
+    fusion_alpha: float | None = None
+    fusion_abstain_below: int | None = None
 
 
 @dataclass(frozen=True)
@@ -290,10 +296,26 @@ def logged_requests(
                 policy=first.policy,
                 model_version=first.model_version,
                 timestamp=first.timestamp,
+                **_served_fusion(context),
             )
         )
         if limit is not None and len(out) >= limit:
             break
+    return out
+
+
+def _served_fusion(context: dict[str, Any]) -> dict[str, Any]:
+    """The logged fusion weight (JSON null: the retrieval order, an infinite weight) and
+    abstention threshold, each None when the context lacks it or holds a bad value."""
+    out: dict[str, Any] = {}
+    if "fusion_alpha" in context:
+        alpha = context["fusion_alpha"]
+        if alpha is None:
+            out["fusion_alpha"] = math.inf
+        elif is_valid_alpha(alpha):
+            out["fusion_alpha"] = float(alpha)
+    if is_valid_abstain(context.get("fusion_abstain_below")):
+        out["fusion_abstain_below"] = int(context["fusion_abstain_below"])
     return out
 
 

@@ -119,11 +119,14 @@ def slate_section(
     on_ranked: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Per-position estimates (recsys.replay.slate_report) on the rounds with propensities;
-    `on_ranked(n)` follows the sampling (slate_report.planned_rankings per policy)."""
+    `on_ranked(n)` follows the sampling (slate_report.planned_rankings per policy). The
+    logging policy's marginals come from each request as it was served (its logged fusion
+    weight and abstention threshold, `Episode.as_logged`); the target ranks with its own."""
     from recsys.replay.slate_report import policy_rankings, slate_estimates
 
     lp0, lp1 = _prob_of(logging), _prob_of(target)
-    p0, exact0 = policy_rankings(logging, episodes, draws, prob_of=lp0, include_logged=True,
+    as_served = [e.as_logged() for e in episodes]
+    p0, exact0 = policy_rankings(logging, as_served, draws, prob_of=lp0, include_logged=True,
                                  on_ranked=on_ranked)  # fmt: skip
     p1, exact1 = policy_rankings(target, episodes, draws, prob_of=lp1, seed=1_000_003,
                                  on_ranked=on_ranked)  # fmt: skip
