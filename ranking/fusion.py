@@ -33,7 +33,10 @@ fusion signal alone places it relative to a typical candidate. Why: a hybrid LM 
 item through its CF vector, and a vector fitted on a handful of interactions is noise the
 fusion would add to a signal that has content features for such items (docs/RESULTS.md 0j).
 Each step is still one distribution, so the log-propensity stays exact. Candidates without
-the signal never abstain. It is a serving rule: training (`ranking.rl`) fuses without it.
+the signal never abstain. A candidate the ranker knows nothing of (a hybrid model's item
+newer than its vectors, `PromptStyle.unknown`) abstains whatever k: the model would
+otherwise rank it as the rare items it was trained on, which were negatives (measured:
+`benchmarks/new_items.py`). It is a serving rule: training (`ranking.rl`) fuses without it.
 """
 
 from __future__ import annotations
@@ -144,9 +147,11 @@ def plan_fusion(
     eliminates: bool = True,
     fusable: bool = True,
     default_abstain: int = 0,
+    unknown: Sequence[bool] | None = None,
 ) -> FusionPlan:
     """The request's own `fusion_alpha` (and `fusion_abstain_below`) win over the ranker's
-    defaults. `fusable=False`
+    defaults; `unknown` marks candidates the ranker abstains on whatever the threshold
+    (module doc). `fusable=False`
     (free-text modes) and, for a finite weight, a candidate without a score turn fusion
     off, with a note. `RETRIEVAL_ORDER` needs no score: unscored candidates follow the
     scored ones, in the request's order."""
@@ -160,5 +165,9 @@ def plan_fusion(
     bias = fusion_bias([c.score for c in request.candidates], alpha, eliminates=eliminates)
     if bias is None:
         return FusionPlan(note=NOTE_NO_SCORE)
-    return FusionPlan(bias=bias, alpha=float(alpha), abstain=abstaining(request, default_abstain),
+    mask = abstaining(request, default_abstain)
+    if unknown is not None and any(unknown):
+        new = np.asarray(unknown, dtype=bool)
+        mask = new if mask is None else mask | new
+    return FusionPlan(bias=bias, alpha=float(alpha), abstain=mask,
                       abstain_below=abstain_threshold(request, default_abstain))  # fmt: skip

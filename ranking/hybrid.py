@@ -27,6 +27,14 @@ injection layer: a hybrid's elimination steps, which append item tokens, take th
 path). vLLM cannot run hooks: `load_backend(..., backend="vllm")` on a hybrid model raises
 a ModelLoadError saying so.
 
+**Items newer than the model** (not among its vectors: a catalogue grows after training)
+are written with *new-item tokens* `<|new item K|>` (`PromptStyle.for_request` gives each
+such item of a request its own), all carrying one vector, the catalogue's mean: the
+model reads "an item it knows nothing about" while the prompt keeps the layout it was
+trained on (soft tokens, item labels). Without them, one new candidate turned the whole
+prompt into letters and titles, which the model never saw in training (measured:
+`benchmarks/new_items.py`, docs/ranking.md "Items newer than the model").
+
 A hybrid model is a folder (`save` / `load`): `hybrid.json` (base model, injection layer,
 prompt style, item ids), `vectors.npy` (the CF vectors it was trained with: the projector
 is versioned with them), `projector.pt`, and the LoRA adapter of the top layers.
@@ -34,6 +42,7 @@ is versioned with them), `projector.pt`, and the LoRA adapter of the top layers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,8 +55,13 @@ from torch import nn
 
 from ranking.errors import ModelLoadError
 from ranking.prompts import PromptStyle
+from ranking.types import MAX_CANDIDATES
 
 TOKEN_FORMAT = "<|item:{}|>"
+NEW_ITEM_FORMAT = "<|new item {}|>"
+# a request's new candidates each need their own (they may be its labels); one more for
+# new history items beyond them
+NEW_ITEM_SLOTS = MAX_CANDIDATES + 1
 PLACEHOLDER = " item"
 MANIFEST = "hybrid.json"
 
@@ -135,19 +149,34 @@ class Hybrid:
 
     def _add_tokens(self) -> dict[str, str]:
         texts = [TOKEN_FORMAT.format(i) for i in self.item_ids]
+        self.new_item_tokens = tuple(NEW_ITEM_FORMAT.format(k) for k in range(NEW_ITEM_SLOTS))
         self.base_vocab = int(self.model.get_input_embeddings().num_embeddings)
-        self.tokenizer.add_tokens(texts, special_tokens=True)
+        self.tokenizer.add_tokens(texts + list(self.new_item_tokens), special_tokens=True)
         ids = self.tokenizer.convert_tokens_to_ids(texts)
-        if min(ids) < self.base_vocab:
+        new_ids = self.tokenizer.convert_tokens_to_ids(list(self.new_item_tokens))
+        if min(ids + new_ids) < self.base_vocab:
             raise ModelLoadError("item tokens collide with the model's vocabulary")
-        lookup = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+        lookup = torch.full((max(ids + new_ids) + 1,), -1, dtype=torch.long)
         lookup[torch.tensor(ids)] = torch.arange(len(ids))
+        lookup[torch.tensor(new_ids)] = len(ids)  # one row past the catalogue: `vectors_at`
         self.row_of_token = lookup.to(self.vectors.device)
         return dict(zip(self.item_ids, texts, strict=True))
 
+    def vectors_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """The vectors of catalogue rows `rows`; the row one past the catalogue (new-item
+        tokens) gets the catalogue's mean (an item the CF model never fitted sits near the
+        centre, as its rarest items do), computed only when asked for."""
+        new = rows == len(self.item_ids)
+        if not bool(new.any()):
+            return self.vectors[rows]
+        out = self.vectors[rows.clamp(max=len(self.item_ids) - 1)].clone()
+        out[new] = self.vectors.mean(0)
+        return out
+
     @property
     def style(self) -> PromptStyle:
-        return self.config.style(self.item_tokens)
+        style = self.config.style(self.item_tokens)
+        return dataclasses.replace(style, new_item_tokens=self.new_item_tokens)
 
     def label_logits(
         self, head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor
@@ -159,7 +188,7 @@ class Hybrid:
         if bool((~soft).any()):
             rows[~soft] = head.weight[ids[~soft]].to(hidden.dtype)
         if bool(soft.any()):
-            vec = self.vectors[self.row_of_token[ids[soft]]]
+            vec = self.vectors_at(self.row_of_token[ids[soft]])
             rows[soft] = self.projector.output(vec).to(hidden.dtype)
         return hidden @ rows.T
 
@@ -209,7 +238,7 @@ class Hybrid:
         # in units of the stream's own size at that position (its RMS is ~10 by the upper
         # layers of SmolLM2): a projector output of order 1 then matters from the start
         scale = hidden[soft].detach().pow(2).mean(-1, keepdim=True).sqrt()
-        delta[soft] = (self.projector(self.vectors[rows[soft]]) * scale).to(hidden.dtype)
+        delta[soft] = (self.projector(self.vectors_at(rows[soft])) * scale).to(hidden.dtype)
         return hidden + delta
 
     def remove(self) -> None:

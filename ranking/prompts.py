@@ -17,7 +17,9 @@ need multi-token labels). See :func:`label_set`.
 
 from __future__ import annotations
 
+import dataclasses
 import string
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +115,9 @@ class PromptStyle:
     * `chat`: wrap the prompt in the model's chat template (False for a model fine-tuned on
       bare prompts: the template's system prompt is ~30 tokens of every request);
     * `item_labels`: name candidates by their soft tokens instead of letters, when every
-      candidate has one (the answer is then a sequence of item tokens).
+      candidate has one (the answer is then a sequence of item tokens);
+    * `new_item_tokens`: tokens a hybrid model keeps for items newer than its vectors
+      (`for_request` gives each such item of a request one; ranking.hybrid).
 
     With soft tokens and no titles the short template is compact: the history is the
     tokens back to back, and so are the candidates when they are their own labels
@@ -126,12 +130,38 @@ class PromptStyle:
     item_tokens: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
     chat: bool = True  # False: no chat template around the prompt (a model trained without)
     item_labels: bool = False  # True: a candidate's label is its soft token (ranking.hybrid)
+    new_item_tokens: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
             raise RequestError(f"unknown prompt template {self.template!r}; use {TEMPLATES}")
         if self.title_chars is not None and self.title_chars < 0:
             raise RequestError(f"title_chars must be >= 0 or None, got {self.title_chars}")
+
+    def for_request(self, request: RankRequest) -> PromptStyle:
+        """This style with a new-item token for each item of a rec request that has no soft
+        token of its own: the candidates first, each its own (they may be labels), then the
+        history's. Without them one item newer than a hybrid model would turn the whole
+        prompt into letters and titles, a layout the model was never trained on; every
+        new-item token carries the same vector (ranking.hybrid), so the model reads each as
+        "an item I know nothing about" and the rest of the prompt stays as trained."""
+        if not self.new_item_tokens or request.task not in _REC:
+            return self
+        ids = [c.id for c in request.candidates] + list(request.history_ids)
+        unknown = [i for i in dict.fromkeys(ids) if i not in self.item_tokens]
+        if not unknown:
+            return self
+        last = len(self.new_item_tokens) - 1  # past it (history only) any token will do
+        new = {i: self.new_item_tokens[min(k, last)] for k, i in enumerate(unknown)}
+        return dataclasses.replace(self, item_tokens=ChainMap(new, self.item_tokens))
+
+    def unknown(self, request: RankRequest) -> list[bool] | None:
+        """Per candidate: True where a style with new-item tokens has no soft token of its
+        own for it (the model knows nothing of it: fusion abstains, ranking.fusion); None
+        when the style has none or the request is not a rec task."""
+        if not self.new_item_tokens or request.task not in _REC:
+            return None
+        return [c.id not in self.item_tokens for c in request.candidates]
 
     def item(self, item_id: str | None, title: str) -> str:
         """One item as the prompt shows it: soft token (if any), then the (cut) title."""
@@ -145,9 +175,11 @@ class PromptStyle:
 PAPER_STYLE = PromptStyle()
 
 
-def style_of(backend: Any) -> PromptStyle:
-    """The prompt style of a backend (or tokenizer stand-in); the paper's when it has none."""
-    return getattr(backend, "prompt_style", None) or PAPER_STYLE
+def style_of(backend: Any, request: RankRequest | None = None) -> PromptStyle:
+    """The prompt style of a backend (or tokenizer stand-in); the paper's when it has none.
+    With `request`: as that request is written (`PromptStyle.for_request`)."""
+    style = getattr(backend, "prompt_style", None) or PAPER_STYLE
+    return style if request is None else style.for_request(request)
 
 
 # ---------------------------------------------------------------- candidate lines and signals

@@ -31,7 +31,7 @@ import numpy as np
 from ranking.backends.base import LMBackend
 from ranking.fusion import plan_fusion
 from ranking.modes.base import Deadline, ModeContext, RankingMode, Trace
-from ranking.prompts import labels_for
+from ranking.prompts import labels_for, style_of
 from ranking.types import RankRequest, RankResult
 
 
@@ -70,9 +70,11 @@ class ConstrainedMode(RankingMode):
         ctx: ModeContext,
     ) -> list[RankResult]:
         fusion, below = ctx.options.fusion_alpha, ctx.options.fusion_abstain_below
+        style = style_of(backend)
         traces = [
             Trace(r, d, self.eliminates,
-                  plan_fusion(r, fusion, eliminates=self.eliminates, default_abstain=below))
+                  plan_fusion(r, fusion, eliminates=self.eliminates, default_abstain=below,
+                              unknown=style.unknown(r)))
             for r, d in zip(requests, deadlines, strict=True)
         ]  # fmt: skip
         prepared: list[object] = [None] * len(traces)

@@ -77,7 +77,7 @@ def _as_backend(backend_or_tokenizer):
 
 def label_sequence(request: RankRequest, backend, prompt_fn, answer_prefix: str):
     backend = _as_backend(backend)
-    style = style_of(backend)
+    style = style_of(backend, request)
     labelled = item_labels(backend.tokenizer, style, request.candidates) or labels_for(
         backend.tokenizer, len(request.candidates)
     )

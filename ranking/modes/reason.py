@@ -23,7 +23,7 @@ from ranking.types import RankRequest, RankResult
 
 def step_prompt(request: RankRequest, remaining: list[int], backend: LMBackend) -> str:
     cands = [request.candidates[i] for i in remaining]
-    style = style_of(backend)
+    style = style_of(backend, request)
     return backend.chat_prompt(reason_prompt(request, cands, style), system=REASON_SYSTEM_PROMPT)
 
 

@@ -19,7 +19,7 @@ def step_prompt(request: RankRequest, remaining: list[int], backend: LMBackend) 
     """The chat-formatted prompt of one step, ending with the answer prefix."""
     labels = [lab for lab, _ in labels_for(backend.tokenizer, len(remaining))]
     cands = [request.candidates[i] for i in remaining]
-    style = style_of(backend)
+    style = style_of(backend, request)
     return backend.chat_prompt(label_prompt(request, cands, labels, style)) + SCORE_ANSWER_PREFIX
 
 
