@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired, rr_by_instance, run_of  # benchmarks/ is on sys.path
+from heldout import SEED, heldout_with_lambdamart
 from one_row import write_rows
 
 from ranking.fusion import zscores
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
-FOLDS, SEED = 5, 7
+FOLDS = 5
 
 
 def reciprocal_rank(score: np.ndarray, ltr: np.ndarray, target: int) -> float:
@@ -44,20 +45,10 @@ def collect(task: str, model: str) -> list[dict]:
     """Per held-out instance: LambdaMART scores, the LM's keep shares, its last step's
     probability, the target's index, user and cold flag."""
     from recsys import runtime
-    from recsys.eval.fit_cache import FitCache
     from recsys.eval.harness import COLD_START_MAX, target_counts
-    from recsys.eval.instances import for_users
-    from recsys.eval.rankers import make_baseline
     from recsys.eval.stacked import lm_columns
-    from recsys.eval.tasks import build_task, default_data
-    from recsys.settings import get_settings
 
-    settings = get_settings()
-    taskset = for_users(
-        build_task(task, default_data(task, settings.data_dir), SEED), "heldout", SEED
-    )
-    scorer = make_baseline("lambdamart", seed=SEED, cache=FitCache(settings.resolved_fit_cache_dir))
-    scorer.prepare(taskset)
+    taskset, scorer = heldout_with_lambdamart(task)
     engine = runtime.load_ranker(model=model, fusion_alpha=0.0)
     requests = [i.to_request("incremental", fusion_alpha=0.0) for i in taskset.instances]
     results = engine.rank_batch(requests, progress=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired  # benchmarks/ is on sys.path
+from heldout import heldout_with_lambdamart
 from one_row import write_rows
 
-SEED = 7
 CONDITIONS = {"none": 0, "1 new negative": 1, "new target": -1}
 
 
@@ -64,11 +64,6 @@ def reciprocal_ranks(engine, instances, targets, alpha: float) -> tuple[np.ndarr
 
 def main() -> None:
     from recsys import runtime
-    from recsys.eval.fit_cache import FitCache
-    from recsys.eval.instances import for_users
-    from recsys.eval.rankers import make_baseline
-    from recsys.eval.tasks import build_task, default_data
-    from recsys.settings import get_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True)
@@ -77,12 +72,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=80, help="held-out instances ranked")
     args = parser.parse_args()
 
-    settings = get_settings()
-    taskset = for_users(
-        build_task(args.task, default_data(args.task, settings.data_dir), SEED), "heldout", SEED
-    )
-    scorer = make_baseline("lambdamart", seed=SEED, cache=FitCache(settings.resolved_fit_cache_dir))
-    scorer.prepare(taskset)
+    taskset, scorer = heldout_with_lambdamart(args.task)
     instances = taskset.instances[: args.users]
     scores = [scorer.scores(i) for i in instances]
     engine = runtime.load_ranker(model=args.model, fusion_alpha=0.0)

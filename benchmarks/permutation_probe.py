@@ -15,8 +15,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from combiner_probe import FOLDS, GRID, SEED, reciprocal_rank  # benchmarks/ is on sys.path
+from combiner_probe import FOLDS, GRID, reciprocal_rank  # benchmarks/ is on sys.path
 from eval_files import cell, paired
+from heldout import SEED, heldout_with_lambdamart
 from one_row import write_rows
 
 from ranking.fusion import zscores
@@ -38,19 +39,9 @@ def collect(task: str, model: str) -> list[dict]:
     """Per held-out instance: LambdaMART scores and the LM's keep share under each order,
     all in the eval's candidate order."""
     from recsys import runtime
-    from recsys.eval.fit_cache import FitCache
-    from recsys.eval.instances import for_users
-    from recsys.eval.rankers import make_baseline
     from recsys.eval.stacked import lm_columns
-    from recsys.eval.tasks import build_task, default_data
-    from recsys.settings import get_settings
 
-    settings = get_settings()
-    taskset = for_users(
-        build_task(task, default_data(task, settings.data_dir), SEED), "heldout", SEED
-    )
-    scorer = make_baseline("lambdamart", seed=SEED, cache=FitCache(settings.resolved_fit_cache_dir))
-    scorer.prepare(taskset)
+    taskset, scorer = heldout_with_lambdamart(task)
     engine = runtime.load_ranker(model=model, fusion_alpha=0.0)
     keeps = []
     for k in range(ORDERS):

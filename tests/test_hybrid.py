@@ -95,7 +95,15 @@ def test_served_steps_equal_the_trained_steps(tiny_model_dir) -> None:
     """The engine's incremental ranking (KV cache, constrained steps) has exactly the step
     distributions the trainer computes teacher-forced along the same order."""
     backend, hybrid = fresh_hybrid(tiny_model_dir)
-    req = request(["1", "2", "3", "4", "5"], ["6", "7", "8"])
+    res = assert_served_steps_are_trained_steps(
+        backend, hybrid, request(["1", "2", "3", "4", "5"], ["6", "7", "8"])
+    )
+    assert res.log_propensity == pytest.approx(sum(np.log(s.prob) for s in res.steps), abs=1e-4)
+
+
+def assert_served_steps_are_trained_steps(backend, hybrid, req: RankRequest):
+    """Rank `req` through the engine, check every step's probability against the trainer's
+    teacher-forced step along the same order, and return the result."""
     res = Ranker(backend, batch_size=1).rank(req)
     order = list(reversed(res.order))  # eliminated first ... survivor last
     ep = prepare(Episode(request=req, ground_truth=order[-1], user="u", teacher_order=tuple(order)),
@@ -105,7 +113,7 @@ def test_served_steps_equal_the_trained_steps(tiny_model_dir) -> None:
     served = [np.log(s.prob) for s in res.steps]
     trained = [float(lp[t, ep.order[t]]) for t in range(len(served))]
     np.testing.assert_allclose(served, trained, atol=1e-4)
-    assert res.log_propensity == pytest.approx(sum(served), abs=1e-4)
+    return res
 
 
 @pytest.mark.parametrize("split", [True, False])

@@ -15,10 +15,8 @@ from ranking.engine import Ranker
 from ranking.hybrid import NEW_ITEM_FORMAT, NEW_ITEM_SLOTS
 from ranking.modes.incremental import build_sequence
 from ranking.prompts import PAPER_STYLE
-from ranking.rl.episodes import Episode
-from ranking.rl.supervised import StyledTokenizer, batch_step_logprobs, prepare
 from ranking.types import MAX_CANDIDATES
-from tests.test_hybrid import fresh_hybrid, request
+from tests.test_hybrid import assert_served_steps_are_trained_steps, fresh_hybrid, request
 
 NEW = [NEW_ITEM_FORMAT.format(k) for k in range(3)]
 
@@ -80,15 +78,7 @@ def test_served_steps_equal_the_trained_steps_with_new_items(tiny_model_dir, spl
     backend, hybrid = fresh_hybrid(tiny_model_dir)
     backend.split_hybrid(split)
     req = request(["1", "x", "2", "y", "3"], ["z", "4"], temperature=1.0, seed=3)
-    res = Ranker(backend, batch_size=1).rank(req)
-    order = list(reversed(res.order))
-    ep = prepare(Episode(request=req, ground_truth=order[-1], user="u", teacher_order=tuple(order)),
-                 StyledTokenizer(backend.tokenizer, hybrid.style))  # fmt: skip
-    with torch.no_grad():
-        lp = batch_step_logprobs(backend.model, hybrid, [ep])[0]
-    served = [np.log(s.prob) for s in res.steps]
-    trained = [float(lp[t, ep.order[t]]) for t in range(len(served))]
-    np.testing.assert_allclose(served, trained, atol=1e-4)
+    res = assert_served_steps_are_trained_steps(backend, hybrid, req)
     (forced,) = Ranker(backend, batch_size=1).log_probabilities(
         [dataclasses.replace(req, temperature=1.0)], [res.order]
     )
