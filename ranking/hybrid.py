@@ -42,7 +42,6 @@ is versioned with them), `projector.pt`, and the LoRA adapter of the top layers.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -101,10 +100,13 @@ class HybridConfig:
     chat: bool = False  # trained on bare prompts (no chat template)
     item_labels: bool = True  # a candidate's label is its own item token
 
-    def style(self, item_tokens: dict[str, str]) -> PromptStyle:
+    def style(
+        self, item_tokens: dict[str, str], new_item_tokens: tuple[str, ...] = ()
+    ) -> PromptStyle:
         return PromptStyle(
-            self.template, self.title_chars, item_tokens, self.chat, self.item_labels
-        )
+            self.template, self.title_chars, item_tokens, self.chat, self.item_labels,
+            new_item_tokens,
+        )  # fmt: skip
 
 
 class Hybrid:
@@ -175,8 +177,7 @@ class Hybrid:
 
     @property
     def style(self) -> PromptStyle:
-        style = self.config.style(self.item_tokens)
-        return dataclasses.replace(style, new_item_tokens=self.new_item_tokens)
+        return self.config.style(self.item_tokens, self.new_item_tokens)
 
     def label_logits(
         self, head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor

@@ -145,7 +145,7 @@ class PromptStyle:
         prompt into letters and titles, a layout the model was never trained on; every
         new-item token carries the same vector (ranking.hybrid), so the model reads each as
         "an item I know nothing about" and the rest of the prompt stays as trained."""
-        if not self.new_item_tokens or request.task not in _REC:
+        if not self._writes_new_items(request):
             return self
         ids = [c.id for c in request.candidates] + list(request.history_ids)
         unknown = [i for i in dict.fromkeys(ids) if i not in self.item_tokens]
@@ -159,9 +159,13 @@ class PromptStyle:
         """Per candidate: True where a style with new-item tokens has no soft token of its
         own for it (the model knows nothing of it: fusion abstains, ranking.fusion); None
         when the style has none or the request is not a rec task."""
-        if not self.new_item_tokens or request.task not in _REC:
+        if not self._writes_new_items(request):
             return None
         return [c.id not in self.item_tokens for c in request.candidates]
+
+    def _writes_new_items(self, request: RankRequest) -> bool:
+        """New-item tokens apply: the style has them and the request names catalogue items."""
+        return bool(self.new_item_tokens) and request.task in _REC
 
     def item(self, item_id: str | None, title: str) -> str:
         """One item as the prompt shows it: soft token (if any), then the (cut) title."""

@@ -314,8 +314,7 @@ def run_training(
     train, val = split(opts, eps)
     if not train or not val:
         raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
-    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
-    out_dir = settings.resolved_artifact_dir / "training" / name
+    name, out_dir = _run_dir(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a GGUF model cannot be saved after training: train a de-quantised HF copy (made once)
     base_dir = ensure_hf_dir(opts.model, settings.resolved_artifact_dir / "base")
@@ -404,9 +403,6 @@ def run_training(
     (out_dir / "tuned_fused.json").write_text(json.dumps(tuned))
     retrieval = reciprocal_ranks(retrieval_orders(val), val)
 
-    def mrr(rr: dict[str, float]) -> float:
-        return 100 * sum(rr.values()) / len(rr)
-
     def served_at(alpha: float) -> str:
         """The key of the results at weight `alpha` (as it is spelled in `alphas`)."""
         return next((f"rr_fused@{a}" for a in alphas[1:] if a == alpha), "rr")
@@ -428,9 +424,9 @@ def run_training(
         "algo": opts.algo,
         "show_signals": opts.show_signals,
         "train_seconds": round(wall, 1),
-        "val_mrr": mrr(tuned["rr"]),
-        "val_mrr_zero_shot": mrr(base["rr"]),
-        "val_mrr_retrieval": mrr(retrieval),
+        "val_mrr": _mrr(tuned["rr"]),
+        "val_mrr_zero_shot": _mrr(base["rr"]),
+        "val_mrr_retrieval": _mrr(retrieval),
         # what val_rr_baseline is: the base served at the retrieval order, or at a weight
         "val_baseline": _baseline_name(base_alpha),
         **validation.to_metrics(),
@@ -439,23 +435,42 @@ def run_training(
         metrics.update(
             {
                 "fusion_alpha": opts.fusion_alpha,
-                "val_mrr_fused": mrr(tuned[f"rr_fused@{opts.fusion_alpha}"]),
-                "val_mrr_zero_shot_fused": mrr(base[f"rr_fused@{opts.fusion_alpha}"]),
+                "val_mrr_fused": _mrr(tuned[f"rr_fused@{opts.fusion_alpha}"]),
+                "val_mrr_zero_shot_fused": _mrr(base[f"rr_fused@{opts.fusion_alpha}"]),
             }
         )
         for a in alphas[1:]:
-            metrics[f"val_mrr_fused@{a}"] = mrr(tuned[f"rr_fused@{a}"])
-            metrics[f"val_mrr_zero_shot_fused@{a}"] = mrr(base[f"rr_fused@{a}"])
+            metrics[f"val_mrr_fused@{a}"] = _mrr(tuned[f"rr_fused@{a}"])
+            metrics[f"val_mrr_zero_shot_fused@{a}"] = _mrr(base[f"rr_fused@{a}"])
         metrics["val_rr_ranker_alone"] = tuned["rr"]
-    metrics["val_mrr_served"] = mrr(validation.rr)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    model_dir = trainer.export(out_dir / "model")
-    metrics["artifact"] = str(model_dir)
-    metrics["version"] = name
-    if opts.register:
-        _register(name, model_dir, metrics)
+    metrics["val_mrr_served"] = _mrr(validation.rr)
+    _save_and_register(opts, name, out_dir, trainer.export(out_dir / "model"), metrics)
     progress.close()
     return metrics
+
+
+def _run_dir(opts: TrainingOptions) -> tuple[str, Path]:
+    """The run's name (a version's, when registered) and its artifact folder."""
+    from recsys.settings import get_settings
+
+    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
+    return name, get_settings().resolved_artifact_dir / "training" / name
+
+
+def _mrr(rr: dict[str, float]) -> float:
+    """Per-user reciprocal ranks as MRR x 100."""
+    return 100 * sum(rr.values()) / max(1, len(rr))
+
+
+def _save_and_register(
+    opts: TrainingOptions, name: str, out_dir: Path, model_dir: Path, metrics: dict[str, Any]
+) -> None:
+    """metrics.json beside the run; then `metrics` names the exported folder and version,
+    registered when `opts.register`."""
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics["artifact"], metrics["version"] = str(model_dir), name
+    if opts.register:
+        _register(name, model_dir, metrics)
 
 
 def _run_hybrid(
@@ -469,37 +484,28 @@ def _run_hybrid(
     (`batch_size` per optimizer step, then the validation users ranked twice: the candidate
     and the base, each as served) and the metrics and registration of a plain run."""
     from recsys.hybrid_loop import run_hybrid_training
-    from recsys.settings import get_settings
 
     train, val = split(opts, load_episodes(opts, data_dir))
     if not train or not val:
         raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
-    name = opts.run_name or time.strftime("ranker-%Y%m%d-%H%M%S")
-    out_dir = get_settings().resolved_artifact_dir / "training" / name
+    name, out_dir = _run_dir(opts)
     total = opts.steps * opts.batch_size + 2 * len(val)
     with Progress(total, "training", "episodes", show=show_progress, report=report) as progress:
         run = run_hybrid_training(opts, base_alpha, train, val, out_dir, progress=progress.update)
     retrieval = reciprocal_ranks(retrieval_orders(val), val)
     baseline = retrieval if run.baseline is None else run.baseline
     validation = ValidationResults(rr=run.served, baseline=baseline, retrieval=retrieval)
-
-    def mrr(rr: dict[str, float]) -> float:
-        return 100 * sum(rr.values()) / max(1, len(rr))
-
     metrics: dict[str, Any] = {
         "task": opts.source, "signal": opts.signal, "n_train": len(train), "n_val": len(val),
         "steps": opts.steps, "algo": "hybrid-served-rr", "base_kind": "hybrid",
-        "train_seconds": run.train_seconds, "val_mrr": mrr(run.served),
-        "val_mrr_zero_shot": mrr(baseline), "val_mrr_retrieval": mrr(retrieval),
-        "val_baseline": _baseline_name(base_alpha), "val_mrr_served": mrr(run.served),
+        "train_seconds": run.train_seconds, "val_mrr": _mrr(run.served),
+        "val_mrr_zero_shot": _mrr(baseline), "val_mrr_retrieval": _mrr(retrieval),
+        "val_baseline": _baseline_name(base_alpha), "val_mrr_served": _mrr(run.served),
         **validation.to_metrics(),
     }  # fmt: skip
     if opts.fusion_alpha:
         metrics["fusion_alpha"] = opts.fusion_alpha
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    metrics["artifact"], metrics["version"] = str(run.model_dir), name
-    if opts.register:
-        _register(name, run.model_dir, metrics)
+    _save_and_register(opts, name, out_dir, run.model_dir, metrics)
     return metrics
 
 

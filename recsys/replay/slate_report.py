@@ -43,16 +43,18 @@ class PolicyRankings:
     weights: np.ndarray  # sums to 1
     exact: bool = False
 
-    # a probability: a sum of weights can pass 1 by a rounding (nine draws of 1/9 each add
-    # up to 1.0000000000000002), which a standard error's sqrt(p (1 - p)) cannot take
     def position(self, k: int, item: str) -> float:
-        return min(1.0, float(sum(w for r, w in zip(self.rankings, self.weights, strict=True)
-                                  if r[k] == item)))  # fmt: skip
+        return self._probability(lambda r: r[k] == item)
 
     def prefix(self, prefix: tuple[str, ...]) -> float:
-        k = len(prefix)
-        return min(1.0, float(sum(w for r, w in zip(self.rankings, self.weights, strict=True)
-                                  if r[:k] == prefix)))  # fmt: skip
+        return self._probability(lambda r: r[: len(prefix)] == prefix)
+
+    def _probability(self, holds: Callable[[tuple[str, ...]], bool]) -> float:
+        """The weight of the rankings for which `holds`: a probability, so at most 1 (a sum
+        of weights can pass 1 by a rounding: nine draws of 1/9 each add up to
+        1.0000000000000002, which a standard error's sqrt(p (1 - p)) cannot take)."""
+        total = sum(w for r, w in zip(self.rankings, self.weights, strict=True) if holds(r))
+        return min(1.0, float(total))
 
 
 # called with the number of rankings just sampled or enumerated (a progress display's update)
