@@ -43,7 +43,7 @@ is versioned with them), `projector.pt`, and the LoRA adapter of the top layers.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ranking.errors import ModelLoadError
+from ranking.folders import written_whole
 from ranking.prompts import PromptStyle
 from ranking.types import MAX_CANDIDATES
 
@@ -249,18 +250,27 @@ class Hybrid:
 
     # -- persistence -------------------------------------------------------------
 
-    def save(self, folder: str | Path, adapter_model: nn.Module | None = None) -> Path:
-        """Manifest, vectors, projector (and the peft adapter of `adapter_model`)."""
+    def save(
+        self,
+        folder: str | Path,
+        adapter_model: nn.Module | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Manifest, vectors, projector (and the peft adapter of `adapter_model`), plus the
+        text files `extra` (name -> text: a card), written whole or not at all
+        (ranking.folders): a server never loads a folder that mixes two versions."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "vectors.npy", self.vectors.cpu().numpy().astype(np.float32))
         # CPU tensors: a model trained on a GPU loads on a machine without one
         state = {k: v.detach().cpu() for k, v in self.projector.state_dict().items()}
-        torch.save(state, folder / "projector.pt")
-        if adapter_model is not None and hasattr(adapter_model, "save_pretrained"):
-            adapter_model.save_pretrained(folder / "adapter")
         manifest = {"config": asdict(self.config), "items": self.item_ids}
-        (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        with written_whole(folder, MANIFEST) as tmp:
+            np.save(tmp / "vectors.npy", self.vectors.cpu().numpy().astype(np.float32))
+            torch.save(state, tmp / "projector.pt")
+            if adapter_model is not None and hasattr(adapter_model, "save_pretrained"):
+                adapter_model.save_pretrained(tmp / "adapter")
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            (tmp / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
         return folder
 
 

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from ranking.errors import ModelLoadError, RequestError
+from ranking.folders import ForeignFolderError
 from recsys.errors import UserError
 from retrieval.errors import RetrievalError
 
@@ -38,7 +39,7 @@ COMMAND_MODULES = (
     "loop",
     "status",
 )
-USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError)
+USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError, ForeignFolderError)
 
 for _name in COMMAND_MODULES:
     if importlib.util.find_spec(f"recsys.commands.{_name}") is not None:

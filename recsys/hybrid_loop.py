@@ -122,7 +122,6 @@ def run_hybrid_training(
     except CheckpointMismatch as exc:
         raise UserError(f"{exc} (name another --run-name)") from None
     wall = time.time() - started
-    model_dir = trainer.export(out_dir / "model")
     # `options.users` "all": the episodes may hold any user's logs, so an evaluation on
     # held-out users labels this model a same-log one (recsys.resolver.trained_on_users)
     card = {"options": {"users": "all"}, "fusion_alpha": opts.fusion_alpha,
@@ -130,7 +129,8 @@ def run_hybrid_training(
             "tuning": {k: str(v) for k, v in dataclasses.asdict(opts).items()},
             "trained_with": dataclasses.asdict(cfg), "n_train": len(train),
             "n_val": len(val)}  # fmt: skip
-    (model_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    card_text = json.dumps(card, indent=2) + "\n"
+    model_dir = trainer.export(out_dir / "model", extra={"card.json": card_text})
     del trainer, hybrid, base  # the engine loads the exported folder afresh
     served = served_rr(model_dir, opts.fusion_alpha, val, opts.device)
     progress(len(val))

@@ -86,6 +86,9 @@ class HybridTrainOptions:
     def __post_init__(self) -> None:
         """Every option checked here, named as `recsys train-ranker` spells it, so a bad one
         fails before the minutes-long episode build (a UserError, not a stack trace)."""
+        from ranking.folders import replaceable
+        from ranking.hybrid import MANIFEST
+        from ranking.rl.bundle import BUNDLE_MANIFEST
         from ranking.rl.supervised import REWARDS, TRAJECTORIES
         from recsys.eval.instances import N_NEGATIVES
 
@@ -114,6 +117,13 @@ class HybridTrainOptions:
              "--users all, --positions, --min-items and --val-positions apply to the plain and "
              "served-trajectory runs; a --residual-alpha run takes its episodes from "
              "--residual-positions"),
+            (self.bundle is not None or replaceable(self.out, MANIFEST),
+             f"--out {self.out}: the folder exists and is not a hybrid model (no {MANIFEST}); "
+             "exporting there would replace its contents: name a new or empty folder"),
+            (self.bundle is None or replaceable(self.bundle, BUNDLE_MANIFEST),
+             f"--bundle {self.bundle}: the folder exists and is not a bundle (no "
+             f"{BUNDLE_MANIFEST}); writing there would replace its contents: name a new or "
+             "empty folder"),
             (not self.honest_vectors or bool(self.residual_alpha),
              "--honest-vectors applies to --residual-alpha runs (their episodes are the items "
              "a separate fit leaves out); add --residual-alpha A"),
@@ -343,7 +353,6 @@ def train_hybrid(
     # the model serves the vectors of the whole training log (honest for served requests,
     # whose target is never in it), whatever the episodes were ranked with
     hybrid.vectors = torch.as_tensor(data.vectors, device=hybrid.vectors.device)
-    folder = trainer.export(opts.out)
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line]
     card = {"options": {k: str(v) for k, v in asdict(opts).items()}, "data": data.info,
             "steps_done": trainer.step, "episodes_seen": trainer.step * cfg.batch_size,
@@ -352,7 +361,7 @@ def train_hybrid(
             "final": next((r for r in reversed(log) if "val_mrr_first_step" in r), {}),
             "episodes_per_s": float(np.median([r["episodes_per_s"] for r in log[-200:]])),
             "wall_s": round(time.perf_counter() - t0, 1), "code": code}  # fmt: skip
-    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    folder = trainer.export(opts.out, extra={"card.json": json.dumps(card, indent=2) + "\n"})
     echo(f"wrote {folder}")
     return card
 

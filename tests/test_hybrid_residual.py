@@ -254,7 +254,11 @@ def test_an_honest_run_trains_on_its_vectors_and_exports_the_served_ones(
         seen["vectors"] = self.hybrid.vectors.cpu().numpy().copy()
 
     monkeypatch.setattr(SupervisedTrainer, "run", run)
-    monkeypatch.setattr(SupervisedTrainer, "export", lambda self, out: self.hybrid.save(out))
+    monkeypatch.setattr(
+        SupervisedTrainer,
+        "export",
+        lambda self, out, extra=None: self.hybrid.save(out, extra=extra),
+    )
     opts = HybridTrainOptions(task="rec-movie", out=tmp_path / "m", base=str(tiny_model_dir),
                               supervised_steps=0, rl_steps=1, residual_alpha=10, inject_layer=1,
                               honest_vectors=True)  # fmt: skip

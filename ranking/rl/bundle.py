@@ -39,12 +39,14 @@ import numpy as np
 import torch
 
 from ranking.backends.q4 import Q4Matrix, find_q4
+from ranking.folders import written_whole
 from ranking.hybrid import Hybrid, HybridConfig
 from ranking.rl.episodes import Episode
 from ranking.rl.supervised import SupervisedConfig, SupervisedTrainer, saved_config
 from ranking.types import Candidate, RankRequest
 
 FORMAT = 1
+BUNDLE_MANIFEST = "bundle.json"
 
 
 # -- writing (the machine with the data and the base model) -----------------------------
@@ -69,31 +71,28 @@ def write_bundle(
     if config.title_chars != 0:
         raise ValueError("a bundle carries no titles: train with title_chars 0")
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tokenizer").mkdir(parents=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    torch.save(_upper_weights(model, config.inject_layer), tmp / "weights.pt")
-    np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
-    table = _id_table([*train, *val])
-    np.savez_compressed(tmp / "episodes.npz", **_encode(train, table, "train"),
-                        **_encode(val, table, "val"))  # fmt: skip
-    hybrid = Hybrid(model, tokenizer, item_ids, vectors, config)
-    try:
-        torch.save(_lower_memo(model, hybrid, [*train, *val], training), tmp / "lower.pt")
-    finally:
-        hybrid.remove()
-    if init is not None:
-        (tmp / "init").mkdir()
-        shutil.copytree(Path(init) / "adapter", tmp / "init" / "adapter")
-        shutil.copy2(Path(init) / "projector.pt", tmp / "init" / "projector.pt")
-    manifest = {"format": FORMAT, "model_config": model.config.to_dict(),
-                "hybrid": asdict(config), "training": asdict(training),
-                "item_ids": [str(i) for i in item_ids], "ids": table,
-                "task": train[0].request.task if train else "", "info": info or {}}  # fmt: skip
-    (tmp / "bundle.json").write_text(json.dumps(manifest), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with written_whole(folder, BUNDLE_MANIFEST) as tmp:
+        (tmp / "tokenizer").mkdir()
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        torch.save(_upper_weights(model, config.inject_layer), tmp / "weights.pt")
+        np.save(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32))
+        table = _id_table([*train, *val])
+        np.savez_compressed(tmp / "episodes.npz", **_encode(train, table, "train"),
+                            **_encode(val, table, "val"))  # fmt: skip
+        hybrid = Hybrid(model, tokenizer, item_ids, vectors, config)
+        try:
+            torch.save(_lower_memo(model, hybrid, [*train, *val], training), tmp / "lower.pt")
+        finally:
+            hybrid.remove()
+        if init is not None:
+            (tmp / "init").mkdir()
+            shutil.copytree(Path(init) / "adapter", tmp / "init" / "adapter")
+            shutil.copy2(Path(init) / "projector.pt", tmp / "init" / "projector.pt")
+        manifest = {"format": FORMAT, "model_config": model.config.to_dict(),
+                    "hybrid": asdict(config), "training": asdict(training),
+                    "item_ids": [str(i) for i in item_ids], "ids": table,
+                    "task": train[0].request.task if train else "", "info": info or {}}  # fmt: skip
+        (tmp / BUNDLE_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     return folder
 
 
@@ -235,7 +234,7 @@ def _dequantized(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "bundle.json"
+    path = Path(folder) / BUNDLE_MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a training bundle (write one with "
                                 "`recsys train-ranker --bundle DIR`)")  # fmt: skip
@@ -282,7 +281,6 @@ def train_bundle(
     deadline = None if budget_s is None else time.monotonic() + budget_s - (start - t0)
     trainer.run(resume=True, deadline=deadline)
     wall = time.perf_counter() - start
-    trainer.export(out)
     log = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines() if x]
     summary = {
         "device": device,
@@ -297,7 +295,7 @@ def train_bundle(
     if torch.cuda.is_available() and device.startswith("cuda"):
         summary["gpu"] = torch.cuda.get_device_name(device)
         summary["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    (Path(out) / "bundle_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    trainer.export(out, extra={"bundle_run.json": json.dumps(summary, indent=2) + "\n"})
     echo(json.dumps(summary))
     return summary
 

@@ -33,9 +33,8 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ranking.folders import readable, written_whole
 from ranking.fusion import fusion_bias
 from ranking.hybrid import Hybrid
 from ranking.hybrid_split import HybridSplit
@@ -428,10 +428,9 @@ class SupervisedTrainer:
     # -- checkpoints -------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
+        """The trainable state, written whole or not at all (ranking.folders): a crash
+        leaves the previous checkpoint."""
         final = self.out_dir / CHECKPOINT
-        tmp = self.out_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         state = {
             "step": self.step,
             "trainable": {k: v for k, v in self.model.state_dict().items() if "lora_" in k},
@@ -440,13 +439,8 @@ class SupervisedTrainer:
             "scheduler": self.scheduler.state_dict(),
             "config": asdict(self.cfg),
         }
-        torch.save(state, tmp / "state.pt")
-        old = self.out_dir / (CHECKPOINT + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)  # a crash before this line leaves the previous checkpoint
-        shutil.rmtree(old, ignore_errors=True)
+        with written_whole(final, "state.pt") as tmp:
+            torch.save(state, tmp / "state.pt")
         return final
 
     def _check_same_run(self, saved: dict[str, Any], path: Path) -> None:
@@ -464,8 +458,8 @@ class SupervisedTrainer:
             )
 
     def load_checkpoint(self, check: bool = True) -> bool:
-        path = self.out_dir / CHECKPOINT / "state.pt"
-        if not path.exists():
+        path = _state_file(self.out_dir)
+        if path is None:
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
         if check:
@@ -492,9 +486,10 @@ class SupervisedTrainer:
         projector = torch.load(folder / "projector.pt", map_location="cpu", weights_only=True)
         self.hybrid.projector.load_state_dict(widened(projector, self.hybrid.projector))
 
-    def export(self, folder: Path) -> Path:
-        """The hybrid model folder (manifest, vectors, projector, LoRA adapter)."""
-        return self.hybrid.save(folder, adapter_model=self.model)
+    def export(self, folder: Path, extra: Mapping[str, str] | None = None) -> Path:
+        """The hybrid model folder (manifest, vectors, projector, LoRA adapter, and the text
+        files `extra`: a card), written whole or not at all."""
+        return self.hybrid.save(folder, adapter_model=self.model, extra=extra)
 
 
 def widened(saved: dict[str, torch.Tensor], projector: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -531,14 +526,21 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: SupervisedConfig):
     )  # fmt: skip
 
 
+def _state_file(out_dir: Path) -> Path | None:
+    """The checkpoint's state file: the last one written, or the previous one when a crash
+    came between the two renames of `save_checkpoint` (ranking.folders.readable)."""
+    folder = readable(Path(out_dir) / CHECKPOINT)
+    return None if folder is None or not (folder / "state.pt").exists() else folder / "state.pt"
+
+
 def checkpoint_exists(out_dir: Path) -> bool:
-    return (Path(out_dir) / CHECKPOINT / "state.pt").exists()
+    return _state_file(out_dir) is not None
 
 
 def saved_config(out_dir: Path) -> dict[str, Any]:
     """The SupervisedConfig fields the checkpoint in `out_dir` was trained with ({} when
     there is no checkpoint)."""
-    if not checkpoint_exists(out_dir):
+    path = _state_file(out_dir)
+    if path is None:
         return {}
-    path = Path(out_dir) / CHECKPOINT / "state.pt"
     return dict(torch.load(path, map_location="cpu", weights_only=False).get("config", {}))

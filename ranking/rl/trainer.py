@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ranking.folders import readable, written_whole
 from ranking.fusion import fusion_bias
 from ranking.metrics import reciprocal_rank
 from ranking.rewards import iranker_trajectory_rewards
@@ -384,33 +384,25 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write weights (trainable tensors), optimizer and state to a temporary folder,
-        then swap it into place, so a crash never leaves a half-written checkpoint."""
+        """Weights (trainable tensors), optimizer and state, written whole or not at all
+        (ranking.folders), so a crash never leaves a half-written checkpoint."""
         final = self.out_dir / CHECKPOINT
-        tmp = self.out_dir / f".{CHECKPOINT}.tmp"
-        old = self.out_dir / f".{CHECKPOINT}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         trainable = {
             k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad
         }
-        torch.save(trainable, tmp / "weights.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(
-            json.dumps(
-                {
-                    "step": self.state.step,
-                    "history": self.state.history,
-                    "config": asdict(self.config),
-                }
+        with written_whole(final, "state.json") as tmp:
+            torch.save(trainable, tmp / "weights.pt")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(
+                json.dumps(
+                    {
+                        "step": self.state.step,
+                        "history": self.state.history,
+                        "config": asdict(self.config),
+                    }
+                )
             )
-        )
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self) -> None:
@@ -435,21 +427,15 @@ class Trainer:
         if self.config.lora:
             model = copy.deepcopy(self.model).merge_and_unload()
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        if hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        with written_whole(path, "config.json") as tmp:
+            model.save_pretrained(tmp)
+            if hasattr(self.tokenizer, "save_pretrained"):
+                self.tokenizer.save_pretrained(tmp)
         return path
 
 
 def checkpoint_path(out_dir: Path) -> Path | None:
     """The usable checkpoint: the final one, or the previous one when a crash happened
-    between the two renames of `save_checkpoint`."""
-    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):
-        p = Path(out_dir) / name
-        if (p / "state.json").exists():
-            return p
-    return None
+    between the two renames of `save_checkpoint` (ranking.folders.readable)."""
+    path = readable(Path(out_dir) / CHECKPOINT)
+    return path if path is not None and (path / "state.json").exists() else None
