@@ -21,6 +21,7 @@ from ranking.backends.committee import (
     write_committee,
 )
 from ranking.errors import ModelLoadError
+from ranking.folders import ForeignFolderError, written_whole
 from ranking.model_spec import resolve_model
 from ranking.types import is_valid_alpha
 from recsys.errors import UserError
@@ -53,8 +54,12 @@ def make_committee(
     if fusion_alpha is not None and not is_valid_alpha(fusion_alpha):
         raise UserError(f"--fusion-alpha must be a finite number >= 0; got {fusion_alpha}")
     stored = CommitteeSpec(tuple(_relative(m, folder) for m in members), spec.weights)
-    write_committee(folder, stored)
-    _write_card(folder, stored, fusion_alpha, _users(members))
+    try:
+        with written_whole(folder, MANIFEST) as tmp:  # the manifest and card in one swap
+            write_committee(tmp, stored)
+            _write_card(tmp, stored, fusion_alpha, _users(members))
+    except ForeignFolderError as exc:
+        raise UserError(str(exc)) from None
     return folder
 
 
@@ -81,6 +86,4 @@ def _write_card(folder: Path, spec: CommitteeSpec, fusion_alpha: float | None, u
         "fusion_alpha": fusion_alpha,
         "options": {"users": users},
     }
-    tmp = folder / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(folder / CARD)
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -219,6 +219,15 @@ def test_the_committee_command_writes_folder_and_card(monkeypatch, capsys, tmp_p
     assert resolve_ranker(str(out)).fusion_alpha == 5.0 and trained_on_users(str(out)) == "all"
     code, _, err = run_cli(monkeypatch, capsys, args)
     assert code == 2 and "already holds a committee; pass --overwrite" in err
+    code, _, _ = run_cli(monkeypatch, capsys, [*args, "--overwrite", "--weight", "1"])
+    assert code == 2  # 1 weight for 2 members: refused, the committee as it was
+    assert json.loads((out / "committee.json").read_text())["members"] == manifest["members"]
+    model_a = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    code, _, err = run_cli(  # OUT a member's folder by mistake: never replaced
+        monkeypatch, capsys, ["committee", str(tmp_path / "a"), *args[2:], "--overwrite"]
+    )
+    assert code == 2 and "has no committee.json" in err and "name a new or empty" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == model_a
 
 
 @pytest.mark.parametrize(
