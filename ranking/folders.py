@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ForeignFolderError", "readable", "replaceable", "written_whole"]
+__all__ = ["ForeignFolderError", "readable", "replaceable", "write_whole", "written_whole"]
 
 
 class ForeignFolderError(FileExistsError):
@@ -83,3 +83,17 @@ def readable(folder: str | Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def write_whole(path: str | Path, text: str) -> Path:
+    """Write a text file whole or not at all: into a hidden sibling, then renamed over
+    `path` (parents created). A crash mid-write leaves the previous file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

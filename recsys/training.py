@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ranking.folders import write_whole
 from ranking.fusion import RETRIEVAL_ORDER
 from ranking.rl.episodes import (
     Episode,
@@ -467,7 +468,7 @@ def _save_and_register(
 ) -> None:
     """metrics.json beside the run; then `metrics` names the exported folder and version,
     registered when `opts.register`."""
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_whole(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     metrics["artifact"], metrics["version"] = str(model_dir), name
     if opts.register:
         _register(name, model_dir, metrics)

@@ -164,3 +164,21 @@ def test_train_ranker_refuses_an_out_folder_that_is_not_a_model(tmp_path) -> Non
         HybridTrainOptions(task="rec-movie", bundle=tmp_path)
     HybridTrainOptions(task="rec-movie", out=tmp_path / "new")  # a new folder is fine
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_text_file_is_written_whole_or_left_as_it_was(tmp_path, monkeypatch) -> None:
+    from ranking.folders import write_whole
+
+    path = write_whole(tmp_path / "results" / "eval.json", '{"runs": [1]}\n')
+    assert path.read_text() == '{"runs": [1]}\n'
+    real = Path.replace
+
+    def replace(self: Path, target: Path) -> Path:
+        raise OSError("No space left on device")  # dies before the rename
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        write_whole(path, '{"runs": [2]}\n')
+    monkeypatch.setattr(Path, "replace", real)
+    assert path.read_text() == '{"runs": [1]}\n'  # the previous results, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["eval.json"]  # no leftovers

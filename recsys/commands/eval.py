@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ranking.folders import write_whole
+
 MAX_DIFF_FILES = 50  # eval-diff: at most 49 results against one
 MAX_SWEEP = 12  # eval: at most this many --fusion-alpha values in one run
 
@@ -254,8 +256,7 @@ def register(app: typer.Typer) -> None:
                 "not_run": skipped_tasks,
                 "runs": runs,
             }  # fmt: skip
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            write_whole(out, json.dumps(payload, indent=2) + "\n")
             typer.echo(f"wrote {out}")
 
     @app.command("eval-diff")
@@ -311,7 +312,7 @@ def register(app: typer.Typer) -> None:
             diffs += [replace(d, label=f"{path.stem} {d.a}" if several else path.stem)
                       for d in table]  # fmt: skip
         if out is not None:
-            out.write_text(json.dumps([asdict(d) for d in diffs], indent=2) + "\n", "utf-8")
+            write_whole(out, json.dumps([asdict(d) for d in diffs], indent=2) + "\n")
         if plot is not None:
             compare.plot_differences(diffs, plot, goal)
             typer.echo(f"wrote {plot}")
@@ -352,8 +353,7 @@ def register(app: typer.Typer) -> None:
         payload = {"config": {"crossfit": [str(f) for f in files], "folds": folds,
                               "metric": metric, "seed": seed}, "not_run": {},
                    "runs": [fit.run]}  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_whole(out, json.dumps(payload, indent=2) + "\n")
         typer.echo(f"wrote {out}")
 
     @app.command("eval-table")

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from ranking.engine import Ranker
+from ranking.folders import write_whole
 from ranking.rl.episodes import Episode
 from ranking.types import RankRequest
 from recsys.progress import Progress
@@ -162,8 +163,8 @@ def write_report(report: ReplayReport, config: ReplayConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(config.a, config.b)
-    (out / "report.md").write_text(text + "\n\n![replay](replay.png)\n")
+    write_whole(out / "report.md", text + "\n\n![replay](replay.png)\n")
     body = {"a": config.a, "b": config.b, **report.__dict__}
-    (out / "report.json").write_text(json.dumps(body, indent=2, default=str))
+    write_whole(out / "report.json", json.dumps(body, indent=2, default=str))
     plot_report(report, config.a, config.b, str(out / "replay.png"))
     return out
