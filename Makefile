@@ -45,8 +45,13 @@ lock:
 		--no-emit-find-links --constraint constraints-torch.txt \
 		--output-file requirements.lock pyproject.toml
 
+# The shipped MovieLens ranker (models/README.md): a committee of two hybrid adapters on the
+# embedded SmolLM2-135M, fused with the retrieval stage's LambdaMART scores at its card's
+# weight. Plain `recsys demo` serves the zero-shot default, i.e. the retrieval order.
+DEMO_MODEL ?= models/committee-rec-movie
+DEMO_USERS ?= 200
 demo: install
-	$(BIN)/recsys demo
+	$(BIN)/recsys demo --model $(DEMO_MODEL) --users $(DEMO_USERS)
 
 test: install
 	$(BIN)/ruff check .

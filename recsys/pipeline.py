@@ -86,6 +86,8 @@ class DemoReport:
     cpu: dict[str, float]  # CPU seconds per stage (all threads): the cost on a quiet machine
     examples: list[dict[str, Any]] = field(default_factory=list)
     stored: int = 0
+    # re-ranked minus retrieval order on the sampled users: metric -> mean, low, high
+    paired: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -231,6 +233,29 @@ def evaluate(
         "ndcg@10": mean(lambda u: ndcg_at_k(orders[u], targets[u], 10)),
         "hit@10": mean(lambda u: hit_at_k(orders[u], targets[u], 10)),
     }
+
+
+def paired_gain(
+    reranked: Mapping[str, Sequence[str]],
+    before: Mapping[str, Sequence[str]],
+    targets: Mapping[str, str],
+) -> dict[str, dict[str, float]]:
+    """MRR and NDCG@10 of `reranked` minus `before` on the same users (those of `reranked`
+    with a target), each with its paired bootstrap 95% interval (recsys.stats)."""
+    from recsys.stats import paired_difference
+
+    users = [u for u in reranked if u in targets]
+    if not users:
+        return {}
+    metrics = {"mrr": reciprocal_rank, "ndcg@10": lambda o, t: ndcg_at_k(o, t, 10)}
+    out = {}
+    for name, metric in metrics.items():
+        diff = paired_difference(
+            [metric(reranked[u], targets[u]) for u in users],
+            [metric(before[u], targets[u]) for u in users],
+        )
+        out[name] = {"mean": diff.mean, "low": diff.low, "high": diff.high, "users": len(users)}
+    return out
 
 
 # -- the main job ---------------------------------------------------------------------------
@@ -385,6 +410,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
             final_orders, targets, config.k
         )
     return DemoReport(
+        paired=paired_gain(final_orders, retrieval_orders, targets) if rerank else {},
         run_id=run_id,
         retrieval_version=version,
         model_version=model_version,
@@ -482,6 +508,11 @@ def format_report(report: DemoReport) -> str:
     lines.append(f"{'':<44}" + "".join(f"{k:>10}" for k in keys))
     for name, values in report.metrics.items():
         lines.append(f"{name:<44}" + "".join(f"{values.get(k, 0.0):>10.4f}" for k in keys))
+    for name, d in report.paired.items():
+        lines.append(
+            f"re-ranked - retrieval, {name} (paired, {d['users']:.0f} users): "
+            f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+        )
     lines.append("")
     lines.append("== time per stage ==")
     lines.append(f"  {'stage':<14}{'wall s':>8}{'CPU s':>8}")

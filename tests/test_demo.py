@@ -99,6 +99,11 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     # re-ranking permutes the retrieved candidates: the same set, so recall@K is unchanged
     only = report["metrics"][f"retrieval only, {N_USERS} sampled users"]
     assert final[f"recall@{K}"] == only[f"recall@{K}"]
+    # the printed paired gain is that of the stored lists over the retrieval order
+    gain = report["paired"]["mrr"]
+    assert gain["users"] == N_USERS and gain["low"] <= gain["mean"] <= gain["high"]
+    assert gain["mean"] == pytest.approx(final["mrr"] - only["mrr"], abs=2e-4)
+    assert "re-ranked - retrieval, mrr (paired, 12 users)" in out
     # the planted genre structure is found: well above random (K / unseen items ~ 5/18)
     assert report["metrics"][f"retrieval, all {N_USERS} users"][f"recall@{K}"] >= 0.5
 
@@ -187,3 +192,16 @@ def test_demo_with_the_default_model_serves_the_retrieval_order(
     for user in targets:
         stored = [r.item_id for r in recommendations_for(user, report["run_id"], engine=engine)]
         assert stored == [str(c.item) for c in gen.candidates(user, K)]
+
+
+def test_the_paired_gain_is_per_user_and_known() -> None:
+    from recsys.pipeline import paired_gain
+
+    targets = {"u1": "a", "u2": "b", "u3": "c"}
+    before = {"u1": ["x", "a"], "u2": ["b", "x"], "u3": ["x", "y"]}  # RR 1/2, 1, 0
+    after = {"u1": ["a", "x"], "u2": ["b", "x"], "u3": ["y", "x"]}  # RR 1, 1, 0
+    gain = paired_gain(after, before, targets)
+    assert gain["mrr"]["mean"] == pytest.approx(0.5 / 3) and gain["mrr"]["users"] == 3
+    assert gain["mrr"]["low"] >= 0  # no user got worse: every resample is >= 0
+    assert gain["ndcg@10"]["mean"] == pytest.approx((1 - 1 / np.log2(3)) / 3)
+    assert paired_gain({"u9": ["a"]}, {"u9": ["a"]}, targets) == {}  # no target: no gain
