@@ -53,6 +53,7 @@ class DemoConfig:
     dtype: str | None = None
     batch_size: int | None = None
     rerank: bool = True
+    ltr: bool = True  # the LambdaMART stage between fusion and the LM, as `recsys batch`
     embeddings: str = "minilm"
     cf_factors: int = 64
     cf_epochs: int = 30
@@ -321,7 +322,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         lambda: make_embedder(config.embeddings, config.artifact_dir / "embedding-cache"),
     )
     gen_config = GeneratorConfig(
-        cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, seed=config.seed
+        cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, seed=config.seed, ltr=config.ltr
     )
     gen = stages.run(
         "build",
@@ -336,6 +337,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
             config=gen_config,
             progress=config.progress,
             timings=build_timings,
+            titles=data.titles,
+            genres=data.genres,
         ),
     )
     stages.split("build", build_timings)

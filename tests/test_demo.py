@@ -120,9 +120,11 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
 
     # a second run re-uses the ingested data (idempotent) and writes a new run
     count = count_rows(Interaction, engine=engine)
-    again = CliRunner().invoke(app, [*args[:-2], "--no-rerank"])
+    assert report["timings"]["ltr"] > 0  # the LambdaMART stage ran, as in `recsys batch`
+    again = CliRunner().invoke(app, [*args[:-2], "--no-rerank", "--no-ltr"])
     assert again.exit_code == 0, again.output
     assert "ranker: none (retrieval order)" in again.output
+    assert "\n  ltr " not in again.output  # no LambdaMART stage in the stage times
     assert count_rows(Interaction, engine=engine) == count
 
 

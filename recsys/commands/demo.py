@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
             None, "--dtype", help="auto | float32 | bfloat16 | float16 (settings)"
         ),
         rerank: bool = typer.Option(True, "--rerank/--no-rerank", help="run the IRanker stage"),
+        ltr: bool = typer.Option(
+            True, "--ltr/--no-ltr", help="the LambdaMART stage after fusion, as recsys batch"
+        ),
         embeddings: str = typer.Option(
             "minilm", "--embeddings", help="item text embeddings: minilm | hashing | off"
         ),
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
             device=device,
             dtype=dtype,
             rerank=rerank,
+            ltr=ltr,
             embeddings=embeddings,
             cf_epochs=cf_epochs,
             progress=progress,
