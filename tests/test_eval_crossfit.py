@@ -153,3 +153,31 @@ def test_cli_eval_bad_sweep_exits_2(fresh_settings, capsys, args, message) -> No
     base = ["eval", "--task", "rec-movie", "--data", "/nonexistent", "--no-progress"]
     code, _, err = run_cli(fresh_settings, capsys, [*base, *args])
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_crossfit_tells_alike_runs_apart_by_file_and_keeps_one_task(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """The same ranker and model fused with two signals sit in two files under one name:
+    each is named by its file; a file holding two tasks gives only --task's run."""
+    over_bag = tmp_path / "over-bag.json"
+    over_text = tmp_path / "over-text.json"
+    over_bag.write_text(json.dumps({"config": {}, "runs": [
+        run("incremental+fusion@5", [1.0, 0.5, 1.0, 0.5]),
+        run("incremental+fusion@5", [0.1, 0.1], task="rec-game")]}))  # fmt: skip
+    over_text.write_text(json.dumps({"config": {}, "runs": [
+        run("incremental+fusion@5", [0.5, 0.5, 0.5, 0.5])]}))  # fmt: skip
+    out = tmp_path / "cf.json"
+    args = ["eval-crossfit", str(over_text), str(over_bag), "--folds", "2", "--out", str(out)]
+    code, _, err = run_cli(monkeypatch, capsys, args)
+    assert code == 2 and "runs of different tasks" in err  # rec-game came along
+    code, stdout, _ = run_cli(monkeypatch, capsys, [*args, "--task", "rec-movie"])
+    assert code == 0
+    assert f"| incremental+fusion@5 [{tmp_path / 'over-text'}] | 50.00 |" in stdout
+    assert f"| incremental+fusion@5 [{tmp_path / 'over-bag'}] | 75.00 |" in stdout
+    chosen = f"incremental+fusion@5 [{tmp_path / 'over-bag'}]"
+    assert f"chosen per fold: {chosen}, {chosen}" in stdout
+    combined = json.loads(out.read_text())["runs"][0]
+    assert combined["metrics"]["mrr"]["mean"] == pytest.approx(0.75)
+    code, _, err = run_cli(monkeypatch, capsys, [*args, "--task", "passage-rerank"])
+    assert code == 2 and "no run of task 'passage-rerank'" in err

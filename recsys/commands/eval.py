@@ -330,6 +330,9 @@ def register(app: typer.Typer) -> None:
         folds: int = typer.Option(5, "--folds", help="user folds (2-20)"),
         metric: str = typer.Option("mrr", "--metric", help="what the choice maximises"),
         seed: int = typer.Option(7, "--seed", help="the fold split and the bootstrap"),
+        task: str | None = typer.Option(
+            None, "--task", help="only this task's runs (files that hold several tasks)"
+        ),
     ) -> None:
         """Choose a variant per user fold on the other folds and report each fold from its
         choice: a number no choice was tuned on (docs/eval.md, "Choosing a weight")."""
@@ -341,7 +344,12 @@ def register(app: typer.Typer) -> None:
         if len(files) > MAX_DIFF_FILES:
             raise UserError(f"{len(files)} results files; eval-crossfit reads at most "
                             f"{MAX_DIFF_FILES}")  # fmt: skip
-        fit = crossfit.cross_fit(report.load_runs(files), folds=folds, metric=metric, seed=seed)
+        runs = [{**run, "source": str(path.with_suffix(""))} for path in files
+                for run in report.read_results(path)["runs"]
+                if task is None or run["task"] == task]  # fmt: skip
+        if not runs:
+            raise UserError(f"no run of task {task!r} in these files")
+        fit = crossfit.cross_fit(runs, folds=folds, metric=metric, seed=seed)
         typer.echo(f"| variant | {metric} x 100, every instance (in-sample: diagnosis only) |")
         typer.echo("| --- | --- |")
         for name, value in fit.in_sample.items():

@@ -55,10 +55,16 @@ def _rows(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def variant_names(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Each run's ranker name, with its model when the runs' models differ (a choice among
-    checkpoints as well as weights)."""
+    checkpoints as well as weights), and with its results file (`source`, set by
+    `recsys eval-crossfit`: the path without .json) where that still leaves two alike: the
+    same ranker and model fused with different signals, say."""
     if len({r.get("model", "") for r in runs}) > 1:
-        return [f"{r['ranker']} ({r.get('model', '')})" for r in runs]
-    return [r["ranker"] for r in runs]
+        names = [f"{r['ranker']} ({r.get('model', '')})" for r in runs]
+    else:
+        names = [r["ranker"] for r in runs]
+    counts = Counter(names)
+    return [f"{n} [{r['source']}]" if counts[n] > 1 and r.get("source") else n
+            for n, r in zip(names, runs, strict=True)]  # fmt: skip
 
 
 def check_runs(runs: Sequence[dict[str, Any]], metric: str) -> list[str]:
