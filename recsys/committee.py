@@ -22,6 +22,7 @@ from ranking.backends.committee import (
 )
 from ranking.errors import ModelLoadError
 from ranking.folders import ForeignFolderError, written_whole
+from ranking.hybrid import HybridConfig, is_hybrid_dir, read_manifest
 from ranking.model_spec import resolve_model
 from ranking.types import is_valid_alpha
 from recsys.errors import UserError
@@ -49,6 +50,7 @@ def make_committee(
         for member in members:
             if is_committee_dir(resolve_model(member).path):
                 raise UserError(f"member {member!r} is itself a committee; list its members")
+        _check_same_catalogue(members)
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
     if fusion_alpha is not None and not is_valid_alpha(fusion_alpha):
@@ -61,6 +63,29 @@ def make_committee(
     except ForeignFolderError as exc:
         raise UserError(str(exc)) from None
     return folder
+
+
+def _check_same_catalogue(members: Sequence[str]) -> None:
+    """Refuse, before anything is written, hybrid members whose manifests already show they
+    would read one prompt differently (another base model, catalogue or prompt layout); the
+    backend checks the loaded tokenizers again (`ranking.backends.committee`)."""
+    hybrids = [(m, read_manifest(p)) for m in members if is_hybrid_dir(p := resolve_model(m).path)]
+    for member, (config, items) in hybrids[1:]:
+        first, (config0, items0) = hybrids[0]
+        for what, a, b in (
+            ("base model", config0.base, config.base),
+            ("catalogue (item vectors' ids)", items0, items),
+            ("prompt layout", _layout(config0), _layout(config)),
+        ):
+            if a != b:
+                raise UserError(
+                    f"members {first!r} and {member!r} have a different {what}: a committee's "
+                    "members must share a base model, a catalogue and a prompt layout"
+                )  # fmt: skip
+
+
+def _layout(config: HybridConfig) -> tuple[object, ...]:
+    return config.template, config.title_chars, config.chat, config.item_labels
 
 
 def _relative(member: str, folder: Path) -> str:

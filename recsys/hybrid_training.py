@@ -118,10 +118,10 @@ class HybridTrainOptions:
              "served-trajectory runs; a --residual-alpha run takes its episodes from "
              "--residual-positions"),
             (self.bundle is not None or replaceable(self.out, MANIFEST),
-             f"--out {self.out}: the folder exists and is not a hybrid model (no {MANIFEST}); "
+             f"--out {self.out} exists and is not a hybrid model folder (no {MANIFEST}); "
              "exporting there would replace its contents: name a new or empty folder"),
             (self.bundle is None or replaceable(self.bundle, BUNDLE_MANIFEST),
-             f"--bundle {self.bundle}: the folder exists and is not a bundle (no "
+             f"--bundle {self.bundle} exists and is not a bundle folder (no "
              f"{BUNDLE_MANIFEST}); writing there would replace its contents: name a new or "
              "empty folder"),
             (not self.honest_vectors or bool(self.residual_alpha),

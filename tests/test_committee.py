@@ -270,3 +270,32 @@ def test_clearing_a_committee_clears_every_member(tiny_backend) -> None:
     before = tiny_backend.tokens_computed
     tiny_backend.next_token_logprobs([ids], [[5, 6]])
     assert tiny_backend.tokens_computed - before == len(ids)  # computed whole again
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"base": "another-base"}, "different base model"),
+        ({"items": ["1", "2", "99"]}, "different catalogue"),
+        ({"template": "paper"}, "different prompt layout"),
+        ({}, None),  # the same manifest: written
+    ],
+)
+def test_the_committee_command_refuses_members_whose_manifests_differ(
+    monkeypatch, capsys, tmp_path, change, message
+) -> None:
+    """Checked from the manifests before anything is written (no model is loaded)."""
+    config = {"base": "default", "inject_layer": 1, "vector_dim": 4, "template": "short"}
+    for name, extra in (("a", {}), ("b", change)):
+        manifest = {"config": {**config, **{k: v for k, v in extra.items() if k != "items"}},
+                    "items": extra.get("items", ["1", "2", "3"])}  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hybrid.json").write_text(json.dumps(manifest))
+    out = tmp_path / "c"
+    args = ["committee", str(out), "--member", str(tmp_path / "a"), "--member", str(tmp_path / "b")]
+    code, _, err = run_cli(monkeypatch, capsys, args)
+    if message is None:
+        assert code == 0 and (out / "committee.json").is_file()
+        return
+    assert code == 2 and message in err and "must share a base model, a catalogue" in err
+    assert not out.exists()

@@ -158,9 +158,9 @@ def test_train_ranker_refuses_an_out_folder_that_is_not_a_model(tmp_path) -> Non
     from recsys.hybrid_training import HybridTrainOptions
 
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match=r"--out .* is not a hybrid model .*name a new or empty"):
+    with pytest.raises(UserError, match=r"--out .* exists and is not a hybrid model folder .*name a new or empty"):
         HybridTrainOptions(task="rec-movie", out=tmp_path)
-    with pytest.raises(UserError, match=r"--bundle .* is not a bundle"):
+    with pytest.raises(UserError, match=r"--bundle .* is not a bundle folder"):
         HybridTrainOptions(task="rec-movie", bundle=tmp_path)
     HybridTrainOptions(task="rec-movie", out=tmp_path / "new")  # a new folder is fine
     assert (tmp_path / "notes.txt").read_text() == "keep me"
