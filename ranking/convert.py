@@ -56,7 +56,7 @@ def convert_to_hf(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(f"{where}\n")
+        (tmp / MARKER).write_text(f"{where}\n{_identity(where)}\n")
         # mkdtemp (and the safetensors writer) create owner-only files; a model is shared
         tmp.chmod(0o755)
         for f in tmp.iterdir():
@@ -84,17 +84,34 @@ def ensure_hf_dir(
     spec = resolve_model(source)
     if spec.gguf_file is None:
         return spec.path
+    gguf = spec.path / spec.gguf_file
     target = Path(cache_root).expanduser() / f"{Path(spec.gguf_file).stem}-hf"
-    if (target / MARKER).exists():
+    if _converted_from(target, gguf):
         return target
-    try:
-        return convert_to_hf(spec.path / spec.gguf_file, target, dtype=dtype)
+    try:  # a stale conversion (another file of the same name since) is replaced
+        return convert_to_hf(gguf, target, dtype=dtype, overwrite=(target / MARKER).exists())
     except ModelLoadError:
         # two processes starting at once both convert; the first to finish wins, and the
         # other uses its directory instead of replacing it under a running engine
-        if (target / MARKER).exists():
+        if _converted_from(target, gguf):
             return target
         raise
+
+
+def _identity(path: Path) -> str:
+    """What tells one file from another of the same name: its size and modification time."""
+    stat = Path(path).stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
+def _converted_from(target: Path, source: Path) -> bool:
+    """Whether `target` is a finished conversion of `source` as it is now. A marker without
+    the identity line (written before it existed) counts as the same file."""
+    try:
+        lines = (target / MARKER).read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) < 2 or lines[1] == _identity(source)
 
 
 def _load(path: Path, gguf_file: str | None, dtype: str, where: Path):

@@ -12,6 +12,7 @@ Bad specs raise :class:`ranking.errors.ModelLoadError` naming the path and the f
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOADED: dict[tuple[object, ...], LMBackend] = {}
 _LOCK = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> str:
@@ -55,15 +57,20 @@ def load_backend(
     cache: bool = True,
     threads: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    converted_dir: str | os.PathLike[str] | None = None,
 ) -> LMBackend:
-    """Load (or, with `cache`, reuse an already loaded) LM backend for a model spec."""
+    """Load (or, with `cache`, reuse an already loaded) LM backend for a model spec.
+    `converted_dir`: where the transformers backend keeps a GGUF's Hugging Face conversion
+    (`_from_conversion`); None loads the GGUF itself every time."""
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {list(DTYPES)}")
     spec = resolve_model(model)
     if is_committee_dir(spec.path):
-        return _load_committee(spec, device, backend, dtype, cache, threads, engine_options)
+        return _load_committee(
+            spec, device, backend, dtype, cache, threads, engine_options, converted_dir
+        )
     dev = resolve_device(device)
     engine_key = tuple(sorted((engine_options or {}).items())) if backend == "vllm" else ()
     key = (str(spec.path), spec.gguf_file, dev, backend, dtype, engine_key)
@@ -74,7 +81,7 @@ def load_backend(
             loaded = _load_vllm(spec, dev, dtype, dict(engine_options or {}))
         else:
             set_threads(threads)
-            loaded = _load_transformers(spec, dev, dtype)
+            loaded = _load_transformers(spec, dev, dtype, converted_dir)
         if cache:
             _LOADED[key] = loaded
         return loaded
@@ -88,6 +95,7 @@ def _load_committee(
     cache: bool,
     threads: int | None,
     engine_options: Mapping[str, Any] | None,
+    converted_dir: str | os.PathLike[str] | None,
 ) -> LMBackend:
     """A committee folder: each member loaded as any spec (and cached as one), pooled."""
     committee = read_committee(spec.path)
@@ -105,6 +113,7 @@ def _load_committee(
                     cache=cache,
                     threads=threads,
                     engine_options=engine_options,
+                    converted_dir=converted_dir,
                 )
             )
         except ModelLoadError as exc:  # name the committee whose member could not load
@@ -120,14 +129,21 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMBackend:
+def _load_transformers(
+    spec: ModelSpec,
+    device: str,
+    dtype: str = "auto",
+    converted_dir: str | os.PathLike[str] | None = None,
+) -> LMBackend:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ranking.backends.fast_cpu import backend_for_model
 
     if is_hybrid_dir(spec.path):
-        return _load_hybrid(spec, device, dtype)
+        return _load_hybrid(spec, device, dtype, converted_dir)
+    if spec.gguf_file and converted_dir is not None:
+        spec = _from_conversion(spec, converted_dir)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     where = spec.path / spec.gguf_file if spec.gguf_file else spec.path
     try:
@@ -143,13 +159,34 @@ def _load_transformers(spec: ModelSpec, device: str, dtype: str = "auto") -> LMB
     return backend_for_model(model, tokenizer, model_id=spec.model_id, device=device)
 
 
-def _load_hybrid(spec: ModelSpec, device: str, dtype: str) -> LMBackend:
+def _from_conversion(spec: ModelSpec, converted_dir: str | os.PathLike[str]) -> ModelSpec:
+    """The same model from its Hugging Face conversion under `converted_dir`, made on first
+    use (ranking.convert.ensure_hf_dir). Why: transformers parses a GGUF's metadata (its
+    whole vocabulary, field by field) three times per load, ~16 s for SmolLM2-135M, where
+    the converted directory loads in a few seconds. The conversion keeps the de-quantised
+    float32 weights exactly, so the model computes the same numbers and the fast CPU step
+    finds the same 4-bit blocks (tests/test_ranking_real.py). The model id stays the GGUF's;
+    a cache that cannot be written falls back to the GGUF."""
+    from ranking.convert import ensure_hf_dir
+
+    try:
+        path = ensure_hf_dir(str(spec.path / spec.gguf_file), converted_dir)
+    except (ModelLoadError, OSError) as exc:
+        _log.warning("loading %s itself: no conversion under %s (%s)", spec.gguf_file,
+                     converted_dir, exc)  # fmt: skip
+        return spec
+    return ModelSpec(path, None, spec.model_id)
+
+
+def _load_hybrid(
+    spec: ModelSpec, device: str, dtype: str, converted_dir: str | os.PathLike[str] | None
+) -> LMBackend:
     """A hybrid model folder (ranking.hybrid): its base model, then the trained parts."""
     from ranking.backends.fast_cpu import backend_for_model
     from ranking.hybrid import load_hybrid, read_manifest
 
     config, _ = read_manifest(spec.path)
-    base = _load_transformers(resolve_model(config.base), device, dtype)
+    base = _load_transformers(resolve_model(config.base), device, dtype, converted_dir)
     hybrid = load_hybrid(spec.path, base.model, base.tokenizer)
     backend = backend_for_model(hybrid.model, base.tokenizer, model_id=spec.model_id, device=device)
     backend.attach_hybrid(hybrid)

@@ -75,7 +75,7 @@ def vllm_engine_options(settings: Settings) -> dict[str, Any]:
         "max_model_len": settings.vllm_max_model_len,
         "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
         "block_size": settings.vllm_block_size,
-        "cache_root": settings.var_dir / "models",
+        "cache_root": settings.resolved_model_cache_dir,
     }
 
 
@@ -110,6 +110,7 @@ def _backend(s: Settings, config: RankerConfig, cache: bool) -> LMBackend:
         cache=cache,
         threads=config.torch_threads,
         engine_options=vllm_engine_options(s) if config.backend == "vllm" else None,
+        converted_dir=s.resolved_model_cache_dir if s.convert_gguf else None,
     )
     route_library_logs()
     return backend

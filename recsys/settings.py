@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     fit_cache_dir: Path | None = Field(
         None, description="fitted eval baselines kept between runs; default <var_dir>/cache"
     )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="GGUF models converted to Hugging Face directories (vLLM needs one; the "
+        "transformers backend loads one in seconds instead of ~25 s); default <var_dir>/models",
+    )
+    convert_gguf: bool = Field(
+        True,
+        description="transformers backend: load a GGUF from its conversion under "
+        "model_cache_dir, made on first use (~0.5 GB float32 for the default model)",
+    )
 
     # job queue
     broker_url: str | None = Field(
@@ -160,6 +170,10 @@ class Settings(BaseSettings):
     @property
     def resolved_fit_cache_dir(self) -> Path:
         return self.fit_cache_dir or self.var_dir / "cache"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.var_dir / "models"
 
 
 def _is_loopback(host: str) -> bool:

@@ -318,7 +318,7 @@ def run_training(
     name, out_dir = _run_dir(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a GGUF model cannot be saved after training: train a de-quantised HF copy (made once)
-    base_dir = ensure_hf_dir(opts.model, settings.resolved_artifact_dir / "base")
+    base_dir = ensure_hf_dir(opts.model, settings.resolved_model_cache_dir)
     backend = runtime.load_backend(
         settings, model=str(base_dir), device=opts.device, backend="transformers", cache=False
     )

@@ -158,7 +158,8 @@ def test_train_ranker_refuses_an_out_folder_that_is_not_a_model(tmp_path) -> Non
     from recsys.hybrid_training import HybridTrainOptions
 
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match=r"--out .* exists and is not a hybrid model folder .*name a new or empty"):
+    refused = r"--out .* exists and is not a hybrid model folder .*name a new or empty"
+    with pytest.raises(UserError, match=refused):
         HybridTrainOptions(task="rec-movie", out=tmp_path)
     with pytest.raises(UserError, match=r"--bundle .* is not a bundle folder"):
         HybridTrainOptions(task="rec-movie", bundle=tmp_path)

@@ -57,3 +57,34 @@ def test_default_model_fast_step_ranks_like_the_transformers_forward(default_ran
     for a, b in zip(fast.steps, plain.steps, strict=True):
         assert a.prob == pytest.approx(b.prob, rel=1e-3)
     assert fast.log_propensity == pytest.approx(plain.log_propensity, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_the_converted_default_model_is_the_gguf_model(default_ranker, tmp_path, caplog) -> None:
+    """Loading the GGUF through its cached Hugging Face conversion (the transformers
+    backend's default, ranking.loading._from_conversion) gives the same weights bit for bit,
+    the same tokens and the same ranking, under the GGUF's model id."""
+    import torch
+
+    from ranking.engine import Ranker
+    from ranking.loading import load_backend
+    from tests.fixtures.requests import make_request
+
+    converted = load_backend("default", device="cpu", cache=False, converted_dir=tmp_path)
+    gguf = default_ranker.backend
+    assert [p.name for p in tmp_path.iterdir()] == ["SmolLM2-135M-Instruct.Q4_1-hf"]
+    assert converted.model_id == gguf.model_id
+    want = dict(gguf.model.named_parameters())
+    for name, param in converted.model.named_parameters():
+        assert torch.equal(param, want[name]), name
+    text = gguf.chat_prompt("Rank these: <|a|> Toy Story (1995), Heat (1995) ü")
+    assert converted.chat_prompt("Rank these: <|a|> Toy Story (1995), Heat (1995) ü") == text
+    assert converted.encode(text) == gguf.encode(text)
+    req = make_request(8)
+    a, b = Ranker(converted, batch_size=1).rank(req), default_ranker.rank(req)
+    assert a.order == b.order and a.log_propensity == pytest.approx(b.log_propensity, abs=1e-5)
+    # a cache that cannot be written: the GGUF itself, with a warning
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    again = load_backend("default", device="cpu", cache=False, converted_dir=blocked / "sub")
+    assert again.model_id == gguf.model_id and "loading SmolLM2" in caplog.text
