@@ -165,8 +165,8 @@ def _from_conversion(spec: ModelSpec, converted_dir: str | os.PathLike[str]) -> 
     whole vocabulary, field by field) three times per load, ~16 s for SmolLM2-135M, where
     the converted directory loads in a few seconds. The conversion keeps the de-quantised
     float32 weights exactly, so the model computes the same numbers and the fast CPU step
-    finds the same 4-bit blocks (tests/test_ranking_real.py, tests/test_model_conversion.py). The model id stays the GGUF's;
-    a cache that cannot be written falls back to the GGUF."""
+    finds the same 4-bit blocks (tests/test_ranking_real.py, test_model_conversion.py). The
+    model id stays the GGUF's; a cache that cannot be written falls back to the GGUF."""
     from ranking.convert import ensure_hf_dir
 
     try:
