@@ -51,8 +51,12 @@ def written_whole(folder: str | Path, marker: str) -> Iterator[Path]:
     """Yield an empty folder to write into; when the block ends without an error it
     replaces `folder` (created with its parents if need be), the previous contents gone.
     When the block raises, `folder` is left as it was and the partial writing removed.
-    `marker`: the file every version of this kind of folder holds (module doc)."""
+    `marker`: the file every version of this kind of folder holds (module doc). A
+    symbolic link (`models/current` -> `models/v3`, say) keeps pointing where it did: the
+    folder it names is the one replaced."""
     folder = Path(folder)
+    if folder.is_symlink():
+        folder = folder.resolve()
     if not replaceable(folder, marker):
         raise ForeignFolderError(
             f"{folder} exists and is not an earlier version of what is being written (it "
@@ -61,18 +65,26 @@ def written_whole(folder: str | Path, marker: str) -> Iterator[Path]:
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = _siblings(folder)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while writing
+    _remove(tmp)  # left by a process killed while writing
     tmp.mkdir()
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at `path`, gone: a folder with its contents, a file or a link."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def readable(folder: str | Path) -> Path | None:

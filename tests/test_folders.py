@@ -183,3 +183,12 @@ def test_a_text_file_is_written_whole_or_left_as_it_was(tmp_path, monkeypatch) -
     monkeypatch.setattr(Path, "replace", real)
     assert path.read_text() == '{"runs": [1]}\n'  # the previous results, whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["eval.json"]  # no leftovers
+
+
+def test_a_link_to_a_version_keeps_pointing_at_the_replaced_folder(tmp_path) -> None:
+    version(tmp_path / "v3", "v3")
+    (tmp_path / "current").symlink_to("v3")
+    (tmp_path / ".v3.old").symlink_to("v3")  # a stray link where the swap puts .old
+    version(tmp_path / "current", "v4")
+    assert (tmp_path / "current").is_symlink() and contents(tmp_path / "v3") == {MARK: b"v4"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
