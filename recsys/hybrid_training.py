@@ -53,6 +53,7 @@ class HybridTrainOptions:
     inject_layer: int = 22
     title_chars: int | None = 0
     min_history: int = 5
+    history: int = 20  # history items an episode shows (recsys.eval.instances.HISTORY_LEN)
     hard_negatives: int = 4
     supervised_steps: int = 1000
     rl_steps: int = 250
@@ -101,6 +102,10 @@ class HybridTrainOptions:
             (0 <= self.residual_alpha <= 1000,
              f"--residual-alpha {self.residual_alpha}: use a weight in [0, 1000]"),
             (0 <= self.ce_weight <= 100, f"--ce-weight {self.ce_weight}: use a weight in [0, 100]"),
+            (1 <= self.history <= 200, f"--history {self.history}: use 1 to 200"),
+            (self.history == 20 or not self.residual_alpha,
+             "--history applies to the plain and served-trajectory runs; a --residual-alpha "
+             "run's episodes show 20 items, as LambdaMART's training groups"),
             (0 <= self.hard_negatives <= N_NEGATIVES,
              f"--hard-negatives {self.hard_negatives}: use 0 to {N_NEGATIVES}"),
             (1 <= self.residual_positions <= 1000,
@@ -179,6 +184,7 @@ def build_episodes(
             "skipped": skipped, "item_vectors": VECTOR_INFO[opts.vectors],
             "heldout_fraction": HELDOUT_FRACTION, "seed": opts.seed, "users": opts.users,
             "positions": opts.positions or "all", "min_items": opts.min_items,
+            "history": opts.history,
             "val_positions": opts.val_positions}  # fmt: skip
     return EpisodeSet(out_train, out_val, item_ids, vectors, info)
 
@@ -249,9 +255,9 @@ def title_components(
 
 def _episode(task, user, items, t, pool, hard_pool, rng, models, titles, opts) -> Episode | None:  # type: ignore[no-untyped-def]
     from recsys.eval.ltr import mixed_negatives
-    from recsys.eval.tasks import HISTORY_LEN, N_NEGATIVES
+    from recsys.eval.tasks import N_NEGATIVES
 
-    target, history = items[t], items[max(0, t - HISTORY_LEN) : t]
+    target, history = items[t], items[max(0, t - opts.history) : t]
     if len(pool) < N_NEGATIVES:
         return None
     ids = [target, *mixed_negatives(hard_pool, pool, N_NEGATIVES, opts.hard_negatives, rng)]

@@ -58,6 +58,18 @@ def test_all_users_adds_the_heldout_logs_and_never_an_evaluated_target(data) -> 
         assert t >= len(log[ep.user]) - 3  # --positions 3: the last three items only
 
 
+def test_history_is_the_last_n_items_before_each_truth(data) -> None:
+    _, _, log = _evaluated(data)
+    for n in (3, 40):
+        episodes = _episode_set(data, positions=4, history=n)
+        assert episodes.info["history"] == n
+        for ep in [*episodes.train, *episodes.val]:
+            t = int(ep.request.request_id.rsplit(":", 1)[1])
+            assert ep.request.history_ids == tuple(log[ep.user][max(0, t - n) : t])
+    for n in (3, 10):  # the cap binds: users have more items than that
+        assert max(len(e.request.history_ids) for e in _episodes(data, history=n)) == n
+
+
 def test_val_positions_adds_each_validation_users_earlier_items(data) -> None:
     one, three = _episode_set(data, positions=3), _episode_set(data, positions=3, val_positions=3)
     assert one.val, "the fixture has validation users"
@@ -106,6 +118,8 @@ def test_episode_positions(n_items, is_val, options, expected) -> None:
         (["--val-positions", "0"], "--val-positions 0: use 1 to 100"),
         (["--val-positions", "3", "--residual-alpha", "5"], "and --val-positions apply to"),
         (["--positions", "3", "--residual-alpha", "5"], "takes its episodes from --residual-pos"),
+        (["--history", "0"], "--history 0: use 1 to 200"),
+        (["--history", "40", "--residual-alpha", "5"], "--history applies to the plain"),
     ],
 )
 def test_train_ranker_refuses_bad_user_options(args, message, monkeypatch, capsys) -> None:

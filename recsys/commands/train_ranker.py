@@ -86,6 +86,12 @@ def register(app: typer.Typer) -> None:
             "trained, each step's target the teacher's choice among those left: DAgger; "
             "docs/training.md)",
         ),
+        history: int = typer.Option(
+            20,
+            "--history",
+            help="history items each episode shows (the last N before its truth; the eval "
+            "and the served requests show 20 unless a caller sends more)",
+        ),
         hard_negatives: int = typer.Option(
             4,
             "--hard-negatives",
@@ -152,6 +158,7 @@ def register(app: typer.Typer) -> None:
             trajectory=trajectory,
             reward=reward,
             hard_negatives=hard_negatives,
+            history=history,
             users=users,
             positions=positions,
             min_items=min_items,
