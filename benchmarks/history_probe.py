@@ -6,7 +6,7 @@
 The held-out instances (seed 7) with their last 20 history items, as evaluated, and with
 the last `--long` (the user's whole pre-target sequence when shorter); same candidates,
 same LambdaMART (seed 7) scores. Ranked by the LM alone and served at `--alpha`. Writes
-benchmarks/results/history-TASK.{json,md}.
+benchmarks/results/history-TASK[-TAG].{json,md}.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--alpha", type=float, default=5.0, help="the served fusion weight")
     parser.add_argument("--long", type=int, default=40, help="the longer history")
+    parser.add_argument("--tag", default="", help="results file suffix: history-TASK-TAG")
     args = parser.parse_args()
 
     taskset, scorer = heldout_with_lambdamart(args.task)
@@ -83,7 +84,8 @@ def main() -> None:
               "n": len(taskset.instances), "mean_history": mean_len,
               "rr": {f"{h} / {n}": v.round(6).tolist() for (h, n), v in rr.items()},
               "rows": [dict(zip(header, row, strict=True)) for row in rows]}  # fmt: skip
-    write_rows(Path(f"benchmarks/results/history-{args.task}"), result, header, rows)
+    name = f"history-{args.task}" + (f"-{args.tag}" if args.tag else "")
+    write_rows(Path("benchmarks/results") / name, result, header, rows)
 
 
 if __name__ == "__main__":
