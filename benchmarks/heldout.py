@@ -3,6 +3,7 @@ compare with: what `recsys eval --users heldout --ranker lambdamart` ranks."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 SEED = 7
@@ -23,3 +24,13 @@ def heldout_with_lambdamart(task: str) -> tuple[Any, Any]:
     scorer = make_baseline("lambdamart", seed=SEED, cache=FitCache(settings.resolved_fit_cache_dir))
     scorer.prepare(taskset)
     return taskset, scorer
+
+
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every held-out probe takes: --task, --model, --alpha (the served
+    weight); the probe adds its own."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--alpha", type=float, default=5.0, help="the served fusion weight")
+    return parser

@@ -11,14 +11,13 @@ benchmarks/results/history-TASK[-TAG].{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired  # benchmarks/ is on sys.path
-from heldout import heldout_with_lambdamart
+from heldout import heldout_with_lambdamart, probe_parser
 from one_row import write_rows
 
 
@@ -55,10 +54,7 @@ def reciprocal_ranks(engine, instances, scores, alpha: float) -> tuple[np.ndarra
 def main() -> None:
     from recsys import runtime
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--alpha", type=float, default=5.0, help="the served fusion weight")
+    parser = probe_parser(__doc__)
     parser.add_argument("--long", type=int, default=40, help="the longer history")
     parser.add_argument("--tag", default="", help="results file suffix: history-TASK-TAG")
     args = parser.parse_args()

@@ -18,7 +18,6 @@ benchmarks/results/new-items-TASK.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired  # benchmarks/ is on sys.path
-from heldout import heldout_with_lambdamart
+from heldout import heldout_with_lambdamart, probe_parser
 from one_row import write_rows
 
 CONDITIONS = {"none": 0, "1 new negative": 1, "new target": -1}
@@ -65,10 +64,7 @@ def reciprocal_ranks(engine, instances, targets, alpha: float) -> tuple[np.ndarr
 def main() -> None:
     from recsys import runtime
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--alpha", type=float, default=5.0, help="the served fusion weight")
+    parser = probe_parser(__doc__)
     parser.add_argument("--users", type=int, default=80, help="held-out instances ranked")
     args = parser.parse_args()
 
