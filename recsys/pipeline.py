@@ -89,6 +89,8 @@ class DemoReport:
     stored: int = 0
     # re-ranked minus retrieval order on the sampled users: metric -> mean, low, high
     paired: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the same on those of them the ranker never trained on (when its card says who)
+    paired_unseen: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -259,6 +261,19 @@ def paired_gain(
     return out
 
 
+def unseen_by(served: Any, orders: Mapping[str, Sequence[str]]) -> dict[str, Sequence[str]]:
+    """The users of `orders` the served ranker never trained on, by its card's held-out
+    rule (`recsys.resolver.heldout_rule`); none when the card does not say."""
+    from recsys.eval.instances import is_heldout
+    from recsys.resolver import heldout_rule
+
+    rule = heldout_rule(served.resolved.model)
+    if rule is None:
+        return {}
+    fraction, seed = rule
+    return {u: o for u, o in orders.items() if is_heldout(u, seed, fraction)}
+
+
 # -- the main job ---------------------------------------------------------------------------
 
 
@@ -408,12 +423,15 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
             {u: retrieval_orders[u] for u in sample}, targets, config.k
         ),
     }
+    unseen: dict[str, Sequence[str]] = {}
     if rerank:
         metrics[f"retrieval + IRanker, {len(sample)} sampled users"] = evaluate(
             final_orders, targets, config.k
         )
+        unseen = unseen_by(served, final_orders)
     return DemoReport(
         paired=paired_gain(final_orders, retrieval_orders, targets) if rerank else {},
+        paired_unseen=paired_gain(unseen, retrieval_orders, targets) if rerank else {},
         run_id=run_id,
         retrieval_version=version,
         model_version=model_version,
@@ -511,11 +529,12 @@ def format_report(report: DemoReport) -> str:
     lines.append(f"{'':<44}" + "".join(f"{k:>10}" for k in keys))
     for name, values in report.metrics.items():
         lines.append(f"{name:<44}" + "".join(f"{values.get(k, 0.0):>10.4f}" for k in keys))
-    for name, d in report.paired.items():
-        lines.append(
-            f"re-ranked - retrieval, {name} (paired, {d['users']:.0f} users): "
-            f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-        )
+    for who, gains in (("users", report.paired), ("never trained on", report.paired_unseen)):
+        for name, d in gains.items():
+            lines.append(
+                f"re-ranked - retrieval, {name} (paired, {d['users']:.0f} {who}): "
+                f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            )
     lines.append("")
     lines.append("== time per stage ==")
     lines.append(f"  {'stage':<14}{'wall s':>8}{'CPU s':>8}")

@@ -142,6 +142,28 @@ def trained_on_users(model_path: str | None) -> str | None:
     return str(options.get("users", "train"))
 
 
+def heldout_rule(model_path: str | None) -> tuple[float, int] | None:
+    """(fraction, seed) of the users a model never trained on (`recsys.eval.instances.
+    is_heldout`), from its card; a committee's when its members agree. None when the card
+    does not say, or when the model read every user's logs (`trained_on_users` "all")."""
+    if not model_path:
+        return None
+    from ranking.backends.committee import is_committee_dir, read_committee
+
+    path = Path(model_path)
+    if is_committee_dir(path):
+        rules = {heldout_rule(m) for m in read_committee(path).members}
+        return rules.pop() if len(rules) == 1 else None
+    card = _card(path)
+    if card is None or trained_on_users(model_path) == "all":
+        return None
+    data = card.get("data")
+    try:
+        return float(data["heldout_fraction"]), int(data["seed"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _folder_alpha(path: Path) -> float | None:
     """A model folder's measured serving weight (card.json `fusion_alpha`)."""
     card = _card(path)

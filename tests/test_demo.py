@@ -207,3 +207,54 @@ def test_the_paired_gain_is_per_user_and_known() -> None:
     assert gain["mrr"]["low"] >= 0  # no user got worse: every resample is >= 0
     assert gain["ndcg@10"]["mean"] == pytest.approx((1 - 1 / np.log2(3)) / 3)
     assert paired_gain({"u9": ["a"]}, {"u9": ["a"]}, targets) == {}  # no target: no gain
+
+
+def card_folder(folder, data=None, users="train"):
+    folder.mkdir(parents=True)
+    card = {"options": {"users": users}, **({"data": data} if data is not None else {})}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("data", "users", "rule"),
+    [
+        ({"heldout_fraction": 0.35, "seed": 7}, "train", (0.35, 7)),
+        ({"heldout_fraction": 0.35, "seed": 7}, "all", None),  # it read every user's logs
+        ({"seed": 7}, "train", None),  # the card does not say
+        (None, "train", None),
+    ],
+)
+def test_the_heldout_rule_comes_from_the_card(tmp_path, data, users, rule) -> None:
+    from recsys.resolver import heldout_rule
+
+    assert heldout_rule(str(card_folder(tmp_path / "m", data, users))) == rule
+    assert heldout_rule(str(tmp_path / "no-such-model")) is None
+
+
+def test_a_committees_rule_is_its_members_when_they_agree(tmp_path) -> None:
+    from ranking.backends.committee import CommitteeSpec, write_committee
+    from recsys.resolver import heldout_rule
+
+    card_folder(tmp_path / "a", {"heldout_fraction": 0.35, "seed": 7})
+    card_folder(tmp_path / "b", {"heldout_fraction": 0.35, "seed": 7})
+    card_folder(tmp_path / "c", {"heldout_fraction": 0.35, "seed": 8})
+    write_committee(tmp_path / "ab", CommitteeSpec.of(["../a", "../b"]))
+    write_committee(tmp_path / "ac", CommitteeSpec.of(["../a", "../c"]))
+    assert heldout_rule(str(tmp_path / "ab")) == (0.35, 7)
+    assert heldout_rule(str(tmp_path / "ac")) is None
+
+
+def test_the_demo_reports_the_users_the_ranker_never_trained_on(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from recsys.eval.instances import is_heldout
+    from recsys.pipeline import unseen_by
+
+    folder = card_folder(tmp_path / "m", {"heldout_fraction": 0.35, "seed": 7})
+    orders = {str(u): ["x"] for u in range(1, 201)}
+    unseen = unseen_by(SimpleNamespace(resolved=SimpleNamespace(model=str(folder))), orders)
+    assert set(unseen) == {u for u in orders if is_heldout(u, 7, 0.35)}
+    assert 40 < len(unseen) < 100  # about 35% of 200
+    no_card = SimpleNamespace(resolved=SimpleNamespace(model="default"))
+    assert unseen_by(no_card, orders) == {}
