@@ -12,12 +12,11 @@ benchmarks/results/history-TASK[-TAG].{json,md}.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired  # benchmarks/ is on sys.path
-from heldout import heldout_with_lambdamart, probe_parser
+from heldout import heldout_with_lambdamart, probe_parser, reciprocal_ranks
 from one_row import write_rows
 
 
@@ -36,19 +35,12 @@ def longer(taskset, length: int) -> list:
     return out
 
 
-def reciprocal_ranks(engine, instances, scores, alpha: float) -> tuple[np.ndarray, float, float]:
-    """Per instance RR of the target, CPU s per request, mean history length."""
+def scored(instances, scores) -> list:
+    """The instances with their candidates carrying LambdaMART's scores (the fusion signal)."""
     from recsys.eval.baselines import scored_candidates
 
-    scored = [dataclasses.replace(i, candidates=scored_candidates(i, s))
-              for i, s in zip(instances, scores, strict=True)]  # fmt: skip
-    requests = [i.to_request("incremental", fusion_alpha=alpha) for i in scored]
-    start = time.process_time()
-    results = engine.rank_batch(requests, progress=True)
-    cpu = (time.process_time() - start) / len(requests)
-    targets = [next(iter(i.relevance)) for i in instances]
-    rr = [1.0 / (r.order.index(t) + 1) for r, t in zip(results, targets, strict=True)]
-    return np.array(rr), cpu, float(np.mean([len(i.history_ids) for i in instances]))
+    return [dataclasses.replace(i, candidates=scored_candidates(i, s))
+            for i, s in zip(instances, scores, strict=True)]  # fmt: skip
 
 
 def main() -> None:
@@ -61,13 +53,15 @@ def main() -> None:
 
     taskset, scorer = heldout_with_lambdamart(args.task)
     scores = [scorer.scores(i) for i in taskset.instances]
-    variants = {"20": taskset.instances, str(args.long): longer(taskset, args.long)}
+    variants = {"20": scored(taskset.instances, scores),
+                str(args.long): scored(longer(taskset, args.long), scores)}  # fmt: skip
+    mean_len = {n: float(np.mean([len(i.history_ids) for i in v])) for n, v in variants.items()}
+    targets = [i.target for i in taskset.instances]
     engine = runtime.load_ranker(model=args.model, fusion_alpha=0.0)
-    rr, cpu, mean_len = {}, {}, {}
+    rr, cpu = {}, {}
     for how, alpha in (("LM alone", 0.0), ("served", args.alpha)):
         for name, instances in variants.items():
-            rr[how, name], cpu[how, name], mean_len[name] = reciprocal_ranks(
-                engine, instances, scores, alpha)  # fmt: skip
+            rr[how, name], cpu[how, name] = reciprocal_ranks(engine, instances, targets, alpha)
     header = ["task", "ranking", "history 20: MRR", f"history {args.long}: MRR",
               f"{args.long} - 20 [95% CI]", "wins / losses", "CPU s/request 20 / long"]  # fmt: skip
     rows = []

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
 from eval_files import cell, paired  # benchmarks/ is on sys.path
-from heldout import heldout_with_lambdamart, probe_parser
+from heldout import heldout_with_lambdamart, probe_parser, reciprocal_ranks
 from one_row import write_rows
 
 CONDITIONS = {"none": 0, "1 new negative": 1, "new target": -1}
@@ -49,16 +48,6 @@ def renamed(inst, scores, how_many: int):
         cands[k] = dataclasses.replace(cands[k], id=f"new:{cands[k].id}")
     new_target = f"new:{target}" if how_many < 0 else target
     return dataclasses.replace(inst, candidates=tuple(cands)), new_target
-
-
-def reciprocal_ranks(engine, instances, targets, alpha: float) -> tuple[np.ndarray, float]:
-    """Per instance RR of the target, and the pass's process CPU seconds per request."""
-    requests = [i.to_request("incremental", fusion_alpha=alpha) for i in instances]
-    start = time.process_time()
-    results = engine.rank_batch(requests, progress=True)
-    cpu = (time.process_time() - start) / len(requests)
-    rr = [1.0 / (r.order.index(t) + 1) for r, t in zip(results, targets, strict=True)]
-    return np.array(rr), cpu
 
 
 def main() -> None:

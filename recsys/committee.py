@@ -70,8 +70,10 @@ def _check_same_catalogue(members: Sequence[str]) -> None:
     would read one prompt differently (another base model, catalogue or prompt layout); the
     backend checks the loaded tokenizers again (`ranking.backends.committee`)."""
     hybrids = [(m, read_manifest(p)) for m in members if is_hybrid_dir(p := resolve_model(m).path)]
+    if not hybrids:
+        return
+    first, (config0, items0) = hybrids[0]
     for member, (config, items) in hybrids[1:]:
-        first, (config0, items0) = hybrids[0]
         for what, a, b in (
             ("base model", config0.base, config.base),
             ("catalogue (item vectors' ids)", items0, items),

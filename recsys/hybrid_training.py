@@ -91,7 +91,7 @@ class HybridTrainOptions:
         from ranking.hybrid import MANIFEST
         from ranking.rl.bundle import BUNDLE_MANIFEST
         from ranking.rl.supervised import REWARDS, TRAJECTORIES
-        from recsys.eval.instances import N_NEGATIVES
+        from recsys.eval.instances import HISTORY_LEN, N_NEGATIVES
 
         checks = [
             (self.vectors in VECTOR_KINDS, f"--vectors {self.vectors!r}: use one of "
@@ -103,9 +103,9 @@ class HybridTrainOptions:
              f"--residual-alpha {self.residual_alpha}: use a weight in [0, 1000]"),
             (0 <= self.ce_weight <= 100, f"--ce-weight {self.ce_weight}: use a weight in [0, 100]"),
             (1 <= self.history <= 200, f"--history {self.history}: use 1 to 200"),
-            (self.history == 20 or not self.residual_alpha,
+            (self.history == HISTORY_LEN or not self.residual_alpha,
              "--history applies to the plain and served-trajectory runs; a --residual-alpha "
-             "run's episodes show 20 items, as LambdaMART's training groups"),
+             f"run's episodes show {HISTORY_LEN} items, as LambdaMART's training groups"),
             (0 <= self.hard_negatives <= N_NEGATIVES,
              f"--hard-negatives {self.hard_negatives}: use 0 to {N_NEGATIVES}"),
             (1 <= self.residual_positions <= 1000,

@@ -423,15 +423,17 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
             {u: retrieval_orders[u] for u in sample}, targets, config.k
         ),
     }
-    unseen: dict[str, Sequence[str]] = {}
+    paired: dict[str, dict[str, float]] = {}
+    paired_unseen: dict[str, dict[str, float]] = {}
     if rerank:
         metrics[f"retrieval + IRanker, {len(sample)} sampled users"] = evaluate(
             final_orders, targets, config.k
         )
-        unseen = unseen_by(served, final_orders)
+        paired = paired_gain(final_orders, retrieval_orders, targets)
+        paired_unseen = paired_gain(unseen_by(served, final_orders), retrieval_orders, targets)
     return DemoReport(
-        paired=paired_gain(final_orders, retrieval_orders, targets) if rerank else {},
-        paired_unseen=paired_gain(unseen, retrieval_orders, targets) if rerank else {},
+        paired=paired,
+        paired_unseen=paired_unseen,
         run_id=run_id,
         retrieval_version=version,
         model_version=model_version,

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None,
         description="GGUF models converted to Hugging Face directories (vLLM needs one; the "
-        "transformers backend loads one in seconds instead of ~25 s); default <var_dir>/models",
+        "transformers backend loads one in seconds instead of ~17 s); default <var_dir>/models",
     )
     convert_gguf: bool = Field(
         True,

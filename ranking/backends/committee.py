@@ -39,6 +39,7 @@ import numpy as np
 
 from ranking.backends.base import Generation, LMBackend
 from ranking.errors import ModelLoadError, RequestError
+from ranking.folders import write_whole
 from ranking.prompts import style_of
 
 MANIFEST = "committee.json"
@@ -76,15 +77,12 @@ def is_committee_dir(path: str | os.PathLike[str]) -> bool:
 def write_committee(folder: str | os.PathLike[str], spec: CommitteeSpec) -> Path:
     """Write `committee.json` into `folder` (created); written whole or not at all."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     doc = {
         "members": [
             {"model": m, "weight": w} for m, w in zip(spec.members, spec.weights, strict=True)
         ]
     }
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(folder / MANIFEST)
+    write_whole(folder / MANIFEST, json.dumps(doc, indent=2) + "\n")
     return folder
 
 
