@@ -64,18 +64,11 @@ def variant(text: str) -> dict:
     }
 
 
-def run(
-    data_dir: Path,
-    embeddings: str,
-    pools: list[int],
-    n_users: int | None,
-    variants: list[str],
-    split: str,
-) -> dict:
+def split_log(data_dir: Path, split: str, n_users: int | None = None) -> tuple:
+    """(the data set, the training log as (users, items, timestamps), user -> held-out item,
+    the measured users): leave-last-out on ml-100k; `split` "valid" drops each user's last
+    item first and holds out the one before it. `n_users`: a seeded sample of the users."""
     from recsys.pipeline import Interactions, leave_last_out
-    from recsys.stats import bootstrap_mean, paired_difference
-    from retrieval.embeddings import HashingEncoder, TextEmbedder
-    from retrieval.generator import CandidateGenerator, GeneratorConfig
 
     data = movielens(data_dir)
     train, targets = leave_last_out(data)
@@ -93,8 +86,24 @@ def run(
     if n_users is not None and n_users < len(users):
         rng = np.random.default_rng(7)
         users = sorted(rng.choice(users, size=n_users, replace=False).tolist(), key=int)
-    embedder = TextEmbedder(HashingEncoder(64) if embeddings == "hashing" else None)
     log = ([data.users[r] for r in train], [data.items[r] for r in train], data.timestamps[train])
+    return data, log, targets, users
+
+
+def run(
+    data_dir: Path,
+    embeddings: str,
+    pools: list[int],
+    n_users: int | None,
+    variants: list[str],
+    split: str,
+) -> dict:
+    from recsys.stats import bootstrap_mean, paired_difference
+    from retrieval.embeddings import HashingEncoder, TextEmbedder
+    from retrieval.generator import CandidateGenerator, GeneratorConfig
+
+    data, log, targets, users = split_log(data_dir, split, n_users)
+    embedder = TextEmbedder(HashingEncoder(64) if embeddings == "hashing" else None)
     plain = CandidateGenerator.build(*log, data.texts, embedder=embedder, config=GeneratorConfig())
 
     def items(cands) -> list[str]:  # type: ignore[no-untyped-def]

@@ -195,8 +195,8 @@ class FeatureModels:
             users=user_index,
             cf=cf,
             popularity=np.bincount(codes, minlength=n).astype(np.float64),
-            trans10=_transitions(ucodes, codes, n, window),
-            trans1=_transitions(ucodes, codes, n, 1),
+            trans10=transition_counts(ucodes, codes, n, window),
+            trans1=transition_counts(ucodes, codes, n, 1),
             cooc=cooc,
             activity={
                 u: int(c) for u, c in zip(*np.unique(users, return_counts=True), strict=True)
@@ -347,8 +347,10 @@ def _meta_from_doc(doc: list) -> ItemMeta:
                     frozenset(words))  # fmt: skip
 
 
-def _transitions(users: np.ndarray, codes: np.ndarray, n: int, window: int) -> sp.csr_matrix:
-    """count[a, b] = how often b follows a within `window` steps of one user's sequence."""
+def transition_counts(users: np.ndarray, codes: np.ndarray, n: int, window: int) -> sp.csr_matrix:
+    """count[a, b] = how often b follows a within `window` steps of one user's sequence
+    (`users` / `codes`: one row per interaction, each user's rows together in time order;
+    `n` items). Also the retrieval stage's `next` source (retrieval.sources)."""
     rows, cols = [], []
     for d in range(1, window + 1):
         same = users[:-d] == users[d:]

@@ -35,6 +35,7 @@ from retrieval.artifacts import Artifact, ArtifactStore
 from retrieval.cf import CFModel, interactions_matrix
 from retrieval.embeddings import TextEmbedder
 from retrieval.errors import RetrievalError
+from retrieval.features import transition_counts
 from retrieval.fusion import FusedCandidate, fuse
 from retrieval.index import VectorIndex, choose_params
 from retrieval.ltr import MAX_BAG, valid_bag
@@ -46,11 +47,13 @@ from retrieval.sources import (
     Scored,
     SourceQuery,
     TextSource,
+    TransitionsSource,
     source_lists,
 )
 
 ARTIFACT_NAME = "retrieval"
 LTR_FOLDER = "ltr"  # the LambdaMART stage's files inside an index artifact
+NEXT_FILE = "next.npz"  # the `next` source's transition counts inside an index artifact
 DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
 # cold start: a stated interest (a text query) outweighs the crowd
 QUERY_WEIGHTS = {"text": 1.0, "popular": 0.2}
@@ -67,6 +70,10 @@ class GeneratorConfig:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     fusion: str = "rrf"
     profile_items: int = 10  # recent items averaged into the text profile
+    # the `next` source (retrieval.sources.TransitionsSource), built when weights["next"] > 0:
+    # items within next_window steps after the user's last next_recent items
+    next_recent: int = 5
+    next_window: int = 10
     index_overrides: dict[str, object] = field(default_factory=dict)
     # the LambdaMART stage (retrieval.ltr_stage): fitted by `build` when on; re-ranks the
     # top `ltr_pool` fused candidates (its feature models use cf_factors / cf_epochs / seed).
@@ -100,6 +107,7 @@ class CandidateGenerator:
         config: GeneratorConfig,
         embedder: TextEmbedder | None = None,
         ltr: LTRStage | None = None,
+        transitions: sp.csr_matrix | None = None,
     ) -> None:
         self.user_ids, self.item_ids = user_ids, item_ids
         self.user_pos = {u: i for i, u in enumerate(user_ids)}
@@ -113,12 +121,15 @@ class CandidateGenerator:
                 text_vectors, text_index, embedder, profile_items=config.profile_items
             )
         self.popular_source = PopularitySource(popularity)
+        self.next_source = None
+        if transitions is not None:
+            self.next_source = TransitionsSource(transitions, recent_items=config.next_recent)
         self.ltr = ltr
 
     @property
     def sources(self) -> list[RetrievalSource]:
         """The sources this generator fuses, in fusion order (those it was built with)."""
-        found = (self.cf_source, self.text_source, self.popular_source)
+        found = (self.cf_source, self.text_source, self.popular_source, self.next_source)
         return [s for s in found if s is not None]
 
     @property
@@ -165,6 +176,11 @@ class CandidateGenerator:
             raise RetrievalError(f"ltr_pool must be >= 1, got {config.ltr_pool}")
         if config.ltr and not valid_bag(config.ltr_bag):
             raise RetrievalError(f"ltr_bag must be from 1 to {MAX_BAG}, got {config.ltr_bag}")
+        if config.next_recent < 1 or config.next_window < 1:
+            raise RetrievalError(
+                f"next_recent and next_window must be >= 1, got {config.next_recent} and "
+                f"{config.next_window}"
+            )
         if config.ltr_text and embedder is None:
             raise RetrievalError(
                 "ltr_text needs the title embeddings: build with an embedder, or turn ltr_text off"
@@ -219,6 +235,7 @@ class CandidateGenerator:
             item_ids=item_ids,
             seen=seen,
             recent=_recent_items(u_idx, i_idx, np.asarray(timestamps), len(user_ids), 50),
+            transitions=_transitions(config, u_idx, i_idx, np.asarray(timestamps), len(item_ids)),
             popularity=np.asarray(seen.sum(axis=0)).ravel().astype(np.float32),
             cf=cf,
             cf_index=cf_index,
@@ -296,6 +313,8 @@ class CandidateGenerator:
         self.item_pos[item_id] = len(self.item_ids)
         self.item_ids.append(item_id)
         self.popular_source.add()
+        if self.next_source is not None:
+            self.next_source.add()
         self.seen.resize((self.seen.shape[0], len(self.item_ids)))
         return self.item_pos[item_id]
 
@@ -336,6 +355,8 @@ class CandidateGenerator:
                 self.text_source.index.save(folder / "text.faiss")
             if self.ltr is not None:
                 self.ltr.save(folder / LTR_FOLDER)
+            if self.next_source is not None:
+                sp.save_npz(folder / NEXT_FILE, self.next_source.counts)
 
         meta = {"users": len(self.user_ids), "items": len(self.item_ids), **(meta or {})}
         return store.save(ARTIFACT_NAME, version, write, meta=meta)
@@ -371,6 +392,14 @@ class CandidateGenerator:
                 f"retrieval version {art.version!r} was built with the LambdaMART stage but "
                 f"its {LTR_FOLDER}/ files are missing; rebuild the index"
             )
+        transitions = None
+        if (folder / NEXT_FILE).exists():
+            transitions = sp.load_npz(folder / NEXT_FILE).tocsr()
+        elif uses_next(config):
+            raise RetrievalError(
+                f"retrieval version {art.version!r} fuses the `next` source but its "
+                f"{NEXT_FILE} is missing; rebuild the index"
+            )
         return cls(
             user_ids=ids["users"],
             item_ids=ids["items"],
@@ -384,6 +413,7 @@ class CandidateGenerator:
             config=config,
             embedder=embedder,
             ltr=ltr,
+            transitions=transitions,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -427,6 +457,22 @@ def _recent_items(
     for pos in order:
         recent[int(users[pos])].append(int(items[pos]))
     return [list(dict.fromkeys(r[::-1]))[:keep][::-1] for r in recent]
+
+
+def uses_next(config: GeneratorConfig) -> bool:
+    """Whether an index with this config fuses the `next` source."""
+    return config.weights.get("next", 0.0) > 0
+
+
+def _transitions(
+    config: GeneratorConfig, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, n: int
+) -> sp.csr_matrix | None:
+    """The `next` source's counts (None when the config does not fuse it): each user's
+    interactions in time order, ties in log order, as `_recent_items` orders them."""
+    if not uses_next(config):
+        return None
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    return transition_counts(users[order], items[order], n, config.next_window)
 
 
 def _ltr_text(

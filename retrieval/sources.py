@@ -11,7 +11,11 @@ here, not one more branch there.
 - :class:`CFSource` (`cf`): the LightFM user vector against the item-vector index;
 - :class:`TextSource` (`text`): the query's MiniLM embedding, or else the mean embedding of
   the user's recent items, against the item-text index;
-- :class:`PopularitySource` (`popular`): interaction counts in the training data.
+- :class:`PopularitySource` (`popular`): interaction counts in the training data;
+- :class:`TransitionsSource` (`next`): items that followed the user's last few items in
+  other users' sequences. The CF vector is one per user and blind to order; on MovieLens
+  what a user rates next depends on what they rated last (docs/retrieval.md "The `next`
+  source": recall@20 +0.07 on the validation split).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import scipy.sparse as sp
 
 from retrieval import coldstart
 from retrieval.cf import CFModel
@@ -123,6 +128,35 @@ class PopularitySource:
     def add(self, n: int = 1) -> None:
         """New items, never interacted with yet."""
         self.counts = np.append(self.counts, np.zeros(n, dtype=np.float32))
+
+
+class TransitionsSource:
+    """Sequence: score(c) = sum over the user's last `recent_items` items h of count[h, c],
+    how often c came within `window` steps after h in the training log
+    (retrieval.features.transition_counts). Items with no such count are not returned; a
+    user without history gets []."""
+
+    name = "next"
+
+    def __init__(self, counts: sp.csr_matrix, recent_items: int = 5) -> None:
+        if recent_items < 1:
+            raise RetrievalError(f"recent_items must be >= 1, got {recent_items}")
+        self.counts, self.recent_items = counts.tocsr(), recent_items
+
+    def retrieve(self, query: SourceQuery, depth: int) -> Scored:
+        rows = [r for r in query.recent[-self.recent_items :] if r < self.counts.shape[0]]
+        if not rows or depth < 1:
+            return []
+        scores = np.asarray(self.counts[rows].sum(axis=0)).ravel()
+        found = np.flatnonzero(scores)
+        best = found[np.lexsort((found, -scores[found]))][:depth]  # ties: lower position
+        return [(int(i), float(scores[i])) for i in best]
+
+    def add(self, n: int = 1) -> None:
+        """New items: nothing has followed them, and they followed nothing, yet."""
+        size = self.counts.shape[0] + n
+        self.counts = self.counts.copy()
+        self.counts.resize((size, size))
 
 
 def source_lists(
