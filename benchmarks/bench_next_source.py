@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.bench_ltr_stage import K, _interval, _rr, split_log
 from benchmarks.bench_retrieval import DATA, RESULTS
 
@@ -73,7 +71,7 @@ def run(data_dir: Path, split: str, recent: int, weight: float, n_users: int | N
             row[metric] = {
                 "without": round(bootstrap_mean(without[metric]).mean, 4),
                 "with": round(bootstrap_mean(with_next[metric]).mean, 4),
-                "diff": {"mean": round(d.mean, 4), "low": round(d.low, 4), "high": round(d.high, 4)},
+                "diff": {k: round(getattr(d, k), 4) for k in ("mean", "low", "high")},
             }
         row["ms_per_user_cpu"] = {"without": without["ms_per_user_cpu"],
                                   "with": with_next["ms_per_user_cpu"]}  # fmt: skip
