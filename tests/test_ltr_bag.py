@@ -16,8 +16,8 @@ from retrieval.errors import RetrievalError
 from retrieval.generator import CandidateGenerator, GeneratorConfig
 from retrieval.ltr import MAX_BAG, LambdaMART
 from retrieval.ltr_stage import LTRStage
+from tests.fixtures.chain import SMALL, chain_world
 from tests.test_ltr import rec_world, synthetic_groups
-from tests.test_ltr_stage import SMALL, chain_world
 
 NAMES = ["signal", "noise"]
 FAST = {"n_estimators": 20}

@@ -19,28 +19,7 @@ from retrieval.errors import RetrievalError
 from retrieval.generator import ARTIFACT_NAME, LTR_FOLDER, CandidateGenerator, GeneratorConfig
 from retrieval.ltr_stage import LTRStage, split_last
 from tests.fixtures.catalogue import seed_catalogue, seed_interactions
-
-N_USERS, N_ITEMS, LENGTH = 80, 60, 12
-SMALL = {"cf_factors": 8, "cf_epochs": 5}
-
-
-def chain_world(seed: int = 0):
-    """Users walk i, i+1, i+2, ... (mod N_ITEMS) from a random start, one step per time unit:
-    the next item is the last one plus one. Returns the log without each user's last step,
-    the held-out next items, and titles."""
-    rng = np.random.default_rng(seed)
-    users, items, stamps, targets = [], [], [], {}
-    for u in range(N_USERS):
-        start = int(rng.integers(N_ITEMS))
-        seq = [f"i{(start + k) % N_ITEMS}" for k in range(LENGTH)]
-        for t, item in enumerate(seq[:-1]):
-            users.append(f"u{u}"), items.append(item), stamps.append(1000.0 * u + t)
-        targets[f"u{u}"] = seq[-1]
-    # the log arrives shuffled: order is the timestamps' business
-    perm = rng.permutation(len(users))
-    log = ([users[i] for i in perm], [items[i] for i in perm], [stamps[i] for i in perm])
-    titles = {f"i{j}": f"Item number {j} ({1950 + j})" for j in range(N_ITEMS)}
-    return log, targets, titles
+from tests.fixtures.chain import N_USERS, SMALL, chain_world
 
 
 @pytest.fixture(scope="module")

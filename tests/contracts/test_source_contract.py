@@ -5,7 +5,9 @@ source, on a five-item catalogue whose answers are known by hand:
   user . item + bias is a small table;
 * text: item texts made of three words, embedded as word counts (normalised), so a query
   "space" is nearest to the item that is only "space", then to "space space romance";
-* popularity: counts 5, 9, 9, 1, 0.
+* popularity: counts 5, 9, 9, 1, 0;
+* next: the transition counts TRANSITIONS below (row a, column b: how often b followed a),
+  read over the user's last 2 items.
 
 Each source answers (item position, score) pairs, best first, at most `depth`, no item twice,
 the known answer for its queries, and [] for a query it has nothing to say about. The
@@ -29,6 +31,7 @@ from retrieval.sources import (
     RetrievalSource,
     SourceQuery,
     TextSource,
+    TransitionsSource,
     source_lists,
 )
 
@@ -38,6 +41,16 @@ USER_FACTORS = np.array([[1.0, 0.0], [0.0, 1.0]])
 ITEM_FACTORS = np.array([[3.0, 0.0], [0.0, 3.0], [1.0, 1.0], [2.0, 0.0], [-1.0, -0.5]])
 ITEM_BIASES = np.array([0.0, 0.0, 0.5, 0.25, 0.0])
 COUNTS = np.array([5.0, 9.0, 9.0, 1.0, 0.0], dtype=np.float32)
+TRANSITIONS = np.array(
+    [
+        [0, 2, 0, 1, 0],
+        [1, 0, 3, 0, 0],
+        [0, 0, 0, 2, 1],
+        [4, 0, 1, 0, 0],
+        [0, 1, 0, 0, 0],
+    ],
+    dtype=np.float64,
+)
 
 
 class WordCountEncoder:
@@ -72,7 +85,18 @@ def popularity_source() -> PopularitySource:
     return PopularitySource(COUNTS.copy())
 
 
-SOURCES = {"cf": cf_source, "text": text_source, "popular": popularity_source}
+def transitions_source() -> TransitionsSource:
+    return TransitionsSource(sp.csr_matrix(TRANSITIONS), recent_items=2)
+
+
+SOURCES = {
+    "cf": cf_source,
+    "text": text_source,
+    "popular": popularity_source,
+    "next": transitions_source,
+}
+# sources that score every item; `next` names only items that followed the user's last ones
+FILLS = {"cf", "text", "popular"}
 R5 = 1 / np.sqrt(5)
 # (source, query, depth, the known answer)
 KNOWN = [
@@ -84,9 +108,18 @@ KNOWN = [
     ("text", SourceQuery(user=0, recent=[1]), 2, [(1, 1.0), (4, np.sqrt(0.5))]),
     ("popular", SourceQuery(), 3, [(1, 9.0), (2, 9.0), (0, 5.0)]),
     ("popular", SourceQuery(user=0, text="space"), 2, [(1, 9.0), (2, 9.0)]),
+    # rows 0 + 3 = (4, 2, 1, 1, 0): item 4 never followed them; ties by position
+    ("next", SourceQuery(user=0, recent=[0, 3]), 5, [(0, 4.0), (1, 2.0), (2, 1.0), (3, 1.0)]),
+    # the last 2 of 1, 2, 4: rows 2 + 4 = (0, 1, 0, 2, 1)
+    ("next", SourceQuery(user=1, recent=[1, 2, 4]), 5, [(3, 2.0), (1, 1.0), (4, 1.0)]),
 ]
 # queries a source has nothing to say about
-SILENT = [("cf", SourceQuery(text="space")), ("text", SourceQuery(user=0))]
+SILENT = [
+    ("cf", SourceQuery(text="space")),
+    ("text", SourceQuery(user=0)),
+    ("next", SourceQuery(user=0)),  # no history
+    ("next", SourceQuery(user=0, recent=[9])),  # an item newer than its counts
+]
 
 
 @pytest.fixture(params=sorted(SOURCES))
@@ -114,7 +147,8 @@ def test_answers_are_scored_positions_best_first(source, depth):
     for query in (SourceQuery(user=0, recent=[0, 3]), SourceQuery(user=1, text="romance")):
         scored = source.retrieve(query, depth)
         assert_well_formed(scored, depth)
-        assert len(scored) == min(depth, len(TEXTS))  # every source can fill the catalogue
+        if source.name in FILLS:
+            assert len(scored) == min(depth, len(TEXTS))  # it can fill the catalogue
 
 
 @pytest.mark.parametrize(("name", "query", "depth", "want"), KNOWN)
@@ -151,6 +185,23 @@ def test_a_query_without_an_embedder_is_an_error():
     with pytest.raises(RetrievalError, match="needs a text embedder"):
         source.retrieve(SourceQuery(text="space"), 2)
     assert source.retrieve(SourceQuery(user=0, recent=[1]), 1)[0][0] == 1  # a profile needs none
+
+
+def test_the_next_source_reads_only_the_last_items_and_grows_with_the_catalogue():
+    query = SourceQuery(user=0, recent=[0, 3])
+    assert TransitionsSource(sp.csr_matrix(TRANSITIONS), 1).retrieve(query, 5) == [
+        (0, 4.0),
+        (2, 1.0),
+    ]  # row 3 only
+    source = transitions_source()
+    source.add(2)
+    assert source.counts.shape == (7, 7)
+    assert source.retrieve(query, 7) == transitions_source().retrieve(query, 7)
+    assert source.retrieve(SourceQuery(user=0, recent=[5, 6]), 3) == []  # nothing follows them
+    from retrieval.errors import RetrievalError
+
+    with pytest.raises(RetrievalError, match="recent_items must be >= 1"):
+        TransitionsSource(sp.csr_matrix(TRANSITIONS), 0)
 
 
 def test_source_lists_keep_the_order_and_leave_out_the_silent():
