@@ -52,6 +52,7 @@ class BatchConfig:
     ltr: bool = True  # a built index gets the LambdaMART stage (docs/retrieval.md)
     ltr_text: bool = False  # ... with its title-embedding features (docs/retrieval.md)
     ltr_bag: int = 1  # ... averaging this many LightGBM fits (docs/retrieval.md)
+    next_source: bool = False  # a built index also fuses the `next` source (docs/retrieval.md)
     task: str = "rec-movie"
     artifact_dir: Path = Path("var/artifacts")
     progress: bool = True
@@ -155,7 +156,7 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
     from recsys.pipeline import make_embedder
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
-    from retrieval.generator import CandidateGenerator, GeneratorConfig
+    from retrieval.generator import CandidateGenerator, GeneratorConfig, source_weights
 
     store = ArtifactStore(config.artifact_dir)
     embedder = make_embedder(config.embeddings, config.artifact_dir / "embedding-cache")
@@ -174,6 +175,7 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
             ltr=config.ltr,
             ltr_text=config.ltr_text,
             ltr_bag=config.ltr_bag,
+            weights=source_weights(config.next_source),
         ),
         progress=config.progress,
         titles=data.titles,

@@ -34,7 +34,7 @@ from ranking.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
 from ranking.types import Candidate, RankRequest
 from recsys.errors import UserError
 from retrieval.fusion import FusedCandidate
-from retrieval.generator import CandidateGenerator, GeneratorConfig
+from retrieval.generator import CandidateGenerator, GeneratorConfig, source_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class DemoConfig:
     batch_size: int | None = None
     rerank: bool = True
     ltr: bool = True  # the LambdaMART stage between fusion and the LM, as `recsys batch`
+    next_source: bool = False  # retrieval also fuses the `next` source (docs/retrieval.md)
     embeddings: str = "minilm"
     cf_factors: int = 64
     cf_epochs: int = 30
@@ -337,7 +338,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         lambda: make_embedder(config.embeddings, config.artifact_dir / "embedding-cache"),
     )
     gen_config = GeneratorConfig(
-        cf_factors=config.cf_factors, cf_epochs=config.cf_epochs, seed=config.seed, ltr=config.ltr
+        cf_factors=config.cf_factors,
+        cf_epochs=config.cf_epochs,
+        seed=config.seed,
+        ltr=config.ltr,
+        weights=source_weights(config.next_source),
     )
     gen = stages.run(
         "build",

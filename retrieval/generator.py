@@ -55,6 +55,9 @@ ARTIFACT_NAME = "retrieval"
 LTR_FOLDER = "ltr"  # the LambdaMART stage's files inside an index artifact
 NEXT_FILE = "next.npz"  # the `next` source's transition counts inside an index artifact
 DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
+# the `next` source's weight when it is on (chosen on ml-100k's validation split; off by
+# default: with the LambdaMART stage it adds no recall, docs/retrieval.md "The next source")
+NEXT_WEIGHT = 1.0
 # cold start: a stated interest (a text query) outweighs the crowd
 QUERY_WEIGHTS = {"text": 1.0, "popular": 0.2}
 POPULAR_WEIGHTS = {"popular": 1.0}
@@ -457,6 +460,11 @@ def _recent_items(
     for pos in order:
         recent[int(users[pos])].append(int(items[pos]))
     return [list(dict.fromkeys(r[::-1]))[:keep][::-1] for r in recent]
+
+
+def source_weights(next_source: bool = False) -> dict[str, float]:
+    """The default fusion weights, with the `next` source at NEXT_WEIGHT when asked for."""
+    return {**DEFAULT_WEIGHTS, "next": NEXT_WEIGHT} if next_source else dict(DEFAULT_WEIGHTS)
 
 
 def uses_next(config: GeneratorConfig) -> bool:

@@ -258,3 +258,21 @@ def test_the_demo_reports_the_users_the_ranker_never_trained_on(tmp_path) -> Non
     assert 40 < len(unseen) < 100  # about 35% of 200
     no_card = SimpleNamespace(resolved=SimpleNamespace(model="default"))
     assert unseen_by(no_card, orders) == {}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_demo_fuses_the_next_source_only_when_asked(demo_env):
+    from retrieval.artifacts import ArtifactStore
+    from retrieval.generator import CandidateGenerator
+
+    write_movielens(demo_env / "ml-tiny")
+    store = ArtifactStore(demo_env / "var" / "artifacts")
+    for flags, on in (([], False), (["--next-source"], True)):
+        report_file = demo_env / f"report-{on}.json"
+        args = ["demo", "--data", str(demo_env / "ml-tiny"), "--no-rerank", "--no-ltr",
+                "--embeddings", "hashing", "--no-progress", "--report", str(report_file),
+                *flags]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        version = json.loads(report_file.read_text())["retrieval_version"]
+        assert (CandidateGenerator.load(store, version).next_source is not None) is on

@@ -128,3 +128,30 @@ def test_an_index_missing_its_counts_is_refused(with_next, tmp_path):
     store.save(ARTIFACT_NAME, "broken", without_counts)
     with pytest.raises(RetrievalError, match=r"fuses the `next` source but its next\.npz"):
         CandidateGenerator.load(store, "broken")
+
+
+def test_the_batch_builds_the_source_only_when_asked(sqlite_engine, sqlite_url, tmp_path,
+                                                    monkeypatch, capsys):  # fmt: skip
+    from recsys.batch import BatchConfig
+    from recsys.db.registry import list_models
+    from recsys.settings import get_settings
+    from tests.fixtures.catalogue import seed_interactions
+    from tests.fixtures.cli import run_cli
+
+    seed_interactions(sqlite_engine)
+    assert BatchConfig().next_source is False  # off by default: the measured rule
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    try:
+        for flags, on in (([], False), (["--next-source"], True)):
+            args = ["batch", "--no-rerank", "--no-ltr", "--embeddings", "off", "--url",
+                    sqlite_url, *flags]  # fmt: skip
+            code, _, err = run_cli(monkeypatch, capsys, args)
+            assert code == 0, err
+            newest = list_models("index", engine=sqlite_engine)[0]  # newest first
+            store = ArtifactStore(tmp_path / "var" / "artifacts")
+            gen = CandidateGenerator.load(store, newest.version)
+            assert (gen.next_source is not None) is on
+            assert ("next" in gen.config.weights) is on
+    finally:
+        get_settings.cache_clear()
