@@ -7,8 +7,8 @@
     gen.add_item("new-1", "A new film about ...")
     gen.save(ArtifactStore(root), version); CandidateGenerator.load(ArtifactStore(root), version)
 
-The generator composes a list of sources (retrieval.sources: `cf`, `text`, `popular`, each
-behind the RetrievalSource interface) and fuses their answers (retrieval.fusion); it owns
+The generator composes a list of sources (retrieval.sources: `cf`, `text`, `popular`, and
+`next` when `weights["next"] > 0`, each behind the RetrievalSource interface) and fuses their answers (retrieval.fusion); it owns
 what the sources share: the id maps, the users' seen and recent items, persistence.
 
 With `GeneratorConfig(ltr=True)` the index also holds a LambdaMART stage
