@@ -8,8 +8,9 @@
     gen.save(ArtifactStore(root), version); CandidateGenerator.load(ArtifactStore(root), version)
 
 The generator composes a list of sources (retrieval.sources: `cf`, `text`, `popular`, and
-`next` when `weights["next"] > 0`, each behind the RetrievalSource interface) and fuses their answers (retrieval.fusion); it owns
-what the sources share: the id maps, the users' seen and recent items, persistence.
+`next` when `weights["next"] > 0`, each behind the RetrievalSource interface) and fuses
+their answers (retrieval.fusion); it owns what the sources share: the id maps, the users'
+seen and recent items, persistence.
 
 With `GeneratorConfig(ltr=True)` the index also holds a LambdaMART stage
 (retrieval.ltr_stage, fitted on the same log without leakage): `candidates` then takes the
@@ -92,6 +93,8 @@ class GeneratorConfig:
     ltr_text: bool = False
     # LightGBM fits the stage averages (retrieval.ltr): steadier from one retrain to the next
     ltr_bag: int = 1
+    # the stage's hard negatives also from the `next` source's top (for an index that fuses it)
+    ltr_hard_next: bool = False
 
 
 class CandidateGenerator:
@@ -230,7 +233,7 @@ class CandidateGenerator:
                 negatives=config.ltr_negatives, hard=config.ltr_hard,
                 hard_depth=config.ltr_hard_depth, factors=config.cf_factors,
                 epochs=config.cf_epochs, text_vectors=_ltr_text(config, item_ids, text_vectors),
-                bag=config.ltr_bag,
+                bag=config.ltr_bag, hard_next=config.ltr_hard_next,
             )  # fmt: skip
             _record(timings, "ltr", started, cpu)
         return cls(

@@ -76,6 +76,21 @@ def cf_ranked(models: FeatureModels, user: str, pool: np.ndarray, k: int) -> np.
     return pool[np.argsort(-scores, kind="stable")[:k]]
 
 
+def next_ranked(
+    models: FeatureModels, before: Sequence[str], pool: np.ndarray, k: int, recent: int = 5
+) -> np.ndarray:
+    """The k items of `pool` that most often came within 10 steps after the user's last
+    `recent` items (the index's `next` source on the inner log; only items that did):
+    hard negatives for a stage whose pool the `next` source feeds."""
+    rows = [models.items[i] for i in before[-recent:] if i in models.items]
+    if not rows or not len(pool):
+        return pool[:0]
+    codes = np.array([models.items[i] for i in pool])
+    scores = np.asarray(models.trans10[rows].sum(axis=0)).ravel()[codes]
+    found = np.flatnonzero(scores)
+    return pool[found[np.argsort(-scores[found], kind="stable")][:k]]
+
+
 def mixed_negatives(
     ranked: np.ndarray, pool: np.ndarray, n: int, n_hard: int, rng: np.random.Generator
 ) -> list[str]:
@@ -96,13 +111,19 @@ def draw_negatives(
     *,
     n_hard: int | None = None,
     depth: int = HARD_DEPTH,
+    before: Sequence[str] | None = None,
 ) -> list[str]:
     """n of the user's unseen items (`pool`): uniform, or `n_hard` (default n // 2 + 1) from
-    their CF top-`depth` and the rest uniform."""
+    their CF top-`depth` and the rest uniform. With `before` (the user's items, oldest
+    first) the hard ones come from the CF top-`depth` and the `next` top-`depth` together."""
     if not hard:
         return rng.choice(pool, size=n, replace=False).tolist()
     n_hard = n // 2 + 1 if n_hard is None else min(n_hard, n)
-    return mixed_negatives(cf_ranked(models, user, pool, depth), pool, n, n_hard, rng)
+    ranked = cf_ranked(models, user, pool, depth)
+    if before is not None:
+        nxt = next_ranked(models, before, pool, depth)
+        ranked = np.concatenate([ranked, nxt[~np.isin(nxt, ranked)]])
+    return mixed_negatives(ranked, pool, n, n_hard, rng)
 
 
 @dataclass(frozen=True)
@@ -131,13 +152,15 @@ def training_queries(
     hard_depth: int = HARD_DEPTH,
     history: int = HISTORY_LEN,
     exact: bool = True,
+    hard_next: bool = False,
 ) -> list[Query]:
     """Step 3: one query per user of `seqs` (user -> (items before, target)), in user order.
     Negatives are catalogue items outside `seen[user]` (every item of the user's log, the
     target included): with `hard_negatives`, `n_hard` of them (default: half plus one) from
     the user's CF top-`hard_depth`, the rest uniform. `exact`: skip a user with fewer than
     `negatives` unseen items (the evaluation protocol); otherwise draw as many as there are
-    (at least one)."""
+    (at least one). `hard_next`: the hard ones also from the `next` source's top-`hard_depth`
+    (`draw_negatives`)."""
     items = np.array(sorted(catalogue))
     out = []
     for user in sorted(seqs):
@@ -150,8 +173,9 @@ def training_queries(
         if len(pool) < n or (not exact and n < 1):
             continue
         drawn = draw_negatives(
-            models, user, pool, rng, hard_negatives, n, n_hard=n_hard, depth=hard_depth
-        )
+            models, user, pool, rng, hard_negatives, n, n_hard=n_hard, depth=hard_depth,
+            before=before if hard_next else None,
+        )  # fmt: skip
         ids = [target, *drawn]
         shuffled = tuple(ids[i] for i in rng.permutation(len(ids)))
         out.append(Query(user, tuple(before[-history:]), shuffled, target))
@@ -204,12 +228,14 @@ class LTRStage:
         factors: int = 64,
         epochs: int = 30,
         text_vectors: Mapping[str, np.ndarray] | None = None,
+        hard_next: bool = False,
     ) -> TrainingSet:
         """Steps 1-3 of the module protocol. `titles`: item id -> title for every item a
         candidate may be (items of the log without a title are added); `genres`: item id ->
         "A|B|C" (optional). Each query gets `negatives` negatives, `hard` of them (default
-        half plus one; 0: none) from the user's inner CF top-`hard_depth`. `text_vectors`
-        (item id -> vector) add the text features (`retrieval.features`)."""
+        half plus one; 0: none) from the user's inner CF top-`hard_depth` (with `hard_next`,
+        and its `next` top-`hard_depth`). `text_vectors` (item id -> vector) add the text
+        features (`retrieval.features`)."""
         if not len(users):
             raise RetrievalError(
                 "the LambdaMART stage needs a non-empty interaction log to train on"
@@ -249,7 +275,7 @@ class LTRStage:
         queries = training_queries(
             models, seqs, seen, catalogue, lambda u: user_rng(seed, u),
             hard_negatives=hard != 0, negatives=negatives, n_hard=hard, hard_depth=hard_depth,
-            history=history, exact=False,
+            history=history, exact=False, hard_next=hard_next,
         )  # fmt: skip
         if not queries:
             raise RetrievalError(
@@ -278,6 +304,7 @@ class LTRStage:
         params: Mapping[str, Any] | None = None,
         text_vectors: Mapping[str, np.ndarray] | None = None,
         bag: int = 1,
+        hard_next: bool = False,
     ) -> LTRStage:
         """The whole protocol (module doc); `params` override LightGBM's (retrieval.ltr);
         `text_vectors` (item id -> vector) add the text features (`retrieval.features`);
@@ -285,7 +312,7 @@ class LTRStage:
         ts = cls.training_set(
             users, items, timestamps, titles, genres, seed=seed, negatives=negatives,
             hard=hard, hard_depth=hard_depth, history=history, factors=factors, epochs=epochs,
-            text_vectors=text_vectors,
+            text_vectors=text_vectors, hard_next=hard_next,
         )  # fmt: skip
         groups = [
             (ts.models.features(q.user, q.history, q.candidates), q.labels()) for q in ts.queries
@@ -303,6 +330,7 @@ class LTRStage:
             "negatives": negatives,
             "hard": negatives // 2 + 1 if hard is None else hard,
             "hard_depth": hard_depth,
+            "hard_next": hard_next,
             "factors": factors,
             "epochs": epochs,
             "seed": seed,
