@@ -2,7 +2,7 @@
 without the LambdaMART stage, on MovieLens 100K, leave-last-out.
 
     .venv/bin/python -m benchmarks.bench_next_source [--data PATH] [--split test|valid]
-        [--recent 5] [--weight 1.0] [--users N] [--out benchmarks/results]
+        [--recent 5] [--weight 1.0] [--hard-next] [--users N] [--out benchmarks/results]
 
 One index is built on the training log with the production defaults (LightFM WARP 64
 factors, 30 epochs, seed 7; the MiniLM text profile; popularity; RRF; the LambdaMART stage
@@ -14,8 +14,12 @@ reciprocal rank there (MRR@20, 0 when absent); paired bootstrap intervals of wit
 (`recsys.stats.paired_difference`, 2,000 resamples of the users). The plan and the rule
 that decides the default: docs/results/next-source/README.md.
 
-Writes benchmarks/results/next_source.json and next_source.md (--split valid:
-next_source_valid.*).
+--hard-next (plan 2): the index's stage is trained with hard negatives from the `next`
+top too (`GeneratorConfig(ltr_hard_next=True)`), and its LambdaMART row compares it, with
+the source, against a second index built as today's default (no `next`, today's stage).
+
+Writes benchmarks/results/next_source[_hardnext].json and .md (--split valid:
+next_source[_hardnext]_valid.*).
 """
 
 from __future__ import annotations
@@ -45,27 +49,39 @@ def measure(gen, users: list[str], targets: dict[str, str], *, ltr: bool) -> dic
     return {"recall@20": hits, "mrr@20": rrs, "ms_per_user_cpu": round(ms, 2)}
 
 
-def run(data_dir: Path, split: str, recent: int, weight: float, n_users: int | None) -> dict:
+def run(
+    data_dir: Path, split: str, recent: int, weight: float, n_users: int | None, hard_next: bool
+) -> dict:
     from recsys.stats import bootstrap_mean, paired_difference
     from retrieval.embeddings import TextEmbedder
     from retrieval.generator import DEFAULT_WEIGHTS, CandidateGenerator, GeneratorConfig
 
     data, log, targets, users = split_log(data_dir, split, n_users)
     weights = {**DEFAULT_WEIGHTS, "next": weight}
-    config = GeneratorConfig(ltr=True, weights=weights, next_recent=recent)
+    embedder = TextEmbedder()
+    config = GeneratorConfig(ltr=True, weights=weights, next_recent=recent, ltr_hard_next=hard_next)
     timings: dict[str, float] = {}
     gen = CandidateGenerator.build(
-        *log, data.texts, embedder=TextEmbedder(), config=config, timings=timings,
+        *log, data.texts, embedder=embedder, config=config, timings=timings,
         titles=data.titles, genres=data.genres,
     )  # fmt: skip
+    default = None
+    if hard_next:  # today's default index, for the LambdaMART row
+        default = CandidateGenerator.build(
+            *log, data.texts, embedder=embedder, config=GeneratorConfig(ltr=True),
+            titles=data.titles, genres=data.genres,
+        )  # fmt: skip
     source = gen.next_source
     rows = []
     for ltr in (False, True):
         gen.next_source = None  # the same index without the source
-        without = measure(gen, users, targets, ltr=ltr)
+        without = measure(default if ltr and default else gen, users, targets, ltr=ltr)
         gen.next_source = source
         with_next = measure(gen, users, targets, ltr=ltr)
-        row: dict = {"index": "fusion -> LambdaMART" if ltr else "fusion"}
+        name = "fusion -> LambdaMART" if ltr else "fusion"
+        if ltr and default is not None:
+            name += " (without: today's default index)"
+        row: dict = {"index": name}
         for metric in METRICS:
             d = paired_difference(with_next[metric], without[metric])
             row[metric] = {
@@ -84,6 +100,7 @@ def run(data_dir: Path, split: str, recent: int, weight: float, n_users: int | N
         "next_recent": recent,
         "weight": weight,
         "weights": weights,
+        "ltr_hard_next": hard_next,
         "transition_pairs": int(source.counts.nnz) if source is not None else 0,
         "build_seconds": {k: round(v, 2) for k, v in timings.items()},
         "rows": rows,
@@ -100,7 +117,8 @@ def markdown(results: dict) -> str:
         "",
         f"{r['users']} users, {r['items']} items; top 20 per user, seen items excluded; "
         f"`next` = items within 10 steps after the user's last {r['next_recent']} items, RRF "
-        f"weight {r['weight']} beside {r['weights']}; difference = with - without on the same "
+        f"weight {r['weight']} beside {r['weights']}; the stage's hard negatives also from the "
+        f"`next` top: {r.get('ltr_hard_next', False)}; difference = with - without on the same "
         "users, paired bootstrap 95% interval. Plan and rule: "
         "docs/results/next-source/README.md.",
         "",
@@ -124,13 +142,16 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["test", "valid"])
     parser.add_argument("--recent", type=int, default=5, help="the user's last items it reads")
     parser.add_argument("--weight", type=float, default=1.0, help="its RRF weight")
+    parser.add_argument(
+        "--hard-next", action="store_true", help="plan 2: the stage trained for the source"
+    )
     parser.add_argument("--users", type=int, default=None, help="a seeded sample (default all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = " ".join([".venv/bin/python -m benchmarks.bench_next_source", *sys.argv[1:]])
     started, cpu = time.perf_counter(), time.process_time()
-    result = run(args.data, args.split, args.recent, args.weight, args.users)
+    result = run(args.data, args.split, args.recent, args.weight, args.users, args.hard_next)
     results = {
         "meta": {
             "command": command,
@@ -142,7 +163,8 @@ def main() -> None:
         "result": result,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "next_source" if args.split == "test" else "next_source_valid"
+    name = "next_source" + ("_hardnext" if args.hard_next else "")
+    name += "" if args.split == "test" else "_valid"
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
     print(markdown(results))

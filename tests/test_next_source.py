@@ -155,3 +155,43 @@ def test_the_batch_builds_the_source_only_when_asked(sqlite_engine, sqlite_url, 
             assert ("next" in gen.config.weights) is on
     finally:
         get_settings.cache_clear()
+
+
+# -- the LambdaMART stage trained for the pool the source feeds (ltr_hard_next) -------------
+
+
+def test_next_ranked_is_the_sources_order_on_the_inner_log():
+    from retrieval.features import FeatureModels
+    from retrieval.ltr_stage import next_ranked
+
+    # one walk a b c d e f: within 10 steps b follows a, c follows a and b, ...
+    items = list("abcdef")
+    models = FeatureModels.fit(["u"] * 6, items, items, factors=2, epochs=1)
+    pool = np.array(list("cdef"))
+    # last 2 items a, b: c follows both (2), d, e, f follow both (2 each): ties keep pool order
+    assert next_ranked(models, ["a", "b"], pool, 3).tolist() == ["c", "d", "e"]
+    assert next_ranked(models, ["e"], pool, 5).tolist() == ["f"]  # only what followed
+    assert next_ranked(models, ["f"], pool, 5).tolist() == []  # nothing followed the last one
+    assert next_ranked(models, [], pool, 5).tolist() == []
+
+
+def test_the_stage_draws_hard_negatives_from_the_next_top_when_asked(world):
+    from retrieval.ltr_stage import LTRStage
+
+    (users, items, stamps), _, titles = world
+
+    def successors_drawn(hard_next: bool) -> float:
+        # a hard pool of 5 (of 49 unseen): the CF top-5, or it and the next top-5
+        ts = LTRStage.training_set(users, items, stamps, titles, factors=8, epochs=2,
+                                   hard_depth=5, hard_next=hard_next)  # fmt: skip
+        share = []
+        for q in ts.queries:
+            last = int(q.history[-1][1:])
+            near = {f"i{(last + d) % 60}" for d in range(1, 11)}  # what the walk reaches next
+            negatives = [c for c in q.candidates if c != q.target]
+            share.append(np.mean([c in near for c in negatives]))
+        return float(np.mean(share))
+
+    assert successors_drawn(True) >= successors_drawn(False) + 0.1
+    stage = LTRStage.fit(users, items, stamps, titles, factors=8, epochs=2, hard_next=True)
+    assert stage.info["hard_next"] is True
