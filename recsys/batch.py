@@ -52,7 +52,7 @@ class BatchConfig:
     ltr: bool = True  # a built index gets the LambdaMART stage (docs/retrieval.md)
     ltr_text: bool = False  # ... with its title-embedding features (docs/retrieval.md)
     ltr_bag: int = 1  # ... averaging this many LightGBM fits (docs/retrieval.md)
-    next_source: bool = False  # a built index also fuses the `next` source (docs/retrieval.md)
+    next_source: bool = True  # a built index also fuses the `next` source (docs/retrieval.md)
     task: str = "rec-movie"
     artifact_dir: Path = Path("var/artifacts")
     progress: bool = True

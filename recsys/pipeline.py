@@ -54,7 +54,7 @@ class DemoConfig:
     batch_size: int | None = None
     rerank: bool = True
     ltr: bool = True  # the LambdaMART stage between fusion and the LM, as `recsys batch`
-    next_source: bool = False  # retrieval also fuses the `next` source (docs/retrieval.md)
+    next_source: bool = True  # retrieval also fuses the `next` source, as `recsys batch`
     embeddings: str = "minilm"
     cf_factors: int = 64
     cf_epochs: int = 30

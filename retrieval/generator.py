@@ -56,8 +56,9 @@ ARTIFACT_NAME = "retrieval"
 LTR_FOLDER = "ltr"  # the LambdaMART stage's files inside an index artifact
 NEXT_FILE = "next.npz"  # the `next` source's transition counts inside an index artifact
 DEFAULT_WEIGHTS = {"cf": 1.0, "text": 0.3, "popular": 0.2}
-# the `next` source's weight when it is on (chosen on ml-100k's validation split; off by
-# default: with the LambdaMART stage it adds no recall, docs/retrieval.md "The next source")
+# the `next` source's weight when it is on (chosen on ml-100k's validation split). The
+# library's DEFAULT_WEIGHTS leave it out, so the eval tasks build the index they always did;
+# `recsys batch` and `recsys demo` turn it on (docs/retrieval.md "The next source")
 NEXT_WEIGHT = 1.0
 # cold start: a stated interest (a text query) outweighs the crowd
 QUERY_WEIGHTS = {"text": 1.0, "popular": 0.2}
@@ -93,8 +94,9 @@ class GeneratorConfig:
     ltr_text: bool = False
     # LightGBM fits the stage averages (retrieval.ltr): steadier from one retrain to the next
     ltr_bag: int = 1
-    # the stage's hard negatives also from the `next` source's top (for an index that fuses it)
-    ltr_hard_next: bool = False
+    # the stage's hard negatives also from the `next` source's top; None: when the index fuses
+    # it (the stage then learns the pool it re-ranks: docs/retrieval.md "The next source")
+    ltr_hard_next: bool | None = None
 
 
 class CandidateGenerator:
@@ -233,7 +235,7 @@ class CandidateGenerator:
                 negatives=config.ltr_negatives, hard=config.ltr_hard,
                 hard_depth=config.ltr_hard_depth, factors=config.cf_factors,
                 epochs=config.cf_epochs, text_vectors=_ltr_text(config, item_ids, text_vectors),
-                bag=config.ltr_bag, hard_next=config.ltr_hard_next,
+                bag=config.ltr_bag, hard_next=stage_hard_next(config),
             )  # fmt: skip
             _record(timings, "ltr", started, cpu)
         return cls(
@@ -473,6 +475,11 @@ def source_weights(next_source: bool = False) -> dict[str, float]:
 def uses_next(config: GeneratorConfig) -> bool:
     """Whether an index with this config fuses the `next` source."""
     return config.weights.get("next", 0.0) > 0
+
+
+def stage_hard_next(config: GeneratorConfig) -> bool:
+    """Whether the LambdaMART stage draws hard negatives from the `next` top too."""
+    return uses_next(config) if config.ltr_hard_next is None else config.ltr_hard_next
 
 
 def _transitions(

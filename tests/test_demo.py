@@ -261,13 +261,13 @@ def test_the_demo_reports_the_users_the_ranker_never_trained_on(tmp_path) -> Non
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_demo_fuses_the_next_source_only_when_asked(demo_env):
+def test_the_demo_fuses_the_next_source_unless_told_not_to(demo_env):
     from retrieval.artifacts import ArtifactStore
     from retrieval.generator import CandidateGenerator
 
     write_movielens(demo_env / "ml-tiny")
     store = ArtifactStore(demo_env / "var" / "artifacts")
-    for flags, on in (([], False), (["--next-source"], True)):
+    for flags, on in (([], True), (["--no-next-source"], False)):
         report_file = demo_env / f"report-{on}.json"
         args = ["demo", "--data", str(demo_env / "ml-tiny"), "--no-rerank", "--no-ltr",
                 "--embeddings", "hashing", "--no-progress", "--report", str(report_file),

@@ -130,7 +130,7 @@ def test_an_index_missing_its_counts_is_refused(with_next, tmp_path):
         CandidateGenerator.load(store, "broken")
 
 
-def test_the_batch_builds_the_source_only_when_asked(sqlite_engine, sqlite_url, tmp_path,
+def test_the_batch_builds_the_source_unless_told_not_to(sqlite_engine, sqlite_url, tmp_path,
                                                     monkeypatch, capsys):  # fmt: skip
     from recsys.batch import BatchConfig
     from recsys.db.registry import list_models
@@ -139,13 +139,13 @@ def test_the_batch_builds_the_source_only_when_asked(sqlite_engine, sqlite_url, 
     from tests.fixtures.cli import run_cli
 
     seed_interactions(sqlite_engine)
-    assert BatchConfig().next_source is False  # off by default: the measured rule
+    assert BatchConfig().next_source is True  # on by default: the plan's rule (retrieval.md)
     monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     try:
-        for flags, on in (([], False), (["--next-source"], True)):
-            args = ["batch", "--no-rerank", "--no-ltr", "--embeddings", "off", "--url",
-                    sqlite_url, *flags]  # fmt: skip
+        for flags, on in (([], True), (["--no-next-source"], False)):
+            args = ["batch", "--no-rerank", "--embeddings", "off", "--url", sqlite_url,
+                    *flags]  # fmt: skip
             code, _, err = run_cli(monkeypatch, capsys, args)
             assert code == 0, err
             newest = list_models("index", engine=sqlite_engine)[0]  # newest first
@@ -153,6 +153,7 @@ def test_the_batch_builds_the_source_only_when_asked(sqlite_engine, sqlite_url, 
             gen = CandidateGenerator.load(store, newest.version)
             assert (gen.next_source is not None) is on
             assert ("next" in gen.config.weights) is on
+            assert gen.ltr is not None and gen.ltr.info["hard_next"] is on  # trained for it
     finally:
         get_settings.cache_clear()
 
@@ -195,3 +196,19 @@ def test_the_stage_draws_hard_negatives_from_the_next_top_when_asked(world):
     assert successors_drawn(True) >= successors_drawn(False) + 0.1
     stage = LTRStage.fit(users, items, stamps, titles, factors=8, epochs=2, hard_next=True)
     assert stage.info["hard_next"] is True
+
+
+@pytest.mark.parametrize(
+    ("weights", "hard_next", "want"),
+    [
+        (DEFAULT_WEIGHTS, None, False),  # the library default: no source, today's stage
+        (WITH_NEXT, None, True),  # an index that fuses the source trains its stage for it
+        (WITH_NEXT, False, False),
+        (DEFAULT_WEIGHTS, True, True),
+    ],
+)
+def test_the_stage_is_trained_for_the_pool_the_index_fuses(weights, hard_next, want):
+    from retrieval.generator import stage_hard_next
+
+    config = GeneratorConfig(weights=dict(weights), ltr=True, ltr_hard_next=hard_next)
+    assert stage_hard_next(config) is want

@@ -33,11 +33,10 @@ def register(app: typer.Typer) -> None:
             True, "--ltr/--no-ltr", help="the LambdaMART stage after fusion, as recsys batch"
         ),
         next_source: bool = typer.Option(
-            False,
+            True,
             "--next-source/--no-next-source",
-            help="fuse the `next` source into retrieval (items that followed the user's last "
-            "items): recall@20 +0.055 without the LambdaMART stage, nothing with it "
-            "(docs/retrieval.md)",
+            help="retrieval also fuses the `next` source (items that followed the user's last "
+            "items), as recsys batch (docs/retrieval.md)",
         ),
         embeddings: str = typer.Option(
             "minilm", "--embeddings", help="item text embeddings: minilm | hashing | off"
