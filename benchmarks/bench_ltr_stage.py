@@ -64,6 +64,18 @@ def variant(text: str) -> dict:
     }
 
 
+def run_meta(command: str, started: float, cpu: float) -> dict:
+    """What a results file says of its run: the command, machine, date, wall and CPU
+    seconds since `started` (perf_counter) / `cpu` (process_time)."""
+    return {
+        "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+    }
+
+
 def split_log(data_dir: Path, split: str, n_users: int | None = None) -> tuple:
     """(the data set, the training log as (users, items, timestamps), user -> held-out item,
     the measured users): leave-last-out on ml-100k; `split` "valid" drops each user's last
@@ -259,16 +271,7 @@ def main() -> None:
     result = run(
         args.data, args.embeddings, pools, args.users, args.variants.split(","), args.split
     )
-    results = {
-        "meta": {
-            "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(time.process_time() - cpu, 1),
-        },
-        "result": result,
-    }
+    results = {"meta": run_meta(command, started, cpu), "result": result}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "ltr_stage" if args.split == "test" else "ltr_stage_valid"
     out_json = args.out / f"{name}.json"

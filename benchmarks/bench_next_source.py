@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench_ltr_stage import K, _interval, _rr, split_log
+from benchmarks.bench_ltr_stage import K, _interval, _rr, run_meta, split_log
 from benchmarks.bench_retrieval import DATA, RESULTS
 
 METRICS = ("recall@20", "mrr@20")
@@ -152,16 +151,7 @@ def main() -> None:
     command = " ".join([".venv/bin/python -m benchmarks.bench_next_source", *sys.argv[1:]])
     started, cpu = time.perf_counter(), time.process_time()
     result = run(args.data, args.split, args.recent, args.weight, args.users, args.hard_next)
-    results = {
-        "meta": {
-            "command": command,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(time.process_time() - cpu, 1),
-        },
-        "result": result,
-    }
+    results = {"meta": run_meta(command, started, cpu), "result": result}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "next_source" + ("_hardnext" if args.hard_next else "")
     name += "" if args.split == "test" else "_valid"
