@@ -147,10 +147,15 @@ class TransitionsSource:
         rows = [r for r in query.recent[-self.recent_items :] if r < self.counts.shape[0]]
         if not rows or depth < 1:
             return []
-        scores = np.asarray(self.counts[rows].sum(axis=0)).ravel()
-        found = np.flatnonzero(scores)
-        best = found[np.lexsort((found, -scores[found]))][:depth]  # ties: lower position
-        return [(int(i), float(scores[i])) for i in best]
+        # summed over the rows' stored entries only: the work grows with what followed the
+        # user's items, not with the catalogue
+        part = self.counts[rows]
+        items, where = np.unique(part.indices, return_inverse=True)
+        scores = np.bincount(where, weights=part.data, minlength=len(items))
+        keep = scores > 0
+        items, scores = items[keep], scores[keep]
+        best = np.lexsort((items, -scores))[:depth]  # ties: lower position
+        return [(int(items[i]), float(scores[i])) for i in best]
 
     def add(self, n: int = 1) -> None:
         """New items: nothing has followed them, and they followed nothing, yet."""
