@@ -1,7 +1,8 @@
 """The `next` retrieval source inside the index (retrieval.generator): counted from the log
-in time order, fused when `weights["next"] > 0`, persisted with the index, and refused
-clearly when its file is missing. The source itself: tests/contracts/test_source_contract.py.
-"""
+in time order, fused when `weights["next"] > 0`, persisted with the index, refused clearly
+when its file is missing; the LambdaMART stage trained for the pool it feeds
+(`ltr_hard_next`); on by default in `recsys batch`. The source itself:
+tests/contracts/test_source_contract.py."""
 
 from __future__ import annotations
 
