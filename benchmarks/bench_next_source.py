@@ -2,7 +2,8 @@
 without the LambdaMART stage, on MovieLens 100K, leave-last-out.
 
     .venv/bin/python -m benchmarks.bench_next_source [--data PATH] [--split test|valid]
-        [--recent 5] [--weight 1.0] [--hard-next] [--users N] [--out benchmarks/results]
+        [--recent 5] [--weight 1.0] [--hard-next] [--pools 30,...] [--users N]
+        [--out benchmarks/results]
 
 One index is built on the training log with the production defaults (LightFM WARP 64
 factors, 30 epochs, seed 7; the MiniLM text profile; popularity; RRF; the LambdaMART stage
@@ -17,6 +18,8 @@ that decides the default: docs/results/next-source/README.md.
 --hard-next (plan 2): the index's stage is trained with hard negatives from the `next`
 top too (`GeneratorConfig(ltr_hard_next=True)`), and its LambdaMART row compares it, with
 the source, against a second index built as today's default (no `next`, today's stage).
+--pools (plan 3): one more row per pool, the stage re-ordering that many fused candidates
+of the same index, against the configured pool.
 
 Writes benchmarks/results/next_source[_hardnext].json and .md (--split valid:
 next_source[_hardnext]_valid.*).
@@ -48,10 +51,32 @@ def measure(gen, users: list[str], targets: dict[str, str], *, ltr: bool) -> dic
     return {"recall@20": hits, "mrr@20": rrs, "ms_per_user_cpu": round(ms, 2)}
 
 
-def run(
-    data_dir: Path, split: str, recent: int, weight: float, n_users: int | None, hard_next: bool
-) -> dict:
+def compare(with_: dict, without: dict) -> dict:
+    """Per metric: both means and the paired difference with - without."""
     from recsys.stats import bootstrap_mean, paired_difference
+
+    row: dict = {}
+    for metric in METRICS:
+        d = paired_difference(with_[metric], without[metric])
+        row[metric] = {
+            "without": round(bootstrap_mean(without[metric]).mean, 4),
+            "with": round(bootstrap_mean(with_[metric]).mean, 4),
+            "diff": {k: round(getattr(d, k), 4) for k in ("mean", "low", "high")},
+        }
+    row["ms_per_user_cpu"] = {"without": without["ms_per_user_cpu"],
+                              "with": with_["ms_per_user_cpu"]}  # fmt: skip
+    return row
+
+
+def run(
+    data_dir: Path,
+    split: str,
+    recent: int,
+    weight: float,
+    n_users: int | None,
+    hard_next: bool,
+    pools: list[int],
+) -> dict:
     from retrieval.embeddings import TextEmbedder
     from retrieval.generator import DEFAULT_WEIGHTS, CandidateGenerator, GeneratorConfig
 
@@ -72,6 +97,7 @@ def run(
         )  # fmt: skip
     source = gen.next_source
     rows = []
+    with_next: dict = {}
     for ltr in (False, True):
         gen.next_source = None  # the same index without the source
         without = measure(default if ltr and default else gen, users, targets, ltr=ltr)
@@ -80,18 +106,17 @@ def run(
         name = "fusion -> LambdaMART" if ltr else "fusion"
         if ltr and default is not None:
             name += " (without: today's default index)"
-        row: dict = {"index": name}
-        for metric in METRICS:
-            d = paired_difference(with_next[metric], without[metric])
-            row[metric] = {
-                "without": round(bootstrap_mean(without[metric]).mean, 4),
-                "with": round(bootstrap_mean(with_next[metric]).mean, 4),
-                "diff": {k: round(getattr(d, k), 4) for k in ("mean", "low", "high")},
-            }
-        row["ms_per_user_cpu"] = {"without": without["ms_per_user_cpu"],
-                                  "with": with_next["ms_per_user_cpu"]}  # fmt: skip
+        row = {"index": name, **compare(with_next, without)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    configured = gen.config.ltr_pool
+    for pool in pools:  # `with_next` is the configured pool's lists, with the stage
+        gen.config.ltr_pool = pool
+        row = compare(measure(gen, users, targets, ltr=True), with_next)
+        row["index"] = f"fusion -> LambdaMART, pool {pool} (without: pool {configured})"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    gen.config.ltr_pool = configured
     return {
         "split": split,
         "users": len(users),
@@ -144,16 +169,21 @@ def main() -> None:
     parser.add_argument(
         "--hard-next", action="store_true", help="plan 2: the stage trained for the source"
     )
+    parser.add_argument(
+        "--pools", default="", help="plan 3: the stage's pools to compare, comma-separated"
+    )
     parser.add_argument("--users", type=int, default=None, help="a seeded sample (default all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = " ".join([".venv/bin/python -m benchmarks.bench_next_source", *sys.argv[1:]])
     started, cpu = time.perf_counter(), time.process_time()
-    result = run(args.data, args.split, args.recent, args.weight, args.users, args.hard_next)
+    pools = [int(p) for p in args.pools.split(",") if p]
+    result = run(args.data, args.split, args.recent, args.weight, args.users, args.hard_next, pools)
     results = {"meta": run_meta(command, started, cpu), "result": result}
     args.out.mkdir(parents=True, exist_ok=True)
     name = "next_source" + ("_hardnext" if args.hard_next else "")
+    name += "".join(f"_pool{p}" for p in pools)
     name += "" if args.split == "test" else "_valid"
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
