@@ -48,9 +48,10 @@ def main() -> None:
     gen = CandidateGenerator.build(*log, data.texts, embedder=TextEmbedder(), config=config,
                                    titles=data.titles, genres=data.genres)  # fmt: skip
     served = served_ranker(model=args.model)
-    retrieval = {u: [str(c.item) for c in cands] for u, cands in retrieve(gen, users, 20).items()}
+    retrieved = retrieve(gen, users, 20)
+    retrieval = {u: [str(c.item) for c in cands] for u, cands in retrieved.items()}
     heldout = list(unseen_by(served, retrieval))
-    candidates = {u: gen.candidates(u, 20) for u in heldout}
+    candidates = {u: retrieved[u] for u in heldout}
     requests = rank_requests(gen, candidates, data.titles, history=20)
     ranker = load_ranker(served=served, model=args.model)
     rows = []
