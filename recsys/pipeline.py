@@ -188,15 +188,19 @@ def rank_requests(
     history: int,
     task: str = "rec-movie",
 ) -> dict[str, RankRequest]:
-    """One incremental-mode IRanker request per user: recent titles + retrieved candidates."""
+    """One incremental-mode IRanker request per user: the recent items (titles and ids) and
+    the retrieved candidates."""
     requests = {}
     for user, cands in candidates.items():
         if not cands:
             continue
-        recent = [titles.get(i, i) for i in gen.history(user, history)]
+        recent = gen.history(user, history)
         requests[user] = RankRequest(
             task=task,
-            history=tuple(recent),
+            history=tuple(titles.get(i, i) for i in recent),
+            # the ids too: a hybrid model reads each history item as its CF soft token, as it
+            # was trained (ranking.prompts.PromptStyle.item); titles alone it never saw
+            history_ids=tuple(recent),
             candidates=tuple(
                 Candidate(
                     id=str(c.item),

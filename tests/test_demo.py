@@ -276,3 +276,32 @@ def test_the_demo_fuses_the_next_source_unless_told_not_to(demo_env):
         assert result.exit_code == 0, result.output
         version = json.loads(report_file.read_text())["retrieval_version"]
         assert (CandidateGenerator.load(store, version).next_source is not None) is on
+
+
+def test_batch_and_demo_requests_carry_the_history_ids_a_hybrid_reads() -> None:
+    """`recsys batch` and `recsys demo` build their requests here. A hybrid model reads each
+    history item as its CF soft token; with titles only (no ids) its prompt showed the raw
+    titles, a history it was never trained on."""
+    from types import SimpleNamespace
+
+    from ranking.prompts import PromptStyle, elimination_prompt
+    from recsys.pipeline import rank_requests
+    from retrieval.fusion import FusedCandidate
+
+    recent = {"u1": ["7", "3", "9"], "u2": []}
+    gen = SimpleNamespace(
+        history=lambda user, limit: recent[user][-limit:], interactions=lambda item: 4
+    )
+    cands = [FusedCandidate(item="5", score=1.0, ranks={"cf": 1}),
+             FusedCandidate(item="8", score=0.5, ranks={"cf": 2})]  # fmt: skip
+    titles = {"7": "Heat", "3": "Alien", "9": "Fargo", "5": "Babe", "8": "Rocky"}
+    requests = rank_requests(gen, {"u1": cands, "u2": cands}, titles, history=2)
+    assert requests["u1"].history_ids == ("3", "9")
+    assert requests["u1"].history == ("Alien", "Fargo")
+    assert requests["u2"].history_ids == () and requests["u2"].history == ()
+    tokens = {i: f"<|item:{i}|>" for i in titles}
+    style = PromptStyle(template="short", title_chars=0, item_tokens=tokens)
+    req = requests["u1"]
+    prompt = elimination_prompt(req, req.candidates, ["A", "B"], style)
+    assert "Seen: <|item:3|><|item:9|>\n" in prompt
+    assert "Alien" not in prompt and "Fargo" not in prompt
