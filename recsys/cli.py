@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "batch",
     "train",
     "train_ranker",
+    "index_episodes",
     "replay",
     "models",
     "convert",

@@ -122,9 +122,7 @@ def run_hybrid_training(
     except CheckpointMismatch as exc:
         raise UserError(f"{exc} (name another --run-name)") from None
     wall = time.time() - started
-    # `options.users` "all": the episodes may hold any user's logs, so an evaluation on
-    # held-out users labels this model a same-log one (recsys.resolver.trained_on_users)
-    card = {"options": {"users": "all"}, "fusion_alpha": opts.fusion_alpha,
+    card = {**_users_trained_on(folder, [*train, *val]), "fusion_alpha": opts.fusion_alpha,
             "tuned_from": str(folder),
             "tuning": {k: str(v) for k, v in dataclasses.asdict(opts).items()},
             "trained_with": dataclasses.asdict(cfg), "n_train": len(train),
@@ -139,6 +137,23 @@ def run_hybrid_training(
         baseline = served_rr(folder, base_alpha, val, opts.device)
     progress(len(val))
     return HybridRun(model_dir, served, baseline, round(wall, 1))
+
+
+def _users_trained_on(base: Path, episodes: Sequence[Episode]) -> dict[str, Any]:
+    """The card's record of whose logs the run read. The base's held-out rule is kept when
+    no episode is a user it holds out (`recsys index-episodes --users train`), so the demo
+    and `recsys eval --users heldout` still measure the result on users it never saw;
+    otherwise `options.users` "all": the episodes may hold any user's logs (logged traffic),
+    and an evaluation on held-out users labels the model a same-log one
+    (recsys.resolver.trained_on_users)."""
+    from recsys.eval.instances import is_heldout
+    from recsys.resolver import heldout_rule
+
+    rule = heldout_rule(str(base))
+    if rule is None or any(is_heldout(e.user, rule[1], rule[0]) for e in episodes):
+        return {"options": {"users": "all"}}
+    return {"options": {"users": "train"},
+            "data": {"heldout_fraction": rule[0], "seed": rule[1]}}  # fmt: skip
 
 
 def served_rr(

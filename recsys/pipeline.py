@@ -151,17 +151,24 @@ def item_text(title: str, text: str | None, attributes: Mapping[str, Any]) -> st
     return ". ".join(parts)
 
 
-def leave_last_out(data: Interactions) -> tuple[list[int], dict[str, str]]:
-    """Row numbers to train on and each user's held-out last item (users with >= 2 events).
+def leave_last_out(data: Interactions, cut: int = 1) -> tuple[list[int], dict[str, str]]:
+    """Row numbers to train on and each user's target: with `cut` 1, the last item of every
+    user with >= 2 events; with `cut` c, the item c from the end of every user with > c
+    events, whose last c items are all left out (the target and what came after it), so the
+    index knows nothing of it or of the user's future (`recsys.index_episodes`).
 
-    `data` is in time order (ties by insertion order), so a user's last row is their target."""
-    last: dict[str, int] = {}
-    counts: dict[str, int] = {}
+    `data` is in time order (ties by insertion order), so a user's last row is their latest."""
+    if cut < 1:
+        raise UserError(f"cut {cut}: leave out at least the last item (cut >= 1)")
+    rows: dict[str, list[int]] = {}
     for row, user in enumerate(data.users):
-        last[user] = row
-        counts[user] = counts.get(user, 0) + 1
-    held = {row for user, row in last.items() if counts[user] >= 2}
-    targets = {data.users[row]: data.items[row] for row in held}
+        rows.setdefault(user, []).append(row)
+    held: set[int] = set()
+    targets: dict[str, str] = {}
+    for user, mine in rows.items():
+        if len(mine) > cut:
+            held.update(mine[-cut:])
+            targets[user] = data.items[mine[-cut]]
     train = [row for row in range(len(data.users)) if row not in held]
     return train, targets
 
@@ -318,6 +325,36 @@ def make_embedder(kind: str, cache_dir: Path):  # type: ignore[no-untyped-def]
     return TextEmbedder(encoder, cache_dir=cache_dir)
 
 
+def build_index(
+    data: Interactions,
+    rows: Sequence[int],
+    config: DemoConfig,
+    embedder: Any,
+    *,
+    timings: dict[str, float] | None = None,
+) -> CandidateGenerator:
+    """The production index (as `recsys batch` builds it) on the interactions `rows`."""
+    gen_config = GeneratorConfig(
+        cf_factors=config.cf_factors,
+        cf_epochs=config.cf_epochs,
+        seed=config.seed,
+        ltr=config.ltr,
+        weights=source_weights(config.next_source),
+    )
+    return CandidateGenerator.build(
+        [data.users[r] for r in rows],
+        [data.items[r] for r in rows],
+        data.timestamps[list(rows)],
+        data.texts,
+        embedder=embedder,
+        config=gen_config,
+        progress=config.progress,
+        timings=timings,
+        titles=data.titles,
+        genres=data.genres,
+    )
+
+
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoReport:
     from recsys.db.engine import get_engine
     from recsys.db.registry import register_model
@@ -325,7 +362,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
 
-    _check(config)
+    check_demo_config(config)
     engine = get_engine(config.database_url)
     stages = _Stages(echo)
     source = stages.run(
@@ -341,29 +378,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         f"load text embedder ({config.embeddings})",
         lambda: make_embedder(config.embeddings, config.artifact_dir / "embedding-cache"),
     )
-    gen_config = GeneratorConfig(
-        cf_factors=config.cf_factors,
-        cf_epochs=config.cf_epochs,
-        seed=config.seed,
-        ltr=config.ltr,
-        weights=source_weights(config.next_source),
-    )
     gen = stages.run(
         "build",
         f"train CF (WARP, {config.cf_factors} factors, {config.cf_epochs} epochs), "
         "embed items, build indexes",
-        lambda: CandidateGenerator.build(
-            [data.users[r] for r in train_rows],
-            [data.items[r] for r in train_rows],
-            data.timestamps[train_rows],
-            data.texts,
-            embedder=embedder,
-            config=gen_config,
-            progress=config.progress,
-            timings=build_timings,
-            titles=data.titles,
-            genres=data.genres,
-        ),
+        lambda: build_index(data, train_rows, config, embedder, timings=build_timings),
     )
     stages.split("build", build_timings)
 
@@ -469,7 +488,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     )
 
 
-def _check(config: DemoConfig) -> None:
+def check_demo_config(config: DemoConfig) -> None:
     """Refuse bad options before any work is done."""
     if config.embeddings not in EMBEDDINGS:
         raise UserError(

@@ -144,6 +144,7 @@ def episode_to_dict(ep: Episode) -> dict[str, Any]:
             "history_ids": list(req.history_ids),  # hybrid prompts read them
             "query": req.query,
             "show_signals": req.show_signals,
+            **({"request_id": req.request_id} if req.request_id else {}),
             "candidates": [
                 {"id": c.id, "text": c.text, "score": c.score, "signals": dict(c.signals)}
                 for c in req.candidates

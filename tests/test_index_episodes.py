@@ -1,0 +1,149 @@
+"""`recsys index-episodes`: the production index's requests at earlier cuts of each log, as
+training episodes (recsys.index_episodes); and the card a run on them writes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ranking.rl.episodes import read_episodes
+from recsys.cli import app
+from recsys.errors import UserError
+from recsys.eval.instances import is_heldout
+from recsys.index_episodes import IndexEpisodesOptions
+from recsys.pipeline import DemoConfig
+from tests.test_demo import demo_env, write_movielens  # noqa: F401 (a fixture)
+
+
+def logs(folder: Path) -> dict[str, list[str]]:
+    """Each user's items in time order, from the u.data the fixture wrote."""
+    rows = [line.split("\t") for line in (folder / "u.data").read_text().splitlines()]
+    out: dict[str, list[str]] = {}
+    for user, item, _, _ in sorted(rows, key=lambda r: (int(r[3]), int(r[0]))):
+        out.setdefault(user, []).append(item)
+    return out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_episodes_are_the_index_requests_at_each_cut(demo_env):  # noqa: F811
+    folder = demo_env / "ml-tiny"
+    write_movielens(folder)
+    out = demo_env / "eps.jsonl"
+    args = ["index-episodes", "--data", str(folder), "--out", str(out), "--cuts", "2,3",
+            "--k", "5", "--embeddings", "hashing", "--users", "all", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    episodes = read_episodes(out)
+    assert episodes and f"wrote {len(episodes)} episodes" in result.output
+    by_user = logs(folder)
+    cuts = {2: 0, 3: 0}
+    for ep in episodes:
+        cut = int(ep.request.request_id.rsplit("-cut", 1)[1])
+        cuts[cut] += 1
+        items = by_user[ep.user]
+        # the truth is the item `cut` from the end; the history the items before it
+        assert ep.ground_truth == items[-cut]
+        assert list(ep.request.history_ids) == items[:-cut][-20:]
+        assert len(ep.request.candidates) == 5 and ep.ground_truth in ep.request.ids
+        assert not set(ep.request.ids) & set(items[:-cut]), "seen items are not candidates"
+        assert all(c.signals["popularity"] >= 0 for c in ep.request.candidates)
+    assert cuts[2] and cuts[3]
+    assert f"cut 2: {cuts[2]} episodes" in result.output
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_train_users_only_leaves_the_heldout_users_out(demo_env):  # noqa: F811
+    folder = demo_env / "ml-tiny"
+    write_movielens(folder)
+    out = demo_env / "eps.jsonl"
+    args = ["index-episodes", "--data", str(folder), "--out", str(out), "--cuts", "2",
+            "--k", "8", "--embeddings", "hashing", "--heldout-fraction", "0.5",
+            "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    users = {ep.user for ep in read_episodes(out)}
+    assert users and not any(is_heldout(u, 7, 0.5) for u in users)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cuts": (1, 2)}, "give cuts from 2 to 50"),
+        ({"cuts": ()}, "give cuts from 2 to 50"),
+        ({"cuts": (2, 2)}, "each cut once"),
+        ({"users": "heldout"}, "--users 'heldout': use one of train, all"),
+        ({"heldout_fraction": 1.0}, "use a share in (0, 1)"),
+    ],
+)
+def test_bad_options_are_refused(changes, message) -> None:
+    base = {"index": DemoConfig(data=Path("x")), "out": Path("o.jsonl")}
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        IndexEpisodesOptions(**{**base, **changes})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cuts", "2,b"], "--cuts '2,b': give whole numbers separated by commas"),
+        (["--cuts", "1"], "give cuts from 2 to 50"),
+        (["--embeddings", "bert"], "unknown --embeddings 'bert'"),
+        (["--k", "0"], "--k and history must be >= 1"),
+    ],
+)
+def test_bad_input_on_the_command_line_is_one_line(monkeypatch, capsys, extra, message) -> None:
+    from recsys.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["recsys", "index-episodes", "--out", "x.jsonl", *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_leave_last_out_at_a_cut_drops_the_future_too() -> None:
+    import numpy as np
+
+    from recsys.pipeline import Interactions, leave_last_out
+
+    data = Interactions(
+        users=["a", "a", "b", "a", "b", "a", "c"],
+        items=["1", "2", "3", "4", "5", "6", "7"],
+        timestamps=np.arange(7.0),
+        titles={},
+        texts={},
+    )
+    rows, targets = leave_last_out(data, 2)
+    assert targets == {"a": "4"}  # b has 2 events, c 1: no item 2 from their end
+    assert rows == [0, 1, 2, 4, 6]  # a's "4" and "6" left out; b and c whole
+    rows, targets = leave_last_out(data, 1)
+    assert targets == {"a": "6", "b": "5"} and rows == [0, 1, 2, 3, 6]
+    with pytest.raises(UserError, match="cut >= 1"):
+        leave_last_out(data, 0)
+
+
+@pytest.mark.parametrize(("heldout_in_episodes", "users"), [(False, "train"), (True, "all")])
+def test_a_run_keeps_the_bases_heldout_rule_when_no_episode_breaks_it(
+    tmp_path, heldout_in_episodes, users
+) -> None:
+    from types import SimpleNamespace
+
+    from recsys.hybrid_loop import _users_trained_on
+
+    base = tmp_path / "base"
+    base.mkdir()
+    card = {"options": {"users": "train"}, "data": {"heldout_fraction": 0.35, "seed": 7}}
+    (base / "card.json").write_text(json.dumps(card))
+    names = [str(u) for u in range(1, 60)]
+    chosen = [u for u in names if is_heldout(u, 7, 0.35) == heldout_in_episodes][:3]
+    chosen += [u for u in names if not is_heldout(u, 7, 0.35)][:3]
+    record = _users_trained_on(base, [SimpleNamespace(user=u) for u in chosen])
+    assert record["options"]["users"] == users
+    if users == "train":
+        assert record["data"] == {"heldout_fraction": 0.35, "seed": 7}
+    else:
+        assert "data" not in record
