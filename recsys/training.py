@@ -245,9 +245,19 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
 
 
 def split(opts: TrainingOptions, eps: list[Episode]) -> tuple[list[Episode], list[Episode]]:
+    """Training and validation episodes, split by a seeded hash of the user (never a user on
+    both sides); a UserError when either side is empty."""
     train, val = split_by_user(eps, opts.val_fraction, seed=opts.seed)
     if opts.users:
         train = train[: opts.users]
+    if not train or not val:
+        raise UserError(
+            f"the split by user gave {len(train)} training and {len(val)} validation "
+            f"episodes: validation takes the users a hash seeded with --seed {opts.seed} puts "
+            f"below {opts.val_fraction}. Too few users, or a file of the users a held-out rule "
+            "with the same seed keeps (`recsys index-episodes --users train` hashes with "
+            "--heldout-seed), leaves one side empty: pass another --seed, or more users"
+        )
     return train, val[: opts.val_users]
 
 
@@ -313,8 +323,6 @@ def run_training(
         raise UserError(str(exc)) from exc
     eps = load_episodes(opts, settings.data_dir)
     train, val = split(opts, eps)
-    if not train or not val:
-        raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
     name, out_dir = _run_dir(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a GGUF model cannot be saved after training: train a de-quantised HF copy (made once)
@@ -487,8 +495,6 @@ def _run_hybrid(
     from recsys.hybrid_loop import run_hybrid_training
 
     train, val = split(opts, load_episodes(opts, data_dir))
-    if not train or not val:
-        raise UserError(f"split gave {len(train)} training and {len(val)} validation episodes")
     name, out_dir = _run_dir(opts)
     total = opts.steps * opts.batch_size + 2 * len(val)
     with Progress(total, "training", "episodes", show=show_progress, report=report) as progress:

@@ -147,3 +147,18 @@ def test_a_run_keeps_the_bases_heldout_rule_when_no_episode_breaks_it(
         assert record["data"] == {"heldout_fraction": 0.35, "seed": 7}
     else:
         assert "data" not in record
+
+
+def test_a_file_of_one_side_of_the_heldout_rule_needs_another_split_seed() -> None:
+    """The validation split hashes users as the held-out rule does: a file of the rule's
+    training users has no validation user under the same seed, and the error says what to do."""
+    from types import SimpleNamespace
+
+    from recsys.training import TrainingOptions, split
+
+    users = [str(u) for u in range(1, 400) if not is_heldout(str(u), 7, 0.35)]
+    eps = [SimpleNamespace(user=u) for u in users]
+    with pytest.raises(UserError, match="0 validation episodes.*pass another --seed"):
+        split(TrainingOptions(seed=7), eps)  # type: ignore[arg-type]
+    train, val = split(TrainingOptions(seed=8, val_users=1000), eps)  # type: ignore[arg-type]
+    assert train and val and not {e.user for e in train} & {e.user for e in val}
