@@ -158,7 +158,7 @@ def test_a_file_of_one_side_of_the_heldout_rule_needs_another_split_seed() -> No
 
     users = [str(u) for u in range(1, 400) if not is_heldout(str(u), 7, 0.35)]
     eps = [SimpleNamespace(user=u) for u in users]
-    with pytest.raises(UserError, match="0 validation episodes.*pass another --seed"):
+    with pytest.raises(UserError, match=r"0 validation episodes.*pass another --seed"):
         split(TrainingOptions(seed=7), eps)  # type: ignore[arg-type]
     train, val = split(TrainingOptions(seed=8, val_users=1000), eps)  # type: ignore[arg-type]
     assert train and val and not {e.user for e in train} & {e.user for e in val}
