@@ -153,7 +153,7 @@ def run_batch(
 def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[no-untyped-def]
     """Load the requested index version, or build one on all interactions and register it."""
     from recsys.db.registry import register_model
-    from recsys.pipeline import make_embedder
+    from recsys.pipeline import build_index, make_embedder
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
     from retrieval.generator import CandidateGenerator, GeneratorConfig, source_weights
@@ -163,24 +163,16 @@ def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[
     if config.index_version:
         gen = CandidateGenerator.load(store, config.index_version, embedder=embedder)
         return gen, config.index_version
-    gen = CandidateGenerator.build(
-        data.users,
-        data.items,
-        data.timestamps,
-        data.texts,
-        embedder=embedder,
-        config=GeneratorConfig(
-            cf_factors=config.cf_factors,
-            cf_epochs=config.cf_epochs,
-            ltr=config.ltr,
-            ltr_text=config.ltr_text,
-            ltr_bag=config.ltr_bag,
-            weights=source_weights(config.next_source),
-        ),
-        progress=config.progress,
-        titles=data.titles,
-        genres=data.genres,
+    index_config = GeneratorConfig(
+        cf_factors=config.cf_factors,
+        cf_epochs=config.cf_epochs,
+        ltr=config.ltr,
+        ltr_text=config.ltr_text,
+        ltr_bag=config.ltr_bag,
+        weights=source_weights(config.next_source),
     )
+    everything = range(len(data.users))
+    gen = build_index(data, everything, index_config, embedder, progress=config.progress)
     version = new_version()
     artifact = gen.save(store, version, meta={"job": "batch"})
     register_model(

@@ -7,14 +7,15 @@ then the LambdaMART stage — and is fused with that stage's scores: every candi
 and the order it re-ranks is already good. Measured on that path, the stage is level with the
 order it re-ranks (README "The main job"). These episodes are that path's requests.
 
-For each cut c in `cuts`: every user's last c items are left out
-(`recsys.pipeline.leave_last_out(data, c)`), the production index is built on the rest
-(`recsys.pipeline.build_index`, the demo's settings), and each user's item c from the end is
-the truth; the request is exactly the one the demo and batch would serve then
-(`recsys.pipeline.rank_requests`: the user's last `history` items, the retrieved top `k`
-with the stage's scores and signals). Cut 1 is the demo's own evaluation, so cuts start at 2.
-Only requests whose truth was retrieved are episodes: a re-ranker cannot move a truth that is
-not in its list.
+The log is the database's (every source, as `recsys batch` reads it), or a MovieLens folder
+ingested first (`data`, as `recsys demo`). For each cut c in `cuts`: every user's last c items
+are left out (`recsys.pipeline.leave_last_out(data, c)`), the production index is built on
+the rest (`recsys.pipeline.build_index`; `index`, the demo's settings by default), and each
+user's item c from the end is the truth; the request is exactly the one the demo and batch
+would serve then (`recsys.pipeline.rank_requests`: the user's last `history` items, the
+retrieved top `k` with the stage's scores and signals). Cut 1 is the demo's own evaluation,
+so cuts start at 2. Only requests whose truth was retrieved are episodes: a re-ranker cannot
+move a truth that is not in its list.
 
 Users: `users="train"` keeps only the users a model's held-out rule (`heldout_fraction`,
 `seed`; `recsys.eval.instances.is_heldout`) does not hold out, so a ranker tuned on the file
@@ -29,40 +30,61 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ranking.rl.episodes import Episode, episode_to_dict
 from ranking.types import RankRequest
 from recsys.errors import UserError
-from recsys.pipeline import DemoConfig, Interactions
+from recsys.pipeline import Interactions
+from retrieval.generator import GeneratorConfig
 
 MAX_CUT = 50
+MAX_K = 100  # the most candidates a request has (a prompt's labels)
+MAX_HISTORY = 200
 EPISODE_USERS = ("train", "all")
 
 
 @dataclass(frozen=True)
 class IndexEpisodesOptions:
-    index: DemoConfig  # data, k, history, seed and the index settings (as `recsys demo`)
     out: Path
+    data: Path | None = None  # a MovieLens folder, ingested first; None: the database's log
+    index: GeneratorConfig = field(default_factory=GeneratorConfig)  # as the index is built
     cuts: tuple[int, ...] = (2, 3, 4, 5, 6)
     users: str = "train"  # one of EPISODE_USERS
     heldout_fraction: float = 0.35
     heldout_seed: int = 7
+    task: str = "rec-movie"  # the requests' task (their prompt's wording), as `recsys batch`
+    k: int = 20  # candidates retrieved per request
+    history: int = 20  # history items a request shows
+    embeddings: str = "minilm"  # recsys.pipeline.EMBEDDINGS
+    progress: bool = True
+    database_url: str | None = None
+    artifact_dir: Path = Path("var/artifacts")
 
     def __post_init__(self) -> None:
-        if not self.cuts or any(not 2 <= c <= MAX_CUT for c in self.cuts):
-            raise UserError(
-                f"--cuts {','.join(map(str, self.cuts)) or '(none)'}: give cuts from 2 to "
-                f"{MAX_CUT} (cut 1, each user's last item, is what the demo evaluates)"
-            )
-        if len(set(self.cuts)) != len(self.cuts):
-            raise UserError(f"--cuts {self.cuts}: each cut once")
-        if self.users not in EPISODE_USERS:
-            raise UserError(f"--users {self.users!r}: use one of {', '.join(EPISODE_USERS)}")
-        if not 0 < self.heldout_fraction < 1:
-            raise UserError(f"--heldout-fraction {self.heldout_fraction}: use a share in (0, 1)")
+        """Every option checked before the minutes of index builds (a UserError)."""
+        from recsys.pipeline import EMBEDDINGS
+
+        cuts = ",".join(map(str, self.cuts)) or "(none)"
+        checks = [
+            (bool(self.cuts) and all(2 <= c <= MAX_CUT for c in self.cuts),
+             f"--cuts {cuts}: give cuts from 2 to {MAX_CUT} (cut 1, each user's last item, is "
+             "what the demo evaluates)"),
+            (len(set(self.cuts)) == len(self.cuts), f"--cuts {cuts}: each cut once"),
+            (self.users in EPISODE_USERS,
+             f"--users {self.users!r}: use one of {', '.join(EPISODE_USERS)}"),
+            (0 < self.heldout_fraction < 1,
+             f"--heldout-fraction {self.heldout_fraction}: use a share in (0, 1)"),
+            (1 <= self.k <= MAX_K, f"--k {self.k}: use 1 to {MAX_K}"),
+            (1 <= self.history <= MAX_HISTORY, f"--history {self.history}: use 1 to {MAX_HISTORY}"),
+            (self.embeddings in EMBEDDINGS,
+             f"unknown --embeddings {self.embeddings!r}; use one of {list(EMBEDDINGS)}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
 
 
 @dataclass(frozen=True)
@@ -80,13 +102,14 @@ def build_index_episodes(
     cut."""
     from ranking.folders import write_whole
     from recsys.db.engine import get_engine
+    from recsys.db.migrate import ensure_schema
     from recsys.pipeline import ingest_dataset, make_embedder, training_data
 
-    cfg = opts.index
-    engine = get_engine(cfg.database_url)
-    source = ingest_dataset(cfg.data, engine, progress=cfg.progress)
+    engine = get_engine(opts.database_url)
+    ensure_schema(engine.url.render_as_string(hide_password=False))
+    source = ingest_dataset(opts.data, engine, progress=opts.progress) if opts.data else None
     data = training_data(engine, source)
-    embedder = make_embedder(cfg.embeddings, cfg.artifact_dir / "embedding-cache")
+    embedder = make_embedder(opts.embeddings, opts.artifact_dir / "embedding-cache")
     lines: list[str] = []
     summaries = []
     for cut in opts.cuts:
@@ -111,10 +134,10 @@ def cut_episodes(
 
     rows, targets = leave_last_out(data, cut)
     targets = {u: t for u, t in targets.items() if _kept(u, opts)}
-    gen = build_index(data, rows, opts.index, embedder)
-    found = retrieve(gen, sorted(targets), opts.index.k)
+    gen = build_index(data, rows, opts.index, embedder, progress=opts.progress)
+    found = retrieve(gen, sorted(targets), opts.k)
     hits = {u: c for u, c in found.items() if targets[u] in {str(x.item) for x in c}}
-    requests = rank_requests(gen, hits, data.titles, history=opts.index.history)
+    requests = rank_requests(gen, hits, data.titles, history=opts.history, task=opts.task)
     episodes = [
         Episode(request=_named(req, cut), ground_truth=targets[user], user=user)
         for user, req in requests.items()

@@ -328,30 +328,46 @@ def make_embedder(kind: str, cache_dir: Path):  # type: ignore[no-untyped-def]
 def build_index(
     data: Interactions,
     rows: Sequence[int],
-    config: DemoConfig,
+    config: GeneratorConfig,
     embedder: Any,
     *,
+    progress: bool = False,
     timings: dict[str, float] | None = None,
 ) -> CandidateGenerator:
-    """The production index (as `recsys batch` builds it) on the interactions `rows`."""
-    gen_config = GeneratorConfig(
-        cf_factors=config.cf_factors,
-        cf_epochs=config.cf_epochs,
-        seed=config.seed,
-        ltr=config.ltr,
-        weights=source_weights(config.next_source),
-    )
+    """A retrieval index on the interactions `rows` of `data` (`recsys batch`, `recsys
+    demo` and `recsys index-episodes` build theirs here)."""
+    picked = list(rows)
     return CandidateGenerator.build(
-        [data.users[r] for r in rows],
-        [data.items[r] for r in rows],
-        data.timestamps[list(rows)],
+        [data.users[r] for r in picked],
+        [data.items[r] for r in picked],
+        data.timestamps[picked],
         data.texts,
         embedder=embedder,
-        config=gen_config,
-        progress=config.progress,
+        config=config,
+        progress=progress,
         timings=timings,
         titles=data.titles,
         genres=data.genres,
+    )
+
+
+def production_index_config(
+    *,
+    cf_factors: int = 64,
+    cf_epochs: int = 30,
+    seed: int = 7,
+    ltr: bool = True,
+    next_source: bool = True,
+) -> GeneratorConfig:
+    """The production index's settings as `recsys demo` and `recsys index-episodes` build it:
+    reciprocal rank fusion of CF, text, popularity and (by default) `next`, then the
+    LambdaMART stage."""
+    return GeneratorConfig(
+        cf_factors=cf_factors,
+        cf_epochs=cf_epochs,
+        seed=seed,
+        ltr=ltr,
+        weights=source_weights(next_source),
     )
 
 
@@ -382,7 +398,20 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
         "build",
         f"train CF (WARP, {config.cf_factors} factors, {config.cf_epochs} epochs), "
         "embed items, build indexes",
-        lambda: build_index(data, train_rows, config, embedder, timings=build_timings),
+        lambda: build_index(
+            data,
+            train_rows,
+            production_index_config(
+                cf_factors=config.cf_factors,
+                cf_epochs=config.cf_epochs,
+                seed=config.seed,
+                ltr=config.ltr,
+                next_source=config.next_source,
+            ),
+            embedder,
+            progress=config.progress,
+            timings=build_timings,
+        ),
     )
     stages.split("build", build_timings)
 

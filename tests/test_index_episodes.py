@@ -15,7 +15,6 @@ from recsys.cli import app
 from recsys.errors import UserError
 from recsys.eval.instances import is_heldout
 from recsys.index_episodes import IndexEpisodesOptions
-from recsys.pipeline import DemoConfig
 from tests.test_demo import demo_env, write_movielens  # noqa: F401 (a fixture)
 
 
@@ -77,10 +76,13 @@ def test_train_users_only_leaves_the_heldout_users_out(demo_env):  # noqa: F811
         ({"cuts": (2, 2)}, "each cut once"),
         ({"users": "heldout"}, "--users 'heldout': use one of train, all"),
         ({"heldout_fraction": 1.0}, "use a share in (0, 1)"),
+        ({"k": 0}, "--k 0: use 1 to 100"),
+        ({"history": 500}, "--history 500: use 1 to 200"),
+        ({"embeddings": "bert"}, "unknown --embeddings 'bert'"),
     ],
 )
 def test_bad_options_are_refused(changes, message) -> None:
-    base = {"index": DemoConfig(data=Path("x")), "out": Path("o.jsonl")}
+    base = {"out": Path("o.jsonl")}
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         IndexEpisodesOptions(**{**base, **changes})
 
@@ -91,7 +93,7 @@ def test_bad_options_are_refused(changes, message) -> None:
         (["--cuts", "2,b"], "--cuts '2,b': give whole numbers separated by commas"),
         (["--cuts", "1"], "give cuts from 2 to 50"),
         (["--embeddings", "bert"], "unknown --embeddings 'bert'"),
-        (["--k", "0"], "--k and history must be >= 1"),
+        (["--k", "0"], "--k 0: use 1 to 100"),
     ],
 )
 def test_bad_input_on_the_command_line_is_one_line(monkeypatch, capsys, extra, message) -> None:
@@ -162,3 +164,19 @@ def test_a_file_of_one_side_of_the_heldout_rule_needs_another_split_seed() -> No
         split(TrainingOptions(seed=7), eps)  # type: ignore[arg-type]
     train, val = split(TrainingOptions(seed=8, val_users=1000), eps)  # type: ignore[arg-type]
     assert train and val and not {e.user for e in train} & {e.user for e in val}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_without_data_the_database_log_is_read_as_batch_reads_it(demo_env):  # noqa: F811
+    folder = demo_env / "ml-tiny"
+    write_movielens(folder)
+    common = ["--cuts", "2", "--k", "5", "--embeddings", "hashing", "--users", "all",
+              "--no-progress"]  # fmt: skip
+    empty = CliRunner().invoke(app, ["index-episodes", "--out", "x.jsonl", *common])
+    assert empty.exit_code != 0 and "no interactions" in str(empty.exception)
+    first, again = demo_env / "a.jsonl", demo_env / "b.jsonl"
+    with_data = ["index-episodes", "--data", str(folder), "--out", str(first), *common]
+    assert CliRunner().invoke(app, with_data).exit_code == 0  # ingests the folder
+    result = CliRunner().invoke(app, ["index-episodes", "--out", str(again), *common])
+    assert result.exit_code == 0, result.output
+    assert again.read_text() == first.read_text() != ""
