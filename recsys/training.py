@@ -246,8 +246,11 @@ def load_episodes(opts: TrainingOptions, data_dir: Path) -> list[Episode]:
 
 def split(opts: TrainingOptions, eps: list[Episode]) -> tuple[list[Episode], list[Episode]]:
     """Training and validation episodes, split by a seeded hash of the user (never a user on
-    both sides); a UserError when either side is empty."""
+    both sides); a UserError when either side is empty. Validation keeps each user's last
+    episode only: its numbers are per user (`reciprocal_ranks`, the gate's paired
+    bootstrap), so a user's earlier episodes would be ranked and then overwritten."""
     train, val = split_by_user(eps, opts.val_fraction, seed=opts.seed)
+    val = list({e.user: e for e in val}.values())
     if opts.users:
         train = train[: opts.users]
     if not train or not val:

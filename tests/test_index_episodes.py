@@ -180,3 +180,18 @@ def test_without_data_the_database_log_is_read_as_batch_reads_it(demo_env):  # n
     result = CliRunner().invoke(app, ["index-episodes", "--out", str(again), *common])
     assert result.exit_code == 0, result.output
     assert again.read_text() == first.read_text() != ""
+
+
+def test_validation_keeps_each_users_last_episode() -> None:
+    """Validation numbers are per user; a user's earlier episodes would be ranked, then
+    overwritten by the last one (`reciprocal_ranks`), and counted in n_val."""
+    from types import SimpleNamespace
+
+    from recsys.training import TrainingOptions, split
+
+    eps = [SimpleNamespace(user=str(u), cut=c) for c in (2, 3, 4) for u in range(1, 200)]
+    train, val = split(TrainingOptions(seed=8, val_users=1000), eps)  # type: ignore[arg-type]
+    users = [e.user for e in val]
+    assert val and len(users) == len(set(users))
+    assert {e.cut for e in val} == {4}  # the last of each user's three
+    assert len(train) == 3 * (199 - len(users))  # training keeps every episode
