@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking.rl.episodes import Episode, episode_to_dict
-from ranking.types import RankRequest
+from ranking.types import TASKS, RankRequest
 from recsys.errors import UserError
 from recsys.pipeline import Interactions
 from retrieval.generator import GeneratorConfig
@@ -44,6 +44,7 @@ MAX_CUT = 50
 MAX_K = 100  # the most candidates a request has (a prompt's labels)
 MAX_HISTORY = 200
 EPISODE_USERS = ("train", "all")
+REC_TASKS = tuple(t for t in TASKS if t.startswith("rec-"))  # a user's next item
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class IndexEpisodesOptions:
              f"--heldout-fraction {self.heldout_fraction}: use a share in (0, 1)"),
             (1 <= self.k <= MAX_K, f"--k {self.k}: use 1 to {MAX_K}"),
             (1 <= self.history <= MAX_HISTORY, f"--history {self.history}: use 1 to {MAX_HISTORY}"),
+            (self.task in REC_TASKS,
+             f"--task {self.task!r}: use a recommendation task, one of {', '.join(REC_TASKS)}"),
             (self.embeddings in EMBEDDINGS,
              f"unknown --embeddings {self.embeddings!r}; use one of {list(EMBEDDINGS)}"),
         ]  # fmt: skip

@@ -79,6 +79,7 @@ def test_train_users_only_leaves_the_heldout_users_out(demo_env):  # noqa: F811
         ({"k": 0}, "--k 0: use 1 to 100"),
         ({"history": 500}, "--history 500: use 1 to 200"),
         ({"embeddings": "bert"}, "unknown --embeddings 'bert'"),
+        ({"task": "passage"}, "--task 'passage': use a recommendation task, one of rec-movie"),
     ],
 )
 def test_bad_options_are_refused(changes, message) -> None:
