@@ -378,7 +378,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
 
-    check_demo_config(config)
+    _check(config)
     engine = get_engine(config.database_url)
     stages = _Stages(echo)
     source = stages.run(
@@ -517,7 +517,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     )
 
 
-def check_demo_config(config: DemoConfig) -> None:
+def _check(config: DemoConfig) -> None:
     """Refuse bad options before any work is done."""
     if config.embeddings not in EMBEDDINGS:
         raise UserError(
