@@ -92,6 +92,9 @@ class DemoReport:
     paired: dict[str, dict[str, float]] = field(default_factory=dict)
     # the same on those of them the ranker never trained on (when its card says who)
     paired_unseen: dict[str, dict[str, float]] = field(default_factory=dict)
+    # per sampled user: the target's 1-based rank in the retrieval order and in the stored
+    # list (None: not retrieved), so two reports can be compared user by user
+    target_ranks: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -491,6 +494,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
     return DemoReport(
         paired=paired,
         paired_unseen=paired_unseen,
+        target_ranks={u: _ranks(retrieval_orders[u], final_orders[u], targets[u]) for u in sample},
         run_id=run_id,
         retrieval_version=version,
         model_version=model_version,
@@ -507,9 +511,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoRep
                 "history": [data.titles.get(i, i) for i in gen.history(u, 5)],
                 "target": data.titles.get(targets[u], targets[u]),
                 "recommended": [data.titles.get(i, i) for i in final_orders[u][:10]],
-                "target_rank": final_orders[u].index(targets[u]) + 1
-                if targets[u] in final_orders[u]
-                else None,
+                "target_rank": _rank(final_orders[u], targets[u]),
             }
             for u in sample[: config.examples]
         ],
@@ -552,6 +554,14 @@ def _load_ranker(config: DemoConfig, engine: Engine, served=None):  # type: igno
     return runtime.load_ranker(engine=engine, served=served, model=config.model,
                                device=config.device, dtype=config.dtype,
                                batch_size=config.batch_size)  # fmt: skip
+
+
+def _rank(order: Sequence[str], target: str) -> int | None:
+    return order.index(target) + 1 if target in order else None
+
+
+def _ranks(retrieved: Sequence[str], served: Sequence[str], target: str) -> dict[str, int | None]:
+    return {"retrieval": _rank(retrieved, target), "served": _rank(served, target)}
 
 
 def _sample(users: list[str], n: int, seed: int) -> list[str]:

@@ -88,6 +88,13 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
         history = {h.item_id for h in user_history(user, 100, engine=engine)}
         assert not {r.item_id for r in rows} & (history - {target}), "seen items excluded"
         stored[user] = [r.item_id for r in rows]
+    # the per-user ranks are those of the stored lists, and give the printed MRR
+    ranks = report["target_ranks"]
+    assert set(ranks) == set(targets)
+    for user, target in targets.items():
+        served = stored[user].index(target) + 1 if target in stored[user] else None
+        assert ranks[user]["served"] == served
+    from_ranks = np.mean([1 / r["served"] if r["served"] else 0.0 for r in ranks.values()])
     # the printed IRanker metrics are those of the stored lists
     final = report["metrics"][f"retrieval + IRanker, {N_USERS} sampled users"]
     assert final["hit@10"] == pytest.approx(
@@ -95,6 +102,11 @@ def test_demo_end_to_end_stores_lists_and_prints_metrics(demo_env, tiny_model_di
     )
     assert final["mrr"] == pytest.approx(
         np.mean([reciprocal_rank(stored[u], t) for u, t in targets.items()]), abs=1e-4
+    )
+    assert final["mrr"] == pytest.approx(from_ranks, abs=1e-4)
+    only_ranks = [r["retrieval"] for r in ranks.values()]
+    assert report["metrics"][f"retrieval only, {N_USERS} sampled users"]["mrr"] == pytest.approx(
+        np.mean([1 / r if r else 0.0 for r in only_ranks]), abs=1e-4
     )
     # re-ranking permutes the retrieved candidates: the same set, so recall@K is unchanged
     only = report["metrics"][f"retrieval only, {N_USERS} sampled users"]
