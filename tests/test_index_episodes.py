@@ -27,15 +27,23 @@ def logs(folder: Path) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_episodes_are_the_index_requests_at_each_cut(demo_env):  # noqa: F811
-    folder = demo_env / "ml-tiny"
+def episodes_of_tiny_movielens(tmp: Path, *options: str):  # type: ignore[no-untyped-def]
+    """(the MovieLens folder, the episodes file, the CLI result) of `recsys index-episodes`
+    on the demo tests' tiny genre-structured MovieLens, with hashing embeddings."""
+    folder, out = tmp / "ml-tiny", tmp / "eps.jsonl"
     write_movielens(folder)
-    out = demo_env / "eps.jsonl"
-    args = ["index-episodes", "--data", str(folder), "--out", str(out), "--cuts", "2,3",
-            "--k", "5", "--embeddings", "hashing", "--users", "all", "--no-progress"]  # fmt: skip
+    args = ["index-episodes", "--data", str(folder), "--out", str(out), "--embeddings",
+            "hashing", "--no-progress", *options]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    return folder, out, result
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_episodes_are_the_index_requests_at_each_cut(demo_env):  # noqa: F811
+    folder, out, result = episodes_of_tiny_movielens(
+        demo_env, "--cuts", "2,3", "--k", "5", "--users", "all"
+    )
     episodes = read_episodes(out)
     assert episodes and f"wrote {len(episodes)} episodes" in result.output
     by_user = logs(folder)
@@ -56,14 +64,9 @@ def test_episodes_are_the_index_requests_at_each_cut(demo_env):  # noqa: F811
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_train_users_only_leaves_the_heldout_users_out(demo_env):  # noqa: F811
-    folder = demo_env / "ml-tiny"
-    write_movielens(folder)
-    out = demo_env / "eps.jsonl"
-    args = ["index-episodes", "--data", str(folder), "--out", str(out), "--cuts", "2",
-            "--k", "8", "--embeddings", "hashing", "--heldout-fraction", "0.5",
-            "--no-progress"]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _, out, _ = episodes_of_tiny_movielens(
+        demo_env, "--cuts", "2", "--k", "8", "--heldout-fraction", "0.5"
+    )
     users = {ep.user for ep in read_episodes(out)}
     assert users and not any(is_heldout(u, 7, 0.5) for u in users)
 
