@@ -153,23 +153,23 @@ def run_batch(
 def _generator(config: BatchConfig, data: Any, engine: Engine):  # type: ignore[no-untyped-def]
     """Load the requested index version, or build one on all interactions and register it."""
     from recsys.db.registry import register_model
-    from recsys.pipeline import build_index, make_embedder
+    from recsys.pipeline import build_index, make_embedder, production_index_config
     from recsys.registry import sha256_of
     from retrieval.artifacts import ArtifactStore, new_version
-    from retrieval.generator import CandidateGenerator, GeneratorConfig, source_weights
+    from retrieval.generator import CandidateGenerator
 
     store = ArtifactStore(config.artifact_dir)
     embedder = make_embedder(config.embeddings, config.artifact_dir / "embedding-cache")
     if config.index_version:
         gen = CandidateGenerator.load(store, config.index_version, embedder=embedder)
         return gen, config.index_version
-    index_config = GeneratorConfig(
+    index_config = production_index_config(
         cf_factors=config.cf_factors,
         cf_epochs=config.cf_epochs,
         ltr=config.ltr,
         ltr_text=config.ltr_text,
         ltr_bag=config.ltr_bag,
-        weights=source_weights(config.next_source),
+        next_source=config.next_source,
     )
     everything = range(len(data.users))
     gen = build_index(data, everything, index_config, embedder, progress=config.progress)

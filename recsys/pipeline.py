@@ -360,16 +360,20 @@ def production_index_config(
     cf_epochs: int = 30,
     seed: int = 7,
     ltr: bool = True,
+    ltr_text: bool = False,
+    ltr_bag: int = 1,
     next_source: bool = True,
 ) -> GeneratorConfig:
-    """The production index's settings as `recsys demo` and `recsys index-episodes` build it:
-    reciprocal rank fusion of CF, text, popularity and (by default) `next`, then the
-    LambdaMART stage."""
+    """The production index's settings as `recsys batch`, `recsys demo` and `recsys
+    index-episodes` build it: reciprocal rank fusion of CF, text, popularity and (by
+    default) `next`, then the LambdaMART stage."""
     return GeneratorConfig(
         cf_factors=cf_factors,
         cf_epochs=cf_epochs,
         seed=seed,
         ltr=ltr,
+        ltr_text=ltr_text,
+        ltr_bag=ltr_bag,
         weights=source_weights(next_source),
     )
 
