@@ -22,6 +22,11 @@ Users: `users="train"` keeps only the users a model's held-out rule (`heldout_fr
 is still measured on users it never saw (the demo's "never trained on" rows); "all" keeps
 everyone. No user's last item is ever an episode's truth, so the demo's all-users rows stay
 free of trained-on targets as well.
+
+`users="heldout"` is the other side: only the held-out users, and cut 1 allowed. That file is
+a test set, not training data: `recsys replay --episodes FILE --a retrieval --b MODEL`
+measures a ranker against the order it re-ranks on exactly the requests the production
+index serves users it never saw (docs/replay.md).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from retrieval.generator import GeneratorConfig
 MAX_CUT = 50
 MAX_K = 100  # the most candidates a request has (a prompt's labels)
 MAX_HISTORY = 200
-EPISODE_USERS = ("train", "all")
+EPISODE_USERS = ("train", "all", "heldout")
 REC_TASKS = tuple(t for t in TASKS if t.startswith("rec-"))  # a user's next item
 
 
@@ -69,10 +74,11 @@ class IndexEpisodesOptions:
         from recsys.pipeline import EMBEDDINGS
 
         cuts = ",".join(map(str, self.cuts)) or "(none)"
+        first = 1 if self.users == "heldout" else 2
         checks = [
-            (bool(self.cuts) and all(2 <= c <= MAX_CUT for c in self.cuts),
-             f"--cuts {cuts}: give cuts from 2 to {MAX_CUT} (cut 1, each user's last item, is "
-             "what the demo evaluates)"),
+            (bool(self.cuts) and all(first <= c <= MAX_CUT for c in self.cuts),
+             f"--cuts {cuts}: give cuts from {first} to {MAX_CUT} (cut 1, each user's last "
+             "item, is what the demo evaluates: only --users heldout, a test set, may use it)"),
             (len(set(self.cuts)) == len(self.cuts), f"--cuts {cuts}: each cut once"),
             (self.users in EPISODE_USERS,
              f"--users {self.users!r}: use one of {', '.join(EPISODE_USERS)}"),
@@ -151,7 +157,9 @@ def cut_episodes(
 def _kept(user: str, opts: IndexEpisodesOptions) -> bool:
     from recsys.eval.instances import is_heldout
 
-    return opts.users == "all" or not is_heldout(user, opts.heldout_seed, opts.heldout_fraction)
+    if opts.users == "all":
+        return True
+    return is_heldout(user, opts.heldout_seed, opts.heldout_fraction) == (opts.users == "heldout")
 
 
 def _named(request: RankRequest, cut: int) -> RankRequest:

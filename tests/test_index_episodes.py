@@ -71,13 +71,27 @@ def test_train_users_only_leaves_the_heldout_users_out(demo_env):  # noqa: F811
     assert users and not any(is_heldout(u, 7, 0.5) for u in users)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_heldout_users_make_a_test_set_that_may_use_each_users_last_item(demo_env):  # noqa: F811
+    folder, out, result = episodes_of_tiny_movielens(
+        demo_env, "--cuts", "1", "--k", "8", "--heldout-fraction", "0.5", "--users", "heldout"
+    )
+    episodes = read_episodes(out)
+    by_user = logs(folder)
+    assert episodes and all(is_heldout(ep.user, 7, 0.5) for ep in episodes)
+    assert all(ep.ground_truth == by_user[ep.user][-1] for ep in episodes)
+    assert "cut 1:" in result.output
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"cuts": (1, 2)}, "give cuts from 2 to 50"),
         ({"cuts": ()}, "give cuts from 2 to 50"),
         ({"cuts": (2, 2)}, "each cut once"),
-        ({"users": "heldout"}, "--users 'heldout': use one of train, all"),
+        ({"users": "some"}, "--users 'some': use one of train, all, heldout"),
+        ({"users": "heldout", "cuts": (0, 1)}, "give cuts from 1 to 50"),
+        ({"users": "all", "cuts": (1,)}, "only --users heldout, a test set, may use it"),
         ({"heldout_fraction": 1.0}, "use a share in (0, 1)"),
         ({"k": 0}, "--k 0: use 1 to 100"),
         ({"history": 500}, "--history 500: use 1 to 200"),

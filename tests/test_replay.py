@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -118,7 +119,6 @@ def test_off_policy_estimates_of_the_logging_policy_itself(tiny_ranker):
 
 def test_replay_command_on_logged_traffic(database_url, tmp_path):
     """Impressions + later interactions in the database -> report.md / json / png."""
-    import json
     from datetime import timedelta
 
     from typer.testing import CliRunner
@@ -216,3 +216,63 @@ def test_replay_progress_counts_every_ranking_and_ends_at_1(
     assert f"replay: {total}/{total} rankings (100%)" in capsys.readouterr().err
     assert len(reports) > 2 and reports[-1] == 1.0
     assert reports == sorted(set(reports))  # strictly increasing
+
+
+def built_episodes(n: int = 8, k: int = 5) -> list[Episode]:
+    """Episodes as `recsys index-episodes` writes them: no logged order or propensity; the
+    candidates carry the index's scores."""
+    return [
+        dataclasses.replace(e, logged_order=None, logged_log_propensity=None)
+        for e in episodes(n, k)
+    ]
+
+
+def test_replay_of_an_episode_file_against_the_order_it_re_ranks(tiny_model_dir, tmp_path):
+    """`--episodes FILE`: the file's requests, not the database's log; retrieval (by score)
+    has a known MRR, a model's orders are permutations, and no off-policy estimate is made
+    (built episodes log no propensity)."""
+    from ranking.rl.episodes import write_episodes
+    from recsys.replay.run import ReplayConfig, run_replay
+
+    eps = built_episodes()
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, eps)
+    config = ReplayConfig(a="retrieval", b=str(tiny_model_dir), episodes=path, limit=6,
+                          device="cpu", out=tmp_path / "out", progress=False)  # fmt: skip
+    report = run_replay(config, engine=None)  # type: ignore[arg-type]  # no database read
+    assert report.n == 6
+    # by score: candidate j of user u has score k - j, the truth is candidate u % k
+    expected = [1 / (1 + u % 5) for u in range(6)]
+    assert report.per_request["A"] == pytest.approx(expected)
+    assert all(0 < rr <= 1 for rr in report.per_request["B"])
+    assert "propensities" in report.off_policy["note"] and not report.slate
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["n"] == 6 and set(saved["difference"]) >= {"mrr", "ndcg@10"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "extra", "message"),
+    [
+        (None, [], "episode file {path} not found; write one with recsys index-episodes"),
+        (["{not json"], [], "{path}:1:"),
+        ([], ["--a", "logged"], "policy 'logged' needs the order each request was shown in"),
+    ],
+)
+def test_bad_episode_files_are_one_clear_line(tmp_path, monkeypatch, capsys, lines, extra, message):
+    import sys
+
+    from ranking.rl.episodes import episode_to_dict
+    from recsys.cli import main
+
+    path = tmp_path / "eps.jsonl"
+    if lines is not None:
+        rows = lines or [json.dumps(episode_to_dict(e)) for e in built_episodes(2)]
+        path.write_text("\n".join(rows) + "\n")
+    args = ["replay", "--episodes", str(path), "--b", "retrieval", "--out", str(tmp_path),
+            "--url", f"sqlite:///{tmp_path / 'db.sqlite'}", "--no-progress", *extra]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["recsys", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err and "Traceback" not in err

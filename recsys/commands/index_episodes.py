@@ -23,7 +23,10 @@ def register(app: typer.Typer) -> None:
             "2,3,4,5,6", "--cuts", help="which item from the end is the truth, one index per cut"
         ),
         users: str = typer.Option(
-            "train", "--users", help="train (users the held-out rule holds out are left out) | all"
+            "train",
+            "--users",
+            help="train (users the held-out rule holds out are left out) | all | heldout (only "
+            "those: a test set for recsys replay --episodes; cut 1 allowed)",
         ),
         heldout_fraction: float = typer.Option(0.35, "--heldout-fraction"),
         heldout_seed: int = typer.Option(7, "--heldout-seed"),

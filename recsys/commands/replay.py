@@ -13,6 +13,12 @@ def register(app: typer.Typer) -> None:
         a: str = typer.Option("logged", "--a", help="logged | retrieval | model spec"),
         b: str = typer.Option("default", "--b", help="logged | retrieval | model spec"),
         limit: int | None = typer.Option(None, help="at most this many logged requests"),
+        episodes: Path | None = typer.Option(
+            None,
+            "--episodes",
+            help="replay this JSONL file of episodes (recsys index-episodes --users heldout) "
+            "instead of the database's log",
+        ),
         window_days: float = typer.Option(7.0, help="an outcome counts within this many days"),
         mode: str = typer.Option("incremental", help="ranking mode for model policies"),
         off_policy: bool = typer.Option(
@@ -38,7 +44,8 @@ def register(app: typer.Typer) -> None:
         from recsys.replay.run import ReplayConfig, run_replay
 
         ensure_schema(url)
-        config = ReplayConfig(a=a, b=b, limit=limit, window_days=window_days, mode=mode,
+        config = ReplayConfig(a=a, b=b, limit=limit, episodes=episodes,
+                              window_days=window_days, mode=mode,
                               off_policy=off_policy, slate_draws=slate_draws,
                               logging_model=logging_model, device=device, out=out,
                               progress=progress)  # fmt: skip

@@ -193,7 +193,13 @@ def rank_function(
     ranker model spec (default | promoted | version | path). Returns (rank_fn, the ranker
     or None)."""
     if spec == "logged":
-        shown = {id(e.request): list(e.logged_order) for e in logged}
+        if any(e.logged_order is None for e in logged):
+            from recsys.errors import UserError
+
+            raise UserError("policy 'logged' needs the order each request was shown in, and "
+                            "these episodes have none (built, not logged): use retrieval (by "
+                            "candidate score) or a model")  # fmt: skip
+        shown = {id(e.request): list(e.logged_order or ()) for e in logged}
         return (lambda requests: [shown[id(r)] for r in requests]), None
     if spec == "retrieval":
         return (lambda requests: [_by_score(r) for r in requests]), None

@@ -40,6 +40,9 @@ class ReplayConfig:
     limit: int | None = None
     window_days: float = 7.0
     since: datetime | None = None  # only requests shown from then on
+    # a JSONL file of episodes (`recsys index-episodes`, `recsys train --source`) replayed
+    # instead of the database's log; None: the log
+    episodes: Path | None = None
     mode: str = "incremental"
     off_policy: bool = True
     slate_draws: int = 16  # sampled rankings per policy for per-position marginals; 0: off
@@ -56,14 +59,10 @@ def run_replay(
     requests each model policy re-ranks, and the rankings sampled (or enumerated) for the
     per-position estimates; on stderr when `config.progress`, and to `report(fraction)`
     (job_runs), throttled and increasing, 1.0 when the report is written."""
-    from recsys.db.events import logged_requests
     from recsys.replay.slate_report import planned_rankings
-    from recsys.training import episode_from_logged
 
-    records = logged_requests(window=timedelta(days=config.window_days), limit=config.limit,
-                              since=config.since, engine=engine)  # fmt: skip
     # every policy ranks, samples and scores in the replay's mode
-    logged = [_in_mode(episode_from_logged(r), config.mode) for r in records]
+    logged = [_in_mode(e, config.mode) for e in _replayed(config, engine)]
     rank_a, ranker_a = rank_function(config.a, logged, device=config.device, mode=config.mode)
     rank_b, ranker_b = rank_function(config.b, logged, device=config.device, mode=config.mode)
     usable = [e for e in logged if has_propensity(e)]
@@ -87,6 +86,31 @@ def run_replay(
                                          on_ranked=progress.update)  # fmt: skip
         write_report(result, config)
     return result
+
+
+def _replayed(config: ReplayConfig, engine: Engine) -> list[Episode]:
+    """The episodes replayed: the database's logged requests with their outcome, or the
+    file's episodes (the first `limit` of either)."""
+    if config.episodes is None:
+        from recsys.db.events import logged_requests
+        from recsys.training import episode_from_logged
+
+        records = logged_requests(window=timedelta(days=config.window_days), limit=config.limit,
+                                  since=config.since, engine=engine)  # fmt: skip
+        return [episode_from_logged(r) for r in records]
+    from ranking.errors import RequestError
+    from ranking.rl.episodes import read_episodes
+    from recsys.errors import UserError
+
+    if not config.episodes.is_file():
+        raise UserError(f"episode file {config.episodes} not found; write one with recsys "
+                        "index-episodes (or give none to replay the database's log)")  # fmt: skip
+    try:
+        episodes = read_episodes(config.episodes)
+    except RequestError as exc:
+        raise UserError(f"{exc}; each line is one episode as recsys index-episodes writes "
+                        "it") from None  # fmt: skip
+    return episodes[: config.limit] if config.limit else episodes
 
 
 def _counted(rank: Callable[..., Any], progress: Progress) -> Callable[..., Any]:
