@@ -245,9 +245,11 @@ def test_replay_of_an_episode_file_against_the_order_it_re_ranks(tiny_model_dir,
     expected = [1 / (1 + u % 5) for u in range(6)]
     assert report.per_request["A"] == pytest.approx(expected)
     assert all(0 < rr <= 1 for rr in report.per_request["B"])
-    assert "propensities" in report.off_policy["note"] and not report.slate
+    assert "carries a logged propensity" in report.off_policy["note"] and not report.slate
+    assert report.markdown("retrieval", "B").startswith("Replay of 6 requests from eps.jsonl")
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["n"] == 6 and set(saved["difference"]) >= {"mrr", "ndcg@10"}
+    assert saved["episodes"] == str(path)
 
 
 @pytest.mark.parametrize(

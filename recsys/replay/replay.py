@@ -52,10 +52,11 @@ class ReplayReport:
     off_policy: dict[str, Any] = field(default_factory=dict)
     per_request: dict[str, list[float]] = field(default_factory=dict)  # policy -> RR list
     slate: dict[str, Any] = field(default_factory=dict)  # recsys.replay.slate_report
+    source: str = "logged requests"  # what was replayed: the database's log, or an episode file
 
     def markdown(self, a: str, b: str) -> str:
         lines = [
-            f"Replay of {self.n} logged requests: A = `{a}`, B = `{b}`.",
+            f"Replay of {self.n} {self.source}: A = `{a}`, B = `{b}`.",
             "",
             "| metric | A | B | B − A | 95% interval |",
             "|---|---|---|---|---|",
@@ -139,7 +140,8 @@ def off_policy_estimates(
     requests that logged a propensity for a full ranking of their candidates."""
     usable = [e for e in logged if has_propensity(e)]
     if not usable:
-        return {"note": "the logs carry no propensities: off-policy estimates need them"}
+        return {"note": "no request carries a logged propensity (built episodes have none): "
+                "off-policy estimates need them"}  # fmt: skip
     data = LoggedData(
         rewards=np.array([reciprocal_rank(e.logged_order, e.ground_truth) for e in usable]),
         logging_propensity=np.exp([e.logged_log_propensity for e in usable]),
@@ -253,7 +255,7 @@ def plot_report(report: ReplayReport, a: str, b: str, path: str) -> None:
     left.bar(x - 0.2, [report.policies["A"][m] for m in metrics], 0.4, label=f"A: {a}")
     left.bar(x + 0.2, [report.policies["B"][m] for m in metrics], 0.4, label=f"B: {b}")
     left.set_xticks(x, metrics)
-    left.set_title(f"{report.n} logged requests")
+    left.set_title(f"{report.n} {report.source}")
     left.legend(fontsize=8)
     diffs = [report.difference[m] for m in metrics]
     means = [d["mean"] for d in diffs]

@@ -81,6 +81,8 @@ def run_replay(
         if off_policy and ranker_b is not None:  # scored once: the slate section reuses it
             target = _once(served_log_propensity(ranker_b, on_ranked=progress.update))
         result = replay(logged, counted_a, counted_b, target_log_propensity=target)
+        if config.episodes is not None:
+            result.source = f"requests from {config.episodes.name}"
         if logging is not None and ranker_b is not None:
             result.slate = slate_section(usable, logging, ranker_b, config.slate_draws, target,
                                          on_ranked=progress.update)  # fmt: skip
@@ -188,7 +190,9 @@ def write_report(report: ReplayReport, config: ReplayConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(config.a, config.b)
     write_whole(out / "report.md", text + "\n\n![replay](replay.png)\n")
-    body = {"a": config.a, "b": config.b, **report.__dict__}
+    body = {"a": config.a, "b": config.b, "mode": config.mode,
+            "episodes": None if config.episodes is None else str(config.episodes),
+            **report.__dict__}  # fmt: skip
     write_whole(out / "report.json", json.dumps(body, indent=2, default=str))
     plot_report(report, config.a, config.b, str(out / "replay.png"))
     return out
