@@ -128,9 +128,8 @@ def run_batch(
             }
             ranked = 0
             if ranker is not None and lists:
-                requests = rank_requests(
-                    gen, candidates, data.titles, history=config.history, task=config.task
-                )
+                requests = rank_requests(gen, candidates, data.titles, history=config.history,
+                                         task=config.task, job="batch")  # fmt: skip
                 results = ranker.rank_batch(list(requests.values()), on_ranked=progress.update)
                 for user, result in zip(requests, results, strict=True):
                     score = dict(lists[user])

@@ -146,7 +146,8 @@ def cut_episodes(
     gen = build_index(data, rows, opts.index, embedder, progress=opts.progress)
     found = retrieve(gen, sorted(targets), opts.k)
     hits = {u: c for u, c in found.items() if targets[u] in {str(x.item) for x in c}}
-    requests = rank_requests(gen, hits, data.titles, history=opts.history, task=opts.task)
+    requests = rank_requests(gen, hits, data.titles, history=opts.history, task=opts.task,
+                             job="index")  # fmt: skip
     episodes = [
         Episode(request=_named(req, cut), ground_truth=targets[user], user=user)
         for user, req in requests.items()

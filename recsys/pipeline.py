@@ -197,9 +197,10 @@ def rank_requests(
     *,
     history: int,
     task: str = "rec-movie",
+    job: str = "demo",
 ) -> dict[str, RankRequest]:
     """One incremental-mode IRanker request per user: the recent items (titles and ids) and
-    the retrieved candidates."""
+    the retrieved candidates; request ids are `{job}-{user}` (demo, batch, index)."""
     requests = {}
     for user, cands in candidates.items():
         if not cands:
@@ -221,7 +222,7 @@ def rank_requests(
                 for c in cands
             ),
             mode="incremental",
-            request_id=f"demo-{user}",
+            request_id=f"{job}-{user}",
         )
     return requests
 

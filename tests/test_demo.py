@@ -311,6 +311,9 @@ def test_batch_and_demo_requests_carry_the_history_ids_a_hybrid_reads() -> None:
     assert requests["u1"].history_ids == ("3", "9")
     assert requests["u1"].history == ("Alien", "Fargo")
     assert requests["u2"].history_ids == () and requests["u2"].history == ()
+    assert requests["u1"].request_id == "demo-u1"  # the job that asked, for the logs
+    batch = rank_requests(gen, {"u1": cands}, titles, history=2, job="batch")
+    assert batch["u1"].request_id == "batch-u1"
     tokens = {i: f"<|item:{i}|>" for i in titles}
     style = PromptStyle(template="short", title_chars=0, item_tokens=tokens)
     req = requests["u1"]

@@ -49,6 +49,7 @@ def test_episodes_are_the_index_requests_at_each_cut(demo_env):  # noqa: F811
     by_user = logs(folder)
     cuts = {2: 0, 3: 0}
     for ep in episodes:
+        assert ep.request.request_id.startswith(f"index-{ep.user}-cut")
         cut = int(ep.request.request_id.rsplit("-cut", 1)[1])
         cuts[cut] += 1
         items = by_user[ep.user]
