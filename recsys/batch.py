@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 
 from recsys.errors import UserError
 from recsys.progress import Progress
-from retrieval.ltr import MAX_BAG, valid_bag
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +58,10 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)  # job parameters arrive as JSON strings
-        if self.ltr_text and (not self.ltr or self.embeddings == "off"):
-            raise UserError(
-                "--ltr-text adds title-embedding features to the LambdaMART stage: it needs "
-                "--ltr and --embeddings minilm|hashing"
-            )
-        if not valid_bag(self.ltr_bag):
-            raise UserError(f"--ltr-bag {self.ltr_bag!r}: give a whole number of LightGBM fits "
-                            f"from 1 to {MAX_BAG} (1: one fit, as before)")  # fmt: skip
-        if self.ltr_bag > 1 and not self.ltr:
-            raise UserError("--ltr-bag averages the LambdaMART stage's fits: it needs --ltr")
+        from recsys.pipeline import check_ltr_options
+
+        check_ltr_options(ltr=self.ltr, ltr_text=self.ltr_text, ltr_bag=self.ltr_bag,
+                          embeddings=self.embeddings)  # fmt: skip
 
 
 @dataclass

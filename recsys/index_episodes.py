@@ -71,7 +71,7 @@ class IndexEpisodesOptions:
 
     def __post_init__(self) -> None:
         """Every option checked before the minutes of index builds (a UserError)."""
-        from recsys.pipeline import EMBEDDINGS
+        from recsys.pipeline import EMBEDDINGS, check_ltr_options
 
         cuts = ",".join(map(str, self.cuts)) or "(none)"
         first = 1 if self.users == "heldout" else 2
@@ -94,6 +94,8 @@ class IndexEpisodesOptions:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        check_ltr_options(ltr=self.index.ltr, ltr_text=self.index.ltr_text,
+                          ltr_bag=self.index.ltr_bag, embeddings=self.embeddings)  # fmt: skip
 
 
 @dataclass(frozen=True)

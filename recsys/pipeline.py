@@ -355,6 +355,23 @@ def build_index(
     )
 
 
+def check_ltr_options(*, ltr: bool, ltr_text: bool, ltr_bag: int, embeddings: str) -> None:
+    """The LambdaMART stage's options as `recsys batch` and `recsys index-episodes` take them,
+    checked before any build (a UserError that says what to pass)."""
+    from retrieval.ltr import MAX_BAG, valid_bag
+
+    if ltr_text and (not ltr or embeddings == "off"):
+        raise UserError(
+            "--ltr-text adds title-embedding features to the LambdaMART stage: it needs "
+            "--ltr and --embeddings minilm|hashing"
+        )
+    if not valid_bag(ltr_bag):
+        raise UserError(f"--ltr-bag {ltr_bag!r}: give a whole number of LightGBM fits "
+                        f"from 1 to {MAX_BAG} (1: one fit, as before)")  # fmt: skip
+    if ltr_bag > 1 and not ltr:
+        raise UserError("--ltr-bag averages the LambdaMART stage's fits: it needs --ltr")
+
+
 def production_index_config(
     *,
     cf_factors: int = 64,

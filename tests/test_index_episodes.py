@@ -15,6 +15,7 @@ from recsys.cli import app
 from recsys.errors import UserError
 from recsys.eval.instances import is_heldout
 from recsys.index_episodes import IndexEpisodesOptions
+from retrieval.generator import GeneratorConfig
 from tests.test_demo import demo_env, write_movielens  # noqa: F401 (a fixture)
 
 
@@ -98,6 +99,12 @@ def test_heldout_users_make_a_test_set_that_may_use_each_users_last_item(demo_en
         ({"history": 500}, "--history 500: use 1 to 200"),
         ({"embeddings": "bert"}, "unknown --embeddings 'bert'"),
         ({"task": "passage"}, "--task 'passage': use a recommendation task, one of rec-movie"),
+        ({"index": GeneratorConfig(ltr=True, ltr_bag=0)}, "--ltr-bag 0: give a whole number"),
+        ({"index": GeneratorConfig(ltr=False, ltr_bag=3)}, "--ltr-bag averages the LambdaMART"),
+        (
+            {"index": GeneratorConfig(ltr=True, ltr_text=True), "embeddings": "off"},
+            "--ltr-text adds title-embedding features",
+        ),
     ],
 )
 def test_bad_options_are_refused(changes, message) -> None:
@@ -113,6 +120,7 @@ def test_bad_options_are_refused(changes, message) -> None:
         (["--cuts", "1"], "give cuts from 2 to 50"),
         (["--embeddings", "bert"], "unknown --embeddings 'bert'"),
         (["--k", "0"], "--k 0: use 1 to 100"),
+        (["--ltr-bag", "99"], "--ltr-bag 99: give a whole number of LightGBM fits"),
     ],
 )
 def test_bad_input_on_the_command_line_is_one_line(monkeypatch, capsys, extra, message) -> None:

@@ -35,6 +35,12 @@ def register(app: typer.Typer) -> None:
         history: int = typer.Option(20, "--history", help="history items a request shows"),
         next_source: bool = typer.Option(True, "--next-source/--no-next-source"),
         ltr: bool = typer.Option(True, "--ltr/--no-ltr", help="the LambdaMART stage after fusion"),
+        ltr_text: bool = typer.Option(
+            False, "--ltr-text/--no-ltr-text", help="as recsys batch: title-embedding features"
+        ),
+        ltr_bag: int = typer.Option(
+            1, "--ltr-bag", help="as recsys batch: the LambdaMART stage averages N LightGBM fits"
+        ),
         embeddings: str = typer.Option("minilm", "--embeddings", help="minilm | hashing | off"),
         cf_epochs: int = typer.Option(30, "--cf-epochs", help="LightFM WARP epochs"),
         seed: int = typer.Option(7, "--seed", help="the index's seed"),
@@ -56,9 +62,8 @@ def register(app: typer.Typer) -> None:
             parsed = tuple(int(c) for c in cuts.split(",") if c.strip())
         except ValueError:
             raise UserError(f"--cuts {cuts!r}: give whole numbers separated by commas") from None
-        index = production_index_config(
-            cf_epochs=cf_epochs, seed=seed, ltr=ltr, next_source=next_source
-        )
+        index = production_index_config(cf_epochs=cf_epochs, seed=seed, ltr=ltr, ltr_text=ltr_text,
+                                        ltr_bag=ltr_bag, next_source=next_source)  # fmt: skip
         opts = IndexEpisodesOptions(
             out=out,
             data=data,
