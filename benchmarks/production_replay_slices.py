@@ -51,8 +51,8 @@ def main() -> None:
         out["slices"][name] = interval(b[mask] - a[mask])
     if args.versus:
         other = json.loads(args.versus.read_text())
-        out["versus"] = {"b": other["b"],
-                         "difference": interval(b - np.asarray(other["per_request"]["B"]))}  # fmt: skip
+        paired = b - np.asarray(other["per_request"]["B"])
+        out["versus"] = {"b": other["b"], "difference": interval(paired)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "production_replay_slices.json").write_text(json.dumps(out, indent=2) + "\n")
     (RESULTS / "production_replay_slices.md").write_text(markdown(out, sys.argv[1:]))
