@@ -2,9 +2,9 @@
 
     python benchmarks/production_replay_slices.py --episodes game-heldout-cut1.jsonl \
         --report docs/results/production-replay/rec-game/report.json \
-        [--versus docs/results/production-replay/rec-game-dagger2/report.json]
+        [--versus docs/results/production-replay/rec-game-dagger2/report.json] [--tag TAG]
 
-Prints and writes benchmarks/results/production_replay_slices.{json,md}: B − A in MRR (the
+Prints and writes benchmarks/results/production_replay_slices[-TAG].{json,md}: B − A in MRR (the
 per-request reciprocal ranks every replay report keeps) by the request's history length,
 with paired bootstrap 95% intervals (seed 7); with `--versus`, report B minus the other
 report's B on the same requests (both replays must have read the same episode file).
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--versus", type=Path)
+    parser.add_argument("--tag", default="", help="results file suffix")
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
     a, b = (np.asarray(report["per_request"][p]) for p in ("A", "B"))
@@ -54,8 +55,9 @@ def main() -> None:
         paired = b - np.asarray(other["per_request"]["B"])
         out["versus"] = {"b": other["b"], "difference": interval(paired)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "production_replay_slices.json").write_text(json.dumps(out, indent=2) + "\n")
-    (RESULTS / "production_replay_slices.md").write_text(markdown(out, sys.argv[1:]))
+    name = "production_replay_slices" + (f"-{args.tag}" if args.tag else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(out, sys.argv[1:]))
     print(markdown(out, sys.argv[1:]))
 
 
