@@ -278,3 +278,17 @@ def test_bad_episode_files_are_one_clear_line(tmp_path, monkeypatch, capsys, lin
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message.format(path=path) in err and "Traceback" not in err
+
+
+def test_an_episode_file_over_the_limit_is_refused_unless_limit_is_given(tmp_path, monkeypatch):
+    from ranking.rl.episodes import write_episodes
+    from recsys.replay import run
+    from recsys.replay.run import ReplayConfig, _replayed
+
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, built_episodes(5))
+    monkeypatch.setattr(run, "MAX_EPISODES", 4)
+    with pytest.raises(UserError, match="holds more than 4 episodes: replay a part of it"):
+        _replayed(ReplayConfig(episodes=path), engine=None)  # type: ignore[arg-type]
+    kept = _replayed(ReplayConfig(episodes=path, limit=3), engine=None)  # type: ignore[arg-type]
+    assert [e.user for e in kept] == [e.user for e in built_episodes(3)]

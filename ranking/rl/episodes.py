@@ -174,10 +174,13 @@ def write_episodes(path: Path, episodes: Iterable[Episode]) -> None:
             f.write(json.dumps(episode_to_dict(ep)) + "\n")
 
 
-def read_episodes(path: Path) -> list[Episode]:
-    out = []
+def read_episodes(path: Path, limit: int | None = None) -> list[Episode]:
+    """The file's episodes (one JSON object a line), the first `limit` of them if given."""
+    out: list[Episode] = []
     with Path(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
+            if limit is not None and len(out) >= limit:
+                break
             if not line.strip():
                 continue
             try:

@@ -32,6 +32,8 @@ from recsys.replay.replay import (
 )
 from recsys.replay.slate_report import RankingProb
 
+MAX_EPISODES = 200_000  # an episode file replayed whole (about 18 h of LM ranking on a CPU)
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -108,11 +110,16 @@ def _replayed(config: ReplayConfig, engine: Engine) -> list[Episode]:
         raise UserError(f"episode file {config.episodes} not found; write one with recsys "
                         "index-episodes (or give none to replay the database's log)")  # fmt: skip
     try:
-        episodes = read_episodes(config.episodes)
+        episodes = read_episodes(config.episodes, limit=(config.limit or MAX_EPISODES) + 1)
     except RequestError as exc:
         raise UserError(f"{exc}; each line is one episode as recsys index-episodes writes "
                         "it") from None  # fmt: skip
-    return episodes[: config.limit] if config.limit else episodes
+    if config.limit:
+        return episodes[: config.limit]
+    if len(episodes) > MAX_EPISODES:
+        raise UserError(f"{config.episodes} holds more than {MAX_EPISODES:,} episodes: replay "
+                        "a part of it with --limit N")  # fmt: skip
+    return episodes
 
 
 def _counted(rank: Callable[..., Any], progress: Progress) -> Callable[..., Any]:
