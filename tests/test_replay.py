@@ -292,3 +292,21 @@ def test_an_episode_file_over_the_limit_is_refused_unless_limit_is_given(tmp_pat
         _replayed(ReplayConfig(episodes=path), engine=None)  # type: ignore[arg-type]
     kept = _replayed(ReplayConfig(episodes=path, limit=3), engine=None)  # type: ignore[arg-type]
     assert [e.user for e in kept] == [e.user for e in built_episodes(3)]
+
+
+def test_with_episodes_policy_a_defaults_to_the_order_it_re_ranks(tmp_path):
+    """Built episodes were never shown, so `--a` defaults to retrieval with `--episodes`."""
+    from typer.testing import CliRunner
+
+    from ranking.rl.episodes import write_episodes
+    from recsys.cli import app
+
+    path = tmp_path / "eps.jsonl"
+    write_episodes(path, built_episodes(4))
+    args = ["replay", "--episodes", str(path), "--b", "retrieval", "--out", str(tmp_path),
+            "--url", f"sqlite:///{tmp_path / 'db.sqlite'}", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["a"] == "retrieval" and saved["n"] == 4
+    assert saved["difference"]["mrr"]["mean"] == 0.0  # the same policy on both sides

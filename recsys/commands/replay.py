@@ -10,7 +10,12 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay_cmd(
-        a: str = typer.Option("logged", "--a", help="logged | retrieval | model spec"),
+        a: str | None = typer.Option(
+            None,
+            "--a",
+            help="logged | retrieval | model spec (default: logged; retrieval with --episodes, "
+            "whose built requests were never shown)",
+        ),
         b: str = typer.Option("default", "--b", help="logged | retrieval | model spec"),
         limit: int | None = typer.Option(None, help="at most this many logged requests"),
         episodes: Path | None = typer.Option(
@@ -44,6 +49,7 @@ def register(app: typer.Typer) -> None:
         from recsys.replay.run import ReplayConfig, run_replay
 
         ensure_schema(url)
+        a = a or ("retrieval" if episodes is not None else "logged")
         config = ReplayConfig(a=a, b=b, limit=limit, episodes=episodes,
                               window_days=window_days, mode=mode,
                               off_policy=off_policy, slate_draws=slate_draws,
