@@ -53,7 +53,8 @@ def main() -> None:
     if args.versus:
         other = json.loads(args.versus.read_text())
         paired = b - np.asarray(other["per_request"]["B"])
-        out["versus"] = {"b": other["b"], "difference": interval(paired)}
+        out["versus"] = {"b": other["b"], "report": str(args.versus),
+                         "difference": interval(paired)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "production_replay_slices" + (f"-{args.tag}" if args.tag else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -73,7 +74,8 @@ def markdown(out: dict, argv: list[str]) -> str:
     )
     if "versus" in out:
         v = out["versus"]
-        text += f"\n`{out['b']}` − `{v['b']}`, MRR, paired: {fmt(v['difference'])}\n"
+        text += (f"\nB of `{out['report']}` − B of `{v['report']}` (`{v['b']}`), MRR, paired: "
+                 f"{fmt(v['difference'])}\n")  # fmt: skip
     return text
 
 
