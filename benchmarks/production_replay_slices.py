@@ -22,6 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ranking.rl.episodes import read_episodes  # noqa: E402
 from recsys.stats import bootstrap_mean  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,10 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     report = json.loads(args.report.read_text())
     a, b = (np.asarray(report["per_request"][p]) for p in ("A", "B"))
-    lines = [json.loads(line) for line in args.episodes.read_text().splitlines() if line]
-    if len(lines) != len(a):
-        raise SystemExit(f"{args.episodes} has {len(lines)} episodes, the report {len(a)}")
-    history = np.array([len(e["request"].get("history_ids") or ()) for e in lines])
+    episodes = read_episodes(args.episodes)
+    if len(episodes) != len(a):
+        raise SystemExit(f"{args.episodes} has {len(episodes)} episodes, the report {len(a)}")
+    history = np.array([len(e.request.history_ids or ()) for e in episodes])
     out = {"report": str(args.report), "b": report["b"], "a": report["a"], "slices": {}}
     for name, low, high in SLICES:
         mask = (history >= low) & (history < high)

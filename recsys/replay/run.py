@@ -109,14 +109,12 @@ def _replayed(config: ReplayConfig, engine: Engine) -> list[Episode]:
     if not config.episodes.is_file():
         raise UserError(f"episode file {config.episodes} not found; write one with recsys "
                         "index-episodes (or give none to replay the database's log)")  # fmt: skip
-    try:
-        episodes = read_episodes(config.episodes, limit=(config.limit or MAX_EPISODES) + 1)
+    try:  # one past the cap, to tell a file over it
+        episodes = read_episodes(config.episodes, limit=config.limit or MAX_EPISODES + 1)
     except RequestError as exc:
         raise UserError(f"{exc}; each line is one episode as recsys index-episodes writes "
                         "it") from None  # fmt: skip
-    if config.limit:
-        return episodes[: config.limit]
-    if len(episodes) > MAX_EPISODES:
+    if not config.limit and len(episodes) > MAX_EPISODES:
         raise UserError(f"{config.episodes} holds more than {MAX_EPISODES:,} episodes: replay "
                         "a part of it with --limit N")  # fmt: skip
     return episodes
