@@ -52,7 +52,8 @@ def parse_schedule(text: str) -> crontab | timedelta | None:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The nightly batch (fanned out over `batch_shards`) and the closed loop."""
+    """The nightly batch (fanned out over `batch_shards`), the closed loop and the weekly
+    prune (recsys.retention)."""
     entries = {
         "nightly-batch-recommendations": (
             "jobs.tasks.nightly_batch",
@@ -60,6 +61,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             {"shards": settings.batch_shards},
         ),
         "closed-loop": ("jobs.tasks.improve_ranker", settings.loop_schedule, {}),
+        "prune": ("jobs.tasks.prune", settings.prune_schedule, {}),
     }
     out = {}
     for name, (task, text, kwargs) in entries.items():

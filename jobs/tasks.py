@@ -197,3 +197,19 @@ def improve_ranker(report, task_id: str, **options: Any) -> dict[str, Any]:
     options.setdefault("run_name", f"loop-{(task_id or 'local')[:12]}")
     config = LoopConfig.from_settings(settings, **options)
     return improve(config, settings=settings, engine=get_engine(), report=report)
+
+
+@shared_task(bind=True, name="jobs.tasks.prune")
+@tracked("prune")
+def prune(report, task_id: str) -> dict[str, Any]:
+    """`recsys prune --apply` with the settings' retention (recsys.retention): beat runs it
+    weekly. Safe to redeliver: a second run finds less, or nothing, to delete."""
+    from recsys.db.engine import get_engine
+    from recsys.retention import Folders, RetentionPolicy, apply_prune, plan_prune
+    from recsys.settings import get_settings
+
+    settings = get_settings()
+    folders = Folders(settings.var_dir, settings.resolved_artifact_dir)
+    engine = get_engine()
+    plan = plan_prune(RetentionPolicy.from_settings(settings), engine=engine, folders=folders)
+    return apply_prune(plan, engine=engine, folders=folders)

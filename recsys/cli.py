@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "simulate",
     "loop",
     "status",
+    "prune",
 )
 USER_ERRORS = (UserError, RequestError, RetrievalError, ModelLoadError, ForeignFolderError)
 

@@ -139,10 +139,26 @@ class Settings(BaseSettings):
         15.0, gt=0, description="how often a running job proves its worker alive (job_runs)"
     )
 
+    # retention (recsys.retention; `recsys prune`, and weekly through beat)
+    prune_schedule: str = Field("0 3 * * 0", description="when old data is pruned (UTC)")
+    retention_keep_versions: int = Field(5, ge=1, description="newest versions kept per kind")
+    retention_keep_days: float = Field(7.0, ge=0, description="versions this young are kept")
+    retention_recommendations_days: float | None = Field(
+        30.0, ge=1, description="batch runs older than this are deleted (`never`: kept)"
+    )
+    retention_impressions_days: float | None = Field(
+        None, ge=1, description="impressions older than this are deleted (`never`: kept)"
+    )
+
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `LEVEL: message` lines; json: one JSON object per line"
     )
+
+    @field_validator("retention_recommendations_days", "retention_impressions_days", mode="before")
+    @classmethod
+    def _never(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "never") else value
 
     @field_validator("log_level")
     @classmethod

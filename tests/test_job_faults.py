@@ -90,8 +90,12 @@ def test_the_beat_schedule_comes_from_the_settings():
     from jobs.celery_app import beat_schedule
     from recsys.settings import Settings
 
-    entries = beat_schedule(Settings(loop_schedule="5s", batch_schedule="off", batch_shards=3))
+    entries = beat_schedule(
+        Settings(loop_schedule="5s", batch_schedule="off", prune_schedule="off", batch_shards=3)
+    )
     assert list(entries) == ["closed-loop"]
     assert entries["closed-loop"]["schedule"] == timedelta(seconds=5)
-    both = beat_schedule(Settings(batch_shards=3))
-    assert both["nightly-batch-recommendations"]["kwargs"] == {"shards": 3}
+    every = beat_schedule(Settings(batch_shards=3))
+    assert every["nightly-batch-recommendations"]["kwargs"] == {"shards": 3}
+    assert every["prune"]["task"] == "jobs.tasks.prune"
+    assert every["prune"]["schedule"].day_of_week == {0}  # Sundays, by default

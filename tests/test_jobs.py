@@ -53,6 +53,31 @@ def test_ingest_job_runs_on_a_worker_and_is_recorded(worker_app, tmp_path):
     assert again["interactions_added"] == 0  # a retried job adds nothing twice
 
 
+def test_the_prune_job_applies_the_settings_retention_on_a_worker(worker_app):
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from recsys.db.migrate import ensure_schema
+    from recsys.db.models import Recommendation, utcnow
+    from recsys.db.runs import recommendation_runs, write_recommendations
+
+    ensure_schema()
+    engine = get_engine()
+    write_recommendations("batch-old", {"u1": [("i1", 1.0)]}, engine=engine)
+    write_recommendations("batch-new", {"u1": [("i2", 1.0)]}, engine=engine)
+    table = Recommendation.__table__
+    with engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.run_id == "batch-old")
+                     .values(created_at=utcnow() - timedelta(days=90)))  # fmt: skip
+    prune = worker_app.tasks["jobs.tasks.prune"]
+    result = prune.delay().get(timeout=60)
+    assert (result["recommendation_runs"], result["recommendation_rows"]) == (1, 1)
+    assert [r.run_id for r in recommendation_runs(engine=engine)] == ["batch-new"]
+    assert job_run(result["job_id"], engine=engine).kind == "prune"
+    assert prune.delay().get(timeout=60)["recommendation_runs"] == 0  # a re-run finds nothing
+
+
 def test_failed_job_keeps_its_error_and_parameters(worker_app, tmp_path):
     ingest_file = worker_app.tasks["jobs.tasks.ingest_file"]
     bad = tmp_path / "bad.csv"

@@ -349,3 +349,28 @@ def traffic_since(since: datetime, *, engine: Engine) -> tuple[int, int]:
             count.select_from(Interaction).where(Interaction.timestamp >= _utc(since))
         ).scalar_one()
     return int(shown), int(acted)
+
+
+def count_impressions_before(cutoff: datetime, *, engine: Engine) -> int:
+    """Logged impressions older than `cutoff` (UTC)."""
+    imp = Impression.__table__
+    query = sa.select(sa.func.count()).select_from(imp).where(imp.c.timestamp < cutoff)
+    with engine.connect() as conn:
+        return int(conn.scalar(query) or 0)
+
+
+def delete_impressions_before(cutoff: datetime, *, engine: Engine, chunk: int = 10_000) -> int:
+    """Delete logged impressions older than `cutoff`, `chunk` rows per transaction (short
+    locks on a table the service keeps writing to; an interrupted run deleted whole chunks,
+    oldest first, and a re-run finishes the rest)."""
+    imp = Impression.__table__
+    deleted = 0
+    while True:
+        oldest = sa.select(imp.c.id).where(imp.c.timestamp < cutoff).order_by(imp.c.id).limit(chunk)
+        with write_connection(engine) as conn:
+            ids = list(conn.scalars(oldest))
+            if ids:
+                conn.execute(sa.delete(imp).where(imp.c.id.in_(ids)))
+        deleted += len(ids)
+        if len(ids) < chunk:
+            return deleted

@@ -161,7 +161,9 @@ def promote_model(
         return _info(mv)
 
 
-def retire_model(kind: str, version: str, *, engine: Engine) -> ModelVersionInfo:
+def retire_model(
+    kind: str, version: str, *, reason: str | None = None, engine: Engine
+) -> ModelVersionInfo:
     """Take a version out of use for good. The promoted version cannot be retired: roll back
     (or promote another) first, so serving always has a model."""
     _check_kind(kind)
@@ -175,7 +177,7 @@ def retire_model(kind: str, version: str, *, engine: Engine) -> ModelVersionInfo
         if mv.status != ModelStatus.RETIRED.value:
             mv.status = ModelStatus.RETIRED.value
             mv.retired_at = utcnow()
-            _record(session, mv, "retired", None)
+            _record(session, mv, "retired", reason)
             session.flush()
         return _info(mv)
 

@@ -136,6 +136,32 @@ def recommendations_for(
         ]
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    rows: int
+    last_written: datetime
+
+
+def recommendation_runs(*, engine: Engine) -> list[RunSummary]:
+    """Every stored run: its rows and when its last row was written, newest first."""
+    rec = Recommendation.__table__
+    query = (
+        sa.select(rec.c.run_id, sa.func.count(), sa.func.max(rec.c.created_at))
+        .group_by(rec.c.run_id)
+        .order_by(sa.func.max(rec.c.created_at).desc(), rec.c.run_id.desc())
+    )
+    with engine.connect() as conn:
+        return [RunSummary(r, int(n), last) for r, n, last in conn.execute(query)]
+
+
+def delete_recommendation_run(run_id: str, *, engine: Engine) -> int:
+    """Delete one run's lists, all in one transaction (a crash deletes all or none)."""
+    rec = Recommendation.__table__
+    with write_connection(engine) as conn:
+        return int(conn.execute(sa.delete(rec).where(rec.c.run_id == run_id)).rowcount or 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # job runs
 
