@@ -19,6 +19,9 @@ at a time unless said otherwise:
 * `incremental, hybrid through all its layers (not split)`: for a hybrid model
   (ranking.hybrid_split), the same with every layer run per request instead of the lower
   layers memoised per prompt layout (same run);
+* `incremental, after another request`: the same, ranked right after another user's request
+  without clearing the KV cache, as a server does: the prompt reuses the cached keys and
+  values of the instruction the two prompts share (same run);
 * `incremental` batched: `rank_batch` over all users at once, ms per request (after one
   warm-up batch, the faster of --repeats batches);
 * ratios: incremental / prefill (median of per-request ratios) and reason / incremental.
@@ -93,17 +96,19 @@ def _log(msg: str) -> None:
 def _timed_rank(ranker, request, step: str = "fast") -> tuple[float, object, int]:
     """(ms, result, model forward passes) of one request ranked from a cold KV cache;
     `step`: "fast" (the backend's default), "float32" (fast step without 4-bit blocks),
-    "transformers" (fast step off) or "whole" (a hybrid model through all its layers, not
-    split: ranking.hybrid_split) for this request."""
+    "transformers" (fast step off), "whole" (a hybrid model through all its layers, not
+    split: ranking.hybrid_split) or "kept" (the default step, the KV cache left as the
+    previous request left it, as in a server ranking one request after another)."""
     backend = ranker.backend
     if step == "whole":
         backend.split_hybrid(False)
-    backend.clear_cache()
+    if step != "kept":
+        backend.clear_cache()
     calls = getattr(backend, "forward_calls", 0)
     saved = {k: getattr(backend, k) for k in ("fast_decode", "q4_decode") if hasattr(backend, k)}
     if saved:
         backend.fast_decode = step != "transformers"
-        backend.q4_decode = step in ("fast", "whole")
+        backend.q4_decode = step in ("fast", "whole", "kept")
     try:
         t0 = CLOCK()
         res = ranker.rank(request)
@@ -186,6 +191,11 @@ def run(args: argparse.Namespace) -> dict:
     if getattr(ranker.backend, "_split", None) is not None and "whole" not in args.skip:
         _timed_rank(ranker, reqs[0], step="whole")  # warm-up: builds that path's step
         compare[whole] = "whole"
+    # consecutive requests: the previous request's keys and values stay cached, so a prompt
+    # reuses the instruction they share (the cache reuse of ranking.backends.kv_cache)
+    kept = "incremental, after another request (shared prefix reused)"
+    if "kept" not in args.skip:
+        compare[kept] = "kept"
     for name in compare:
         modes_run[name] = (ranker, "incremental")
     per_mode: dict[str, list[tuple[float, int, int]]] = {m: [] for m in modes_run}
@@ -206,6 +216,8 @@ def run(args: argparse.Namespace) -> dict:
         ratios.append(i_ms / p_ms)
         for name, (rk, mode) in modes_run.items():
             if name != "incremental":
+                if name == kept:  # untimed: another user's request, as a server's previous one
+                    ranker.rank(reqs[k - 1] if len(reqs) > 1 else req)
                 ms, res, calls = _timed_rank(
                     rk, dataclasses.replace(req, mode=mode), step=compare.get(name, "fast")
                 )
@@ -357,7 +369,7 @@ def main() -> None:
         "--skip",
         type=lambda s: s.split(","),
         default=[],
-        help="e.g. score,direct,plain,float32,whole",
+        help="e.g. score,direct,plain,float32,whole,kept",
     )
     parser.add_argument("--tag", default="", help="results file suffix, e.g. 2threads")
     args = parser.parse_args()
