@@ -30,8 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ranking.rl.episodes import read_episodes, write_episodes  # noqa: E402
-from recsys.eval.instances import is_heldout  # noqa: E402
+from ranking.rl.episodes import read_episodes, split_by_user, write_episodes  # noqa: E402
 from recsys.stats import bootstrap_mean  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,9 +39,8 @@ HALF_SEED = 11  # plan 3's halves: a salt of its own, not the held-out rule's 7
 
 def split_halves(episodes_file: Path, out: Path) -> tuple[Path, Path]:
     """(validation file, test file) under `out`, the test half by `is_heldout(user, 11, 0.5)`."""
-    episodes = read_episodes(episodes_file, limit=10**9)
-    test = [e for e in episodes if is_heldout(e.user, HALF_SEED, 0.5)]
-    valid = [e for e in episodes if not is_heldout(e.user, HALF_SEED, 0.5)]
+    # split_by_user's side of the hash below 0.5 is is_heldout(user, 11, 0.5): the test half
+    valid, test = split_by_user(read_episodes(episodes_file), 0.5, HALF_SEED)
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "valid.jsonl", out / "test.jsonl"
     for path, part in zip(paths, (valid, test), strict=True):

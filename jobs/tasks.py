@@ -209,7 +209,7 @@ def prune(report, task_id: str) -> dict[str, Any]:
     from recsys.settings import get_settings
 
     settings = get_settings()
-    folders = Folders(settings.var_dir, settings.resolved_artifact_dir)
+    folders = Folders.of(settings)
     engine = get_engine()
     plan = plan_prune(RetentionPolicy.from_settings(settings), engine=engine, folders=folders)
     return apply_prune(plan, engine=engine, folders=folders)

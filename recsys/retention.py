@@ -118,6 +118,10 @@ class Folders:
     var_dir: Path
     artifact_dir: Path
 
+    @classmethod
+    def of(cls, settings: Settings) -> Folders:
+        return cls(settings.var_dir, settings.resolved_artifact_dir)
+
     def owns(self, path: Path) -> bool:
         path = path.resolve()
         return any(root.resolve() in path.parents for root in (self.var_dir, self.artifact_dir))

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         policy = replace(RetentionPolicy.from_settings(settings), **chosen)
         ensure_schema(url)
         engine = get_engine(url)
-        folders = Folders(settings.var_dir, settings.resolved_artifact_dir)
+        folders = Folders.of(settings)
         plan = plan_prune(policy, engine=engine, folders=folders)
         for line in plan.lines():
             typer.echo(line)
